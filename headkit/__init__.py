@@ -1,0 +1,68 @@
+"""headkit: mechanistic interpretability of attention heads, on TransformerLens.
+
+The public API is re-exported here lazily (a name's module is imported on first
+use), so ``import headkit`` and the command line start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # models and loading
+    "ModelConfig": "headkit.models",
+    "gptj_model": "headkit.models",
+    "model_from_config": "headkit.models",
+    "load_gptj": "headkit.loading",
+    "save_checkpoint": "headkit.checkpoints",
+    "load_checkpoint": "headkit.checkpoints",
+    "Checkpoint": "headkit.checkpoints",
+    # tasks
+    "TaskBatch": "headkit.tasks",
+    "TaskSpec": "headkit.tasks",
+    "Vocab": "headkit.tasks",
+    # training and evaluation
+    "TrainConfig": "headkit.training",
+    "train": "headkit.training",
+    "default_config": "headkit.training",
+    "evaluate": "headkit.evaluation",
+    # head scores (issue 3)
+    "positional_symbolic_scores": "headkit.scores.positional_symbolic",
+    "classify_heads": "headkit.scores.positional_symbolic",
+    "rope_frequency_scores": "headkit.scores.rope",
+    "discrepancy": "headkit.scores.discrepancy",
+    "previous_token_scores": "headkit.scores.detectors",
+    "duplicate_token_scores": "headkit.scores.detectors",
+    "induction_pattern_scores": "headkit.scores.detectors",
+    "induction_scores": "headkit.scores.detectors",
+    "copying_scores": "headkit.scores.circuits",
+    "composition_scores": "headkit.scores.circuits",
+    "head_census": "headkit.scores.census",
+    "track_heads": "headkit.scores.dynamics",
+    # interventions (issue 4)
+    "ablate": "headkit.interventions.ablation",
+    "ablation_sweep": "headkit.interventions.ablation",
+    "attention_knockout": "headkit.interventions.ablation",
+    "activation_patching": "headkit.interventions.activation_patching",
+    "path_patching": "headkit.interventions.path_patching",
+    "path_patching_sweep": "headkit.interventions.path_patching",
+    "attribution_patching": "headkit.interventions.attribution",
+    "metrics": "headkit.interventions.metrics",
+}
+
+__all__ = sorted(_EXPORTS) + ["tasks", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "tasks":
+        return importlib.import_module("headkit.tasks")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'headkit' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    if name == "metrics":
+        return module
+    return getattr(module, name)

@@ -1,0 +1,181 @@
+"""GPT-J-style HookedTransformers built from a few sizes.
+
+GPT-J (Wang & Komatsuzaki 2021) is the architecture of the positional-vs-symbolic
+papers: rotary position embeddings applied to adjacent pairs of each query/key
+head dimension (``rotate_every_two``), attention and MLP computed in parallel
+from one LayerNorm of the residual, ``gelu_new``, no biases on Q/K/V/O, a biased
+unembedding. `gptj_config` turns a small `ModelConfig` into TransformerLens's
+`HookedTransformerConfig` with exactly those choices, and `gptj_model` builds the
+model, seeded, so that the same sizes and seed give the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from headkit.errors import HeadkitError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Turn "float32"/"float16"/"bfloat16" (or a torch dtype) into a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise HeadkitError(f"dtype {dtype} is not supported: allowed {', '.join(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise HeadkitError(f"dtype {dtype!r} is not supported: allowed {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a GPT-J-style model; everything else is fixed by the architecture."""
+
+    n_layers: int = 6  # transformer blocks
+    d_model: int = 64  # residual stream width
+    n_heads: int = 1  # attention heads per layer (the papers use one)
+    d_vocab: int = 128  # vocabulary size (a task's `len(batch.vocab)`)
+    n_ctx: int = 512  # longest sequence the rotary tables cover
+    rotary_dim: int | None = None  # dims per head that rotate; None = the whole head
+    d_mlp: int | None = None  # MLP width; None = 4 * d_model as in GPT-J
+    attn_only: bool = False  # drop the MLPs (copy and induction experiments)
+    d_head: int | None = None  # None = d_model // n_heads
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise HeadkitError(f"{name}={value!r} must be a positive integer")
+        head = self.head_dim
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise HeadkitError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pass d_head"
+            )
+        if self.rotary_dim is not None and not (
+            2 <= self.rotary_dim <= head and self.rotary_dim % 2 == 0
+        ):
+            raise HeadkitError(
+                f"rotary_dim={self.rotary_dim} must be even and in 2..{head} (the head dimension)"
+            )
+        if self.d_mlp is not None and self.d_mlp < 1:
+            raise HeadkitError(f"d_mlp={self.d_mlp} must be a positive integer")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HeadkitError(f"unknown model config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def gptj_config(
+    cfg: ModelConfig,
+    *,
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+) -> HookedTransformerConfig:
+    """The TransformerLens config of a GPT-J-style model with the sizes in ``cfg``."""
+    head = cfg.head_dim
+    return HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=head,
+        d_mlp=None if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model),
+        d_vocab=cfg.d_vocab,
+        n_ctx=cfg.n_ctx,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=cfg.rotary_dim or head,
+        rotary_adjacent_pairs=True,  # GPT-J's rotate_every_two
+        parallel_attn_mlp=True,
+        attn_only=cfg.attn_only,
+        use_attn_scale=True,
+        default_prepend_bos=False,  # synthetic tasks have no BOS unless they add one
+        seed=seed,
+        device=None if device is None else str(device),
+        dtype=resolve_dtype(dtype),
+        init_weights=True,
+    )
+
+
+def gptj_model(
+    n_layers: int = 6,
+    d_model: int = 64,
+    n_heads: int = 1,
+    d_vocab: int = 128,
+    n_ctx: int = 512,
+    *,
+    rotary_dim: int | None = None,
+    d_mlp: int | None = None,
+    d_head: int | None = None,
+    attn_only: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+) -> HookedTransformer:
+    """A freshly initialised GPT-J-style HookedTransformer.
+
+    The same sizes and ``seed`` give the same weights (TransformerLens seeds its
+    initialisation from ``cfg.seed``). ``attn_only=True`` drops the MLPs.
+    """
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        rotary_dim=rotary_dim,
+        d_mlp=d_mlp,
+        d_head=d_head,
+        attn_only=attn_only,
+    )
+    return model_from_config(cfg, seed=seed, device=device, dtype=dtype)
+
+
+def model_from_config(
+    cfg: ModelConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+) -> HookedTransformer:
+    """Build the HookedTransformer for ``cfg`` (seeded initialisation)."""
+    model = HookedTransformer(gptj_config(cfg, seed=seed, device=device, dtype=dtype))
+    model.eval()
+    return model
+
+
+def check_fits_context(model: HookedTransformer, length: int, *, what: str = "sequence") -> None:
+    """Refuse a sequence longer than the model's context before any forward pass.
+
+    TransformerLens's rotary tables stop at ``n_ctx`` and a longer input fails
+    deep inside with an unclear shape error; this names the length instead.
+    """
+    n_ctx = model.cfg.n_ctx
+    if length > n_ctx:
+        raise HeadkitError(
+            f"{what} length {length} exceeds the model's context n_ctx={n_ctx}: "
+            f"allowed lengths are 1..{n_ctx}"
+        )

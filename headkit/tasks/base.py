@@ -1,0 +1,217 @@
+"""What every task builder returns: a frozen `TaskBatch` with its `Vocab`.
+
+Conventions shared by all tasks (read these before writing a builder or a loss):
+
+- ``tokens`` [batch, pos] are token ids of the task's vocabulary.
+- ``targets`` [batch, pos] hold, at each position whose logits are scored, the
+  token id the model must predict there, and ``IGNORE`` (-100) elsewhere; the
+  training loss is cross-entropy over the non-ignored entries. For the number
+  and letter tasks only the last (query) position is scored.
+- ``answer_pos`` [batch] is the one position per prompt whose prediction is the
+  task's answer, and ``answers`` [batch] the token id expected there, so
+  ``logits[arange(batch), answer_pos].argmax(-1) == answers`` is exact-match
+  accuracy. ``wrong_answers`` [batch] (optional) is the distractor answer that a
+  logit difference compares against (IOI's subject, the corrupted twin's answer).
+- ``hops`` [batch] where the task has hops; ``positions`` maps names to
+  [batch] or [batch, k] index tensors (-1 = unused slot).
+- ``corrupted`` is a twin batch of the same shape whose answers differ, for
+  activation and path patching; its own ``corrupted`` is None.
+- ``vocab.decode(ids)`` / ``vocab.encode(strings)`` map ids to readable strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from headkit.errors import HeadkitError
+
+IGNORE = -100  # target value of positions that are not scored
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """A synthetic vocabulary: token id ``i`` is the string ``tokens[i]``."""
+
+    tokens: tuple[str, ...]
+    _index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, int] = {}
+        for i, tok in enumerate(self.tokens):
+            if tok in index:
+                raise HeadkitError(f"vocabulary has token {tok!r} twice (ids {index[tok]} and {i})")
+            index[tok] = i
+        object.__setattr__(self, "_index", index)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._index
+
+    def id(self, token: str) -> int:
+        """The id of one token string."""
+        try:
+            return self._index[token]
+        except KeyError:
+            raise HeadkitError(f"token {token!r} is not in this vocabulary") from None
+
+    def encode(self, strings: Iterable[str]) -> list[int]:
+        """Token strings -> ids; an unknown string is an error naming it."""
+        return [self.id(s) for s in strings]
+
+    def decode(self, ids: Iterable[int] | Tensor) -> list[str]:
+        """Token ids (a list or a 1-D tensor) -> their strings."""
+        if isinstance(ids, Tensor):
+            ids = ids.reshape(-1).tolist()
+        out = []
+        for i in ids:
+            if not 0 <= int(i) < len(self.tokens):
+                raise HeadkitError(f"token id {i} is out of range: allowed 0..{len(self.tokens) - 1}")
+            out.append(self.tokens[int(i)])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Vocab":
+        return cls(tuple(data["tokens"]))
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A batch of prompts of one task; see the module docstring for the fields."""
+
+    task: str
+    tokens: Int[Tensor, "batch pos"]
+    targets: Int[Tensor, "batch pos"]
+    answers: Int[Tensor, " batch"]
+    answer_pos: Int[Tensor, " batch"]
+    vocab: Vocab
+    hops: Int[Tensor, " batch"] | None = None
+    wrong_answers: Int[Tensor, " batch"] | None = None
+    positions: Mapping[str, Tensor] = field(default_factory=dict)
+    corrupted: "TaskBatch | None" = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # builder arguments, for the record
+
+    def __post_init__(self) -> None:
+        b, p = self.tokens.shape
+        if self.targets.shape != (b, p):
+            raise ValueError(f"targets shape {tuple(self.targets.shape)} != tokens shape {(b, p)}")
+        for name in ("answers", "answer_pos", "hops", "wrong_answers"):
+            t = getattr(self, name)
+            if t is not None and t.shape != (b,):
+                raise ValueError(f"{name} shape {tuple(t.shape)} != ({b},)")
+        if self.corrupted is not None and self.corrupted.tokens.shape != self.tokens.shape:
+            raise ValueError(
+                f"corrupted tokens shape {tuple(self.corrupted.tokens.shape)} != {(b, p)}"
+            )
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def decode(self, i: int) -> list[str]:
+        """Prompt ``i`` as readable strings."""
+        return self.vocab.decode(self.tokens[i])
+
+    def to(self, device: str | torch.device) -> "TaskBatch":
+        """The same batch with every tensor on ``device``."""
+
+        def move(x: Any) -> Any:
+            return x.to(device) if isinstance(x, Tensor) else x
+
+        return dataclasses.replace(
+            self,
+            tokens=move(self.tokens),
+            targets=move(self.targets),
+            answers=move(self.answers),
+            answer_pos=move(self.answer_pos),
+            hops=move(self.hops),
+            wrong_answers=move(self.wrong_answers),
+            positions={k: move(v) for k, v in self.positions.items()},
+            corrupted=None if self.corrupted is None else self.corrupted.to(device),
+        )
+
+    def select(self, index: Tensor | Sequence[int]) -> "TaskBatch":
+        """The sub-batch of prompts ``index`` (a bool mask or ids), twin included."""
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().squeeze(-1)
+
+        def take(x: Any) -> Any:
+            return x[idx] if isinstance(x, Tensor) else x
+
+        return dataclasses.replace(
+            self,
+            tokens=take(self.tokens),
+            targets=take(self.targets),
+            answers=take(self.answers),
+            answer_pos=take(self.answer_pos),
+            hops=take(self.hops),
+            wrong_answers=take(self.wrong_answers),
+            positions={k: take(v) for k, v in self.positions.items()},
+            corrupted=None if self.corrupted is None else self.corrupted.select(idx),
+        )
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise HeadkitError(message) unless ``condition``; for builder parameter checks."""
+    if not condition:
+        raise HeadkitError(message)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: builders never touch the global RNG."""
+    if not isinstance(seed, int):
+        raise HeadkitError(f"seed must be an integer, got {seed!r}")
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task by name plus the builder keyword arguments that define it.
+
+    Stored in checkpoints so a trained model can be evaluated later on fresh
+    prompts of the same task, at the trained length or longer ones.
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def builder(self) -> Callable[..., TaskBatch]:
+        from headkit.tasks import BUILDERS
+
+        try:
+            return BUILDERS[self.name]
+        except KeyError:
+            raise HeadkitError(
+                f"unknown task {self.name!r}: allowed {', '.join(sorted(BUILDERS))}"
+            ) from None
+
+    def build(self, n: int, *, seed: int, **overrides: Any) -> TaskBatch:
+        """``n`` prompts of this task; ``overrides`` replace stored parameters (e.g. length)."""
+        return self.builder()(n, seed=seed, **{**self.params, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+        return cls(name=data["name"], params=dict(data.get("params", {})))

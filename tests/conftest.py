@@ -1,0 +1,34 @@
+"""Shared test set-up: offline, seeded, tiny models built from config."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Each test starts from the same global RNG state."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_gptj():
+    """Builder of tiny GPT-J-style models: ``tiny_gptj(**overrides)``."""
+    from headkit.models import gptj_model
+
+    def build(**overrides):
+        kwargs = dict(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, seed=0)
+        kwargs.update(overrides)
+        return gptj_model(**kwargs)
+
+    return build
