@@ -52,6 +52,12 @@ _EXPORTS: dict[str, str] = {
     "path_patching_sweep": "headkit.interventions.path_patching",
     "attribution_patching": "headkit.interventions.attribution",
     "metrics": "headkit.interventions.metrics",
+    # figures
+    "attention_patterns": "headkit.plots",
+    "head_scores_figure": "headkit.plots",
+    "accuracy_by_length_figure": "headkit.plots",
+    "patching_figure": "headkit.plots",
+    "write_figure": "headkit.plots",
 }
 
 __all__ = sorted(_EXPORTS) + ["tasks", "__version__"]

@@ -109,7 +109,9 @@ def gptj_config(
         positional_embedding_type="rotary",
         rotary_dim=cfg.rotary_dim or head,
         rotary_adjacent_pairs=True,  # GPT-J's rotate_every_two
-        parallel_attn_mlp=True,
+        # Attention-only blocks have nothing to run in parallel, and TransformerLens
+        # 3.9 crashes on parallel_attn_mlp with attn_only (it looks for ln2).
+        parallel_attn_mlp=not cfg.attn_only,
         attn_only=cfg.attn_only,
         use_attn_scale=True,
         default_prepend_bos=False,  # synthetic tasks have no BOS unless they add one

@@ -1,0 +1,74 @@
+"""Atomic writes, the synthetic vocabulary and the batch container."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from headkit.errors import HeadkitError
+from headkit.io import atomic_path, write_csv, write_json
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "table.csv"
+    write_csv(target, pd.DataFrame({"a": [1, 2]}))
+    before = target.read_text()
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temp left behind
+
+
+def test_write_json_creates_parents(tmp_path):
+    path = write_json(tmp_path / "a" / "b.json", {"x": 1})
+    assert path.read_text().strip().startswith("{")
+
+
+def test_vocab_round_trip_and_errors():
+    vocab = Vocab(("a", "b", "7", "c2"))
+    assert vocab.encode(["c2", "a"]) == [3, 0]
+    assert vocab.decode(torch.tensor([3, 2])) == ["c2", "7"]
+    assert Vocab.from_dict(vocab.to_dict()) == vocab
+    with pytest.raises(HeadkitError, match="token 'zz' is not in this vocabulary"):
+        vocab.encode(["zz"])
+    with pytest.raises(HeadkitError, match=r"token id 9 is out of range: allowed 0\.\.3"):
+        vocab.decode([9])
+    with pytest.raises(HeadkitError, match="token 'a' twice"):
+        Vocab(("a", "a"))
+
+
+def _batch(n=4, pos=5):
+    tokens = torch.arange(n * pos).reshape(n, pos) % 4
+    targets = torch.full((n, pos), IGNORE)
+    targets[:, -1] = tokens[:, 0]
+    return TaskBatch(
+        task="toy",
+        tokens=tokens,
+        targets=targets,
+        answers=tokens[:, 0],
+        answer_pos=torch.full((n,), pos - 1),
+        vocab=Vocab(("a", "b", "c", "d")),
+        hops=torch.arange(n) % 2 + 1,
+        positions={"query": torch.full((n,), pos - 1)},
+    )
+
+
+def test_batch_select_and_shapes():
+    batch = _batch()
+    sub = batch.select(batch.hops == 2)
+    assert sub.n == 2 and torch.equal(sub.tokens, batch.tokens[[1, 3]])
+    assert sub.positions["query"].shape == (2,)
+    assert batch.decode(0) == ["a", "b", "c", "d", "a"]
+    with pytest.raises(ValueError, match="answers shape"):
+        TaskBatch(
+            task="toy",
+            tokens=batch.tokens,
+            targets=batch.targets,
+            answers=batch.answers[:2],
+            answer_pos=batch.answer_pos,
+            vocab=batch.vocab,
+        )
