@@ -215,3 +215,16 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
         return cls(name=data["name"], params=dict(data.get("params", {})))
+
+
+def require_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """Check that builder parameter ``name`` is an integer in ``low..high`` (``high`` None: no top).
+
+    The message names the parameter, its value and the allowed range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HeadkitError(f"{name} must be an integer, got {value!r}")
+    allowed = f"{low}..{high}" if high is not None else f"{low} or more"
+    if value < low or (high is not None and value > high):
+        raise HeadkitError(f"{name}={value} is out of range: allowed {allowed}")
+    return value

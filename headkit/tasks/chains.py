@@ -1,0 +1,114 @@
+"""Pointer chains shared by the number and letter tasks (SPEC 2.1-2.2).
+
+Both tasks lay out a prompt of length ``L = T + P + 1``: a target window of ``T``
+tokens (positions ``0..T-1``), a pointer window of ``P`` tokens (``T..T+P-1``) and
+one query token (``q = T+P``). A chain of ``h`` hops is a strictly decreasing list
+of positions ``q = c_0 > c_1 > ... > c_h`` whose intermediate landings
+``c_1..c_{h-1}`` lie in the pointer window and whose last landing ``c_h`` lies in the
+target window. The number task also bounds every jump ``c_i - c_{i+1}`` by
+``max_jump``; the letter task has no bound (``max_jump=None``).
+
+Chains are drawn *uniformly* among all valid chains of their hop count. The trick
+is a count table: ``counts[r, c]`` is the number of valid ways to finish a chain
+from position ``c`` with ``r`` hops left. Each next landing ``c'`` is then drawn with
+weight ``counts[r - 1, c']`` among the positions reachable from ``c``, which makes
+every complete chain equally likely. ``counts[h, q] == 0`` means ``h`` hops are
+impossible with these windows, which the builders check before any work.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def balanced_hops(n: int, min_hops: int, max_hops: int, gen: torch.Generator) -> Int[Tensor, " batch"]:
+    """``n`` hop counts in ``min_hops..max_hops``, counts differing by at most one, shuffled."""
+    k = max_hops - min_hops + 1
+    hops = min_hops + torch.arange(n) % k
+    return hops[torch.randperm(n, generator=gen)]
+
+
+def _moves(
+    target_window: int, pointer_window: int, max_jump: int | None
+) -> tuple[Float[Tensor, "pos pos"], Float[Tensor, "pos pos"]]:
+    """``(to_target, to_pointer)``: [from, to] 0/1 matrices of allowed single jumps."""
+    length = target_window + pointer_window + 1
+    pos = torch.arange(length)
+    jump = pos[:, None] - pos[None, :]  # [from, to]: how far back the jump goes
+    reach = jump >= 1
+    if max_jump is not None:
+        reach &= jump <= max_jump
+    in_target = pos < target_window
+    in_pointer = (pos >= target_window) & (pos < target_window + pointer_window)
+    to_target = (reach & in_target[None, :]).double()
+    to_pointer = (reach & in_pointer[None, :]).double()
+    return to_target, to_pointer
+
+
+def _draw(weights: Float[Tensor, "rows pos"], gen: torch.Generator) -> Int[Tensor, " rows"]:
+    """One index per row with probability proportional to ``weights`` (inverse CDF)."""
+    cdf = weights.cumsum(dim=1)  # [rows, pos]
+    u = torch.rand(weights.shape[0], 1, generator=gen, dtype=weights.dtype) * cdf[:, -1:]  # [rows, 1]
+    # the first index whose cdf exceeds u; zero-weight entries never exceed it
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
+def chain_counts(
+    *, target_window: int, pointer_window: int, max_jump: int | None, max_hops: int
+) -> Float[Tensor, "hops_plus_1 pos"]:
+    """``counts[r, c]``: number of valid chain endings from position ``c`` with ``r`` hops left.
+
+    Row 0 is unused (zeros). ``counts[h, T+P]`` is the number of ``h``-hop chains.
+    """
+    to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
+    counts = torch.zeros(max_hops + 1, to_target.shape[0], dtype=torch.float64)
+    if max_hops >= 1:
+        counts[1] = to_target.sum(1)
+    for r in range(2, max_hops + 1):
+        counts[r] = to_pointer @ counts[r - 1]
+    return counts
+
+
+def sample_chains(
+    hops: Int[Tensor, " batch"],
+    *,
+    target_window: int,
+    pointer_window: int,
+    max_jump: int | None,
+    gen: torch.Generator,
+    avoid_first: Int[Tensor, " batch"] | None = None,
+) -> Int[Tensor, "batch hops_plus_1"]:
+    """One uniform random chain per prompt: ``[q, c_1, ..., c_h, -1, ...]``.
+
+    The width is ``max(hops) + 1``. ``avoid_first`` (optional) is a first landing
+    each prompt should not use; it is avoided whenever another first landing exists.
+    Every ``hops`` value must be feasible (``chain_counts(...)[h, q] > 0``).
+    """
+    n = hops.shape[0]
+    max_hops = int(hops.max()) if n else 0
+    query = target_window + pointer_window
+    to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
+    counts = chain_counts(
+        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
+    )
+    chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
+    chain[:, 0] = query
+    for h in hops.unique().tolist():
+        rows = (hops == h).nonzero().squeeze(-1)
+        here = torch.full((rows.shape[0],), query, dtype=torch.long)
+        for step in range(1, h + 1):
+            left = h - step  # hops still to take after this landing
+            if left == 0:
+                weights = to_target[here]  # [rows, pos]
+            else:
+                weights = to_pointer[here] * counts[left][None, :]  # [rows, pos]
+            if step == 1 and avoid_first is not None:
+                masked = weights.clone()
+                masked[torch.arange(rows.shape[0]), avoid_first[rows]] = 0.0
+                has_other = masked.sum(1, keepdim=True) > 0
+                weights = torch.where(has_other, masked, weights)
+            here = _draw(weights, gen)
+            chain[rows, step] = here
+    return chain

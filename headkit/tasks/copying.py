@@ -1,0 +1,63 @@
+"""The shift-by-one copy task (SPEC 2.5, Copy-phase; Lavie et al. 2026).
+
+Tokens are i.i.d. uniform over ``vocab_size`` symbols ``t0..t{V-1}``; at every
+position ``t >= 1`` the target is the previous token, ``tokens[t-1]`` (IGNORE at
+position 0). A one-layer, one-head attention model solves it by attending from
+each position to the one before: the copy (previous-token) head.
+
+``answer_pos`` is the last position and ``answers`` the second-to-last token, so
+accuracy at the answer position is one sample of the copy behaviour.
+
+Corrupted twin (ours): the same tokens with position ``length - 2`` resampled to a
+different symbol, so the twin's answer differs and nothing else changes.
+
+Positions: ``"query"`` [batch] (= length - 1), ``"source"`` [batch] (= length - 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+
+
+def copy_vocab(vocab_size: int) -> Vocab:
+    return Vocab(tuple(f"t{i}" for i in range(vocab_size)))
+
+
+def copy_task(n: int, *, seed: int, length: int = 32, vocab_size: int = 16) -> TaskBatch:
+    """``n`` i.i.d. sequences of ``length`` tokens with next-token target = previous token."""
+    require_int("n", n, low=1)
+    require_int("length", length, low=2)
+    require_int("vocab_size", vocab_size, low=2)  # the twin needs a second symbol
+    gen = make_generator(seed)
+    vocab = copy_vocab(vocab_size)
+    tokens = torch.randint(0, vocab_size, (n, length), generator=gen)
+    twin_tokens = tokens.clone()
+    shift = torch.randint(1, vocab_size, (n,), generator=gen)
+    twin_tokens[:, -2] = (tokens[:, -2] + shift) % vocab_size
+    params = dict(length=length, vocab_size=vocab_size)
+
+    def build(toks: torch.Tensor, wrong: torch.Tensor) -> TaskBatch:
+        targets = torch.full_like(toks, IGNORE)
+        targets[:, 1:] = toks[:, :-1]
+        return TaskBatch(
+            task="copy",
+            tokens=toks,
+            targets=targets,
+            answers=toks[:, -2].clone(),
+            answer_pos=torch.full((n,), length - 1, dtype=torch.long),
+            vocab=vocab,
+            wrong_answers=wrong,
+            positions={
+                "query": torch.full((n,), length - 1, dtype=torch.long),
+                "source": torch.full((n,), length - 2, dtype=torch.long),
+            },
+            params=params,
+        )
+
+    twin = build(twin_tokens, tokens[:, -2].clone())
+    clean = build(tokens, twin_tokens[:, -2].clone())
+    return dataclasses.replace(clean, corrupted=twin)

@@ -1,0 +1,210 @@
+"""The number task: positional pointers (SPEC 2.1, PosSym-2026).
+
+A prompt is ``T`` letter tokens (the target window), ``P`` integer tokens (the
+pointer window) and one integer query token; default ``T = P = 8``, length 17.
+Reading it: start at the query position ``q``; an integer ``j`` at position ``k``
+means "jump back ``j`` positions", to ``k - j``; keep jumping while the landed token
+is an integer. The answer is the letter where the chain lands, predicted at the
+query position (the only scored position). One hop, in letters:
+``a z b y c x d w 5`` -> ``y``.
+
+(ours) The chain positions strictly decrease, every intermediate landing is in the
+pointer window, the last landing in the target window, and every jump is in
+``1..max_pointer``. Chains are drawn uniformly among all valid chains of their hop
+count (see `headkit.tasks.chains`); hop counts are balanced. Every other token is a
+random distractor: a uniform letter in the target window, a uniform integer
+``1..max_pointer`` in the pointer window.
+
+Length extension (ours): ``length`` (if given) sets ``T = length - P - 1`` and keeps
+the pointer window and the jump range, so a model trained at 17 tokens can be
+tested at 33, 65, 129, 257 with pointer values it has seen.
+
+Corrupted twin (ours): the same distractors with a *re-routed* chain of the same hop
+count: a fresh uniform chain whose first landing (so the query value) differs from
+the clean one whenever another first landing is possible, written over the clean
+tokens; if the new chain still ends on the clean answer letter, that letter is
+replaced by another one. So the twin's answer always differs, and the twin's answer
+letter usually already appears, as a distractor, in the clean prompt.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require, require_int
+from headkit.tasks.chains import balanced_hops, chain_counts, sample_chains
+
+# letter names: "a".."z", "A".."Z", then "aa", "ab", ..., "zz" (never integer-like)
+_SINGLE = list(string.ascii_lowercase + string.ascii_uppercase)
+LETTER_NAMES: tuple[str, ...] = tuple(
+    _SINGLE + [x + y for x in string.ascii_lowercase for y in string.ascii_lowercase]
+)
+MAX_LETTERS = len(LETTER_NAMES)  # 728
+
+
+def number_vocab(n_letters: int, max_pointer: int) -> Vocab:
+    """Ids ``0..n_letters-1`` are letters, ``n_letters + j - 1`` is the integer ``j``."""
+    return Vocab(LETTER_NAMES[:n_letters] + tuple(str(j) for j in range(1, max_pointer + 1)))
+
+
+def _check(
+    n: int,
+    *,
+    target_window: int,
+    pointer_window: int,
+    min_hops: int,
+    max_hops: int,
+    n_letters: int,
+    max_pointer: int,
+    length: int | None,
+) -> int:
+    """Validate every parameter before any work; returns the target window size ``T``."""
+    require_int("n", n, low=1)
+    require_int("pointer_window", pointer_window, low=0)
+    if length is None:
+        require_int("target_window", target_window, low=1)
+        t = target_window
+    else:
+        require_int("length", length, low=pointer_window + 2)  # at least one target token
+        t = length - pointer_window - 1
+    require_int("n_letters", n_letters, low=2, high=MAX_LETTERS)
+    require_int("max_pointer", max_pointer, low=1)
+    require_int("min_hops", min_hops, low=1)
+    require_int("max_hops", max_hops, low=min_hops)
+    require(
+        max_hops <= pointer_window + 1,
+        f"max_hops={max_hops} is impossible with pointer_window={pointer_window}: "
+        f"allowed 1..{pointer_window + 1} (a chain of h hops needs h-1 landings in the pointer window)",
+    )
+    counts = chain_counts(
+        target_window=t, pointer_window=pointer_window, max_jump=max_pointer, max_hops=max_hops
+    )
+    query = t + pointer_window
+    for h in range(min_hops, max_hops + 1):
+        require(
+            counts[h, query] > 0,
+            f"hops={h} is impossible with max_pointer={max_pointer}, pointer_window={pointer_window}, "
+            f"target_window={t}: no chain of {h} jumps of 1..{max_pointer} ends in the target window; "
+            f"raise max_pointer or change the hop range min_hops..max_hops",
+        )
+    return t
+
+
+def _answers(
+    tokens: Int[Tensor, "batch pos"], chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"]
+) -> Int[Tensor, " batch"]:
+    source = chain.gather(1, hops[:, None]).squeeze(1)  # position of the answer letter
+    return tokens.gather(1, source[:, None]).squeeze(1)
+
+
+def _write_chain(
+    tokens: Int[Tensor, "batch pos"],
+    chain: Int[Tensor, "batch k"],
+    hops: Int[Tensor, " batch"],
+    n_letters: int,
+) -> None:
+    """Write the jump values ``c_i - c_{i+1}`` at chain positions ``c_0..c_{h-1}``, in place."""
+    rows = torch.arange(tokens.shape[0])
+    for i in range(chain.shape[1] - 1):
+        on = hops > i
+        jump = chain[on, i] - chain[on, i + 1]
+        tokens[rows[on], chain[on, i]] = n_letters + jump - 1
+
+
+def number_task(
+    n: int,
+    *,
+    seed: int,
+    target_window: int = 8,
+    pointer_window: int = 8,
+    min_hops: int = 1,
+    max_hops: int = 4,
+    n_letters: int = 120,
+    max_pointer: int = 16,
+    length: int | None = None,
+) -> TaskBatch:
+    """``n`` number-task prompts (SPEC 2.1), with a re-routed corrupted twin.
+
+    ``length`` (optional) replaces ``target_window`` by ``length - pointer_window - 1``.
+    Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
+    landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
+    """
+    t = _check(
+        n,
+        target_window=target_window,
+        pointer_window=pointer_window,
+        min_hops=min_hops,
+        max_hops=max_hops,
+        n_letters=n_letters,
+        max_pointer=max_pointer,
+        length=length,
+    )
+    gen = make_generator(seed)
+    p = pointer_window
+    params = dict(
+        target_window=target_window,
+        pointer_window=pointer_window,
+        min_hops=min_hops,
+        max_hops=max_hops,
+        n_letters=n_letters,
+        max_pointer=max_pointer,
+        length=length,
+    )
+    vocab = number_vocab(n_letters, max_pointer)
+    hops = balanced_hops(n, min_hops, max_hops, gen)
+
+    # distractors: letters in the target window, integers 1..max_pointer in the pointer window and query
+    letters = torch.randint(0, n_letters, (n, t), generator=gen)
+    integers = n_letters + torch.randint(0, max_pointer, (n, p + 1), generator=gen)
+    tokens = torch.cat([letters, integers], dim=1)  # [batch, T+P+1]
+
+    def sample(avoid_first: Tensor | None) -> Tensor:
+        chain = sample_chains(
+            hops, target_window=t, pointer_window=p, max_jump=max_pointer, gen=gen, avoid_first=avoid_first
+        )
+        width = max_hops + 1 - chain.shape[1]  # pad to the fixed width max_hops+1
+        return torch.cat([chain, torch.full((n, width), -1, dtype=torch.long)], dim=1)
+
+    chain = sample(None)
+    _write_chain(tokens, chain, hops, n_letters)
+    answers = _answers(tokens, chain, hops)
+
+    # corrupted twin: a re-routed chain over the same distractors, answer forced to differ
+    twin_chain = sample(chain[:, 1])
+    twin_tokens = tokens.clone()
+    _write_chain(twin_tokens, twin_chain, hops, n_letters)
+    twin_source = twin_chain.gather(1, hops[:, None]).squeeze(1)
+    rows = torch.arange(n)
+    same = twin_tokens[rows, twin_source] == answers
+    shift = torch.randint(1, n_letters, (n,), generator=gen)
+    twin_tokens[rows[same], twin_source[same]] = (answers[same] + shift[same]) % n_letters
+    twin_answers = _answers(twin_tokens, twin_chain, hops)
+
+    def batch(toks: Tensor, ch: Tensor, ans: Tensor, wrong: Tensor, twin: TaskBatch | None) -> TaskBatch:
+        length_ = toks.shape[1]
+        targets = torch.full_like(toks, IGNORE)
+        targets[:, -1] = ans
+        return TaskBatch(
+            task="number",
+            tokens=toks,
+            targets=targets,
+            answers=ans,
+            answer_pos=torch.full((n,), length_ - 1, dtype=torch.long),
+            vocab=vocab,
+            hops=hops.clone(),
+            wrong_answers=wrong,
+            positions={
+                "query": torch.full((n,), length_ - 1, dtype=torch.long),
+                "chain": ch,
+                "answer_source": ch.gather(1, hops[:, None]).squeeze(1),
+            },
+            corrupted=twin,
+            params=params,
+        )
+
+    twin = batch(twin_tokens, twin_chain, twin_answers, answers.clone(), None)
+    return batch(tokens, chain, answers, twin_answers.clone(), twin)

@@ -1,0 +1,90 @@
+"""Repeated random tokens (SPEC 2.6, Framework; Olsson et al. 2022).
+
+A prompt is ``[BOS, r_1 .. r_L, r_1 .. r_L]`` with ``L = half_length`` distinct
+random tokens (so ``vocab_size >= half_length + 1``: ``L`` distinct tokens plus
+one more for the corrupted twin). The second half is predictable only by
+induction: at the second ``r_i`` the model finds the earlier ``r_i`` and copies the
+token after it, ``r_{i+1}``.
+
+``targets``: at the second-half positions of ``r_1 .. r_{L-1}`` the induction
+prediction ``r_2 .. r_L``; IGNORE elsewhere (the first half, BOS and the last token
+are not predictable by induction). ``answer_pos`` is the position of the second
+``r_{L-1}``, ``answers`` = ``r_L``.
+
+Corrupted twin (ours): the first-half ``r_L`` replaced by a token ``r'`` that does
+not occur in the prompt. Induction at the second ``r_{L-1}`` now predicts ``r'``,
+so the twin's answer (and its target there) is ``r'``; its ``wrong_answers`` is the
+clean ``r_L`` and the clean batch's ``wrong_answers`` is ``r'``.
+
+Vocabulary: ``BOS`` (id 0), then ``t0 .. t{V-1}`` (ids 1..V). With ``bos=False``
+the prompt has no BOS (BOS stays in the vocabulary, unused).
+
+Positions: ``"first_half"`` / ``"second_half"`` [batch] (where each half starts),
+``"induction_source"`` [batch] (the first-half ``r_L``, the token induction copies
+at ``answer_pos``), ``"query"`` [batch] (= answer_pos).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from headkit.errors import HeadkitError
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+
+
+def repeated_vocab(vocab_size: int) -> Vocab:
+    return Vocab(("BOS",) + tuple(f"t{i}" for i in range(vocab_size)))
+
+
+def repeated_tokens_task(
+    n: int, *, seed: int, half_length: int = 20, vocab_size: int = 50, bos: bool = True
+) -> TaskBatch:
+    """``n`` prompts ``[BOS, r_1..r_L, r_1..r_L]`` with distinct ``r_i`` and an induction twin."""
+    require_int("n", n, low=1)
+    require_int("half_length", half_length, low=2)  # the answer position is the second r_{L-1}
+    require_int("vocab_size", vocab_size, low=half_length + 1)  # L distinct tokens + the twin's r'
+    if not isinstance(bos, bool):
+        raise HeadkitError(f"bos must be True or False, got {bos!r}")
+    gen = make_generator(seed)
+    vocab = repeated_vocab(vocab_size)
+    big_l = half_length
+    # per prompt a random permutation of the symbols: the first L are r_1..r_L, the next is r'
+    perm = 1 + torch.rand(n, vocab_size, generator=gen).argsort(dim=1)  # [batch, vocab_size], ids 1..V
+    half, r_prime = perm[:, :big_l], perm[:, big_l]
+    start = 1 if bos else 0
+    parts = [torch.zeros(n, 1, dtype=torch.long)] if bos else []
+    tokens = torch.cat(parts + [half, half], dim=1)  # [batch, start + 2L]
+    length = tokens.shape[1]
+    second = start + big_l
+    answer_pos = length - 2  # the second r_{L-1}
+    twin_tokens = tokens.clone()
+    twin_tokens[:, start + big_l - 1] = r_prime
+    params = dict(half_length=half_length, vocab_size=vocab_size, bos=bos)
+
+    def build(toks: torch.Tensor, answers: torch.Tensor, wrong: torch.Tensor) -> TaskBatch:
+        targets = torch.full_like(toks, IGNORE)
+        targets[:, second : length - 1] = half[:, 1:]  # second r_i predicts r_{i+1}
+        targets[:, answer_pos] = answers
+        return TaskBatch(
+            task="induction",
+            tokens=toks,
+            targets=targets,
+            answers=answers,
+            answer_pos=torch.full((n,), answer_pos, dtype=torch.long),
+            vocab=vocab,
+            wrong_answers=wrong,
+            positions={
+                "first_half": torch.full((n,), start, dtype=torch.long),
+                "second_half": torch.full((n,), second, dtype=torch.long),
+                "induction_source": torch.full((n,), start + big_l - 1, dtype=torch.long),
+                "query": torch.full((n,), answer_pos, dtype=torch.long),
+            },
+            params=params,
+        )
+
+    r_last = half[:, -1].clone()
+    twin = build(twin_tokens, r_prime.clone(), r_last.clone())
+    clean = build(tokens, r_last.clone(), r_prime.clone())
+    return dataclasses.replace(clean, corrupted=twin)

@@ -1,0 +1,170 @@
+"""Tree path-finding (SPEC 2.4, Backward-chaining; Brinkmann et al. 2024).
+
+A prompt describes a random binary tree of ``n_nodes`` nodes with random labels
+``0..n_nodes-1`` as a shuffled edge list, one edge ``A >B ,`` (parent ``A``, child
+``B``) per edge, then ``|``, the goal node, ``:``, the root, and then the path from
+the root to the goal as ``>X >Y ... >goal``. Padding ``PAD`` fills every prompt to
+the same length. Example, 4 nodes::
+
+    3 >0 , 0 >2 , 3 >1 , | 2 : 3 >0 >2 PAD
+
+Scored positions (``targets``): the root and every path token that has a next path
+token, each predicting that next path token; IGNORE on the prompt, on the last
+path token and on pads. ``answer_pos`` is the root position and ``answers`` the
+first step ``>X``: the hardest step, since the model must chain backwards from the
+goal through the whole edge list. ``hops`` is the goal's depth (the path length).
+
+Trees grow by attaching node ``i = 1..n_nodes-1`` to a uniform random earlier node
+that has fewer than two children; node 0 is the root. The goal is a uniform
+non-root node.
+
+Corrupted twin (ours): the same tree and prompt up to ``|``, with another goal in
+the *other* subtree of the root, so its first step differs. A tree whose root has
+one child has no such goal; such trees are redrawn (for that prompt) until the root
+has two children, so every tree here has a two-child root and the longest possible
+path has ``n_nodes - 2`` steps; prompts are ``4 * n_nodes - 1`` tokens long.
+
+Positions: ``"edges_start"`` (0), ``"goal"``, ``"root"`` [batch], ``"path"``
+[batch, n_nodes - 2] (positions of the path tokens, -1 padded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+
+MAX_NODES = 128  # nothing breaks above; prompts are 4 * n_nodes - 1 tokens long
+
+
+def tree_vocab(n_nodes: int) -> Vocab:
+    """Ids: labels ``0..N-1``, then ``>0..>N-1``, then ``,`` ``:`` ``|`` ``PAD``."""
+    labels = [str(i) for i in range(n_nodes)]
+    return Vocab(tuple(labels + [">" + s for s in labels] + [",", ":", "|", "PAD"]))
+
+
+def _random_trees(n: int, n_nodes: int, gen: torch.Generator) -> Int[Tensor, "batch node"]:
+    """Parent of every node (root 0 has parent -1); every root has two children."""
+    parent = torch.full((n, n_nodes), -1, dtype=torch.long)
+    todo = torch.arange(n)
+    while todo.numel():
+        m = todo.numel()
+        par = torch.full((m, n_nodes), -1, dtype=torch.long)
+        n_children = torch.zeros(m, n_nodes, dtype=torch.long)
+        rows = torch.arange(m)
+        for i in range(1, n_nodes):
+            free = (n_children[:, :i] < 2).double()  # [rows, i]: who can take a child
+            p = torch.multinomial(free, 1, generator=gen).squeeze(-1)
+            par[:, i] = p
+            n_children[rows, p] += 1
+        parent[todo] = par
+        todo = todo[n_children[:, 0] < 2]  # redraw trees whose root has one child
+    return parent
+
+
+def _depth_and_branch(parent: Tensor) -> tuple[Tensor, Tensor]:
+    """Depth of every node, and the root child each node descends from (root: -1)."""
+    n, n_nodes = parent.shape
+    rows = torch.arange(n)
+    depth = torch.zeros(n, n_nodes, dtype=torch.long)
+    branch = torch.full((n, n_nodes), -1, dtype=torch.long)
+    for i in range(1, n_nodes):  # parents come before children
+        p = parent[:, i]
+        depth[:, i] = depth[rows, p] + 1
+        branch[:, i] = torch.where(p == 0, i, branch[rows, p])
+    return depth, branch
+
+
+def _paths(parent: Tensor, depth: Tensor, goal: Tensor, width: int) -> Int[Tensor, "batch step"]:
+    """Nodes on the path root -> goal (root excluded), -1 padded to ``width``."""
+    n = parent.shape[0]
+    rows = torch.arange(n)
+    path = torch.full((n, width), -1, dtype=torch.long)
+    node = goal.clone()
+    for _ in range(width):
+        on = node > 0
+        path[rows[on], depth[rows[on], node[on]] - 1] = node[on]
+        node = torch.where(on, parent[rows, node.clamp(min=0)], node)
+    return path
+
+
+def tree_task(n: int, *, seed: int, n_nodes: int = 10) -> TaskBatch:
+    """``n`` tree path-finding prompts (SPEC 2.4) with an other-subtree corrupted twin."""
+    require_int("n", n, low=1)
+    require_int("n_nodes", n_nodes, low=3, high=MAX_NODES)
+    gen = make_generator(seed)
+    vocab = tree_vocab(n_nodes)
+    big = n_nodes  # id of ">0"
+    comma, colon, bar, pad = (vocab.id(s) for s in (",", ":", "|", "PAD"))
+    max_depth = n_nodes - 2
+    rows = torch.arange(n)
+
+    parent = _random_trees(n, n_nodes, gen)
+    depth, branch = _depth_and_branch(parent)
+    label = torch.rand(n, n_nodes, generator=gen).argsort(dim=1)  # [batch, node] -> label
+    goal = 1 + torch.randint(0, n_nodes - 1, (n,), generator=gen)
+    other = (branch != branch[rows, goal][:, None]) & (branch >= 0)  # [batch, node]
+    twin_goal = torch.multinomial(other.double(), 1, generator=gen).squeeze(-1)
+
+    # shuffled edge list: child c contributes [label(parent c), >label(c), ","]
+    child = torch.rand(n, n_nodes - 1, generator=gen).argsort(dim=1) + 1  # [batch, edge]
+    edges = torch.stack(
+        [
+            label.gather(1, parent.gather(1, child)),
+            big + label.gather(1, child),
+            torch.full_like(child, comma),
+        ],
+        dim=2,
+    )  # [batch, edge, 3]
+    edges = edges.reshape(n, 3 * (n_nodes - 1))  # [batch, edge*3]
+    n_edge_tokens = edges.shape[1]
+    goal_pos, root_pos = n_edge_tokens + 1, n_edge_tokens + 3
+    params = dict(n_nodes=n_nodes)
+
+    def build(g: Tensor, wrong: Tensor | None) -> TaskBatch:
+        path = _paths(parent, depth, g, max_depth)  # [batch, step] nodes
+        on_path = path >= 0
+        path_tokens = torch.where(on_path, big + label.gather(1, path.clamp(min=0)), pad)
+        tokens = torch.cat(
+            [
+                edges,
+                torch.full((n, 1), bar),
+                label[rows, g][:, None],
+                torch.full((n, 1), colon),
+                label[:, :1],
+                path_tokens,
+            ],
+            dim=1,
+        )  # [batch, length]
+        hops = on_path.sum(1)
+        targets = torch.full_like(tokens, IGNORE)
+        # position root_pos + k predicts path token k, for k < hops
+        targets[:, root_pos : root_pos + max_depth] = torch.where(on_path, path_tokens, IGNORE)
+        step = torch.arange(max_depth)
+        answers = path_tokens[:, 0]
+        return TaskBatch(
+            task="tree",
+            tokens=tokens,
+            targets=targets,
+            answers=answers,
+            answer_pos=torch.full((n,), root_pos, dtype=torch.long),
+            vocab=vocab,
+            hops=hops,
+            wrong_answers=wrong,
+            positions={
+                "edges_start": torch.zeros(n, dtype=torch.long),
+                "goal": torch.full((n,), goal_pos, dtype=torch.long),
+                "root": torch.full((n,), root_pos, dtype=torch.long),
+                "path": torch.where(on_path, root_pos + 1 + step[None, :], -1),
+            },
+            params=params,
+        )
+
+    twin = build(twin_goal, None)
+    clean = build(goal, twin.answers.clone())
+    twin = dataclasses.replace(twin, wrong_answers=clean.answers.clone())
+    return dataclasses.replace(clean, corrupted=twin)
