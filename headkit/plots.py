@@ -171,12 +171,26 @@ def patching_figure(results: pd.DataFrame, *, value: str = "normalised", title: 
     return fig
 
 
-def write_figure(figure: go.Figure | RenderedHTML, path: str | os.PathLike, *, png: bool = True) -> list[Path]:
+PLOTLYJS_MODES = {"inline": True, "directory": "directory"}
+
+
+def write_figure(
+    figure: go.Figure | RenderedHTML,
+    path: str | os.PathLike,
+    *,
+    png: bool = True,
+    plotlyjs: str = "inline",
+) -> list[Path]:
     """Write ``figure`` to ``path`` (suffix ignored): HTML always, PNG when possible.
 
+    ``plotlyjs="inline"`` puts plotly.js (~4.5 MB) in every page;
+    ``"directory"`` writes it once as ``plotly.min.js`` beside the pages, which
+    load it by relative path (smaller folders of many figures; still offline).
     Returns the paths written. PNG export needs kaleido and a Chromium; where
     they are missing the HTML is still written and the reason is logged.
     """
+    if plotlyjs not in PLOTLYJS_MODES:
+        raise HeadkitError(f"plotlyjs={plotlyjs!r}: allowed {', '.join(PLOTLYJS_MODES)}")
     base = Path(path).with_suffix("")
     html_path = base.with_suffix(".html")
     written: list[Path] = []
@@ -187,7 +201,7 @@ def write_figure(figure: go.Figure | RenderedHTML, path: str | os.PathLike, *, p
     if not isinstance(figure, go.Figure):
         raise HeadkitError(f"cannot write a {type(figure).__name__}: expected a plotly Figure or RenderedHTML")
     with atomic_path(html_path) as tmp:
-        figure.write_html(tmp, include_plotlyjs=True, full_html=True)
+        figure.write_html(tmp, include_plotlyjs=PLOTLYJS_MODES[plotlyjs], full_html=True)
     written.append(html_path)
     if png:
         png_path = base.with_suffix(".png")

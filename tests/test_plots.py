@@ -72,3 +72,15 @@ def test_accuracy_and_patching_figures(tmp_path):
     with pytest.raises(HeadkitError, match="cannot write a dict"):
         write_figure({}, tmp_path / "x")
     assert isinstance(fig, go.Figure)
+
+
+def test_plotlyjs_directory_mode_writes_library_once(tmp_path):
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))
+    write_figure(fig, tmp_path / "a", png=False, plotlyjs="directory")
+    write_figure(fig, tmp_path / "b", png=False, plotlyjs="directory")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["a.html", "b.html", "plotly.min.js"]
+    assert 'src="plotly.min.js"' in (tmp_path / "a.html").read_text()
+    assert (tmp_path / "a.html").stat().st_size < 100_000
+    with pytest.raises(HeadkitError, match="plotlyjs='cdn'"):
+        write_figure(fig, tmp_path / "c", plotlyjs="cdn")
