@@ -1,0 +1,191 @@
+"""Peak resident memory of loading a bf16 GPT-J checkpoint: headkit vs TransformerLens.
+
+Writes a random GPT-J-width checkpoint (default d_model 4096, 16 heads, vocab
+50400, 2 layers: about 0.8B parameters, 1.6 GB in bfloat16) to a temporary
+directory, then loads it in separate subprocesses, one per path, so that
+peaks do not mix:
+
+- ``headkit``: ``load_gptj(dir, dtype="bfloat16")`` (raw weights, the default);
+- ``headkit_processed``: the same with fold_ln, center_writing_weights,
+  center_unembed and fold_value_biases (TransformerLens's defaults);
+- ``transformer_lens``: what ``HookedTransformer.from_pretrained(...,
+  hf_model=..., dtype=bfloat16)`` does, done offline: HF
+  ``GPTJForCausalLM.from_pretrained(dir, dtype=bfloat16)``, TL's
+  ``get_pretrained_state_dict`` (``convert_gptj_weights``),
+  ``HookedTransformer(cfg)`` and ``load_and_process_state_dict`` with its
+  default processing.
+
+Each child reports ``ru_maxrss`` after its imports (baseline) and after
+loading; the peak attributable to loading is the difference. Results are
+printed as multiples of the checkpoint file size.
+
+    python benchmarks/load_memory.py            # full size (~15 GB free needed)
+    python benchmarks/load_memory.py --small    # d_model 1024, vocab 8192: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PATHS = ("headkit", "headkit_processed", "transformer_lens")
+PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+
+
+def write_checkpoint(directory: Path, *, d_model: int, n_heads: int, n_layers: int, vocab: int) -> int:
+    """A random bf16 GPT-J checkpoint in HF layout, written tensor by tensor; returns its size."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPTJConfig
+
+    torch.manual_seed(0)
+    config = GPTJConfig(
+        vocab_size=vocab, n_positions=2048, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+        rotary_dim=64 if d_model // n_heads >= 64 else d_model // n_heads, dtype="bfloat16",
+    )
+    config.save_pretrained(directory)
+    from headkit.loading import expected_hf_shapes, read_gptj_config
+
+    tensors = {}
+    for name, shape in expected_hf_shapes(read_gptj_config(directory)).items():
+        tensors[name] = (torch.randn(shape) * 0.02).to(torch.bfloat16)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return (directory / "model.safetensors").stat().st_size
+
+
+def _status_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, from /proc."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _load_headkit(directory: Path, processed: bool):
+    from headkit.loading import load_gptj
+
+    return load_gptj(directory, dtype="bfloat16", device="cpu", **(PROCESSING if processed else {}))
+
+
+def _load_transformer_lens(directory: Path):
+    import torch
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import GPTJForCausalLM
+
+    from headkit.loading import hooked_config, read_gptj_config
+
+    hf_model = GPTJForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    cfg = hooked_config(
+        read_gptj_config(directory), dtype=torch.bfloat16, device="cpu", n_devices=1,
+        fold_ln=True, model_name="bench",
+    )
+    state_dict = loading.get_pretrained_state_dict(str(directory), cfg, hf_model, dtype=torch.bfloat16)
+    model = HookedTransformer(cfg, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **PROCESSING)
+    del hf_model, state_dict
+    return model
+
+
+LOADERS = {
+    "headkit": lambda d: _load_headkit(d, processed=False),
+    "headkit_processed": lambda d: _load_headkit(d, processed=True),
+    "transformer_lens": _load_transformer_lens,
+}
+
+
+def child(path: str, directory: Path) -> None:
+    """Runs in a subprocess: import everything, then load once and report memory."""
+    import torch
+
+    torch.set_num_threads(1)
+    import transformer_lens  # noqa: F401
+    import transformers  # noqa: F401
+
+    import headkit.loading  # noqa: F401
+
+    # The import peak can exceed the RSS left after imports; reset it so that the
+    # peak measured below belongs to loading. Without /proc/self/clear_refs, fall
+    # back to ru_maxrss, whose baseline is then the import peak (an underestimate).
+    reset = _reset_peak()
+    if reset:
+        baseline = _status_bytes("VmRSS")
+    else:
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    model = LOADERS[path](directory)
+    seconds = time.perf_counter() - start
+    peak = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({
+        "path": path, "baseline": baseline, "peak": peak, "after": _status_bytes("VmRSS"),
+        "seconds": seconds, "n_params": n_params,
+        "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="d_model 1024, 8 heads, vocab 8192")
+    parser.add_argument("--d-model", type=int, default=4096)
+    parser.add_argument("--n-heads", type=int, default=16)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=50400)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.dir)
+        return
+    if args.small:
+        args.d_model, args.n_heads, args.vocab = 1024, 8, 8192
+
+    with tempfile.TemporaryDirectory(prefix="gptj-bench-") as tmp:
+        directory = Path(tmp)
+        size = write_checkpoint(
+            directory, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers, vocab=args.vocab
+        )
+        print(f"checkpoint: d_model {args.d_model}, {args.n_heads} heads, {args.n_layers} layers, "
+              f"vocab {args.vocab}; model.safetensors {size / 2**30:.2f} GiB (bfloat16)")
+        results = {}
+        for path in args.paths:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", path, "--dir", str(directory)],
+                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            if out.returncode != 0:
+                print(f"{path}: failed (exit {out.returncode})\n{out.stderr[-2000:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results[path] = r
+            load_peak = r["peak"] - r["baseline"]
+            print(f"{path:>18}: peak during load {load_peak / 2**30:6.2f} GiB = {load_peak / size:4.2f}x "
+                  f"checkpoint; RSS after {(r['after'] - r['baseline']) / 2**30:5.2f} GiB above baseline; "
+                  f"{r['seconds']:.1f} s; {r['n_params'] / 1e9:.3f}B params {r['dtypes']}")
+        if "headkit" in results and "transformer_lens" in results and results["headkit"]["peak"] > results["headkit"]["baseline"]:
+            ours = results["headkit"]["peak"] - results["headkit"]["baseline"]
+            theirs = results["transformer_lens"]["peak"] - results["transformer_lens"]["baseline"]
+            print(f"TransformerLens / headkit peak ratio: {theirs / ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()

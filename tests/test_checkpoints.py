@@ -1,0 +1,197 @@
+"""save_checkpoint / load_checkpoint: exact round trips, atomic writes, corruption caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import headkit.checkpoints as ckpt
+from headkit.checkpoints import (
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from headkit.errors import HeadkitError
+from headkit.models import ModelConfig, model_from_config
+from headkit.tasks.base import TaskSpec
+
+CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
+TASK = TaskSpec("number", {"n_targets": 8, "max_hops": 4})
+
+
+def model(seed: int = 0):
+    return model_from_config(CONFIG, seed=seed, device="cpu")
+
+
+def write(run: Path, step: int, seed: int = 0, **kwargs) -> Path:
+    return save_checkpoint(
+        checkpoint_dir(run, step), model(seed), model_config=CONFIG, step=step, **kwargs
+    )
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, CONFIG.d_vocab, (2, 10), generator=torch.Generator().manual_seed(3))
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    original = model(seed=5)
+    path = save_checkpoint(tmp_path / "c", original, model_config=CONFIG, step=7)
+    loaded = load_checkpoint(path, device="cpu").model
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens()), original(tokens()))
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_bfloat16_round_trip_keeps_dtype(tmp_path):
+    original = model_from_config(CONFIG, seed=1, device="cpu", dtype="bfloat16")
+    path = save_checkpoint(tmp_path / "c", original, model_config=CONFIG, step=0)
+    loaded = load_checkpoint(path, device="cpu").model
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_metadata_round_trip(tmp_path):
+    train_config = {"lr": 1e-3, "batch_size": 128, "schedule": [1, 2], "name": "run-a"}
+    metrics = {"loss": 0.25, "accuracy": 0.875}
+    optimizer = torch.optim.AdamW(model().parameters(), lr=1e-3)
+    path = save_checkpoint(
+        tmp_path / "c", model(), model_config=CONFIG, step=1200, task=TASK, metrics=metrics,
+        train_config=train_config, optimizer_state=optimizer.state_dict(),
+    )
+    loaded = load_checkpoint(path, with_optimizer=True, device="cpu")
+    assert loaded.path == path
+    assert loaded.step == 1200
+    assert loaded.model_config == CONFIG
+    assert loaded.task == TASK
+    assert loaded.metrics == metrics
+    assert loaded.train_config == train_config
+    assert loaded.optimizer_state["param_groups"][0]["lr"] == 1e-3
+    assert load_checkpoint(path, device="cpu").optimizer_state is None
+    meta = json.loads((path / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"model.safetensors", "optimizer.pt"}
+    assert meta["headkit_version"]
+
+
+def test_failed_write_leaves_old_checkpoint_and_no_partial_directory(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    old = write(run, 100, seed=1, metrics={"loss": 1.0})
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+    def broken_writer(state, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", broken_writer)
+    with pytest.raises(OSError, match="disk full"):
+        write(run, 100, seed=2)  # replacing the same step
+    with pytest.raises(OSError, match="disk full"):
+        write(run, 200, seed=2)  # a new step
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000100"]
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert load_checkpoint(old, device="cpu").metrics == {"loss": 1.0}
+
+
+def test_failed_swap_restores_old_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    old = write(run, 100, seed=1, metrics={"loss": 1.0})
+    real_rename = ckpt.os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in Path(src).name:  # the moment the new directory would take its place
+            raise OSError("crash during rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "rename", rename)
+    with pytest.raises(OSError, match="crash during rename"):
+        write(run, 100, seed=2)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000100"]
+    assert load_checkpoint(old, device="cpu").metrics == {"loss": 1.0}
+
+
+def test_replacing_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    write(run, 100, seed=1, metrics={"loss": 1.0})
+    path = write(run, 100, seed=2, metrics={"loss": 0.5})
+    assert load_checkpoint(path, device="cpu").metrics == {"loss": 0.5}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000100"]
+
+
+def test_truncated_weights_named(tmp_path):
+    path = write(tmp_path, 1)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(HeadkitError, match=r"model\.safetensors is corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_flipped_byte_named(tmp_path):
+    path = write(tmp_path, 1)
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(HeadkitError, match=r"model\.safetensors is corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_missing_or_bad_meta_named(tmp_path):
+    path = write(tmp_path, 1)
+    meta = path / "meta.json"
+    text = meta.read_text()
+    meta.write_text(text[:20])
+    with pytest.raises(HeadkitError, match=r"meta\.json is not valid JSON"):
+        load_checkpoint(path)
+    meta.write_text(json.dumps({**json.loads(text), "model_config": {"n_layers": 0}}))
+    with pytest.raises(HeadkitError, match=r"meta\.json is invalid: n_layers=0"):
+        load_checkpoint(path)
+    meta.unlink()
+    with pytest.raises(HeadkitError, match=r"meta\.json not found"):
+        load_checkpoint(path)
+
+
+def test_missing_files_named(tmp_path):
+    path = write(tmp_path, 1)
+    with pytest.raises(HeadkitError, match=r"optimizer\.pt not found"):
+        load_checkpoint(path, with_optimizer=True)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(HeadkitError, match=r"model\.safetensors not found"):
+        load_checkpoint(path)
+    with pytest.raises(HeadkitError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_model_not_matching_config_refused(tmp_path):
+    other = model_from_config(ModelConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=40))
+    with pytest.raises(HeadkitError, match="model does not match model_config"):
+        save_checkpoint(tmp_path / "c", other, model_config=CONFIG, step=0)
+    with pytest.raises(HeadkitError, match="step=-1"):
+        save_checkpoint(tmp_path / "c", model(), model_config=CONFIG, step=-1)
+    with pytest.raises(HeadkitError, match="metric 'loss'"):
+        save_checkpoint(tmp_path / "c", model(), model_config=CONFIG, step=0, metrics={"loss": "x"})
+    assert not (tmp_path / "c").exists()
+
+
+def test_list_and_latest(tmp_path):
+    run = tmp_path / "run"
+    for step in (300, 20, 1000):
+        write(run, step)
+    (run / "checkpoints" / ".step_0002000.tmp-abc").mkdir()  # a crashed write is not listed
+    assert checkpoint_dir(run, 20).name == "step_0000020"
+    assert list_checkpoints(run) == [(s, checkpoint_dir(run, s)) for s in (20, 300, 1000)]
+    assert latest_checkpoint(run) == checkpoint_dir(run, 1000)
+
+
+def test_run_dir_errors(tmp_path):
+    with pytest.raises(HeadkitError, match=f"run directory {tmp_path / 'missing'} does not exist"):
+        latest_checkpoint(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert list_checkpoints(tmp_path / "empty") == []
+    with pytest.raises(HeadkitError, match=f"run directory {tmp_path / 'empty'} has no checkpoints"):
+        latest_checkpoint(tmp_path / "empty")
