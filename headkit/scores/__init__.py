@@ -1,0 +1,1 @@
+"""Head scores: positional/symbolic, RoPE, discrepancy, classic detectors, circuits, census, dynamics."""
