@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     # head scores (issue 3)
     "positional_symbolic_scores": "headkit.scores.positional_symbolic",
     "classify_heads": "headkit.scores.positional_symbolic",
+    "classify_scores": "headkit.scores.positional_symbolic",
     "rope_frequency_scores": "headkit.scores.rope",
     "discrepancy": "headkit.scores.discrepancy",
     "previous_token_scores": "headkit.scores.detectors",
@@ -45,9 +46,12 @@ _EXPORTS: dict[str, str] = {
     "track_heads": "headkit.scores.dynamics",
     # interventions (issue 4)
     "ablate": "headkit.interventions.ablation",
+    "ablate_metric": "headkit.interventions.ablation",
     "ablation_sweep": "headkit.interventions.ablation",
+    "ablation_sweep_by_hop": "headkit.interventions.ablation",
     "attention_knockout": "headkit.interventions.ablation",
     "activation_patching": "headkit.interventions.activation_patching",
+    "available_sites": "headkit.interventions.activation_patching",
     "path_patching": "headkit.interventions.path_patching",
     "path_patching_sweep": "headkit.interventions.path_patching",
     "attribution_patching": "headkit.interventions.attribution",
