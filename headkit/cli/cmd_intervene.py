@@ -1,0 +1,212 @@
+"""``headkit ablate``, ``headkit patch``, ``headkit path-patch``: interventions from the shell.
+
+Each command loads the latest checkpoint of a run directory written by
+``headkit train`` (or a checkpoint directory itself), draws ``--n`` fresh
+prompts of the run's task with ``--seed`` (clean = the batch, corrupted = its
+twin), runs one analysis of `headkit.interventions`, writes its DataFrame as a
+CSV (atomically) when ``--out`` is given and prints a compact table.
+
+- ``ablate RUN_DIR [--method zero|mean|resample] [--heads 0.0,3.0] [--together]
+  [--by-hop] [--metric M]``: `ablation_sweep` (or `ablation_sweep_by_hop`);
+  the reference batch of mean/resample ablation is the prompts themselves.
+- ``patch RUN_DIR [--site z] [--by-position] [--direction denoise|noise]
+  [--heads ...] [--metric M]``: `activation_patching`.
+- ``path-patch RUN_DIR --receivers 5.0.q,5.0.k|final [--senders 0.0,1.0]
+  [--metric M]``: `path_patching_sweep`, each sender alone. Head receivers are
+  patched together as one set; ``final`` is its own experiment, so a list with
+  both runs two sweeps. The CSV has a ``receivers`` column (``final`` or the
+  set, e.g. ``5.0.q+5.0.k``) before ``layer, head, value, normalised``.
+
+``--metric`` is one of `headkit.interventions.metrics.METRICS` (default
+``logit_diff`` where the task has wrong answers, else ``answer_logprob``),
+computed on the clean batch's answers. Every argument is checked (specs parsed,
+heads and layers against the model) before any forward pass; bad input is one
+``headkit: error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from headkit.checks import check_heads, parse_heads
+from headkit.errors import HeadkitError
+from headkit.io import write_csv
+
+log = logging.getLogger(__name__)
+
+ABLATION_METHODS = ("zero", "mean", "resample")
+DIRECTIONS = ("denoise", "noise")
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks that need no model: counts, output path, metric name."""
+    from headkit.interventions.metrics import METRICS
+
+    if args.n < 1:
+        raise HeadkitError(f"--n {args.n} is out of range: allowed 1 or more")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise HeadkitError(f"--batch-size {args.batch_size} is out of range: allowed 1 or more")
+    if args.out is not None and Path(args.out).is_dir():
+        raise HeadkitError(f"--out {args.out} is a directory: give a CSV file name")
+    if args.metric is not None and args.metric not in METRICS:
+        raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRICS)}")
+
+
+def _load(args: argparse.Namespace):
+    """(checkpoint, clean batch) of the run's latest checkpoint and task."""
+    from headkit.checkpoints import latest_checkpoint, load_checkpoint
+
+    path = Path(args.run_dir)
+    if not path.is_dir():
+        raise HeadkitError(f"run directory {path} does not exist")
+    folder = path if (path / "meta.json").is_file() else latest_checkpoint(path)
+    ckpt = load_checkpoint(folder, device=args.device)
+    if ckpt.task is None:
+        raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts")
+    batch = ckpt.task.build(args.n, seed=args.seed).to(ckpt.model.cfg.device)
+    log.info("loaded %s (step %d); %d %s prompts", ckpt.path, ckpt.step, batch.n, ckpt.task.name)
+    return ckpt, batch
+
+
+def _metric(args: argparse.Namespace, batch, *, per_example: bool = False):
+    from headkit.interventions.metrics import METRICS
+
+    name = args.metric or ("logit_diff" if batch.wrong_answers is not None else "answer_logprob")
+    return name, METRICS[name](batch, per_example=per_example)
+
+
+def _corrupted(batch, ckpt):
+    if batch.corrupted is None:
+        raise HeadkitError(f"task {ckpt.task.name!r} gives no corrupted twin: patching needs one")
+    return batch.corrupted
+
+
+def _finish(args: argparse.Namespace, frame: pd.DataFrame, title: str) -> int:
+    print(title)
+    print(frame.to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
+    if args.out is not None:
+        write_csv(args.out, frame)
+        print(f"written to {args.out}")
+    return 0
+
+
+def _heads(model, parsed: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+    return None if parsed is None else check_heads(model, parsed)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
+
+    _check_args(args)
+    parsed = None if args.heads is None else parse_heads(args.heads)
+    ckpt, batch = _load(args)
+    heads = _heads(ckpt.model, parsed)
+    name, metric = _metric(args, batch, per_example=args.by_hop)
+    sweep = ablation_sweep_by_hop if args.by_hop else ablation_sweep
+    frame = sweep(
+        ckpt.model, batch, method=args.method, metric=metric, heads=heads,
+        together=args.together, batch_size=args.batch_size,
+    )  # fmt: skip
+    return _finish(args, frame, f"{args.method} ablation, metric {name}, {batch.n} prompts, step {ckpt.step}:")
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from headkit.interventions.activation_patching import activation_patching, check_site
+
+    _check_args(args)
+    parsed = None if args.heads is None else parse_heads(args.heads)
+    ckpt, batch = _load(args)
+    check_site(ckpt.model, args.site)
+    heads = _heads(ckpt.model, parsed)
+    corrupted = _corrupted(batch, ckpt)
+    name, metric = _metric(args, batch)
+    frame = activation_patching(
+        ckpt.model, batch.tokens, corrupted.tokens, metric, site=args.site,
+        by_position=args.by_position, direction=args.direction, heads=heads,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    title = f"activation patching ({args.direction}) of {args.site}, metric {name}, {batch.n} prompts, step {ckpt.step}:"
+    return _finish(args, frame, title)
+
+
+def _path_patch(args: argparse.Namespace) -> int:
+    from headkit.interventions.path_patching import (
+        FINAL,
+        check_receivers,
+        check_senders,
+        parse_receivers,
+        path_patching_sweep,
+    )
+
+    _check_args(args)
+    receivers = parse_receivers(args.receivers)
+    senders = None if args.senders is None else parse_heads(args.senders)
+    groups = [g for g in ([r for r in receivers if r != FINAL], [r for r in receivers if r == FINAL]) if g]
+    ckpt, batch = _load(args)
+    checked = [check_receivers(ckpt.model, group) for group in groups]
+    for group in checked:
+        if senders is not None:
+            check_senders(ckpt.model, senders, group)
+    corrupted = _corrupted(batch, ckpt)
+    name, metric = _metric(args, batch)
+    frames = []
+    for group in checked:
+        frame = path_patching_sweep(
+            ckpt.model, batch.tokens, corrupted.tokens, list(group.heads) or FINAL, metric,
+            senders=senders, **({} if args.batch_size is None else {"batch_size": args.batch_size}),
+        )  # fmt: skip
+        frames.append(frame.assign(receivers=group.label()))
+        clean, corrupt = frame.attrs["clean"], frame.attrs["corrupted"]
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame[["receivers", *[c for c in frame.columns if c != "receivers"]]]
+    title = (
+        f"path patching, metric {name} (clean {clean:.4f}, corrupted {corrupt:.4f}), "
+        f"{batch.n} prompts, step {ckpt.step}:"
+    )
+    return _finish(args, frame, title)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
+    parser.add_argument("--metric", default=None, help="logit_diff, answer_logprob, accuracy or loss")
+    parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
+    parser.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
+    parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: as saved)")
+    parser.add_argument("--out", default=None, help="CSV file to write")
+    parser.set_defaults(func=func)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ablate = subparsers.add_parser("ablate", help="ablate heads and measure a metric")
+    _common(ablate, _ablate)
+    ablate.add_argument("--method", choices=ABLATION_METHODS, default="mean")
+    ablate.add_argument("--heads", default=None, help="LAYER.HEAD list, e.g. 0.0,3.0 (default all)")
+    ablate.add_argument("--together", action="store_true", help="ablate the heads as one set")
+    ablate.add_argument("--by-hop", action="store_true", help="one row per head and hop count")
+
+    patch = subparsers.add_parser("patch", help="activation patching between clean and corrupted prompts")
+    _common(patch, _patch)
+    patch.add_argument("--site", default="z", help="z, q, k, v, pattern, resid_pre, attn_out, mlp_out, ...")
+    patch.add_argument("--by-position", action="store_true", help="one row per position too")
+    patch.add_argument("--direction", choices=DIRECTIONS, default="denoise")
+    patch.add_argument("--heads", default=None, help="LAYER.HEAD list (head sites; default all)")
+
+    path = subparsers.add_parser("path-patch", help="path patching from sender heads to receivers")
+    _common(path, _path_patch)
+    path.add_argument("--receivers", required=True, help="LAYER.HEAD.q|k|v list and/or final")
+    path.add_argument("--senders", default=None, help="LAYER.HEAD list (default: all earlier heads)")
