@@ -1,0 +1,138 @@
+"""Discrepancy: how far a head's top attention logit stands above the runner-up.
+
+PosSym-2026 define, for a head and inputs of length ``n``,
+
+    Δ(n) = (largest attention logit) - (second-largest attention logit)
+
+at the query (last) position, before the softmax. Their theory: an *index*
+(positional) head, which must single out one offset among ``n`` with rotary
+angles, has Δ(n) shrinking like O(1/n²), so it blurs on longer inputs; a
+*retrieval* (symbolic) head, which matches content, keeps Δ bounded away from 0.
+Measuring Δ(n) per head against length shows which kind a trained head is
+(SPEC R4).
+
+Logits are read at ``blocks.{l}.attn.hook_attn_scores`` (already divided by the
+attention scale); only the last row is kept and masked entries (``-inf``, none
+at the last row of a causal model) are excluded. Prompts come from a task
+specification, built fresh at each length with the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Protocol, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from headkit.checks import Head, check_tokens
+from headkit.errors import HeadkitError
+from headkit.models import check_fits_context
+from headkit.scores.positional_symbolic import check_positive_int, resolve_heads
+from headkit.tasks.base import TaskBatch
+
+log = logging.getLogger(__name__)
+
+DISCREPANCY_COLUMNS = ["layer", "head", "length", "discrepancy", "discrepancy_std", "n_prompts"]
+
+
+class TaskLike(Protocol):
+    """What `discrepancy` needs of a task: `headkit.tasks.TaskSpec` has it."""
+
+    def build(self, n: int, *, seed: int, length: int) -> TaskBatch: ...
+
+
+def last_row_logits(
+    model: HookedTransformer, tokens: Tensor, heads: Sequence[Head], *, batch_size: int
+) -> Float[Tensor, "batch unit key_pos"]:
+    """Pre-softmax attention logits of ``heads`` at the last position, in chunks."""
+    layers = sorted({l for l, _ in heads})
+    by_layer = {l: [h for ll, h in heads if ll == l] for l in layers}
+    chunks = []
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="logits", disable=None, leave=False):
+        store: dict[int, Tensor] = {}
+
+        def keep(scores: Tensor, hook: Any, *, layer: int) -> None:
+            # scores: [batch, head_index, query_pos, key_pos]
+            store[layer] = scores[:, by_layer[layer], -1, :].detach().float().cpu()
+
+        hooks = [
+            (f"blocks.{l}.attn.hook_attn_scores", partial(keep, layer=l))
+            for l in layers
+        ]
+        with torch.no_grad():
+            model.run_with_hooks(
+                tokens[start : start + batch_size].to(model.cfg.device), fwd_hooks=hooks,
+                return_type=None, stop_at_layer=layers[-1] + 1,
+            )
+        per_head = {(l, h): store[l][:, k] for l in layers for k, h in enumerate(by_layer[l])}
+        chunks.append(torch.stack([per_head[lh] for lh in heads], dim=1))  # [chunk, unit, key]
+    return torch.cat(chunks)
+
+
+def top_gap(logits: Float[Tensor, "... key_pos"]) -> Float[Tensor, "..."]:
+    """Largest minus second-largest finite entry along the last axis."""
+    finite = torch.where(torch.isfinite(logits), logits, torch.full_like(logits, -torch.inf))
+    top2 = finite.topk(2, dim=-1).values  # [..., 2]
+    return top2[..., 0] - top2[..., 1]
+
+
+def discrepancy(
+    model: HookedTransformer,
+    task: TaskLike,
+    *,
+    lengths: Sequence[int],
+    n: int = 64,
+    seed: int = 0,
+    heads: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Δ(n) of each head at each prompt length (PosSym-2026).
+
+    Args:
+        task: a `headkit.tasks.TaskSpec` (anything with ``build(n, *, seed, length)``
+            returning a `TaskBatch`); prompts are built at each length with ``seed``.
+        lengths: prompt lengths, each 2..n_ctx (checked before any work).
+        n: prompts per length.
+        heads: (layer, head) pairs; None = every head.
+        batch_size: prompts per forward pass.
+
+    Returns:
+        One row per (layer, head, length): ``layer, head, length, discrepancy``
+        (mean Δ over prompts), ``discrepancy_std`` (their standard deviation,
+        0 for one prompt), ``n_prompts``.
+    """
+    if not callable(getattr(task, "build", None)):
+        raise HeadkitError(
+            f"task must be a TaskSpec (with build(n, *, seed, length)), got {type(task).__name__}"
+        )
+    lengths = list(lengths)
+    if not lengths:
+        raise HeadkitError("lengths is empty: give at least one prompt length")
+    for length in lengths:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise HeadkitError(f"length {length!r} is not allowed: lengths are integers 2..{model.cfg.n_ctx}")
+        check_fits_context(model, length, what="prompt")
+    check_positive_int("n", n)
+    batch_size = check_positive_int("batch_size", batch_size)
+    head_list = resolve_heads(model, heads)
+    rows = []
+    for length in lengths:
+        batch = task.build(n, seed=seed, length=length)
+        tokens = check_tokens(model, batch.tokens, name=f"prompts of length {length}")
+        if tokens.shape[1] != length:
+            raise HeadkitError(
+                f"task built prompts of length {tokens.shape[1]} when asked for {length}"
+            )
+        gaps = top_gap(last_row_logits(model, tokens, head_list, batch_size=batch_size))  # [batch, unit]
+        mean = gaps.mean(0)
+        std = gaps.std(0, unbiased=True) if gaps.shape[0] > 1 else torch.zeros_like(mean)
+        log.info("discrepancy at length %d: %d prompts", length, gaps.shape[0])
+        for k, (layer, head) in enumerate(head_list):
+            rows.append((layer, head, length, float(mean[k]), float(std[k]), int(gaps.shape[0])))
+    return pd.DataFrame(rows, columns=DISCREPANCY_COLUMNS)

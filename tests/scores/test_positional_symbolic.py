@@ -1,0 +1,368 @@
+"""Swap-metric scores and head classification (SPEC 3.1).
+
+References: a one-layer model built by hand whose heads are positional, symbolic
+or uniform by construction, and a slow loop (one full forward per swapped prompt,
+pattern read from `run_with_cache`, the metric in plain Python).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from headkit.errors import HeadkitError
+from headkit.models import gptj_model
+from headkit.scores.positional_symbolic import (
+    SCORE_COLUMNS,
+    classify_heads,
+    classify_scores,
+    positional_symbolic_scores,
+    prompt_labels,
+)
+
+N_SYMBOLS = 8
+ROTARY_DIM = 8
+
+
+def hadamard(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def rotation(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[c, -s], [s, c]])
+
+
+def handbuilt_model(amp: float = 8.0, content: float = 8.0):
+    """One attention-only layer, four heads, answers known by construction.
+
+    Tokens ``0..7`` are symbols, ``8..15`` pointers (pointer ``8+s`` asks for symbol
+    ``s``). Embeddings are rows of a Hadamard matrix (mean 0, variance 1), so the
+    LayerNorm leaves them unchanged and ``x @ H[t] = 32 [x is token t]``.
+    - head 0, positional: W_Q = W_K = 0 and constant biases on the two fastest
+      rotary pairs with the key bias turned by θ_f, so the logit at offset k is
+      amp²/4 · Σ_f cos((1 - k) θ_f): the previous token wins whatever it holds.
+    - head 1, symbolic: pointer s queries and symbol s keys share the unrotated
+      direction e_s: logit content²/4 on the matching symbol, 0 elsewhere.
+    - heads 2 and 3: all zero, so uniform attention.
+    """
+    d_model, d_head = 32, 16
+    model = gptj_model(
+        1, d_model, 4, 2 * N_SYMBOLS, 64, rotary_dim=ROTARY_DIM, d_head=d_head, attn_only=True
+    )
+    emb = hadamard(d_model)[1 : 2 * N_SYMBOLS + 1]
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        model.embed.W_E.copy_(emb)
+        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
+            p.zero_()
+        for f in (0, 1):
+            theta = 10000 ** (-2 * f / ROTARY_DIM)
+            b_q = torch.tensor([amp, 0.0])
+            attn.b_Q[0, 2 * f : 2 * f + 2] = b_q
+            attn.b_K[0, 2 * f : 2 * f + 2] = rotation(theta) @ b_q
+        for s in range(N_SYMBOLS):
+            attn.W_K[1, :, ROTARY_DIM + s] = emb[s] * content / d_model
+            attn.W_Q[1, :, ROTARY_DIM + s] = emb[N_SYMBOLS + s] * content / d_model
+    return model
+
+
+def lookup_prompts(n: int, seed: int = 0) -> torch.Tensor:
+    """The 8 symbols in a random order, then a pointer to one of them: [n, 9]."""
+    gen = torch.Generator().manual_seed(seed)
+    symbols = torch.stack([torch.randperm(N_SYMBOLS, generator=gen) for _ in range(n)])
+    target = torch.randint(0, N_SYMBOLS, (n,), generator=gen)
+    return torch.cat([symbols, (N_SYMBOLS + target)[:, None]], dim=1)
+
+
+def no_hooks_left(model) -> bool:
+    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+# ---------------------------------------------------------------------------
+# hand-built heads
+
+
+def test_handbuilt_heads_score_as_constructed():
+    model = handbuilt_model()
+    tokens = lookup_prompts(6)
+    _, cache = model.run_with_cache(tokens)
+    pattern = cache["pattern", 0][:, :, -1]  # [batch, head, key]
+    assert (pattern[:, 0, -2] > 0.9).all()  # the construction works: previous token
+    target_pos = (tokens[:, :-1] == (tokens[:, -1:] - N_SYMBOLS)).float().argmax(-1)
+    assert (pattern[torch.arange(6), 1, target_pos] > 0.99).all()  # and content lookup
+
+    df = positional_symbolic_scores(model, tokens)
+    assert list(df.columns) == SCORE_COLUMNS
+    assert len(df) == 6 * 4
+    assert (df["n_pairs"] == 28).all()  # 8 distinct symbols: all C(8,2) pairs informative
+    pos, sym = df[df["head"] == 0], df[df["head"] == 1]
+    assert (pos["positional_score"] - pos["symbolic_score"] > 0.8).all()
+    assert (sym["symbolic_score"] - sym["positional_score"] > 0.8).all()
+    assert (pos["signal"] > 0.5).all() and (sym["signal"] > 0.9).all()
+    uniform = df[df["head"] >= 2]
+    # exclusion: a uniform head scores "both" (cosines 1) but shows zero signal
+    assert uniform["signal"].abs().max() < 1e-6
+    assert (uniform["n_signal_pairs"] == 0).all()
+
+    heads = classify_heads(model, tokens)
+    labels = dict(zip(heads["head"], heads["label"]))
+    assert labels == {0: "positional", 1: "symbolic", 2: "inactive", 3: "inactive"}
+    assert heads["pure"].tolist() == [True, True, False, False]
+    assert (heads["purity"] == 1.0).all() and (heads["n_prompts"] == 6).all()
+    assert no_hooks_left(model)
+
+
+def test_untrained_model_heads_are_never_confidently_labelled():
+    from headkit.tasks.number import number_task
+
+    batch = number_task(24, seed=1)
+    model = gptj_model(2, 32, 4, len(batch.vocab), 64, seed=3)
+    heads = classify_heads(model, batch.tokens, max_pairs=40)
+    assert len(heads) == 8
+    assert not heads["pure"].any(), heads
+    assert (heads["label"] == "inactive").all(), heads
+
+
+# ---------------------------------------------------------------------------
+# batched implementation against a slow explicit loop
+
+
+def slow_scores(model, tokens, blocks, query_pos, tau):
+    """One full forward per swapped prompt; the metric written out in Python."""
+    q = query_pos % tokens.shape[1]
+    heads = list(itertools.product(range(model.cfg.n_layers), range(model.cfg.n_heads)))
+
+    def rows(toks):  # (layer, head) -> attention row of the query, as a list
+        _, cache = model.run_with_cache(toks[None])
+        return {(l, h): cache["pattern", l][0, h, q].tolist() for l, h in heads}
+
+    def cos(a, b):
+        return (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))
+
+    def means(row):
+        return [sum(row[k] for k in b) / len(b) for b in blocks]
+
+    out = []
+    for p in range(tokens.shape[0]):
+        original = tokens[p]
+        base = rows(original)
+        swaps = {}
+        for i, j in itertools.combinations(range(len(blocks)), 2):
+            swapped = original.clone()
+            swapped[blocks[i]] = original[blocks[j]]
+            swapped[blocks[j]] = original[blocks[i]]
+            if not torch.equal(swapped, original):  # identical contents: skipped by design
+                swaps[i, j] = rows(swapped)
+        for lh in heads:
+            d = means(base[lh])
+            gaps, pos_s, sym_s = [], [], []
+            for (i, j), new_rows in swaps.items():
+                dn = means(new_rows[lh])
+                v, mirror, v_new = (d[i], d[j]), (d[j], d[i]), (dn[i], dn[j])
+                gaps.append(abs(d[i] - d[j]))
+                pos_s.append(cos(v_new, v))
+                sym_s.append(cos(v_new, mirror))
+            expw = [math.exp(g / tau) for g in gaps]
+            w = [e / sum(expw) for e in expw]
+            out.append(
+                {
+                    "prompt": p,
+                    "layer": lh[0],
+                    "head": lh[1],
+                    "positional_score": sum(a * b for a, b in zip(w, pos_s)),
+                    "symbolic_score": sum(a * b for a, b in zip(w, sym_s)),
+                    "signal": sum(a * b for a, b in zip(w, gaps)),
+                    "n_pairs": len(gaps),
+                    "n_signal_pairs": sum(g >= tau for g in gaps),
+                }
+            )
+    return out
+
+
+@pytest.mark.parametrize(
+    "options, blocks",
+    [
+        ({"block_size": 2}, [[0, 1], [2, 3], [4, 5], [6, 7]]),
+        ({"blocks": [[0], [3], [5], [6]]}, [[0], [3], [5], [6]]),
+        ({"query_pos": 5}, [[0], [1], [2], [3], [4]]),
+    ],
+)
+def test_batched_equals_slow_loop(tiny_gptj, options, blocks):
+    model = tiny_gptj(n_layers=2, n_heads=2, d_vocab=12)
+    tokens = torch.randint(0, 12, (3, 9), generator=torch.Generator().manual_seed(5))
+    tokens[0, 3] = tokens[0, 0]  # identical contents in a pair: skipped by both
+    tau = 0.03
+    df = positional_symbolic_scores(model, tokens, tau=tau, batch_size=7, **options)
+    ref = slow_scores(model, tokens, blocks, options.get("query_pos", -1), tau)
+    assert len(df) == len(ref)
+    for got, want in zip(df.to_dict("records"), ref):
+        for key in ("prompt", "layer", "head", "n_pairs", "n_signal_pairs"):
+            assert got[key] == want[key], (key, got, want)
+        for key in ("positional_score", "symbolic_score", "signal"):
+            assert got[key] == pytest.approx(want[key], abs=1e-5), (key, got, want)
+    assert no_hooks_left(model)
+
+
+def test_max_pairs_samples_a_seeded_subset(tiny_gptj):
+    model = tiny_gptj(d_vocab=12)
+    tokens = torch.randint(0, 12, (2, 10), generator=torch.Generator().manual_seed(1))
+    full = positional_symbolic_scores(model, tokens)
+    capped = positional_symbolic_scores(model, tokens, max_pairs=5, seed=3)
+    again = positional_symbolic_scores(model, tokens, max_pairs=5, seed=3)
+    assert (capped["n_pairs"] <= 5).all() and (full["n_pairs"] > 5).all()
+    assert capped.equals(again)
+    large = positional_symbolic_scores(model, tokens, max_pairs=10_000)
+    assert large.equals(full)
+
+
+def test_heads_subset_matches_all_heads_and_stops_early(tiny_gptj):
+    model = tiny_gptj(n_layers=3, d_vocab=12)
+    tokens = torch.randint(0, 12, (2, 7), generator=torch.Generator().manual_seed(2))
+    later_layer_calls = []
+    handle = model.blocks[2].register_forward_pre_hook(lambda *a: later_layer_calls.append(1))
+    try:
+        some = positional_symbolic_scores(model, tokens, heads=[(1, 1), (0, 0)])
+    finally:
+        handle.remove()
+    assert not later_layer_calls  # the forward stopped after layer 1
+    everything = positional_symbolic_scores(model, tokens)
+    keyed = everything.set_index(["prompt", "layer", "head"])
+    assert some[["layer", "head"]].drop_duplicates().values.tolist() == [[0, 0], [1, 1]]
+    for row in some.to_dict("records"):
+        want = keyed.loc[(row["prompt"], row["layer"], row["head"])]
+        assert row["symbolic_score"] == pytest.approx(want["symbolic_score"], abs=1e-6)
+        assert row["positional_score"] == pytest.approx(want["positional_score"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# labels
+
+
+def test_prompt_labels_follow_margin_and_signal():
+    import pandas as pd
+
+    scores = pd.DataFrame(
+        {
+            "positional_score": [0.9, 0.2, 0.6, 0.9, math.nan],
+            "symbolic_score": [0.1, 0.8, 0.5, 0.1, math.nan],
+            "signal": [0.5, 0.5, 0.5, 0.05, math.nan],
+            "n_pairs": [3, 3, 3, 3, 0],
+        }
+    )
+    labels = prompt_labels(scores, margin=0.2, min_signal=0.1).tolist()
+    assert labels == ["positional", "symbolic", "mixed", "inactive", "inactive"]
+
+
+def test_classify_scores_majority_purity_and_ties():
+    import pandas as pd
+
+    def prompts(head, pairs):  # (s_pos, s_sym) per prompt, signal 0.5
+        return [
+            {"prompt": p, "layer": 0, "head": head, "positional_score": a, "symbolic_score": b,
+             "signal": 0.5, "n_pairs": 3, "n_signal_pairs": 1}
+            for p, (a, b) in enumerate(pairs)
+        ]
+
+    pos, sym, mix = (0.9, 0.1), (0.1, 0.9), (0.5, 0.5)
+    table = pd.DataFrame(
+        prompts(0, [pos, pos, pos, pos, mix])  # 4/5 positional
+        + prompts(1, [pos, pos, sym, sym])  # positional/symbolic tie -> mixed
+        + prompts(2, [sym, sym, sym, mix])  # 3/4 symbolic: below purity 0.8
+    )
+    out = classify_scores(table, margin=0.2, min_signal=0.1, purity_threshold=0.8)
+    assert out["label"].tolist() == ["positional", "mixed", "symbolic"]
+    assert out["purity"].tolist() == pytest.approx([0.8, 0.5, 0.75])
+    assert out["pure"].tolist() == [True, False, False]
+    assert out["positional_score"].tolist() == pytest.approx([0.82, 0.5, 0.2])
+    assert out["n_prompts"].tolist() == [5, 4, 4]
+
+
+# ---------------------------------------------------------------------------
+# bad input: HeadkitError naming the value, before any forward pass
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"heads": [(2, 0)]}, ["layer 2", "0..1"]),
+        ({"heads": [(0, 5)]}, ["head 5", "0..1"]),
+        ({"query_pos": 9}, ["query_pos 9", "-9..8"]),
+        ({"query_pos": 1}, ["query_pos 1", "at least 2"]),
+        ({"block_size": 3}, ["block_size=3", "1, 2, 4"]),
+        ({"block_size": 8}, ["block_size=8", "at least 2 blocks"]),
+        ({"blocks": [[0, 1], [2]]}, ["block 1", "equal size"]),
+        ({"blocks": [[0], [8]]}, ["position 8", "0..7"]),
+        ({"blocks": [[0], [0]]}, ["position 0", "block 0 and block 1"]),
+        ({"blocks": [[0], [1]], "block_size": 2}, ["either blocks or block_size"]),
+        ({"tau": 0}, ["tau=0"]),
+        ({"max_pairs": 0}, ["max_pairs=0"]),
+        ({"batch_size": 0}, ["batch_size=0"]),
+    ],
+)
+def test_bad_options_raise_before_work(tiny_gptj, kwargs, words):
+    model = tiny_gptj(d_vocab=12)
+    tokens = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(0))
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(HeadkitError) as err:
+            positional_symbolic_scores(model, tokens, **kwargs)
+    finally:
+        handle.remove()
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    assert not calls
+    assert no_hooks_left(model)
+
+
+@pytest.mark.parametrize(
+    "tokens, words",
+    [
+        (torch.zeros(0, 8, dtype=torch.long), ["empty"]),
+        (torch.zeros(2, 65, dtype=torch.long), ["length 65", "n_ctx=64"]),
+        (torch.full((2, 8), 12), ["token id 12", "0..11"]),
+    ],
+)
+def test_bad_prompts_raise(tiny_gptj, tokens, words):
+    model = tiny_gptj(d_vocab=12)
+    with pytest.raises(HeadkitError) as err:
+        positional_symbolic_scores(model, tokens)
+    for w in words:
+        assert w in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"margin": -0.1}, ["margin=-0.1", "0 <= margin < 2"]),
+        ({"min_signal": -1}, ["min_signal=-1"]),
+        ({"purity_threshold": 0.5}, ["purity_threshold=0.5", "0.5 < value <= 1"]),
+    ],
+)
+def test_bad_classify_options_raise(tiny_gptj, kwargs, words):
+    model = tiny_gptj(d_vocab=12)
+    tokens = torch.randint(0, 12, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(HeadkitError) as err:
+        classify_heads(model, tokens, **kwargs)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_hooks_removed_after_an_error_inside_the_forward(tiny_gptj, monkeypatch):
+    model = tiny_gptj(d_vocab=12)
+    tokens = torch.randint(0, 12, (2, 6), generator=torch.Generator().manual_seed(0))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.blocks[1], "forward", boom)
+    with pytest.raises(RuntimeError):
+        positional_symbolic_scores(model, tokens)
+    assert no_hooks_left(model)

@@ -1,0 +1,150 @@
+"""Per-RoPE-frequency swap scores (SPEC 3.1, last point).
+
+References: TransformerLens's own rotary tables and attention scores (the
+components must add up to the head's logits), per-component patterns recomputed
+from `run_with_cache`, and a hand-built head whose fast rotary pairs attend to
+the previous token while its unrotated part looks up content.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from headkit.errors import HeadkitError
+from headkit.models import gptj_model
+from headkit.scores.rope import (
+    ROPE_COLUMNS,
+    average_over_prompts,
+    component_rows,
+    rope_frequency_scores,
+    rotary_components,
+)
+
+N_SYMBOLS = 8
+ROTARY_DIM = 8
+
+
+def hadamard(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def mixed_head_model(amp: float = 8.0, content: float = 8.0):
+    """One layer, one head (d_head 16, rotary_dim 8) that is two heads in one.
+
+    Rotary pair f0 (θ = 1 rad/position) carries constant q/k biases, the key's
+    turned by θ, so that component alone scores offset k by amp²/4 · cos(1 - k):
+    previous token (and offset 7, cos(-6) = 0.96) whatever the content. The
+    unrotated dims hold a content lookup: pointer token 8+s asks for symbol s
+    (Hadamard embeddings pass the LayerNorm unchanged). Pairs f1..f3 are zero.
+    """
+    d_model, d_head = 32, 16
+    model = gptj_model(
+        1, d_model, 1, 2 * N_SYMBOLS, 64, rotary_dim=ROTARY_DIM, d_head=d_head, attn_only=True
+    )
+    emb = hadamard(d_model)[1 : 2 * N_SYMBOLS + 1]
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        model.embed.W_E.copy_(emb)
+        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
+            p.zero_()
+        attn.b_Q[0, 0:2] = torch.tensor([amp, 0.0])
+        attn.b_K[0, 0:2] = torch.tensor([amp * math.cos(1.0), amp * math.sin(1.0)])
+        for s in range(N_SYMBOLS):
+            attn.W_K[0, :, ROTARY_DIM + s] = emb[s] * content / d_model
+            attn.W_Q[0, :, ROTARY_DIM + s] = emb[N_SYMBOLS + s] * content / d_model
+    return model
+
+
+def lookup_prompts(n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    symbols = torch.stack([torch.randperm(N_SYMBOLS, generator=gen) for _ in range(n)])
+    target = torch.randint(0, N_SYMBOLS, (n,), generator=gen)
+    return torch.cat([symbols, (N_SYMBOLS + target)[:, None]], dim=1)
+
+
+def test_components_match_transformer_lens_rotary_tables(tiny_gptj):
+    model = tiny_gptj(d_model=32, n_heads=2, rotary_dim=8)  # d_head 16: 4 pairs + nope
+    names, membership, thetas = rotary_components(model)
+    assert names == ["f0", "f1", "f2", "f3", "nope"]
+    assert membership.sum(0).tolist() == [1.0] * 16  # every dim in exactly one component
+    attn = model.blocks[0].attn
+    for f in range(4):
+        assert membership[f, 2 * f] == 1 and membership[f, 2 * f + 1] == 1
+        # the angle TransformerLens turns dims (2f, 2f+1) by between positions 0 and 1
+        angle = math.atan2(float(attn.rotary_sin[1, 2 * f]), float(attn.rotary_cos[1, 2 * f]))
+        assert thetas[f] == pytest.approx(angle, rel=1e-5)
+    assert math.isnan(thetas[4])
+
+
+def test_component_patterns_sum_to_head_logits_and_match_cache(tiny_gptj):
+    model = tiny_gptj(n_layers=2, d_model=32, n_heads=2, rotary_dim=8, d_vocab=20)
+    tokens = torch.randint(0, 20, (3, 10), generator=torch.Generator().manual_seed(0))
+    q_pos = 7
+    names, membership, _ = rotary_components(model)
+    heads = [(0, 1), (1, 0)]
+    got = component_rows(model, heads, q_pos, membership)(tokens)  # [batch, head*comp, key]
+    assert got.shape == (3, len(heads) * len(names), 10)
+    _, cache = model.run_with_cache(tokens)
+    for k, (layer, head) in enumerate(heads):
+        q = cache["rot_q", layer][:, q_pos, head]  # [batch, d_head]
+        keys = cache["rot_k", layer][:, : q_pos + 1, head]  # [batch, key, d_head]
+        scale = math.sqrt(model.cfg.d_head)
+        parts = [(q[:, None, :] * keys * membership[c]).sum(-1) / scale for c in range(len(names))]
+        # the split is exact: components add up to the head's own attention scores
+        total = torch.stack(parts).sum(0)
+        assert torch.allclose(total, cache["attn_scores", layer][:, head, q_pos, : q_pos + 1], atol=1e-5)
+        for c, logits in enumerate(parts):
+            row = got[:, k * len(names) + c]
+            assert torch.allclose(row[:, : q_pos + 1], torch.softmax(logits, -1), atol=1e-6)
+            assert (row[:, q_pos + 1 :] == 0).all()
+
+
+def test_handbuilt_fast_pair_is_positional_and_unrotated_part_symbolic():
+    model = mixed_head_model()
+    tokens = lookup_prompts(5)
+    df = rope_frequency_scores(model, tokens)
+    assert list(df.columns) == ROPE_COLUMNS
+    assert len(df) == 5 * 5
+    mean = average_over_prompts(df).set_index("component")
+    f0, nope = mean.loc["f0"], mean.loc["nope"]
+    assert f0["positional_score"] - f0["symbolic_score"] > 0.8
+    assert nope["symbolic_score"] - nope["positional_score"] > 0.8
+    assert f0["frequency"] == pytest.approx(1.0) and math.isnan(nope["frequency"])
+    assert f0["signal"] > 0.3 and nope["signal"] > 0.9
+    for unused in ("f1", "f2", "f3"):  # zero q and k: uniform pattern, no signal
+        assert mean.loc[unused, "signal"] < 1e-6
+    assert (mean["n_prompts"] == 5).all()
+
+
+def test_non_rotary_model_is_refused():
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10,
+        attn_only=True, positional_embedding_type="standard", act_fn="gelu",
+    )
+    model = HookedTransformer(cfg)
+    with pytest.raises(HeadkitError, match="rotary"):
+        rope_frequency_scores(model, torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"heads": [(0, 3)]}, ["head 3", "0..1"]),
+        ({"query_pos": -20}, ["query_pos -20", "-9..8"]),
+        ({"block_size": 5}, ["block_size=5"]),
+    ],
+)
+def test_bad_options_raise(tiny_gptj, kwargs, words):
+    model = tiny_gptj(d_vocab=12, rotary_dim=8)
+    tokens = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(HeadkitError) as err:
+        rope_frequency_scores(model, tokens, **kwargs)
+    for w in words:
+        assert w in str(err.value)
