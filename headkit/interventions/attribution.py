@@ -38,9 +38,9 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from headkit.checks import check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
+from headkit.interventions.path_patching import check_token_pair
 
 # site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation)
 SITES: dict[str, tuple[str, int]] = {
@@ -85,13 +85,7 @@ def attribution_patching(
     """
     if site not in SITES:
         raise HeadkitError(f"unknown site {site!r}: allowed {', '.join(SITES)}")
-    check_tokens(model, clean_tokens, name="clean_tokens")
-    check_tokens(model, corrupted_tokens, name="corrupted_tokens")
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise HeadkitError(
-            f"clean_tokens shape {tuple(clean_tokens.shape)} and corrupted_tokens shape "
-            f"{tuple(corrupted_tokens.shape)} differ: patching needs prompts of the same shape"
-        )
+    check_token_pair(model, clean_tokens, corrupted_tokens)
     device = model.cfg.device
     clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
     hook, head_axis = SITES[site]

@@ -172,7 +172,8 @@ def check_senders(
     return heads
 
 
-def _check_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+    """Check ``clean_tokens`` and ``corrupted_tokens`` for ``model``, and that their shapes agree."""
     check_tokens(model, clean, name="clean_tokens")
     check_tokens(model, corrupted, name="corrupted_tokens")
     if clean.shape != corrupted.shape:
@@ -180,6 +181,10 @@ def _check_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> N
             f"clean_tokens shape {tuple(clean.shape)} and corrupted_tokens shape "
             f"{tuple(corrupted.shape)} differ: patching needs prompts of the same shape"
         )
+
+
+def _check_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+    check_token_pair(model, clean, corrupted)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left":
         raise HeadkitError(

@@ -45,16 +45,11 @@ from headkit.scores.detectors import (
     repeated_random_tokens,
     resolve_vocab_range,
 )
+from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS as HEAD_CLASSIFY_COLUMNS
+from headkit.scores.positional_symbolic import classify_heads
 
-CLASSIFY_COLUMNS = [
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "label",
-    "purity",
-    "pure",
-    "n_prompts",
-]
+# the per-head columns of the positional/symbolic classification
+CLASSIFY_COLUMNS = [c for c in HEAD_CLASSIFY_COLUMNS if c not in ("layer", "head")]
 COMPOSITION_COLUMNS = [f"max_{kind}_{way}" for kind in TARGET_CIRCUITS for way in ("in", "out")]
 CENSUS_COLUMNS = [
     "layer",
@@ -152,8 +147,6 @@ def head_census(
         table = table.merge(_max_composition(model, kind), on=["layer", "head"], how="left")
 
     if tokens is not None:
-        from headkit.scores.positional_symbolic import classify_heads
-
         classes = classify_heads(model, tokens, **dict(classify_options or {}))
         table = table.merge(classes, on=["layer", "head"], how="left")
     for column in CENSUS_COLUMNS:

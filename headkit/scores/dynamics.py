@@ -36,29 +36,12 @@ from tqdm.auto import tqdm
 from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
-from headkit.scores.positional_symbolic import classify_heads
+from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, check_positive_int, classify_heads
 from headkit.tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
 
-DYNAMICS_COLUMNS = [
-    "step",
-    "layer",
-    "head",
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "label",
-    "purity",
-    "pure",
-    "n_prompts",
-    "accuracy",
-]
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HeadkitError(f"{name}={value!r} must be a positive integer (1 or more)")
+DYNAMICS_COLUMNS = ["step", *CLASSIFY_COLUMNS, "accuracy"]
 
 
 def select_checkpoints(run_dir: str | Path, steps: Sequence[int] | None) -> list[tuple[int, Path]]:
@@ -113,8 +96,8 @@ def track_heads(
         device: where to load the models (None = TransformerLens's default).
         progress: show a progress bar over checkpoints.
     """
-    _check_positive("n_prompts", n_prompts)
-    _check_positive("eval_n", eval_n)
+    check_positive_int("n_prompts", n_prompts)
+    check_positive_int("eval_n", eval_n)
     chosen = select_checkpoints(run_dir, steps)
     options = dict(classify_options or {})
     frames = []

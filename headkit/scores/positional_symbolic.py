@@ -343,6 +343,35 @@ def swap_metric(
     return pair_scores(d, d_swapped, plan.pairs, informative, tau=tau)
 
 
+def heads_by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
+    """The heads of every layer named in ``heads``: layers ascending, heads in the given order."""
+    layers = sorted({l for l, _ in heads})
+    return {l: [h for ll, h in heads if ll == l] for l in layers}
+
+
+def run_head_rows(
+    model: HookedTransformer,
+    tokens: Tensor,
+    hooks: list[tuple[str, Callable[..., None]]],
+    store: dict[int, Tensor],
+    *,
+    heads: Sequence[Head],
+    by_layer: dict[int, list[int]],
+) -> Tensor:
+    """Run ``hooks`` (they fill ``store``) up to the last layer needed; rows in the order of ``heads``.
+
+    ``store[l][:, k]`` belongs to head ``by_layer[l][k]``; the result is
+    ``[batch, unit, ...]`` with one unit per entry of ``heads``.
+    """
+    with torch.no_grad():
+        model.run_with_hooks(
+            tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None,
+            stop_at_layer=max(by_layer) + 1,
+        )
+    per_head = {(l, h): store[l][:, k] for l, hs in by_layer.items() for k, h in enumerate(hs)}
+    return torch.stack([per_head[lh] for lh in heads], dim=1)  # [batch, unit, ...]
+
+
 def pattern_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int) -> RowFn:
     """A row function: post-softmax attention rows of ``heads`` at ``query_pos``.
 
@@ -350,8 +379,7 @@ def pattern_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int
     ``pattern[:, heads, query_pos, :]`` and stops after the last layer needed.
     Units come out in the order of ``heads``.
     """
-    layers = sorted({l for l, _ in heads})
-    by_layer = {l: [h for ll, h in heads if ll == l] for l in layers}
+    by_layer = heads_by_layer(heads)
 
     def rows(tokens: Tensor) -> Float[Tensor, "batch unit key_pos"]:
         store: dict[int, Tensor] = {}
@@ -361,15 +389,10 @@ def pattern_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int
             store[layer] = pattern[:, by_layer[layer], query_pos, :].detach()
 
         hooks = [
-            (f"blocks.{l}.attn.hook_pattern", partial(keep, layer=l)) for l in layers
+            (f"blocks.{l}.attn.hook_pattern", partial(keep, layer=l)) for l in by_layer
         ]
-        with torch.no_grad():
-            model.run_with_hooks(
-                tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None,
-                stop_at_layer=layers[-1] + 1,
-            )
-        per_head = {(l, h): store[l][:, k] for l in layers for k, h in enumerate(by_layer[l])}
-        return torch.stack([per_head[lh] for lh in heads], dim=1)  # [batch, unit, key_pos]
+        # [batch, unit, key_pos]
+        return run_head_rows(model, tokens, hooks, store, heads=heads, by_layer=by_layer)
 
     return rows
 

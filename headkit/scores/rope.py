@@ -41,8 +41,10 @@ from headkit.scores.positional_symbolic import (
     RowFn,
     check_positive_float,
     check_positive_int,
+    heads_by_layer,
     make_plan,
     resolve_heads,
+    run_head_rows,
     swap_metric,
 )
 
@@ -111,8 +113,7 @@ def component_rows(
     the keys ``0..query_pos`` and a softmax per component; keys after the query
     get 0, as under the causal mask.
     """
-    layers = sorted({l for l, _ in heads})
-    by_layer = {l: [h for ll, h in heads if ll == l] for l in layers}
+    by_layer = heads_by_layer(heads)
     n_comp = membership.shape[0]
 
     def rows(tokens: Tensor) -> Float[Tensor, "batch unit key_pos"]:
@@ -134,18 +135,14 @@ def component_rows(
             patterns[layer] = full
 
         hooks = []
-        for l in layers:
+        for l in by_layer:
             hooks.append((f"blocks.{l}.attn.hook_rot_q", partial(keep_q, layer=l)))
             hooks.append(
                 (f"blocks.{l}.attn.hook_rot_k", partial(component_pattern, layer=l))
             )
-        with torch.no_grad():
-            model.run_with_hooks(
-                tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None,
-                stop_at_layer=layers[-1] + 1,
-            )
-        per_head = {(l, h): patterns[l][:, k] for l in layers for k, h in enumerate(by_layer[l])}
-        stacked = torch.stack([per_head[lh] for lh in heads], dim=1)  # [batch, head, comp, key]
+        stacked = run_head_rows(
+            model, tokens, hooks, patterns, heads=heads, by_layer=by_layer
+        )  # [batch, head, comp, key]
         return stacked.reshape(stacked.shape[0], len(heads) * n_comp, -1)  # [batch, head*comp, key]
 
     return rows

@@ -34,6 +34,18 @@ from headkit.errors import HeadkitError
 IGNORE = -100  # target value of positions that are not scored
 
 
+def decode_ids(ids: Iterable[int] | Tensor, *, size: int, string_of: Callable[[int], str]) -> list[str]:
+    """Token ids (a list or a 1-D tensor) -> ``string_of(id)``; an id outside ``0..size-1`` is an error."""
+    if isinstance(ids, Tensor):
+        ids = ids.reshape(-1).tolist()
+    out = []
+    for i in ids:
+        if not 0 <= int(i) < size:
+            raise HeadkitError(f"token id {i} is out of range: allowed 0..{size - 1}")
+        out.append(string_of(int(i)))
+    return out
+
+
 @dataclass(frozen=True)
 class Vocab:
     """A synthetic vocabulary: token id ``i`` is the string ``tokens[i]``."""
@@ -68,14 +80,7 @@ class Vocab:
 
     def decode(self, ids: Iterable[int] | Tensor) -> list[str]:
         """Token ids (a list or a 1-D tensor) -> their strings."""
-        if isinstance(ids, Tensor):
-            ids = ids.reshape(-1).tolist()
-        out = []
-        for i in ids:
-            if not 0 <= int(i) < len(self.tokens):
-                raise HeadkitError(f"token id {i} is out of range: allowed 0..{len(self.tokens) - 1}")
-            out.append(self.tokens[int(i)])
-        return out
+        return decode_ids(ids, size=len(self.tokens), string_of=self.tokens.__getitem__)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": list(self.tokens)}

@@ -14,13 +14,22 @@ from position ``c`` with ``r`` hops left. Each next landing ``c'`` is then drawn
 weight ``counts[r - 1, c']`` among the positions reachable from ``c``, which makes
 every complete chain equally likely. ``counts[h, q] == 0`` means ``h`` hops are
 impossible with these windows, which the builders check before any work.
+
+The parts both builders share live here too: the layout and hop-range checks
+(`check_layout`, `check_hop_range`), -1 padding of chains to ``max_hops + 1``
+(`pad_chains`), the answer position ``c_h`` (`chain_ends`) and the batch itself,
+scored at the query only (`chain_batch`).
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, require, require_int
 
 
 def balanced_hops(n: int, min_hops: int, max_hops: int, gen: torch.Generator) -> Int[Tensor, " batch"]:
@@ -112,3 +121,78 @@ def sample_chains(
             here = _draw(weights, gen)
             chain[rows, step] = here
     return chain
+
+
+def check_layout(n: int, *, target_window: int, pointer_window: int, length: int | None) -> int:
+    """Check ``n`` and the windows before any work; returns the target window size ``T``.
+
+    ``length`` (if given) replaces ``target_window`` by ``length - pointer_window - 1``.
+    """
+    require_int("n", n, low=1)
+    require_int("pointer_window", pointer_window, low=0)
+    if length is None:
+        require_int("target_window", target_window, low=1)
+        return target_window
+    require_int("length", length, low=pointer_window + 2)  # at least one target token
+    return length - pointer_window - 1
+
+
+def check_hop_range(*, min_hops: int, max_hops: int, pointer_window: int) -> None:
+    """Check ``min_hops..max_hops``: a chain of ``h`` hops needs ``h-1`` pointer-window landings."""
+    require_int("min_hops", min_hops, low=1)
+    require_int("max_hops", max_hops, low=min_hops)
+    require(
+        max_hops <= pointer_window + 1,
+        f"max_hops={max_hops} is impossible with pointer_window={pointer_window}: "
+        f"allowed 1..{pointer_window + 1} (a chain of h hops needs h-1 landings in the pointer window)",
+    )
+
+
+def pad_chains(chain: Int[Tensor, "batch k"], max_hops: int) -> Int[Tensor, "batch hops_plus_1"]:
+    """``chain`` padded with -1 to the fixed width ``max_hops + 1``."""
+    width = max_hops + 1 - chain.shape[1]
+    return torch.cat([chain, torch.full((chain.shape[0], width), -1, dtype=torch.long)], dim=1)
+
+
+def chain_ends(chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"]) -> Int[Tensor, " batch"]:
+    """The last landing ``c_h`` of every chain: the answer's position."""
+    return chain.gather(1, hops[:, None]).squeeze(1)
+
+
+def chain_batch(
+    task: str,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    chain: Int[Tensor, "batch hops_plus_1"],
+    hops: Int[Tensor, " batch"],
+    answers: Int[Tensor, " batch"],
+    wrong_answers: Int[Tensor, " batch"],
+    vocab: Vocab,
+    params: Mapping[str, Any],
+    corrupted: TaskBatch | None,
+) -> TaskBatch:
+    """The `TaskBatch` of a pointer-chain task: only the query (last) position is scored.
+
+    Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] and
+    ``"answer_source"`` [batch] (``chain_ends``).
+    """
+    n, length = tokens.shape
+    targets = torch.full_like(tokens, IGNORE)
+    targets[:, -1] = answers
+    return TaskBatch(
+        task=task,
+        tokens=tokens,
+        targets=targets,
+        answers=answers,
+        answer_pos=torch.full((n,), length - 1, dtype=torch.long),
+        vocab=vocab,
+        hops=hops.clone(),
+        wrong_answers=wrong_answers,
+        positions={
+            "query": torch.full((n,), length - 1, dtype=torch.long),
+            "chain": chain.clone(),
+            "answer_source": chain_ends(chain, hops),
+        },
+        corrupted=corrupted,
+        params=params,
+    )

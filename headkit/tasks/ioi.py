@@ -45,7 +45,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, make_generator, require, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator, require, require_int
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "David", "Michael", "Robert", "Daniel", "Paul", "Mark",
@@ -87,14 +87,7 @@ class TokenizerVocab:
 
     def decode(self, ids: Iterable[int] | Tensor) -> list[str]:
         """Token ids -> their text, one string per id (e.g. `` Mary``)."""
-        if isinstance(ids, Tensor):
-            ids = ids.reshape(-1).tolist()
-        out = []
-        for i in ids:
-            if not 0 <= int(i) < len(self.tokenizer):
-                raise HeadkitError(f"token id {i} is out of range: allowed 0..{len(self.tokenizer) - 1}")
-            out.append(self.tokenizer.decode([int(i)]))
-        return out
+        return decode_ids(ids, size=len(self.tokenizer), string_of=lambda i: self.tokenizer.decode([i]))
 
 
 def _fill(template: str, io: str, s1: str, s2: str) -> str:

@@ -39,11 +39,17 @@ from __future__ import annotations
 import string
 
 import torch
-from jaxtyping import Int
-from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require, require_int
-from headkit.tasks.chains import balanced_hops, sample_chains
+from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
+from headkit.tasks.chains import (
+    balanced_hops,
+    chain_batch,
+    chain_ends,
+    check_hop_range,
+    check_layout,
+    pad_chains,
+    sample_chains,
+)
 
 SYMBOL_NAMES: tuple[str, ...] = tuple(string.ascii_lowercase + string.ascii_uppercase)
 DIGIT_NAMES: tuple[str, ...] = tuple("123456789")
@@ -74,22 +80,9 @@ def _check(
     length: int | None,
 ) -> int:
     """Validate every parameter before any work; returns the target window size ``T``."""
-    require_int("n", n, low=1)
-    require_int("pointer_window", pointer_window, low=0)
-    if length is None:
-        require_int("target_window", target_window, low=1)
-        t = target_window
-    else:
-        require_int("length", length, low=pointer_window + 2)  # at least one target token
-        t = length - pointer_window - 1
+    t = check_layout(n, target_window=target_window, pointer_window=pointer_window, length=length)
     require_int("n_digits", n_digits, low=2, high=MAX_DIGITS)  # the twin needs a second digit
-    require_int("min_hops", min_hops, low=1)
-    require_int("max_hops", max_hops, low=min_hops)
-    require(
-        max_hops <= pointer_window + 1,
-        f"max_hops={max_hops} is impossible with pointer_window={pointer_window}: "
-        f"allowed 1..{pointer_window + 1} (a chain of h hops needs h-1 landings in the pointer window)",
-    )
+    check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
     require_int("n_symbols", n_symbols, low=2, high=MAX_SYMBOLS)
     require(
         n_symbols >= max_hops + 2,
@@ -118,18 +111,6 @@ def letter_task(
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """
-    t = _check(
-        n,
-        target_window=target_window,
-        pointer_window=pointer_window,
-        min_hops=min_hops,
-        max_hops=max_hops,
-        n_symbols=n_symbols,
-        n_digits=n_digits,
-        length=length,
-    )
-    gen = make_generator(seed)
-    p, s, d = pointer_window, n_symbols, n_digits
     params = dict(
         target_window=target_window,
         pointer_window=pointer_window,
@@ -139,11 +120,14 @@ def letter_task(
         n_digits=n_digits,
         length=length,
     )
+    t = _check(n, **params)
+    gen = make_generator(seed)
+    p, s, d = pointer_window, n_symbols, n_digits
     vocab = letter_vocab(s, d)
     n_target_ids = s * d
     hops = balanced_hops(n, min_hops, max_hops, gen)
     chain = sample_chains(hops, target_window=t, pointer_window=p, max_jump=None, gen=gen)
-    chain = torch.cat([chain, torch.full((n, max_hops + 1 - chain.shape[1]), -1, dtype=torch.long)], dim=1)
+    chain = pad_chains(chain, max_hops)
 
     # symbols: a random permutation per prompt; y_1..y_h = perm[:, :h] are looked up,
     # every other first symbol is drawn from perm[:, h:]
@@ -165,7 +149,7 @@ def letter_task(
         y_next = perm[on, i]
         first[r, c_next] = y_next
         tokens[r, c] = n_target_ids + first[r, c] * s + y_next
-    source = chain.gather(1, hops[:, None]).squeeze(1)  # [batch]
+    source = chain_ends(chain, hops)  # [batch]
     tokens[rows, source] = first[rows, source] * d + digit[rows, source]
     answers = tokens[rows, source]
 
@@ -175,26 +159,10 @@ def letter_task(
     twin_tokens[rows, source] = first[rows, source] * d + new_digit
     twin_answers = twin_tokens[rows, source]
 
-    def batch(toks: Tensor, ans: Tensor, wrong: Tensor, twin: TaskBatch | None) -> TaskBatch:
-        targets = torch.full_like(toks, IGNORE)
-        targets[:, -1] = ans
-        return TaskBatch(
-            task="letter",
-            tokens=toks,
-            targets=targets,
-            answers=ans,
-            answer_pos=torch.full((n,), length_ - 1, dtype=torch.long),
-            vocab=vocab,
-            hops=hops.clone(),
-            wrong_answers=wrong,
-            positions={
-                "query": torch.full((n,), length_ - 1, dtype=torch.long),
-                "chain": chain.clone(),
-                "answer_source": source.clone(),
-            },
-            corrupted=twin,
-            params=params,
-        )
-
-    twin = batch(twin_tokens, twin_answers, answers.clone(), None)
-    return batch(tokens, answers, twin_answers.clone(), twin)
+    shared = dict(chain=chain, hops=hops, vocab=vocab, params=params)
+    twin = chain_batch(
+        "letter", twin_tokens, answers=twin_answers, wrong_answers=answers.clone(), corrupted=None, **shared
+    )
+    return chain_batch(
+        "letter", tokens, answers=answers, wrong_answers=twin_answers.clone(), corrupted=twin, **shared
+    )

@@ -35,8 +35,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require, require_int
-from headkit.tasks.chains import balanced_hops, chain_counts, sample_chains
+from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
+from headkit.tasks.chains import (
+    balanced_hops,
+    chain_batch,
+    chain_counts,
+    chain_ends,
+    check_hop_range,
+    check_layout,
+    pad_chains,
+    sample_chains,
+)
 
 # letter names: "a".."z", "A".."Z", then "aa", "ab", ..., "zz" (never integer-like)
 _SINGLE = list(string.ascii_lowercase + string.ascii_uppercase)
@@ -63,23 +72,10 @@ def _check(
     length: int | None,
 ) -> int:
     """Validate every parameter before any work; returns the target window size ``T``."""
-    require_int("n", n, low=1)
-    require_int("pointer_window", pointer_window, low=0)
-    if length is None:
-        require_int("target_window", target_window, low=1)
-        t = target_window
-    else:
-        require_int("length", length, low=pointer_window + 2)  # at least one target token
-        t = length - pointer_window - 1
+    t = check_layout(n, target_window=target_window, pointer_window=pointer_window, length=length)
     require_int("n_letters", n_letters, low=2, high=MAX_LETTERS)
     require_int("max_pointer", max_pointer, low=1)
-    require_int("min_hops", min_hops, low=1)
-    require_int("max_hops", max_hops, low=min_hops)
-    require(
-        max_hops <= pointer_window + 1,
-        f"max_hops={max_hops} is impossible with pointer_window={pointer_window}: "
-        f"allowed 1..{pointer_window + 1} (a chain of h hops needs h-1 landings in the pointer window)",
-    )
+    check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
     counts = chain_counts(
         target_window=t, pointer_window=pointer_window, max_jump=max_pointer, max_hops=max_hops
     )
@@ -97,7 +93,7 @@ def _check(
 def _answers(
     tokens: Int[Tensor, "batch pos"], chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"]
 ) -> Int[Tensor, " batch"]:
-    source = chain.gather(1, hops[:, None]).squeeze(1)  # position of the answer letter
+    source = chain_ends(chain, hops)  # position of the answer letter
     return tokens.gather(1, source[:, None]).squeeze(1)
 
 
@@ -133,18 +129,6 @@ def number_task(
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
     """
-    t = _check(
-        n,
-        target_window=target_window,
-        pointer_window=pointer_window,
-        min_hops=min_hops,
-        max_hops=max_hops,
-        n_letters=n_letters,
-        max_pointer=max_pointer,
-        length=length,
-    )
-    gen = make_generator(seed)
-    p = pointer_window
     params = dict(
         target_window=target_window,
         pointer_window=pointer_window,
@@ -154,6 +138,9 @@ def number_task(
         max_pointer=max_pointer,
         length=length,
     )
+    t = _check(n, **params)
+    gen = make_generator(seed)
+    p = pointer_window
     vocab = number_vocab(n_letters, max_pointer)
     hops = balanced_hops(n, min_hops, max_hops, gen)
 
@@ -166,8 +153,7 @@ def number_task(
         chain = sample_chains(
             hops, target_window=t, pointer_window=p, max_jump=max_pointer, gen=gen, avoid_first=avoid_first
         )
-        width = max_hops + 1 - chain.shape[1]  # pad to the fixed width max_hops+1
-        return torch.cat([chain, torch.full((n, width), -1, dtype=torch.long)], dim=1)
+        return pad_chains(chain, max_hops)
 
     chain = sample(None)
     _write_chain(tokens, chain, hops, n_letters)
@@ -177,34 +163,19 @@ def number_task(
     twin_chain = sample(chain[:, 1])
     twin_tokens = tokens.clone()
     _write_chain(twin_tokens, twin_chain, hops, n_letters)
-    twin_source = twin_chain.gather(1, hops[:, None]).squeeze(1)
+    twin_source = chain_ends(twin_chain, hops)
     rows = torch.arange(n)
     same = twin_tokens[rows, twin_source] == answers
     shift = torch.randint(1, n_letters, (n,), generator=gen)
     twin_tokens[rows[same], twin_source[same]] = (answers[same] + shift[same]) % n_letters
     twin_answers = _answers(twin_tokens, twin_chain, hops)
 
-    def batch(toks: Tensor, ch: Tensor, ans: Tensor, wrong: Tensor, twin: TaskBatch | None) -> TaskBatch:
-        length_ = toks.shape[1]
-        targets = torch.full_like(toks, IGNORE)
-        targets[:, -1] = ans
-        return TaskBatch(
-            task="number",
-            tokens=toks,
-            targets=targets,
-            answers=ans,
-            answer_pos=torch.full((n,), length_ - 1, dtype=torch.long),
-            vocab=vocab,
-            hops=hops.clone(),
-            wrong_answers=wrong,
-            positions={
-                "query": torch.full((n,), length_ - 1, dtype=torch.long),
-                "chain": ch,
-                "answer_source": ch.gather(1, hops[:, None]).squeeze(1),
-            },
-            corrupted=twin,
-            params=params,
-        )
-
-    twin = batch(twin_tokens, twin_chain, twin_answers, answers.clone(), None)
-    return batch(tokens, chain, answers, twin_answers.clone(), twin)
+    shared = dict(hops=hops, vocab=vocab, params=params)
+    twin = chain_batch(
+        "number", twin_tokens, chain=twin_chain, answers=twin_answers, wrong_answers=answers.clone(),
+        corrupted=None, **shared,
+    )
+    return chain_batch(
+        "number", tokens, chain=chain, answers=answers, wrong_answers=twin_answers.clone(),
+        corrupted=twin, **shared,
+    )

@@ -7,7 +7,6 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import (
@@ -246,14 +245,6 @@ def test_renormalised_knockout_equals_masking_the_score(model, batch):
 
 
 # --- bad input and hook hygiene ----------------------------------------------------
-
-
-@pytest.fixture
-def no_forward(monkeypatch):
-    def forward(*args, **kwargs):
-        raise AssertionError("a forward pass ran before the input was checked")
-
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
 
 
 @pytest.mark.parametrize(

@@ -191,14 +191,6 @@ def no_hooks_left(model) -> bool:
     return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
-@pytest.fixture
-def no_forward(monkeypatch):
-    def forward(*args, **kwargs):
-        raise AssertionError("a forward pass ran before the input was checked")
-
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
-
-
 @pytest.mark.parametrize(
     "kwargs,message",
     [

@@ -15,49 +15,11 @@ import pytest
 import torch
 
 from headkit.errors import HeadkitError
-from headkit.models import gptj_model
 from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
 from headkit.tasks import TaskBatch, TaskSpec, Vocab
 
 N_SYMBOLS = 8
-ROTARY_DIM = 8
 AMP, CONTENT = 8.0, 8.0
-
-
-def hadamard(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
-
-
-def handbuilt_model():
-    """Head 0 positional (fast rotary pairs f0, f1), head 1 content lookup (unrotated dims).
-
-    Logit of head 0 at offset k: AMP²/4 · (cos(1 - k) + cos(0.1 (1 - k))), whatever the
-    tokens; of head 1: CONTENT²/4 on the symbol the query points at, 0 on every other key.
-    Embeddings are Hadamard rows, which the LayerNorm leaves unchanged.
-    """
-    d_model, d_head = 32, 16
-    model = gptj_model(
-        1, d_model, 2, 2 * N_SYMBOLS, 256, rotary_dim=ROTARY_DIM, d_head=d_head, attn_only=True
-    )
-    emb = hadamard(d_model)[1 : 2 * N_SYMBOLS + 1]
-    attn = model.blocks[0].attn
-    with torch.no_grad():
-        model.embed.W_E.copy_(emb)
-        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
-            p.zero_()
-        for f in (0, 1):
-            theta = 10000 ** (-2 * f / ROTARY_DIM)
-            attn.b_Q[0, 2 * f : 2 * f + 2] = torch.tensor([AMP, 0.0])
-            attn.b_K[0, 2 * f : 2 * f + 2] = torch.tensor(
-                [AMP * math.cos(theta), AMP * math.sin(theta)]
-            )
-        for s in range(N_SYMBOLS):
-            attn.W_K[1, :, ROTARY_DIM + s] = emb[s] * CONTENT / d_model
-            attn.W_Q[1, :, ROTARY_DIM + s] = emb[N_SYMBOLS + s] * CONTENT / d_model
-    return model
 
 
 @dataclass(frozen=True)
@@ -107,8 +69,14 @@ def test_matches_explicit_cache_computation(tiny_gptj):
                 assert row.n_prompts == 6
 
 
-def test_positional_head_shrinks_with_length_content_head_does_not():
-    model = handbuilt_model()
+def test_positional_head_shrinks_with_length_content_head_does_not(lookup_model):
+    # head 0 positional (fast rotary pairs f0, f1): logit at offset k is
+    # AMP²/4 · (cos(1 - k) + cos(0.1 (1 - k))) whatever the tokens; head 1 content lookup:
+    # CONTENT²/4 on the symbol the query points at, 0 on every other key
+    model = lookup_model(
+        n_symbols=N_SYMBOLS, n_heads=2, n_ctx=256, positional={0: (0, 1)}, content_heads=(1,),
+        amp=AMP, content=CONTENT,
+    )
     lengths = [5, 9, 17, 33, 65, 129]
     df = discrepancy(model, LookupTask(), lengths=lengths, n=8)
     pos = df[df["head"] == 0].set_index("length")["discrepancy"]

@@ -24,61 +24,6 @@ from headkit.scores.positional_symbolic import (
 )
 
 N_SYMBOLS = 8
-ROTARY_DIM = 8
-
-
-def hadamard(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
-
-
-def rotation(theta: float) -> torch.Tensor:
-    c, s = math.cos(theta), math.sin(theta)
-    return torch.tensor([[c, -s], [s, c]])
-
-
-def handbuilt_model(amp: float = 8.0, content: float = 8.0):
-    """One attention-only layer, four heads, answers known by construction.
-
-    Tokens ``0..7`` are symbols, ``8..15`` pointers (pointer ``8+s`` asks for symbol
-    ``s``). Embeddings are rows of a Hadamard matrix (mean 0, variance 1), so the
-    LayerNorm leaves them unchanged and ``x @ H[t] = 32 [x is token t]``.
-    - head 0, positional: W_Q = W_K = 0 and constant biases on the two fastest
-      rotary pairs with the key bias turned by θ_f, so the logit at offset k is
-      amp²/4 · Σ_f cos((1 - k) θ_f): the previous token wins whatever it holds.
-    - head 1, symbolic: pointer s queries and symbol s keys share the unrotated
-      direction e_s: logit content²/4 on the matching symbol, 0 elsewhere.
-    - heads 2 and 3: all zero, so uniform attention.
-    """
-    d_model, d_head = 32, 16
-    model = gptj_model(
-        1, d_model, 4, 2 * N_SYMBOLS, 64, rotary_dim=ROTARY_DIM, d_head=d_head, attn_only=True
-    )
-    emb = hadamard(d_model)[1 : 2 * N_SYMBOLS + 1]
-    attn = model.blocks[0].attn
-    with torch.no_grad():
-        model.embed.W_E.copy_(emb)
-        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
-            p.zero_()
-        for f in (0, 1):
-            theta = 10000 ** (-2 * f / ROTARY_DIM)
-            b_q = torch.tensor([amp, 0.0])
-            attn.b_Q[0, 2 * f : 2 * f + 2] = b_q
-            attn.b_K[0, 2 * f : 2 * f + 2] = rotation(theta) @ b_q
-        for s in range(N_SYMBOLS):
-            attn.W_K[1, :, ROTARY_DIM + s] = emb[s] * content / d_model
-            attn.W_Q[1, :, ROTARY_DIM + s] = emb[N_SYMBOLS + s] * content / d_model
-    return model
-
-
-def lookup_prompts(n: int, seed: int = 0) -> torch.Tensor:
-    """The 8 symbols in a random order, then a pointer to one of them: [n, 9]."""
-    gen = torch.Generator().manual_seed(seed)
-    symbols = torch.stack([torch.randperm(N_SYMBOLS, generator=gen) for _ in range(n)])
-    target = torch.randint(0, N_SYMBOLS, (n,), generator=gen)
-    return torch.cat([symbols, (N_SYMBOLS + target)[:, None]], dim=1)
 
 
 def no_hooks_left(model) -> bool:
@@ -89,9 +34,10 @@ def no_hooks_left(model) -> bool:
 # hand-built heads
 
 
-def test_handbuilt_heads_score_as_constructed():
-    model = handbuilt_model()
-    tokens = lookup_prompts(6)
+def test_handbuilt_heads_score_as_constructed(lookup_model, lookup_prompts):
+    # head 0 positional (rotary pairs f0, f1), head 1 content lookup, heads 2 and 3 uniform
+    model = lookup_model(n_symbols=N_SYMBOLS, n_heads=4, n_ctx=64, positional={0: (0, 1)}, content_heads=(1,))
+    tokens = lookup_prompts(6, n_symbols=N_SYMBOLS)
     _, cache = model.run_with_cache(tokens)
     pattern = cache["pattern", 0][:, :, -1]  # [batch, head, key]
     assert (pattern[:, 0, -2] > 0.9).all()  # the construction works: previous token

@@ -15,7 +15,6 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
-from headkit.models import gptj_model
 from headkit.scores.rope import (
     ROPE_COLUMNS,
     average_over_prompts,
@@ -25,48 +24,6 @@ from headkit.scores.rope import (
 )
 
 N_SYMBOLS = 8
-ROTARY_DIM = 8
-
-
-def hadamard(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
-
-
-def mixed_head_model(amp: float = 8.0, content: float = 8.0):
-    """One layer, one head (d_head 16, rotary_dim 8) that is two heads in one.
-
-    Rotary pair f0 (θ = 1 rad/position) carries constant q/k biases, the key's
-    turned by θ, so that component alone scores offset k by amp²/4 · cos(1 - k):
-    previous token (and offset 7, cos(-6) = 0.96) whatever the content. The
-    unrotated dims hold a content lookup: pointer token 8+s asks for symbol s
-    (Hadamard embeddings pass the LayerNorm unchanged). Pairs f1..f3 are zero.
-    """
-    d_model, d_head = 32, 16
-    model = gptj_model(
-        1, d_model, 1, 2 * N_SYMBOLS, 64, rotary_dim=ROTARY_DIM, d_head=d_head, attn_only=True
-    )
-    emb = hadamard(d_model)[1 : 2 * N_SYMBOLS + 1]
-    attn = model.blocks[0].attn
-    with torch.no_grad():
-        model.embed.W_E.copy_(emb)
-        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
-            p.zero_()
-        attn.b_Q[0, 0:2] = torch.tensor([amp, 0.0])
-        attn.b_K[0, 0:2] = torch.tensor([amp * math.cos(1.0), amp * math.sin(1.0)])
-        for s in range(N_SYMBOLS):
-            attn.W_K[0, :, ROTARY_DIM + s] = emb[s] * content / d_model
-            attn.W_Q[0, :, ROTARY_DIM + s] = emb[N_SYMBOLS + s] * content / d_model
-    return model
-
-
-def lookup_prompts(n: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    symbols = torch.stack([torch.randperm(N_SYMBOLS, generator=gen) for _ in range(n)])
-    target = torch.randint(0, N_SYMBOLS, (n,), generator=gen)
-    return torch.cat([symbols, (N_SYMBOLS + target)[:, None]], dim=1)
 
 
 def test_components_match_transformer_lens_rotary_tables(tiny_gptj):
@@ -106,9 +63,12 @@ def test_component_patterns_sum_to_head_logits_and_match_cache(tiny_gptj):
             assert (row[:, q_pos + 1 :] == 0).all()
 
 
-def test_handbuilt_fast_pair_is_positional_and_unrotated_part_symbolic():
-    model = mixed_head_model()
-    tokens = lookup_prompts(5)
+def test_handbuilt_fast_pair_is_positional_and_unrotated_part_symbolic(lookup_model, lookup_prompts):
+    # one head that is two heads in one: rotary pair f0 (θ = 1 rad/position) alone scores
+    # offset k by amp²/4 · cos(1 - k), previous token (and offset 7, cos(-6) = 0.96)
+    # whatever the content; the unrotated dims look up content; pairs f1..f3 are zero
+    model = lookup_model(n_symbols=N_SYMBOLS, n_heads=1, n_ctx=64, positional={0: (0,)}, content_heads=(0,))
+    tokens = lookup_prompts(5, n_symbols=N_SYMBOLS)
     df = rope_frequency_scores(model, tokens)
     assert list(df.columns) == ROPE_COLUMNS
     assert len(df) == 5 * 5

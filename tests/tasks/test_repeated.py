@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -63,12 +65,8 @@ def test_twin_replaces_last_first_half_token_with_a_new_one():
     assert torch.equal(batch.wrong_answers, twin.answers) and torch.equal(twin.wrong_answers, batch.answers)
 
 
-def test_deterministic_by_seed_round_trip_and_spec():
-    state = torch.get_rng_state()
-    a, b, c = (repeated_tokens_task(20, seed=s) for s in (3, 3, 4))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.corrupted.tokens, b.corrupted.tokens)
-    assert not torch.equal(a.tokens, c.tokens)
+def test_deterministic_by_seed_round_trip_and_spec(check_seeded):
+    a, _ = check_seeded(partial(repeated_tokens_task, 20), seed=3, other_seed=4)
     assert len(a.vocab) == 51 and a.vocab.tokens[0] == "BOS"
     assert a.vocab.encode(a.decode(0)) == a.tokens[0].tolist()
     assert torch.equal(TaskSpec(a.task, a.params).build(20, seed=3).tokens, a.tokens)

@@ -1,0 +1,94 @@
+"""Hand-built attention models shared by the score tests (fixtures).
+
+`lookup_model` builds one attention-only GPT-J layer whose heads are, by
+construction, positional (constant biases on fast rotary pairs), content lookups
+(unrotated dimensions) or uniform (all zero); `lookup_prompts` builds the prompts
+they are tested on. Fixtures return the builder functions, so that the tests can
+pick the layout (how many heads, which are what) and run under
+``--import-mode=importlib``, where test modules cannot import each other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from headkit.models import gptj_model
+
+ROTARY_DIM = 8
+D_MODEL, D_HEAD = 32, 16
+
+
+def hadamard(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def build_lookup_model(
+    *,
+    n_symbols: int,
+    n_heads: int,
+    n_ctx: int,
+    positional: Mapping[int, Sequence[int]],
+    content_heads: Sequence[int],
+    amp: float = 8.0,
+    content: float = 8.0,
+) -> HookedTransformer:
+    """One attention-only layer (d_model 32, d_head 16, rotary_dim 8), answers known by construction.
+
+    Tokens ``0..n_symbols-1`` are symbols, ``n_symbols + s`` the pointer asking for
+    symbol ``s``. Embeddings are rows of a Hadamard matrix (mean 0, variance 1), so
+    the LayerNorm leaves them unchanged and ``x @ H[t] = 32 [x is token t]``.
+    - ``positional[h]``: rotary pairs ``f`` of head ``h`` that get constant q/k biases,
+      the key's turned by θ_f = 10000^(-2f/8) (θ_0 = 1 rad/position), so pair ``f``
+      adds amp²/4 · cos((1 - k) θ_f) to the logit at offset ``k``: the previous token
+      wins whatever it holds.
+    - ``content_heads``: pointer ``s`` queries and symbol ``s`` keys share the
+      unrotated direction e_s: logit content²/4 on the matching symbol, 0 elsewhere.
+    - every other weight and bias is zero (a head with neither attends uniformly).
+    """
+    model = gptj_model(
+        1, D_MODEL, n_heads, 2 * n_symbols, n_ctx, rotary_dim=ROTARY_DIM, d_head=D_HEAD, attn_only=True
+    )
+    emb = hadamard(D_MODEL)[1 : 2 * n_symbols + 1]
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        model.embed.W_E.copy_(emb)
+        for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V, attn.b_O):
+            p.zero_()
+        for head, pairs in positional.items():
+            for f in pairs:
+                theta = 10000 ** (-2 * f / ROTARY_DIM)
+                attn.b_Q[head, 2 * f : 2 * f + 2] = torch.tensor([amp, 0.0])
+                attn.b_K[head, 2 * f : 2 * f + 2] = torch.tensor([amp * math.cos(theta), amp * math.sin(theta)])
+        for head in content_heads:
+            for s in range(n_symbols):
+                attn.W_K[head, :, ROTARY_DIM + s] = emb[s] * content / D_MODEL
+                attn.W_Q[head, :, ROTARY_DIM + s] = emb[n_symbols + s] * content / D_MODEL
+    return model
+
+
+def build_lookup_prompts(n: int, *, n_symbols: int, seed: int = 0) -> torch.Tensor:
+    """The ``n_symbols`` symbols in a random order, then a pointer to one of them: [n, n_symbols + 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    symbols = torch.stack([torch.randperm(n_symbols, generator=gen) for _ in range(n)])
+    target = torch.randint(0, n_symbols, (n,), generator=gen)
+    return torch.cat([symbols, (n_symbols + target)[:, None]], dim=1)
+
+
+@pytest.fixture
+def lookup_model() -> Callable[..., HookedTransformer]:
+    """`build_lookup_model`: a hand-built one-layer model of positional/content/uniform heads."""
+    return build_lookup_model
+
+
+@pytest.fixture
+def lookup_prompts() -> Callable[..., torch.Tensor]:
+    """`build_lookup_prompts`: shuffled symbols, then a pointer to one of them."""
+    return build_lookup_prompts
