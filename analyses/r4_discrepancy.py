@@ -1,0 +1,168 @@
+"""R4 (PosSym-2026): the discrepancy of positional heads shrinks with length; that
+of symbolic heads does not.
+
+Discrepancy ``Δ(n)`` of a head (`headkit.scores.discrepancy.discrepancy`): at the
+query (last) position, the largest attention logit minus the second largest,
+averaged over prompts of length ``n``. PosSym-2026's argument: a positional
+(index) head must single out one rotary offset among ``n`` ever closer ones, so
+its Δ shrinks like O(1/n²); a symbolic (retrieval) head matches content and
+keeps Δ bounded away from 0.
+
+Steps, for each shared trained model (`analyses.r1_length`):
+
+1. Label every head as R2 does (`analyses.r2_heads.classify`, same prompts and
+   settings by default) -- the colour of its curve.
+2. Δ(n) of every head on ``n`` prompts per length (default lengths 17, 33, 65,
+   129, 257; longer prompts extend the distractor window, SPEC 2.3).
+3. Per head, the trend: ``ratio`` = Δ(longest) / Δ(17) and ``slope`` = the
+   least-squares slope of log Δ against log n (the theory's positional heads:
+   about -2; symbolic heads: about 0).
+
+Table columns (one row per task, head and length): ``task, layer, head, label,
+purity, length, discrepancy, discrepancy_std, n_prompts``. ``trends.csv``:
+``task, layer, head, label, purity, delta_first, delta_last, ratio, slope``.
+Figure: ``discrepancy`` (Δ against length per head, log-log, coloured by label).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `analyses` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analyses.common import Timer, output_dir
+from analyses.r1_length import (
+    DEFAULT_RUNS, DEFAULT_STEPS, check_lengths, final_model, run_script, shared_runs, write_analysis,
+)  # fmt: skip
+from analyses.r2_heads import HeadsConfig, classify
+from headkit.errors import HeadkitError
+from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
+
+log = logging.getLogger(__name__)
+
+NAME = "r4_discrepancy"
+COLUMNS = ["task", "layer", "head", "label", "purity", *DISCREPANCY_COLUMNS[2:]]
+TREND_COLUMNS = ["task", "layer", "head", "label", "purity", "delta_first", "delta_last", "ratio", "slope"]
+LABEL_COLOURS = {"positional": "#d62728", "symbolic": "#1f77b4", "mixed": "#9467bd", "inactive": "#7f7f7f"}
+LABEL_DASH = {"positional": "solid", "symbolic": "solid", "mixed": "dash", "inactive": "dot"}
+
+
+@dataclass(frozen=True)
+class DiscrepancyConfig:
+    runs: str = str(DEFAULT_RUNS)  # folder of the shared runs (RUNS/number, RUNS/letter)
+    lengths: tuple[int, ...] = (17, 33, 65, 129, 257)  # prompt lengths
+    n: int = 128  # prompts per length
+    seed: int = 0  # seed of the Δ prompts
+    n_classify: int = HeadsConfig.n_prompts  # prompts of the head labels (as R2)
+    classify_seed: int = HeadsConfig.seed  # their seed (as R2)
+    train_steps: int = DEFAULT_STEPS  # updates of the shared runs
+    tiny: bool = False  # tiny models (smoke runs only)
+
+
+def quick_config() -> DiscrepancyConfig:
+    return DiscrepancyConfig(lengths=(17, 33, 65), n=8, n_classify=4, train_steps=4, tiny=True)
+
+
+def check_config(cfg: DiscrepancyConfig) -> None:
+    check_lengths(cfg.lengths, steps=cfg.train_steps, tiny=cfg.tiny)
+    if len(set(cfg.lengths)) < 2:
+        raise HeadkitError(f"lengths={cfg.lengths!r}: give at least two distinct lengths for a trend")
+    for name in ("n", "n_classify"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise HeadkitError(f"{name}={value!r} must be an integer >= 2")
+
+
+def trends(table: pd.DataFrame) -> pd.DataFrame:
+    """Per head: Δ at the shortest and longest length, their ratio and the log-log slope."""
+    rows = []
+    for (task, layer, head), part in table.groupby(["task", "layer", "head"], sort=False):
+        part = part.sort_values("length")
+        delta = part["discrepancy"].to_numpy()
+        positive = delta > 0
+        slope = (
+            float(np.polyfit(np.log(part["length"].to_numpy()[positive]), np.log(delta[positive]), 1)[0])
+            if positive.sum() >= 2
+            else float("nan")
+        )
+        first, last = float(delta[0]), float(delta[-1])
+        rows.append((task, layer, head, part["label"].iloc[0], part["purity"].iloc[0], first, last,
+                     last / first if first > 0 else float("nan"), slope))  # fmt: skip
+    return pd.DataFrame(rows, columns=TREND_COLUMNS)
+
+
+def discrepancy_figure(table: pd.DataFrame) -> go.Figure:
+    """Δ against length per head, one panel per task, coloured by the head's label."""
+    tasks = list(dict.fromkeys(table["task"]))
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[f"{t} task" for t in tasks])
+    shown: set[str] = set()
+    for col, task in enumerate(tasks, start=1):
+        for (layer, head), part in table[table["task"] == task].groupby(["layer", "head"], sort=True):
+            label = part["label"].iloc[0]
+            fig.add_trace(
+                go.Scatter(
+                    x=part["length"], y=part["discrepancy"], mode="lines+markers+text",
+                    text=[f"L{layer}H{head}" if i == len(part) - 1 else "" for i in range(len(part))],
+                    textposition="middle right", name=label, legendgroup=label, showlegend=label not in shown,
+                    line={"color": LABEL_COLOURS[label], "dash": LABEL_DASH[label]},
+                    hovertext=f"L{layer}H{head} ({label})",
+                ),  # fmt: skip
+                row=1,
+                col=col,
+            )
+            shown.add(label)
+        lengths = table["length"]
+        span = [np.log10(lengths.min() * 0.9), np.log10(lengths.max() * 1.9)]  # room for the head names
+        fig.update_xaxes(title_text="prompt length n", type="log", range=span, row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+    fig.update_yaxes(title_text="Δ(n): top − runner-up attention logit", row=1, col=1)
+    fig.update_layout(title="R4: discrepancy vs length per head (colour: R2 label)", width=1100)
+    return fig
+
+
+def summarize(trend: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for task, part in trend.groupby("task", sort=False):
+        out[task] = {
+            f"L{r.layer}H{r.head}": {"label": r.label, "ratio_last_to_first": round(float(r.ratio), 4),
+                                     "loglog_slope": round(float(r.slope), 3)}  # fmt: skip
+            for r in part.itertuples()
+        }
+        for label in ("positional", "symbolic"):
+            chosen = part[part["label"] == label]
+            out[task][f"median_slope_{label}"] = round(float(chosen["slope"].median()), 3) if len(chosen) else None
+    return out
+
+
+def main(cfg: DiscrepancyConfig, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
+    """Δ(n) per head of both shared models, with R2's labels; writes ``figures/r4_discrepancy/``."""
+    check_config(cfg)
+    timer = Timer()
+    frames = []
+    for task, run_dir in shared_runs(cfg.runs, steps=cfg.train_steps, tiny=cfg.tiny).items():
+        model, spec = final_model(run_dir)
+        roles = classify(model, spec, n_prompts=cfg.n_classify, seed=cfg.classify_seed)
+        delta = discrepancy(model, spec, lengths=list(cfg.lengths), n=cfg.n, seed=cfg.seed)
+        frames.append(delta.merge(roles[["layer", "head", "label", "purity"]], on=["layer", "head"]).assign(task=task))
+    table = pd.concat(frames, ignore_index=True)[COLUMNS]
+    trend = trends(table)
+    summary = {**summarize(trend), "elapsed_s": timer()}
+    write_analysis(
+        output_dir(NAME, out), cfg=cfg, table=table, summary=summary,
+        figures={"discrepancy": discrepancy_figure(table)}, tables={"trends": trend}, png=png,
+    )  # fmt: skip
+    return table
+
+
+if __name__ == "__main__":
+    run_script(main, description=__doc__.splitlines()[0], default=DiscrepancyConfig, quick=quick_config)
