@@ -1,0 +1,173 @@
+"""``headkit demo``: the PosSym-2026 length-generalisation result, end to end on a CPU.
+
+Trains the default number-task and letter-task models (`headkit.training.default_config`)
+into ``OUT/number`` and ``OUT/letter``, evaluates both at lengths up to about 16x
+the trained length (17, 33, 65, 129, 257 by default), writes ``OUT/accuracy.csv``
+(columns ``task, length, hop, n, accuracy``) and prints the accuracy table.
+
+A run already complete in OUT (same config, final checkpoint present) is reused,
+an interrupted one is resumed; a run with a different config is an error, never
+overwritten. ``--steps-scale`` shrinks or stretches every schedule length (steps,
+warm-up, curriculum, evaluation and checkpoint intervals), e.g. 0.1 for a smoke test.
+
+The demo is a list of named steps, ``DEMO_STEPS``; each is a function of the shared
+`DemoContext`. Later analyses (head classification, interventions) append steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from headkit.checks import parse_int_list
+from headkit.cli.cmd_train import positive_float, positive_int
+from headkit.errors import HeadkitError
+from headkit.evaluation import accuracy_table, evaluate
+from headkit.io import write_csv
+from headkit.training import RUN_FILE, TrainConfig, config_differences, default_config, read_run_config, train
+
+logger = logging.getLogger(__name__)
+
+DEMO_TASKS = ("number", "letter")
+DEMO_LENGTHS = (17, 33, 65, 129, 257)
+ACCURACY_FILE = "accuracy.csv"
+_CHECKPOINT_FRACTIONS = (1 / 3, 2 / 3)  # intermediate checkpoints, so an interrupted demo resumes
+
+
+@dataclass
+class DemoContext:
+    """What the demo steps share: options in, models and tables out."""
+
+    out: Path  # demo directory
+    steps_scale: float  # multiplier of every schedule length
+    lengths: tuple[int, ...]  # evaluation lengths
+    n: int  # evaluation prompts per length
+    progress: bool  # show progress bars
+    configs: dict[str, TrainConfig] = field(default_factory=dict)  # task -> its training config
+    models: dict[str, HookedTransformer] = field(default_factory=dict)  # task -> trained model
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> result table
+    files: list[Path] = field(default_factory=list)  # files written, to list at the end
+
+
+def demo_config(task: str, *, steps_scale: float = 1.0) -> TrainConfig:
+    """The demo's training config of a task: the defaults, every schedule length scaled."""
+    if not (math.isfinite(steps_scale) and steps_scale > 0):
+        raise HeadkitError(f"--steps-scale={steps_scale} must be a positive number")
+    base = default_config(task)
+
+    def scale(value: int) -> int:
+        return max(1, round(value * steps_scale))
+
+    steps = scale(base.steps)
+    checkpoints = tuple(sorted({max(1, round(steps * f)) for f in _CHECKPOINT_FRACTIONS} - {steps}))
+    return dataclasses.replace(
+        base,
+        steps=steps,
+        warmup_steps=min(scale(base.warmup_steps), steps) if base.warmup_steps else 0,
+        eval_every=scale(base.eval_every),
+        curriculum_every=None if base.curriculum_every is None else scale(base.curriculum_every),
+        checkpoint_steps=checkpoints,
+    )
+
+
+def _check_reusable(run_dir: Path, cfg: TrainConfig) -> bool:
+    """True if ``run_dir`` holds a run of this config (to reuse or resume), False if empty."""
+    if not (run_dir / RUN_FILE).exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise HeadkitError(f"{run_dir} is not empty and holds no headkit run: remove it or choose another --out")
+        return False
+    differ = config_differences(read_run_config(run_dir), cfg, ignore=("device",))
+    if differ:
+        raise HeadkitError(
+            f"{run_dir} holds a {cfg.task.name} run with another config (differs in {', '.join(differ)}): "
+            f"remove it or choose another --out"
+        )
+    return True
+
+
+def step_train(ctx: DemoContext) -> None:
+    """Train (or reuse, or resume) the number and letter models."""
+    ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale) for task in DEMO_TASKS}
+    existing = {task: _check_reusable(ctx.out / task, cfg) for task, cfg in ctx.configs.items()}
+    for task, cfg in ctx.configs.items():
+        run_dir = ctx.out / task
+        started = time.perf_counter()
+        result = train(cfg, out_dir=run_dir, resume=existing[task], progress=ctx.progress)
+        ctx.models[task] = result.model
+        last = result.metrics.iloc[-1]
+        print(
+            f"{task}: step {result.step}, held-out accuracy {last['accuracy']:.3f} "
+            f"({time.perf_counter() - started:.0f} s here, {last['elapsed_s']:.0f} s of training in all) -> {run_dir}"
+        )
+
+
+def step_evaluate(ctx: DemoContext) -> None:
+    """Accuracy of both models at every length, by hop."""
+    frames = [
+        evaluate(ctx.models[task], cfg.task, lengths=ctx.lengths, n=ctx.n, progress=ctx.progress)
+        for task, cfg in ctx.configs.items()
+    ]
+    ctx.tables["accuracy"] = pd.concat(frames, ignore_index=True)
+    ctx.files.append(write_csv(ctx.out / ACCURACY_FILE, ctx.tables["accuracy"]))
+    print(f"\naccuracy by task, length and hop ({ctx.n} prompts per length; trained at length 17):")
+    print(accuracy_table(ctx.tables["accuracy"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+# the demo, in order: (name, step); later issues append their analyses here
+DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("train", step_train),
+    ("evaluate", step_evaluate),
+]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    lengths = tuple(parse_int_list(args.lengths, name="--lengths"))
+    ctx = DemoContext(
+        out=Path(args.out),
+        steps_scale=args.steps_scale,
+        lengths=lengths,
+        n=args.n,
+        progress=not args.no_progress,
+    )
+    if ctx.out.exists() and not ctx.out.is_dir():
+        raise HeadkitError(f"--out {ctx.out} exists and is not a directory")
+    for task in DEMO_TASKS:  # every check before any training
+        cfg = demo_config(task, steps_scale=ctx.steps_scale)
+        too_long = [length for length in lengths if length > cfg.model.n_ctx]
+        if too_long:
+            raise HeadkitError(
+                f"--lengths {too_long[0]} exceeds the {task} model's context n_ctx={cfg.model.n_ctx}: "
+                f"allowed lengths are 1..{cfg.model.n_ctx}"
+            )
+    started = time.perf_counter()
+    for name, step in DEMO_STEPS:
+        logger.info("demo step %s", name)
+        print(f"== {name} ==")
+        step(ctx)
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; files in {ctx.out}:")
+    for task in ctx.configs:
+        print(f"  {ctx.out / task}/ (run.json, metrics.csv, checkpoints/)")
+    for path in ctx.files:
+        print(f"  {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="train number/letter models, test length generalisation")
+    p.add_argument("--out", default="headkit-demo", help="demo directory (default ./headkit-demo)")
+    p.add_argument("--steps-scale", type=positive_float, default=1.0, help="scale every schedule length (default 1)")
+    p.add_argument(
+        "--lengths", default=",".join(map(str, DEMO_LENGTHS)), help="evaluation lengths (default 17,33,65,129,257)"
+    )
+    p.add_argument("--n", type=positive_int, default=512, help="evaluation prompts per length (default 512)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)

@@ -1,0 +1,178 @@
+"""``headkit train``, ``headkit eval`` and ``headkit info``: train a model, score it, inspect a run.
+
+- ``train --task T --out DIR`` trains `headkit.training.default_config(T)` with
+  the options given overriding the defaults; ``--resume`` continues the run in
+  DIR (its ``run.json`` supplies the config; only ``--steps`` may change it).
+- ``eval DIR --lengths 17,33,65,129 --out FILE.csv`` scores the latest checkpoint
+  of a run (or one checkpoint directory) with `headkit.evaluation.evaluate`,
+  writes the tidy CSV and prints the accuracy table.
+- ``info DIR`` prints a run's config, its checkpoints and its last metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from headkit.checks import parse_int_list
+from headkit.errors import HeadkitError
+from headkit.tasks import BUILDERS
+
+# torch, TransformerLens and the training code are imported inside the commands,
+# so that building the parser (every ``headkit`` call, ``--help`` included) stays fast.
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return value
+
+
+# command-line option -> TrainConfig field
+_OVERRIDES = {
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "eval_every": "eval_every",
+    "device": "device",
+}
+
+
+def run_dir_checkpoint(path: Path) -> Path:
+    """A run directory -> its latest checkpoint; a checkpoint directory -> itself."""
+    if not path.is_dir():
+        raise HeadkitError(f"{path} does not exist or is not a directory")
+    from headkit.checkpoints import latest_checkpoint
+    from headkit.training import RUN_FILE
+
+    if (path / RUN_FILE).is_file() or (path / "checkpoints").is_dir():
+        return latest_checkpoint(path)
+    return path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from headkit.training import default_config, read_run_config, train
+
+    given: dict[str, Any] = {
+        field: getattr(args, option) for option, field in _OVERRIDES.items() if getattr(args, option) is not None
+    }
+    if args.checkpoint_steps is not None:
+        given["checkpoint_steps"] = tuple(parse_int_list(args.checkpoint_steps, name="--checkpoint-steps"))
+    out = Path(args.out)
+    if args.resume:
+        cfg = read_run_config(out)
+        if args.task is not None and args.task != cfg.task.name:
+            raise HeadkitError(f"--task {args.task} but the run in {out} trains task {cfg.task.name!r}")
+        cfg = cfg.from_dict({**cfg.to_dict(), **given})
+    else:
+        if args.task is None:
+            raise HeadkitError(f"--task is required for a new run: allowed {', '.join(BUILDERS)}")
+        cfg = default_config(args.task, **given)
+    result = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    last = result.metrics.iloc[-1]
+    print(f"trained {cfg.task.name} to step {result.step}: eval accuracy {last['accuracy']:.4f}, eval loss {last['eval_loss']:.4f}")
+    print(f"run written to {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from headkit.checkpoints import load_checkpoint
+    from headkit.evaluation import accuracy_table, evaluate
+    from headkit.io import write_csv
+
+    lengths = None if args.lengths is None else parse_int_list(args.lengths, name="--lengths")
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.is_dir():
+        raise HeadkitError(f"--out {out} is a directory: give a CSV file name")
+    ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
+    if ckpt.task is None:
+        raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
+    frame = evaluate(ckpt.model, ckpt.task, lengths=lengths, n=args.n, seed=args.seed, progress=not args.no_progress)
+    if out is not None:
+        write_csv(out, frame)
+    print(f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.n} prompts per length:")
+    print(accuracy_table(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if out is not None:
+        print(f"written to {out}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from headkit.checkpoints import list_checkpoints
+    from headkit.training import read_metrics, read_run_config
+
+    run = Path(args.run)
+    cfg = read_run_config(run)
+    found = list_checkpoints(run)
+    metrics = read_metrics(run)
+    print(f"run {run}: task {cfg.task.name}, {cfg.steps} steps planned")
+    print("config:")
+    print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    if found:
+        print("checkpoints: " + ", ".join(f"step {step}" for step, _ in found))
+    else:
+        print("checkpoints: none")
+    if len(metrics):
+        last = metrics.iloc[-1]
+        print(f"last metrics (step {int(last['step'])}):")
+        print(metrics.iloc[[-1]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    else:
+        print("metrics: none yet")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model from scratch on a task")
+    p.add_argument("--task", choices=list(BUILDERS), help="task to train on (required unless --resume)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--steps", type=positive_int, help="optimizer updates in total")
+    p.add_argument("--batch-size", type=positive_int, help="prompts per update")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--seed", type=non_negative_int, help="initialisation and data seed")
+    p.add_argument("--eval-every", type=positive_int, help="updates between held-out evaluations")
+    p.add_argument("--checkpoint-steps", help="extra steps to checkpoint at, e.g. 500,1000")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("eval", help="accuracy of a trained model by length and hop")
+    p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint directory")
+    p.add_argument("--lengths", help="prompt lengths, e.g. 17,33,65,129 (default: the trained length)")
+    p.add_argument("--n", type=positive_int, default=512, help="prompts per length (default 512)")
+    p.add_argument("--seed", type=non_negative_int, default=12345, help="prompt seed (default 12345)")
+    p.add_argument("--out", help="CSV file to write (columns task,length,hop,n,accuracy)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("info", help="config, checkpoints and last metrics of a run")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=_info)

@@ -1,0 +1,175 @@
+"""The train / eval / info / demo commands: happy paths and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from headkit.checkpoints import list_checkpoints, load_checkpoint
+from headkit.cli import main
+from headkit.evaluation import COLUMNS, evaluate
+from headkit.training import read_metrics, read_run_config
+
+# the copy task's default model is one attention-only layer: cheap to train from the command line
+TRAIN = ["train", "--task", "copy", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def copy_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "copy"
+    assert main([*TRAIN, "--out", str(run), "--checkpoint-steps", "2"]) == 0
+    return run
+
+
+def one_line_error(capsys, words: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("headkit") and "error:" in err, err
+    assert "Traceback" not in err
+    assert words in err, err
+    return err
+
+
+def test_train_writes_a_run_with_the_options_given(copy_run, capsys):
+    cfg = read_run_config(copy_run)
+    assert (cfg.task.name, cfg.steps, cfg.batch_size, cfg.eval_every) == ("copy", 4, 8, 2)
+    assert cfg.checkpoint_steps == (2,)
+    assert [s for s, _ in list_checkpoints(copy_run)] == [2, 4]
+    assert read_metrics(copy_run)["step"].tolist() == [0, 2, 4]
+
+
+def test_train_resume_extends_the_run(copy_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(copy_run, run)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert "trained copy to step 6" in capsys.readouterr().out
+    assert read_run_config(run).steps == 6
+    assert read_metrics(run)["step"].tolist() == [0, 2, 4, 6]
+    assert main(["train", "--out", str(run), "--resume", "--lr", "0.5", "--no-progress"]) == 2
+    one_line_error(capsys, "differs from its run.json in lr")
+
+
+def test_eval_writes_the_tidy_csv_and_prints_the_table(copy_run, tmp_path, capsys):
+    out = tmp_path / "acc.csv"
+    assert main(["eval", str(copy_run), "--lengths", "8,16", "--n", "16", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "copy model at step 4" in printed and "all" in printed
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["length"].tolist() == [8, 16] and frame["n"].tolist() == [16, 16]
+    ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=16)
+    assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
+    # a checkpoint directory works as well as a run directory
+    assert main(["eval", str(list_checkpoints(copy_run)[0][1]), "--n", "8", "--no-progress"]) == 0
+    assert "copy model at step 2" in capsys.readouterr().out
+
+
+def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
+    assert main(["info", str(copy_run)]) == 0
+    out = capsys.readouterr().out
+    assert "task copy, 4 steps planned" in out
+    assert "checkpoints: step 2, step 4" in out
+    assert "last metrics (step 4)" in out and '"batch_size": 8' in out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["eval", "{run}", "--lengths", "17,x"], "--lengths: 'x' is not an integer"),
+        (["eval", "{run}", "--lengths", "17,300"], "evaluation length 300 exceeds the model's context n_ctx=257"),
+        (["eval", "{tmp}/missing"], "does not exist"),
+        (["info", "{tmp}/missing"], "is not a headkit run directory"),
+        (["train", "--task", "chess", "--out", "{tmp}/x"], "invalid choice: 'chess'"),
+        (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "'zero' is not an integer"),
+        (["train", "--out", "{tmp}/x"], "--task is required for a new run"),
+        (["train", "--task", "copy", "--out", "{run}"], "already holds a run"),
+        (["train", "--task", "copy", "--checkpoint-steps", "2,999", "--out", "{tmp}/x"], "checkpoint step 999"),
+        (["demo", "--out", "{tmp}/d", "--lengths", "17,999"], "--lengths 999 exceeds the number model's context"),
+        (["demo", "--out", "{tmp}/d", "--steps-scale", "-1"], "must be a positive number"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, words, copy_run, tmp_path, capsys):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.format(run=copy_run, tmp=tmp_path) for a in argv]
+    if argv[0] == "eval":
+        argv += ["--out", str(tmp_path / "out.csv")]
+    assert exit_code(argv) == 2
+    one_line_error(capsys, words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's exit code, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_corrupted_run_is_one_line_error(copy_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(copy_run, run)
+    (run / "run.json").write_text("{truncated")
+    assert main(["info", str(run)]) == 2
+    one_line_error(capsys, "run.json is corrupted")
+    last = list_checkpoints(run)[-1][1] / "model.safetensors"
+    last.write_bytes(last.read_bytes()[:100])
+    assert main(["eval", str(run), "--no-progress"]) == 2
+    one_line_error(capsys, "is corrupted or truncated")
+
+
+def test_installed_script_reports_errors_in_one_line(tmp_path):
+    script = Path(sys.executable).with_name("headkit")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [str(script), "eval", str(tmp_path / "nowhere"), "--lengths", "17"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("headkit: error:"), done.stderr
+    assert "does not exist" in done.stderr and done.stdout == ""
+
+
+@pytest.fixture
+def small_demo(monkeypatch):
+    """The demo's flow with its default configs shrunk to 2-layer d_model 16 models."""
+    from headkit.cli import cmd_demo
+
+    real = cmd_demo.default_config
+
+    def shrunk(task):
+        cfg = real(task)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
+
+    monkeypatch.setattr(cmd_demo, "default_config", shrunk)
+
+
+def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
+    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--lengths", "17,33", "--n", "8", "--no-progress"]
+    assert main(demo) == 0
+    out = capsys.readouterr().out
+    for words in ("== train ==", "== evaluate ==", "number: step 4", "letter: step 3", "accuracy.csv"):
+        assert words in out
+    frame = pd.read_csv(tmp_path / "accuracy.csv")
+    assert list(frame.columns) == list(COLUMNS)
+    assert sorted(set(zip(frame["task"], frame["length"]))) == [("letter", 17), ("letter", 33), ("number", 17), ("number", 33)]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    metrics = (tmp_path / "number" / "metrics.csv").read_bytes()
+
+    assert main(demo) == 0  # second run: the complete models are reused, not retrained
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == stamps
+    assert (tmp_path / "number" / "metrics.csv").read_bytes() == metrics
+    again = pd.read_csv(tmp_path / "accuracy.csv")
+    pd.testing.assert_frame_equal(again, frame)  # reloaded models score exactly as the trained ones
+
+    capsys.readouterr()
+    other = [a if a != "0.002" else "0.003" for a in demo]
+    assert main(other) == 2  # another config in the same directory
+    one_line_error(capsys, "holds a number run with another config (differs in steps")

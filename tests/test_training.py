@@ -1,0 +1,280 @@
+"""Training: config checks, schedule, data stream, loss goes down, resume == straight run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from headkit.checkpoints import list_checkpoints, load_checkpoint
+from headkit.errors import HeadkitError
+from headkit.models import ModelConfig
+from headkit.tasks import TaskSpec
+from headkit.training import (
+    METRIC_COLUMNS,
+    TrainConfig,
+    default_config,
+    eval_seed,
+    lr_at,
+    read_metrics,
+    read_run_config,
+    train,
+    train_seed,
+    training_batch,
+)
+
+# length 4 + 4 + 1 = 9, vocabulary 6 letters + 8 integers = 14
+NUMBER = TaskSpec("number", {"n_letters": 6, "max_pointer": 8, "target_window": 4, "pointer_window": 4})
+COPY = TaskSpec("copy", {"length": 12, "vocab_size": 6})
+
+
+def tiny(task: TaskSpec = NUMBER, **overrides) -> TrainConfig:
+    """A few-second training config on a 2-layer d_model 16 model."""
+    vocab = len(task.build(1, seed=0).vocab)
+    settings = dict(
+        task=task,
+        model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=vocab, n_ctx=40),
+        steps=8,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=2,
+        eval_n=32,
+        seed=3,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# --- config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("steps", 0, "steps=0"),
+        ("batch_size", 2.5, "batch_size"),
+        ("lr", -1.0, "lr=-1.0"),
+        ("betas", (0.9, 1.5), "betas"),
+        ("grad_clip", 0.0, "grad_clip"),
+        ("schedule", "linear", "schedule='linear'"),
+        ("checkpoint_steps", (4, 9), "checkpoint step 9"),
+        ("curriculum_every", 0, "curriculum_every"),
+        ("device", "nonsense", "device"),
+    ],
+)
+def test_config_rejects_bad_fields(field, value, words):
+    with pytest.raises(HeadkitError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        tiny(**{field: value})
+
+
+def test_config_round_trips_through_json():
+    cfg = tiny(checkpoint_steps=[6, 2], curriculum_every=3, grad_clip=None)
+    assert cfg.checkpoint_steps == (2, 6)  # sorted, a tuple
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(HeadkitError, match="unknown training config fields: colour"):
+        TrainConfig.from_dict({**cfg.to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize("task", ["number", "letter", "copy", "induction", "tree"])
+def test_default_config_matches_its_task(task):
+    cfg = default_config(task)
+    probe = cfg.task.build(2, seed=0)
+    assert cfg.model.d_vocab == len(probe.vocab)
+    assert cfg.model.n_ctx >= max(257, probe.length)  # covers the demo's longest length
+    if task in ("number", "letter"):
+        assert cfg.model.n_layers == 6 and cfg.model.d_model == 64 and cfg.model.n_heads == 1
+
+
+def test_default_config_overrides_and_unknown_task():
+    cfg = default_config("letter", steps=10, lr=1e-2)
+    assert (cfg.steps, cfg.lr, cfg.curriculum_every) == (10, 1e-2, 250)
+    with pytest.raises(HeadkitError, match="unknown task 'chess'"):
+        default_config("chess")
+    with pytest.raises(HeadkitError, match="unknown training config fields: stepz"):
+        default_config("number", stepz=3)
+
+
+# --- schedule and data --------------------------------------------------------------
+
+
+def test_lr_warms_up_linearly_then_holds_or_decays():
+    cfg = tiny(steps=20, warmup_steps=4, lr=1.0)
+    assert [lr_at(cfg, s) for s in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = tiny(steps=20, warmup_steps=4, lr=1.0, schedule="cosine")
+    assert lr_at(cos, 4) == 1.0
+    assert lr_at(cos, 12) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down
+    assert lr_at(cos, 20) == pytest.approx(0.1)
+    decayed = [lr_at(cos, s) for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(decayed, decayed[1:]))
+
+
+def test_training_batches_are_a_function_of_seed_and_step():
+    cfg = tiny()
+    a, b = training_batch(cfg, 5), training_batch(cfg, 5)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(training_batch(cfg, 6).tokens, a.tokens)
+    assert not torch.equal(training_batch(tiny(seed=4), 5).tokens, a.tokens)
+    seeds = {train_seed(cfg, s) for s in range(1, 2001)}
+    assert len(seeds) == 2000 and eval_seed(cfg) not in seeds
+
+
+def test_hop_curriculum_raises_the_largest_hop_every_k_steps():
+    cfg = tiny(curriculum_every=3, batch_size=40)
+    largest = [int(training_batch(cfg, s).hops.max()) for s in range(1, 14)]
+    assert largest == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4]  # then capped at max_hops=4
+    with pytest.raises(HeadkitError, match="curriculum_every needs a task with min_hops/max_hops"):
+        train(tiny(COPY, curriculum_every=2), progress=False)
+
+
+# --- checks before work ----------------------------------------------------------------
+
+
+def test_train_refuses_a_task_longer_than_the_context(tmp_path):
+    cfg = tiny(model=ModelConfig(n_layers=1, d_model=16, d_vocab=14, n_ctx=8))
+    with pytest.raises(HeadkitError, match="length 9 but the model's n_ctx is 8"):
+        train(cfg, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_vocabulary_mismatch(tmp_path):
+    cfg = tiny(model=ModelConfig(n_layers=1, d_model=16, d_vocab=20, n_ctx=40))
+    with pytest.raises(HeadkitError, match="vocabulary of 14 tokens but the model's d_vocab is 20"):
+        train(cfg, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# --- training runs ----------------------------------------------------------------------
+
+
+def test_loss_decreases_on_the_copy_task():
+    cfg = TrainConfig(
+        task=COPY,
+        model=ModelConfig(n_layers=1, d_model=16, n_heads=1, d_vocab=6, n_ctx=16, attn_only=True),
+        steps=30,
+        batch_size=16,
+        lr=3e-2,
+        warmup_steps=3,
+        eval_every=10,
+        eval_n=64,
+    )
+    metrics = train(cfg, progress=False).metrics
+    assert metrics["step"].tolist() == [0, 10, 20, 30]
+    first, last = metrics.iloc[0], metrics.iloc[-1]
+    assert first["accuracy"] < 0.5  # not solved at initialisation
+    assert last["eval_loss"] < 0.25 * first["eval_loss"]
+    assert last["train_loss"] < metrics["train_loss"].iloc[1]
+    assert last["accuracy"] > 0.9
+
+
+def test_run_directory_metrics_and_checkpoints(tmp_path):
+    cfg = tiny(steps=7, eval_every=3, checkpoint_steps=(2, 5))
+    result = train(cfg, out_dir=tmp_path, progress=False)
+    # rows at step 0, every eval_every, every checkpoint step and the last step
+    assert result.metrics["step"].tolist() == [0, 2, 3, 5, 6, 7]
+    hops = [f"accuracy_hop{h}" for h in (1, 2, 3, 4)]
+    expected_columns = ["step", "train_loss", "eval_loss", "accuracy", *hops, "lr", "elapsed_s"]
+    assert set(METRIC_COLUMNS) <= set(expected_columns)
+    on_disk = read_metrics(tmp_path)
+    assert list(on_disk.columns) == expected_columns
+    pd.testing.assert_frame_equal(on_disk, result.metrics, check_dtype=False)
+    assert math.isnan(on_disk["train_loss"][0]) and on_disk["train_loss"][1:].notna().all()
+    # overall accuracy is the hop-balanced mean (eval_n=32, 8 prompts per hop)
+    assert on_disk["accuracy"].to_numpy() == pytest.approx(on_disk[hops].mean(axis=1).to_numpy())
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 5, 7]
+    assert read_run_config(tmp_path) == cfg
+    final = load_checkpoint(list_checkpoints(tmp_path)[-1][1])
+    assert final.step == 7 and final.task == cfg.task and final.model_config == cfg.model
+    assert final.metrics["accuracy"] == pytest.approx(on_disk["accuracy"].iloc[-1])
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, final.model.state_dict()[name]), name
+
+
+def test_resumed_run_equals_a_straight_run(tmp_path):
+    """8 steps straight == 4 steps, stop, resume to 8: same weights, same metrics."""
+    cfg = tiny(steps=8, eval_every=2, checkpoint_steps=(4,), curriculum_every=3)
+    straight = train(cfg, out_dir=tmp_path / "straight", progress=False)
+
+    half = TrainConfig.from_dict({**cfg.to_dict(), "steps": 4})
+    train(half, out_dir=tmp_path / "resumed", progress=False)
+    resumed = train(cfg, out_dir=tmp_path / "resumed", resume=True, progress=False)
+
+    assert resumed.step == straight.step == 8
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    columns = [c for c in straight.metrics.columns if c != "elapsed_s"]
+    pd.testing.assert_frame_equal(
+        resumed.metrics[columns], straight.metrics[columns], check_dtype=False, atol=1e-6
+    )
+    pd.testing.assert_frame_equal(read_metrics(tmp_path / "resumed")[columns], resumed.metrics[columns], check_dtype=False)
+    assert read_run_config(tmp_path / "resumed").steps == 8
+    # resuming a finished run does nothing and returns its final model
+    again = train(cfg, out_dir=tmp_path / "resumed", resume=True, progress=False)
+    assert again.step == 8 and len(again.metrics) == len(resumed.metrics)
+
+
+def test_existing_runs_are_never_overwritten_or_resumed_with_another_config(tmp_path):
+    cfg = tiny(steps=2)
+    train(cfg, out_dir=tmp_path, progress=False)
+    before = (tmp_path / "metrics.csv").read_bytes()
+    with pytest.raises(HeadkitError, match="already holds a run"):
+        train(cfg, out_dir=tmp_path, progress=False)
+    changed = TrainConfig.from_dict({**cfg.to_dict(), "steps": 4, "lr": 1e-2, "batch_size": 8})
+    with pytest.raises(HeadkitError, match=r"differs from its run.json in batch_size, lr \(only steps may change\)"):
+        train(changed, out_dir=tmp_path, resume=True, progress=False)
+    shorter = TrainConfig.from_dict({**cfg.to_dict(), "steps": 1})
+    with pytest.raises(HeadkitError, match="already at step 2"):
+        train(shorter, out_dir=tmp_path, resume=True, progress=False)
+    assert (tmp_path / "metrics.csv").read_bytes() == before
+    with pytest.raises(HeadkitError, match="is not a headkit run directory"):
+        train(cfg, out_dir=tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(HeadkitError, match="needs out_dir"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_corrupted_run_json_is_a_clear_error(tmp_path):
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(HeadkitError, match="run.json is corrupted"):
+        read_run_config(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"task": {"name": "number"}, "model": {"n_layers": -1}}))
+    with pytest.raises(HeadkitError, match="run.json is corrupted: n_layers=-1"):
+        read_run_config(tmp_path)
+
+
+def test_training_keeps_the_model_a_gptj(tiny_gptj):
+    """No Q/K/V/O biases (they stay 0) and one shared LayerNorm per block (ln2 == ln1)."""
+    cfg = tiny(steps=3, eval_every=3)
+    model = train(cfg, progress=False).model
+    fresh = tiny_gptj(n_layers=2, d_model=16, n_heads=2, d_vocab=14, n_ctx=40, seed=cfg.seed)
+    for block, start in zip(model.blocks, fresh.blocks):
+        for name in ("b_Q", "b_K", "b_V", "b_O"):
+            assert not getattr(block.attn, name).any(), name
+        assert torch.equal(block.ln2.w, block.ln1.w) and torch.equal(block.ln2.b, block.ln1.b)
+        assert not torch.equal(block.ln1.w, start.ln1.w)  # the shared LayerNorm did train
+        assert not torch.equal(block.attn.W_Q, start.attn.W_Q)
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):
+    import headkit.training as training
+
+    cfg = tiny(steps=4, eval_every=2)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save", crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, out_dir=tmp_path / "run", progress=False)
+    assert list_checkpoints(tmp_path / "run") == []
+    assert read_metrics(tmp_path / "run")["step"].tolist() == [0, 2, 4]  # complete rows only
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files
+    resumed = train(cfg, out_dir=tmp_path / "run", resume=True, progress=False)
+    straight = train(cfg, progress=False)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4]
