@@ -144,7 +144,7 @@ def accuracy_by_length_figure(results: pd.DataFrame, *, title: str = "Accuracy b
         )
     fig.update_layout(
         title=title,
-        xaxis={"title": "sequence length", "type": "log"},
+        xaxis={"title": "sequence length", "type": "log", "tickvals": sorted(results["length"].unique().tolist())},
         yaxis={"title": "accuracy", "range": [0, 1.02]},
     )
     return fig

@@ -1,9 +1,13 @@
-"""``headkit demo``: the PosSym-2026 length-generalisation result, end to end on a CPU.
+"""``headkit demo``: positional vs symbolic heads (PosSym-2026), end to end on a CPU.
 
 Trains the default number-task and letter-task models (`headkit.training.default_config`)
 into ``OUT/number`` and ``OUT/letter``, evaluates both at lengths up to about 16x
 the trained length (17, 33, 65, 129, 257 by default), writes ``OUT/accuracy.csv``
-(columns ``task, length, hop, n, accuracy``) and prints the accuracy table.
+(columns ``task, length, hop, n, accuracy``) and prints the accuracy table. Then it
+classifies every head (``OUT/heads_<task>.csv``, `classify_heads`), mean-ablates
+every head and measures the accuracy drop per hop (``OUT/ablation_<task>.csv``,
+`ablation_sweep_by_hop`), writes figures to ``OUT/figures/`` and a report page
+``OUT/report.html`` linking everything.
 
 A run already complete in OUT (same config, final checkpoint present) is reused,
 an interrupted one is resumed; a run with a different config is an error, never
@@ -122,10 +126,105 @@ def step_evaluate(ctx: DemoContext) -> None:
     print(accuracy_table(ctx.tables["accuracy"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+DEMO_PROMPT_SEED = 2024  # prompts of the classification and ablation steps (disjoint from training seeds)
+CLASSIFY_PROMPTS = 64  # prompts per task for the swap metric
+ABLATION_PROMPTS = 512  # prompts per task for the ablation sweep
+
+
+def step_classify(ctx: DemoContext) -> None:
+    """Positional / symbolic / mixed / inactive label and purity of every head."""
+    from headkit.scores.positional_symbolic import classify_heads
+
+    for task, cfg in ctx.configs.items():
+        tokens = cfg.task.build(CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED).tokens
+        heads = classify_heads(ctx.models[task], tokens)
+        ctx.tables[f"heads_{task}"] = heads
+        ctx.files.append(write_csv(ctx.out / f"heads_{task}.csv", heads))
+        print(f"\n{task} heads ({CLASSIFY_PROMPTS} prompts of length {tokens.shape[1]}):")
+        shown = heads[["layer", "head", "label", "purity", "positional_score", "symbolic_score", "signal"]]
+        print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+
+
+def step_ablate(ctx: DemoContext) -> None:
+    """Mean-ablate each head; accuracy drop per hop (which heads the task needs)."""
+    from headkit.interventions import metrics
+    from headkit.interventions.ablation import ablation_sweep_by_hop
+
+    for task, cfg in ctx.configs.items():
+        batch = cfg.task.build(ABLATION_PROMPTS, seed=DEMO_PROMPT_SEED + 1)
+        table = ablation_sweep_by_hop(
+            ctx.models[task], batch, method="mean", metric=metrics.accuracy(batch, per_example=True)
+        )
+        ctx.tables[f"ablation_{task}"] = table
+        ctx.files.append(write_csv(ctx.out / f"ablation_{task}.csv", table))
+        wide = _delta_by_hop(table)
+        print(f"\n{task}: accuracy change when each head is mean-ablated ({ABLATION_PROMPTS} prompts):")
+        print(wide.to_string(index=False, float_format=lambda x: f"{x:+.3f}"))
+
+
+def _delta_by_hop(table: pd.DataFrame) -> pd.DataFrame:
+    """Ablation table -> one row per head, one ``hopK`` column of accuracy change per hop."""
+    wide = table.pivot_table(index=["layer", "head"], columns="hop", values="delta").reset_index()
+    wide.columns = [c if isinstance(c, str) else f"hop{c}" for c in wide.columns]
+    return wide
+
+
+def step_report(ctx: DemoContext) -> None:
+    """Figures (accuracy vs length, head maps, attention pages) and OUT/report.html."""
+    from headkit.io import write_text
+    from headkit.plots import accuracy_by_length_figure, attention_patterns, head_scores_figure, patching_figure, write_figure
+    from headkit.report import Section, report_html
+
+    fig_dir = ctx.out / "figures"
+
+    def figure(fig, name: str) -> tuple[Path, ...]:
+        paths = tuple(write_figure(fig, fig_dir / name, plotlyjs="directory"))
+        ctx.files.extend(paths)
+        return paths
+
+    accuracy = ctx.tables["accuracy"]
+    sections = [
+        Section(
+            "Length generalisation (R1)",
+            "Exact-match accuracy at the last position, trained at length 17, evaluated on longer "
+            "prompts made by extending the distractor window (pointer values stay in the trained range).",
+            tables=(("accuracy by task, length and hop", accuracy_table(accuracy)),),
+            figures=figure(accuracy_by_length_figure(accuracy), "accuracy_by_length"),
+        )
+    ]
+    for task, cfg in ctx.configs.items():
+        heads = ctx.tables[f"heads_{task}"]
+        ablation = ctx.tables[f"ablation_{task}"]
+        batch = cfg.task.build(1, seed=DEMO_PROMPT_SEED)
+        page = attention_patterns(ctx.models[task], batch.tokens[0], batch.decode(0))
+        figures = (
+            figure(head_scores_figure(heads, title=f"{task} task: head labels"), f"heads_{task}")
+            + figure(patching_figure(ablation, value="delta", title=f"{task} task: accuracy change under mean ablation (mean over hops)"), f"ablation_{task}")
+            + figure(page, f"attention_{task}")
+        )
+        sections.append(
+            Section(
+                f"{task} task: head roles (R2)",
+                "Positional vs symbolic swap scores (PosSym-2025) on "
+                f"{CLASSIFY_PROMPTS} prompts; label = dominant per-prompt label, purity = its share. "
+                "Mean ablation of each head shows which heads the task needs, per hop.",
+                tables=(("heads", heads), ("accuracy change under mean ablation, by hop", _delta_by_hop(ablation))),
+                figures=figures,
+            )
+        )
+    report = ctx.out / "report.html"
+    write_text(report, report_html("headkit demo: positional vs symbolic heads", sections, root=ctx.out))
+    ctx.files.append(report)
+    print(f"\nreport: {report}")
+
+
 # the demo, in order: (name, step); later issues append their analyses here
 DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", step_train),
     ("evaluate", step_evaluate),
+    ("classify", step_classify),
+    ("ablate", step_ablate),
+    ("report", step_report),
 ]
 
 
