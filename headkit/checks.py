@@ -6,11 +6,13 @@ allowed range, and runs before any forward pass, so bad input costs nothing.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+if TYPE_CHECKING:  # TransformerLens is slow to import; only the type is needed here
+    from transformer_lens import HookedTransformer
 
 from headkit.errors import HeadkitError
 

@@ -27,17 +27,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import pandas as pd
-from transformer_lens import HookedTransformer
+from typing import TYPE_CHECKING, Callable
 
 from headkit.checks import parse_int_list
 from headkit.cli.cmd_train import positive_float, positive_int
 from headkit.errors import HeadkitError
-from headkit.evaluation import accuracy_table, evaluate
-from headkit.io import write_csv
-from headkit.training import RUN_FILE, TrainConfig, config_differences, default_config, read_run_config, train
+
+if TYPE_CHECKING:  # the heavy modules load when the demo runs, not for `headkit --help`
+    import pandas as pd
+    from transformer_lens import HookedTransformer
+
+    from headkit.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class DemoContext:
 
 def demo_config(task: str, *, steps_scale: float = 1.0) -> TrainConfig:
     """The demo's training config of a task: the defaults, every schedule length scaled."""
+    from headkit.training import default_config
+
     if not (math.isfinite(steps_scale) and steps_scale > 0):
         raise HeadkitError(f"--steps-scale={steps_scale} must be a positive number")
     base = default_config(task)
@@ -85,6 +87,8 @@ def demo_config(task: str, *, steps_scale: float = 1.0) -> TrainConfig:
 
 def _check_reusable(run_dir: Path, cfg: TrainConfig) -> bool:
     """True if ``run_dir`` holds a run of this config (to reuse or resume), False if empty."""
+    from headkit.training import RUN_FILE, config_differences, read_run_config
+
     if not (run_dir / RUN_FILE).exists():
         if run_dir.exists() and any(run_dir.iterdir()):
             raise HeadkitError(f"{run_dir} is not empty and holds no headkit run: remove it or choose another --out")
@@ -100,6 +104,8 @@ def _check_reusable(run_dir: Path, cfg: TrainConfig) -> bool:
 
 def step_train(ctx: DemoContext) -> None:
     """Train (or reuse, or resume) the number and letter models."""
+    from headkit.training import train
+
     ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale) for task in DEMO_TASKS}
     existing = {task: _check_reusable(ctx.out / task, cfg) for task, cfg in ctx.configs.items()}
     for task, cfg in ctx.configs.items():
@@ -116,6 +122,11 @@ def step_train(ctx: DemoContext) -> None:
 
 def step_evaluate(ctx: DemoContext) -> None:
     """Accuracy of both models at every length, by hop."""
+    import pandas as pd
+
+    from headkit.evaluation import accuracy_table, evaluate
+    from headkit.io import write_csv
+
     frames = [
         evaluate(ctx.models[task], cfg.task, lengths=ctx.lengths, n=ctx.n, progress=ctx.progress)
         for task, cfg in ctx.configs.items()
@@ -133,6 +144,7 @@ ABLATION_PROMPTS = 512  # prompts per task for the ablation sweep
 
 def step_classify(ctx: DemoContext) -> None:
     """Positional / symbolic / mixed / inactive label and purity of every head."""
+    from headkit.io import write_csv
     from headkit.scores.positional_symbolic import classify_heads
 
     for task, cfg in ctx.configs.items():
@@ -149,6 +161,7 @@ def step_ablate(ctx: DemoContext) -> None:
     """Mean-ablate each head; accuracy drop per hop (which heads the task needs)."""
     from headkit.interventions import metrics
     from headkit.interventions.ablation import ablation_sweep_by_hop
+    from headkit.io import write_csv
 
     for task, cfg in ctx.configs.items():
         batch = cfg.task.build(ABLATION_PROMPTS, seed=DEMO_PROMPT_SEED + 1)
@@ -171,6 +184,7 @@ def _delta_by_hop(table: pd.DataFrame) -> pd.DataFrame:
 
 def step_report(ctx: DemoContext) -> None:
     """Figures (accuracy vs length, head maps, attention pages) and OUT/report.html."""
+    from headkit.evaluation import accuracy_table
     from headkit.io import write_text
     from headkit.plots import accuracy_by_length_figure, attention_patterns, head_scores_figure, patching_figure, write_figure
     from headkit.report import Section, report_html
