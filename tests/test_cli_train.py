@@ -140,15 +140,15 @@ def test_installed_script_reports_errors_in_one_line(tmp_path):
 @pytest.fixture
 def small_demo(monkeypatch):
     """The demo's flow with its default configs shrunk to 2-layer d_model 16 models."""
-    from headkit.cli import cmd_demo
+    from headkit import training
 
-    real = cmd_demo.default_config
+    real = training.default_config
 
     def shrunk(task):
         cfg = real(task)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
 
-    monkeypatch.setattr(cmd_demo, "default_config", shrunk)
+    monkeypatch.setattr(training, "default_config", shrunk)  # the demo imports it when it runs
 
 
 def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
