@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -21,6 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from headkit.errors import HeadkitError
 from headkit.io import write_csv, write_json
 from headkit.plots import write_figure
 
@@ -69,20 +71,52 @@ def cli(
     description: str,
     default: Callable[[], ConfigT],
     quick: Callable[[], ConfigT],
+    runs: bool = False,
 ) -> tuple[ConfigT, Path | None]:
-    """Parse ``[--out DIR] [--quick] [--threads N]`` into (config, output folder or None = default).
+    """Parse ``[--runs DIR] [--out DIR] [--quick] [--threads N]`` into (config, output folder or None).
 
-    ``--threads`` (default 2) sets torch's CPU threads: scripts only, never the library.
-    """""
+    ``--runs`` (only with ``runs=True``: the R1-R4 scripts' shared training runs)
+    replaces the config's ``runs`` field. ``--threads`` (default 2) sets torch's
+    CPU threads: scripts only, never the library.
+    """
     parser = argparse.ArgumentParser(description=description)
+    if runs:
+        parser.add_argument("--runs", type=Path, default=None, help="shared training runs folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default figures/<name>)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run in seconds")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
     if args.threads < 1:
-        parser.error(f"--threads={args.threads} must be a positive integer")
+        raise HeadkitError(f"--threads={args.threads} must be a positive integer")
     torch.set_num_threads(args.threads)
-    return (quick() if args.quick else default()), args.out
+    cfg = quick() if args.quick else default()
+    if runs and args.runs is not None:
+        cfg = dataclasses.replace(cfg, runs=str(args.runs.resolve()))
+    return cfg, args.out
+
+
+def run_script(
+    main: Callable[..., pd.DataFrame],
+    *,
+    description: str,
+    default: Callable[[], ConfigT],
+    quick: Callable[[], ConfigT],
+    runs: bool = False,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Command-line entry of an analysis script: parse, run ``main``, print its table.
+
+    A `HeadkitError` (bad input) ends the script with a one-line message and exit code 2.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_figure_export()
+    try:
+        cfg, out = cli(argv, description=description, default=default, quick=quick, runs=runs)
+        table = main(cfg, out=out)
+    except HeadkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(table.to_string(index=False))  # the script's own output (the library never prints)
 
 
 class Timer:

@@ -28,23 +28,20 @@ runs, training them on demand, loading their final models, the command line
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 if __package__ in (None, ""):  # run as a file: make `analyses` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 from transformer_lens import HookedTransformer
 
-from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export
+from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
 from headkit.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
@@ -69,7 +66,6 @@ CHECKPOINT_STEPS = (50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900)
 # --quick / tests: a tiny model trained for a few steps, so every script runs in seconds
 TINY_MODEL = dict(n_layers=2, d_model=16, n_heads=1, n_ctx=65)
 
-ConfigT = TypeVar("ConfigT")
 
 
 # --- the shared training runs --------------------------------------------------------
@@ -163,43 +159,6 @@ def final_model(run_dir: Path) -> tuple[HookedTransformer, TaskSpec]:
 # --- command line and outputs -----------------------------------------------------------
 
 
-def cli(
-    argv: Sequence[str] | None, *, description: str, default: Callable[[], ConfigT], quick: Callable[[], ConfigT]
-) -> tuple[ConfigT, Path | None]:
-    """Parse ``[--runs DIR] [--out DIR] [--quick] [--threads N]`` into (config, output folder or None)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--runs", type=Path, default=None, help=f"shared training runs (default {DEFAULT_RUNS})")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default figures/<name>)")
-    parser.add_argument("--quick", action="store_true", help="tiny models, few steps: a smoke run")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        raise HeadkitError(f"--threads={args.threads} must be a positive integer")
-    torch.set_num_threads(args.threads)
-    cfg = quick() if args.quick else default()
-    if args.runs is not None:
-        cfg = dataclasses.replace(cfg, runs=str(args.runs.resolve()))
-    return cfg, args.out
-
-
-def run_script(
-    main: Callable[..., pd.DataFrame], *, description: str, default: Callable[[], ConfigT],
-    quick: Callable[[], ConfigT], argv: Sequence[str] | None = None,
-) -> None:
-    """Command-line entry of an R1-R4 script: parse, run ``main``, print its table.
-
-    A `HeadkitError` (bad input) ends the script with a one-line message and exit code 2.
-    """  # fmt: skip
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, out = cli(argv, description=description, default=default, quick=quick)
-        table = main(cfg, out=out)
-    except HeadkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(table.to_string(index=False))  # the script's own output (the library never prints)
-
-
 def write_analysis(
     out_dir: Path,
     *,
@@ -276,4 +235,4 @@ def main(cfg: LengthConfig, *, out: str | Path | None = None, png: bool = True) 
 
 
 if __name__ == "__main__":
-    run_script(main, description=__doc__.splitlines()[0], default=LengthConfig, quick=quick_config)
+    run_script(main, description=__doc__.splitlines()[0], default=LengthConfig, quick=quick_config, runs=True)

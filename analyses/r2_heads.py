@@ -167,4 +167,4 @@ def main(cfg: HeadsConfig, *, out: str | Path | None = None, png: bool = True) -
 
 
 if __name__ == "__main__":
-    run_script(main, description=__doc__.splitlines()[0], default=HeadsConfig, quick=quick_config)
+    run_script(main, description=__doc__.splitlines()[0], default=HeadsConfig, quick=quick_config, runs=True)

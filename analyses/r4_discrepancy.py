@@ -165,4 +165,4 @@ def main(cfg: DiscrepancyConfig, *, out: str | Path | None = None, png: bool = T
 
 
 if __name__ == "__main__":
-    run_script(main, description=__doc__.splitlines()[0], default=DiscrepancyConfig, quick=quick_config)
+    run_script(main, description=__doc__.splitlines()[0], default=DiscrepancyConfig, quick=quick_config, runs=True)

@@ -41,7 +41,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `analyses` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,7 +54,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analyses.common import Timer, cli, output_dir, quiet_figure_export, write_outputs
+from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
 from headkit.models import ModelConfig
@@ -222,15 +222,5 @@ def level_figure(table: pd.DataFrame, summary: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def run(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    cfg, out = cli(argv, description=__doc__.splitlines()[0], default=R6Config, quick=quick_config)
-    return main(cfg, out=out)
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_figure_export()
-    try:
-        run()
-    except HeadkitError as error:  # a bad option: one line, no traceback
-        sys.exit(f"error: {error}")
+    run_script(main, description=__doc__.splitlines()[0], default=R6Config, quick=quick_config)
