@@ -15,8 +15,8 @@ Two views of the shared training runs (`analyses.r1_length`):
    which the head keeps that label, pure, up to the end.
 
 Caveat, stated in the outputs: the letter run uses a hop curriculum (SPEC 2.3;
-here the largest training hop rises by one every 150 updates), so hop ``k``
-is first trained at update ``150 (k - 1) + 1``; a hop cannot emerge before it
+here the largest training hop rises by one every 250 updates), so hop ``k``
+is first trained at update ``250 (k - 1) + 1``; a hop cannot emerge before it
 is trained, which pushes the letter hops apart by construction. The summary
 records each hop's introduction step next to its emergence step.
 

@@ -62,9 +62,9 @@ def test_shared_runs_are_reused_and_checked(runs):
     assert [s for s, _ in list_checkpoints(runs / "letter")] == [*cfg.checkpoint_steps, 4]
     with pytest.raises(HeadkitError, match="different run.*steps"):
         r1_length.ensure_run(r1_length.shared_run_config("letter", steps=5, tiny=True), runs / "letter")
-    # the full-size runs: 12 checkpoints for R3, letter curriculum one hop per 150 updates
+    # the full-size runs: 12 checkpoints for R3, letter curriculum one hop per 250 updates
     full = r1_length.shared_run_config("letter")
-    assert len(full.checkpoint_steps) + 1 == 12 and full.curriculum_every == 150
+    assert len(full.checkpoint_steps) + 1 == 12 and full.curriculum_every == 250
     assert r1_length.shared_run_config("number").curriculum_every is None
 
 
@@ -212,9 +212,9 @@ def test_r3_emergence_and_settling_on_hand_made_tables():
 def test_r3_hop_introduction_follows_the_curriculum(tmp_path):
     from headkit.io import write_json
 
-    cfg = r1_length.shared_run_config("letter")  # one hop more every 150 updates
+    cfg = r1_length.shared_run_config("letter")  # one hop more every 250 updates
     write_json(tmp_path / "run.json", cfg.to_dict())
-    assert r3_dynamics.hop_introduced(tmp_path, [1, 2, 3, 4]) == {"1": 1, "2": 151, "3": 301, "4": 451}
+    assert r3_dynamics.hop_introduced(tmp_path, [1, 2, 3, 4]) == {"1": 1, "2": 251, "3": 501, "4": 751}
 
 
 # --- R4 -------------------------------------------------------------------------------
