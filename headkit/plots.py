@@ -207,7 +207,8 @@ def write_figure(
         png_path = base.with_suffix(".png")
         try:
             with atomic_path(png_path) as tmp:
-                figure.write_image(tmp, format="png", width=900, height=600, scale=1)
+                size = {"width": figure.layout.width or 900, "height": figure.layout.height or 600}
+                figure.write_image(tmp, format="png", scale=1, **size)  # the figure's own size if set
             written.append(png_path)
         except Exception as exc:  # kaleido/Chromium missing or failing: HTML is enough
             log.warning("PNG export of %s skipped (%s); the HTML is written", png_path, exc)
