@@ -108,6 +108,17 @@ def check_tokens(model: HookedTransformer, tokens: Tensor, *, name: str = "token
     return tokens
 
 
+def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+    """Check ``clean_tokens`` and ``corrupted_tokens`` for ``model``, and that their shapes agree."""
+    check_tokens(model, clean, name="clean_tokens")
+    check_tokens(model, corrupted, name="corrupted_tokens")
+    if clean.shape != corrupted.shape:
+        raise HeadkitError(
+            f"clean_tokens shape {tuple(clean.shape)} and corrupted_tokens shape "
+            f"{tuple(corrupted.shape)} differ: patching needs prompts of the same shape"
+        )
+
+
 def check_position(model_or_length: int, position: int, *, name: str = "position") -> int:
     """Resolve a (possibly negative) position in a sequence of the given length."""
     length = model_or_length

@@ -40,7 +40,7 @@ from transformer_lens.hook_points import HookPoint
 
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
-from headkit.interventions.path_patching import check_token_pair
+from headkit.checks import check_token_pair
 
 # site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation)
 SITES: dict[str, tuple[str, int]] = {

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from headkit.checks import Head, check_heads, check_tokens
+from headkit.checks import Head, check_heads, check_token_pair
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
 
@@ -170,17 +170,6 @@ def check_senders(
                     f"{r_layer}.{r_head}.{kind} (layer {r_layer}): {allowed}"
                 )
     return heads
-
-
-def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
-    """Check ``clean_tokens`` and ``corrupted_tokens`` for ``model``, and that their shapes agree."""
-    check_tokens(model, clean, name="clean_tokens")
-    check_tokens(model, corrupted, name="corrupted_tokens")
-    if clean.shape != corrupted.shape:
-        raise HeadkitError(
-            f"clean_tokens shape {tuple(clean.shape)} and corrupted_tokens shape "
-            f"{tuple(corrupted.shape)} differ: patching needs prompts of the same shape"
-        )
 
 
 def _check_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
