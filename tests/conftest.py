@@ -11,7 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: tiny models gain nothing from more, and on a shared 2-core
+# machine two threads made the suite ~8x slower (issue 11).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
