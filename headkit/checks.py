@@ -1,22 +1,34 @@
-"""Input checks shared by every analysis: heads, layers, token batches.
+"""Input checks shared by every analysis and command: heads, layers, token batches, output paths.
 
 Each check raises `HeadkitError` with a message that names the bad value and the
 allowed range, and runs before any forward pass, so bad input costs nothing.
+
+This module imports neither torch nor TransformerLens at the top (the command line
+imports it to check arguments, and ``headkit --help`` must answer at once); the
+checks that need torch import it when called.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence, Union
 
-import torch
-from torch import Tensor
-
-if TYPE_CHECKING:  # TransformerLens is slow to import; only the type is needed here
+if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
+    from torch import Tensor
     from transformer_lens import HookedTransformer
 
 from headkit.errors import HeadkitError
 
 Head = tuple[int, int]  # (layer, head)
+HeadInput = tuple[int, int, str]  # (layer, head, "q" | "k" | "v"): a head's query, key or value input
+Receiver = Union[HeadInput, str]  # a head input, "final", or a spec like "5.0.q" (path patching)
+FINAL = "final"  # the path-patching receiver that is the final residual stream
+QKV = ("q", "k", "v")
+
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit and int() also accept '²', '١'
 
 
 def check_layer(model: HookedTransformer, layer: int) -> int:
@@ -27,7 +39,11 @@ def check_layer(model: HookedTransformer, layer: int) -> int:
 
 
 def check_heads(model: HookedTransformer, heads: Iterable[Sequence[int]]) -> list[Head]:
-    """Validate (layer, head) pairs against the model; returns them as int tuples."""
+    """Validate (layer, head) pairs against the model; returns them as int tuples.
+
+    A head given twice is an error (a repeated head is a typo, and would otherwise
+    give duplicate rows or a set label like ``1.0+1.0``).
+    """
     out: list[Head] = []
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     for item in heads:
@@ -44,6 +60,8 @@ def check_heads(model: HookedTransformer, heads: Iterable[Sequence[int]]) -> lis
                 f"head {layer}.{head}: head {head} is out of range: "
                 f"this model has heads 0..{n_heads - 1} in each layer"
             )
+        if (layer, head) in out:
+            raise HeadkitError(f"head {layer}.{head} is given twice: list each head once")
         out.append((layer, head))
     return out
 
@@ -51,17 +69,50 @@ def check_heads(model: HookedTransformer, heads: Iterable[Sequence[int]]) -> lis
 def parse_head(spec: str) -> Head:
     """``"5.0"`` -> ``(5, 0)``; anything else is an error naming the spec."""
     parts = spec.strip().split(".")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(is_number(p.strip()) for p in parts):
         raise HeadkitError(f"head spec {spec!r} must look like LAYER.HEAD, e.g. 5.0")
     return int(parts[0]), int(parts[1])
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer in ASCII digits (``"12"``; not ``"²"``, ``"+1"``, ``"1_0"``)."""
+    return _NUMBER.fullmatch(text) is not None
+
+
 def parse_heads(specs: str) -> list[Head]:
-    """``"0.1,3.0"`` -> ``[(0, 1), (3, 0)]``."""
+    """``"0.1,3.0"`` -> ``[(0, 1), (3, 0)]``; a head given twice is an error."""
     items = [s for s in specs.split(",") if s.strip()]
     if not items:
         raise HeadkitError(f"no heads given in {specs!r}: expected LAYER.HEAD[,LAYER.HEAD...]")
-    return [parse_head(s) for s in items]
+    heads = [parse_head(s) for s in items]
+    twice = sorted({h for h in heads if heads.count(h) > 1})
+    if twice:
+        raise HeadkitError(f"head {twice[0][0]}.{twice[0][1]} is given twice in {specs!r}: list each head once")
+    return heads
+
+
+def parse_receiver(spec: str) -> Receiver:
+    """``"final"`` -> ``"final"``; ``"5.0.q"`` -> ``(5, 0, "q")``; else a HeadkitError."""
+    text = spec.strip()
+    if text == FINAL:
+        return FINAL
+    parts = text.split(".")
+    if len(parts) != 3 or not is_number(parts[0]) or not is_number(parts[1]) or parts[2] not in QKV:
+        raise HeadkitError(f"receiver spec {spec!r} must look like LAYER.HEAD.q|k|v (e.g. 5.0.q) or 'final'")
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
+def parse_receivers(specs: str) -> list[Receiver]:
+    """``"5.0.q,5.0.k"`` -> ``[(5, 0, "q"), (5, 0, "k")]``; a receiver given twice is an error."""
+    items = [s for s in specs.split(",") if s.strip()]
+    if not items:
+        raise HeadkitError(f"no receivers given in {specs!r}: expected LAYER.HEAD.q|k|v[,...] or 'final'")
+    receivers = [parse_receiver(s) for s in items]
+    for i, receiver in enumerate(receivers):
+        if receiver in receivers[:i]:
+            shown = receiver if receiver == FINAL else ".".join(map(str, receiver))
+            raise HeadkitError(f"receiver {shown} is given twice in {specs!r}: list each receiver once")
+    return receivers
 
 
 def parse_int_list(text: str, *, name: str, low: int = 1) -> list[int]:
@@ -69,10 +120,10 @@ def parse_int_list(text: str, *, name: str, low: int = 1) -> list[int]:
     values = []
     for part in text.split(","):
         part = part.strip()
-        try:
-            value = int(part)
-        except ValueError:
-            raise HeadkitError(f"{name}: {part!r} is not an integer (expected e.g. 17,33,65)") from None
+        sign, digits = ("-", part[1:]) if part.startswith("-") else ("", part)
+        if not is_number(digits):
+            raise HeadkitError(f"{name}: {part!r} is not an integer (expected e.g. 17,33,65)")
+        value = int(sign + digits)
         if value < low:
             raise HeadkitError(f"{name}: {value} is too small: allowed {low} or more")
         values.append(value)
@@ -81,14 +132,29 @@ def parse_int_list(text: str, *, name: str, low: int = 1) -> list[int]:
     return values
 
 
+TOKEN_DTYPES = ("torch.int64", "torch.int32")  # integer dtypes that hold any vocabulary id safely
+
+
 def check_tokens(model: HookedTransformer, tokens: Tensor, *, name: str = "tokens") -> Tensor:
-    """A non-empty [batch, pos] integer tensor of ids the model knows, within its context."""
+    """A non-empty [batch, pos] int64/int32 tensor of ids the model knows, within its context.
+
+    Other dtypes are refused naming the dtype: floats and complex are not ids,
+    ``bool`` and ``uint8`` index as masks, ``int8``/``int16`` wrap around for
+    larger vocabularies. Tokens on the meta device hold no values.
+    """
+    from torch import Tensor
+
     if not isinstance(tokens, Tensor):
         raise HeadkitError(f"{name} must be a torch tensor of token ids, got {type(tokens).__name__}")
     if tokens.ndim != 2:
         raise HeadkitError(f"{name} must have shape [batch, pos], got shape {tuple(tokens.shape)}")
-    if tokens.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
-        raise HeadkitError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if str(tokens.dtype) not in TOKEN_DTYPES:
+        raise HeadkitError(
+            f"{name} must hold integer token ids of dtype {' or '.join(TOKEN_DTYPES)}, got dtype {tokens.dtype}"
+            + (": convert with tokens.long()" if not (tokens.is_floating_point() or tokens.is_complex()) else "")
+        )
+    if tokens.device.type == "meta":
+        raise HeadkitError(f"{name} is on the meta device, which holds no values: pass tokens on {model.cfg.device}")
     batch, pos = tokens.shape
     if batch == 0 or pos == 0:
         raise HeadkitError(f"{name} is empty (shape {tuple(tokens.shape)}): give at least one prompt")
@@ -119,6 +185,25 @@ def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor)
         )
 
 
+def check_finite(values: Tensor, *, where: str) -> Tensor:
+    """``values`` unchanged if every entry is finite; else a HeadkitError naming ``where``.
+
+    Used on logits and metric values: a model with NaN or infinite outputs (a
+    diverged run, non-finite weights) would otherwise give normal-looking numbers
+    (the argmax of all-NaN logits is id 0; an accuracy of 0.0 is a valid value).
+    """
+    finite = values.isfinite()
+    if bool(finite.all()):
+        return values
+    n_nan = int(values.isnan().sum())
+    n_inf = int((~finite).sum()) - n_nan
+    found = ", ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
+    raise HeadkitError(
+        f"{where} is not finite ({found} of {values.numel()} values): the model's output is broken "
+        "(diverged training or non-finite weights?), so any number computed from it would mean nothing"
+    )
+
+
 def check_position(model_or_length: int, position: int, *, name: str = "position") -> int:
     """Resolve a (possibly negative) position in a sequence of the given length."""
     length = model_or_length
@@ -128,3 +213,108 @@ def check_position(model_or_length: int, position: int, *, name: str = "position
             f"allowed {-length}..{length - 1}"
         )
     return position % length
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def check_device(device: str) -> str:
+    """``device`` as a torch device string this machine has; else a HeadkitError naming it.
+
+    ``cuda`` on a CPU-only torch (or with no GPU visible), a ``cuda:N`` beyond the
+    visible GPUs, ``mps`` without Metal, ``meta`` (no values) and unknown names
+    are refused before any work.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise HeadkitError(f"device {device!r} is not a torch device: e.g. cpu, cuda, cuda:0") from None
+    kind = parsed.type
+    if kind == "cpu":
+        return str(parsed)
+    if kind == "meta":
+        raise HeadkitError(f"device {device!r} holds no values and cannot run a model: use cpu or cuda")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise HeadkitError(f"device {device!r} is not available: {why}; use cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise HeadkitError(f"device {device!r} is not available: this machine has cuda:0..cuda:{count - 1}")
+        return str(parsed)
+    try:
+        torch.empty(0, device=parsed)
+    except Exception:  # torch raises RuntimeError, AssertionError or others for a missing backend
+        raise HeadkitError(f"device {device!r} is not available on this machine: use cpu") from None
+    return str(parsed)
+
+
+# --------------------------------------------------------------------------- output paths
+
+RUN_FILE = "run.json"  # marks a run directory (headkit.training.RUN_FILE)
+RUN_OWNED = (RUN_FILE, "metrics.csv", "checkpoints")  # a run directory's own entries (and hidden files)
+CHECKPOINT_FILE = "meta.json"  # marks a checkpoint directory (headkit.checkpoints)
+
+
+def check_output_path(
+    out: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    option: str = "--out",
+    directory: bool = False,
+) -> Path:
+    """``out`` as a Path a command may write, checked before any work.
+
+    Refused, naming the reason: a path that would write over a file belonging to a
+    run directory (its ``run.json``, ``metrics.csv``, anything under
+    ``checkpoints/``, its hidden lock and temporary files) or into a checkpoint
+    directory; a path equal to one of ``inputs``, or an existing file inside an
+    input directory; a directory where a file is expected (or a file where
+    ``directory=True`` expects a directory); and a location where nothing can be
+    written (a read-only directory, ``/proc``, a parent that is a file), tested by
+    creating and removing a temporary file in the nearest existing directory.
+    """
+    path = Path(out)
+    where = f"{option} {out}"
+    if path.exists():
+        if directory and not path.is_dir():
+            raise HeadkitError(f"{where} exists and is not a directory")
+        if not directory and path.is_dir():
+            raise HeadkitError(f"{where} is a directory: give a file name")
+    target = path.resolve()
+    _check_not_run_owned(target, where)
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or (path.exists() and not directory and source in target.parents):
+            raise HeadkitError(f"{where} would write over this command's input {item}: choose another path")
+    _check_writable(target if directory and path.is_dir() else target.parent, where)
+    return path
+
+
+def _check_not_run_owned(target: Path, where: str) -> None:
+    for folder in target.parents:
+        if (folder / CHECKPOINT_FILE).is_file():
+            raise HeadkitError(f"{where} is inside the checkpoint {folder}: a checkpoint's files are never overwritten")
+        if (folder / RUN_FILE).is_file():
+            entry = target.relative_to(folder).parts[0]
+            if entry in RUN_OWNED or entry.startswith("."):
+                raise HeadkitError(
+                    f"{where} would write over {folder / entry}, which belongs to the run {folder}: "
+                    f"choose a path outside {', '.join(RUN_OWNED)} (e.g. {folder / 'results.csv'})"
+                )
+
+
+def _check_writable(folder: Path, where: str) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HeadkitError(f"{where}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".headkit-write-test-")
+    except OSError as exc:
+        raise HeadkitError(f"{where}: cannot write in {existing} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported by write_csv's caller anyway; not at import (CLI start-up)
+    import pandas as pd
 
 
 @contextlib.contextmanager

@@ -20,8 +20,11 @@ CSV (atomically) when ``--out`` is given and prints a compact table.
 ``--metric`` is one of `headkit.interventions.metrics.METRICS` (default
 ``logit_diff`` where the task has wrong answers, else ``answer_logprob``),
 computed on the clean batch's answers. Every argument is checked (specs parsed,
-heads and layers against the model) before any forward pass; bad input is one
-``headkit: error:`` line and exit code 2.
+``--out`` writable and not a run's own file, seed and device, then heads and
+layers against the model) before any forward pass; bad input is one
+``headkit: error:`` line and exit code 2. A model whose logits or metric come
+out NaN or infinite is an error too, never a table of numbers (see
+docs/interventions.md).
 """
 
 from __future__ import annotations
@@ -29,35 +32,35 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
-
-from headkit.checks import check_heads, parse_heads
+from headkit.checks import FINAL, check_heads, check_output_path, parse_heads, parse_receivers
+from headkit.cli import args as types
 from headkit.errors import HeadkitError
-from headkit.io import write_csv
+
+if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 ABLATION_METHODS = ("zero", "mean", "resample")
 DIRECTIONS = ("denoise", "noise")
+METRIC_NAMES = ("logit_diff", "answer_logprob", "accuracy", "loss")  # = headkit.interventions.metrics.METRICS (tested)
 
 
 # --------------------------------------------------------------------------- shared steps
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Checks that need no model: counts, output path, metric name."""
-    from headkit.interventions.metrics import METRICS
-
+    """Checks that need no model: counts, run directory, output path (metric, seed, device: argparse)."""
     if args.n < 1:
         raise HeadkitError(f"--n {args.n} is out of range: allowed 1 or more")
     if args.batch_size is not None and args.batch_size < 1:
         raise HeadkitError(f"--batch-size {args.batch_size} is out of range: allowed 1 or more")
-    if args.out is not None and Path(args.out).is_dir():
-        raise HeadkitError(f"--out {args.out} is a directory: give a CSV file name")
-    if args.metric is not None and args.metric not in METRICS:
-        raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRICS)}")
+    if not Path(args.run_dir).is_dir():
+        raise HeadkitError(f"run directory {args.run_dir} does not exist")
+    if args.out is not None:
+        check_output_path(args.out, inputs=[args.run_dir])
 
 
 def _load(args: argparse.Namespace):
@@ -93,6 +96,8 @@ def _finish(args: argparse.Namespace, frame: pd.DataFrame, title: str) -> int:
     print(title)
     print(frame.to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
     if args.out is not None:
+        from headkit.io import write_csv
+
         write_csv(args.out, frame)
         print(f"written to {args.out}")
     return 0
@@ -106,10 +111,10 @@ def _heads(model, parsed: list[tuple[int, int]] | None) -> list[tuple[int, int]]
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
-
     _check_args(args)
     parsed = None if args.heads is None else parse_heads(args.heads)
+    from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
+
     ckpt, batch = _load(args)
     heads = _heads(ckpt.model, parsed)
     name, metric = _metric(args, batch, per_example=args.by_hop)
@@ -122,10 +127,10 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from headkit.interventions.activation_patching import activation_patching, check_site
-
     _check_args(args)
     parsed = None if args.heads is None else parse_heads(args.heads)
+    from headkit.interventions.activation_patching import activation_patching, check_site
+
     ckpt, batch = _load(args)
     check_site(ckpt.model, args.site)
     heads = _heads(ckpt.model, parsed)
@@ -141,17 +146,13 @@ def _patch(args: argparse.Namespace) -> int:
 
 
 def _path_patch(args: argparse.Namespace) -> int:
-    from headkit.interventions.path_patching import (
-        FINAL,
-        check_receivers,
-        check_senders,
-        parse_receivers,
-        path_patching_sweep,
-    )
-
     _check_args(args)
     receivers = parse_receivers(args.receivers)
     senders = None if args.senders is None else parse_heads(args.senders)
+    import pandas as pd
+
+    from headkit.interventions.path_patching import check_receivers, check_senders, path_patching_sweep
+
     groups = [g for g in ([r for r in receivers if r != FINAL], [r for r in receivers if r == FINAL]) if g]
     ckpt, batch = _load(args)
     checked = [check_receivers(ckpt.model, group) for group in groups]
@@ -182,11 +183,14 @@ def _path_patch(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
-    parser.add_argument("--metric", default=None, help="logit_diff, answer_logprob, accuracy or loss")
+    parser.add_argument(
+        "--metric", choices=METRIC_NAMES, default=None,
+        help="metric of the logits (default logit_diff where the task has wrong answers, else answer_logprob)",
+    )  # fmt: skip
     parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
+    parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
     parser.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
-    parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: as saved)")
+    parser.add_argument("--device", type=types.device, default=None, help="e.g. cpu or cuda (default: as saved)")
     parser.add_argument("--out", default=None, help="CSV file to write")
     parser.set_defaults(func=func)
 

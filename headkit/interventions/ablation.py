@@ -58,7 +58,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_heads, check_layer, check_position, check_tokens
+from headkit.checks import Head, check_finite, check_heads, check_layer, check_position, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.activation_patching import Patch, sweep_patches
 from headkit.interventions.metrics import Metric, answer_logprob, check_scalar, logit_diff
@@ -227,6 +227,7 @@ def ablate_metric(
 ) -> float:
     """``metric`` of the logits of `ablate` (same arguments), as a float."""
     logits = ablate(model, tokens, heads, method=method, positions=positions, reference=reference, seed=seed)
+    check_finite(logits, where=f"ablate_metric: the logits with {_head_label(heads)} ablated")
     return check_scalar(metric(logits), where="ablate_metric: metric on the ablated run").item()
 
 
@@ -262,11 +263,13 @@ def _sweep(
         raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
     tokens = batch.tokens.to(model.cfg.device)
     with torch.no_grad():
-        baseline = evaluate(model(tokens)).detach()
+        baseline = evaluate(check_finite(model(tokens), where="the logits without ablation")).detach()
     if together:
+        label = _head_label(checked)
         with torch.no_grad():
             logits = ablate(model, tokens, checked, method=method, positions=positions, reference=reference, seed=seed)
-            return baseline, [(SET, SET, _head_label(checked), evaluate(logits).detach())]
+            check_finite(logits, where=f"the logits with {label} ablated")
+            return baseline, [(SET, SET, label, evaluate(logits).detach())]
     layers = sorted({l for l, _ in checked})
     replacement = METHODS[method](model, tokens, layers, resolved_reference, seed)
     patches = [Patch(l, h, index) for l, h in checked]
@@ -346,7 +349,7 @@ def ablation_sweep_by_hop(
                 f"ablation_sweep_by_hop: the metric must return one value per prompt, shape "
                 f"({batch.n},), got {shape}: build it with per_example=True"
             )
-        return values
+        return check_finite(values, where="ablation_sweep_by_hop: the per-prompt metric values")
 
     baseline, rows = _sweep(
         model, batch, evaluate, method=method, heads=heads, reference=reference,

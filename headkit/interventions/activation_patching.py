@@ -72,7 +72,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import TransformerBlock
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from headkit.checks import check_heads, check_layer, check_tokens
+from headkit.checks import check_finite, check_heads, check_layer, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
 
@@ -331,10 +331,18 @@ def sweep_patches(
                 resid = cache[f"blocks.{layer}.hook_resid_pre"].repeat(k, 1, 1)  # [k*batch, pos, d_model]
                 with model.hooks(fwd_hooks=[(name, write_hook)]):
                     logits = model(resid, start_at_layer=layer, **extras)
-            # 3. one evaluation per copy
+            # 3. one evaluation per copy, of finite logits only
             for copy_logits, i in zip(logits.unflatten(0, (k, batch)), ids):  # [batch, pos, d_vocab]
+                check_finite(copy_logits, where=f"the logits of the run with {_describe(site, patches[i])} replaced")
                 results[i] = evaluate(copy_logits).detach()
     return results  # type: ignore[return-value]
+
+
+def _describe(site: str, patch: Patch) -> str:
+    """``"z of head 1.0"``, ``"resid_pre of layer 2 at position 3"``: a patch in words."""
+    unit = f"layer {patch.layer}" if patch.head == ALL else f"head {patch.layer}.{patch.head}"
+    where = "" if isinstance(patch.position, slice) else f" at position {patch.position}"
+    return f"{site} of {unit}{where}"
 
 
 # --- activation patching -------------------------------------------------------------
@@ -466,10 +474,12 @@ def activation_patching(
         clean_logits, clean_cache = model.run_with_cache(
             clean_tokens, names_filter=names, return_cache_object=False
         )
+        check_finite(clean_logits, where="the logits of the clean run")
         clean_value = check_scalar(metric(clean_logits), where="metric on the clean run").item()
         corrupted_logits, corrupted_cache = model.run_with_cache(
             corrupted_tokens, names_filter=names, return_cache_object=False
         )
+        check_finite(corrupted_logits, where="the logits of the corrupted run")
         corrupted_value = check_scalar(metric(corrupted_logits), where="metric on the corrupted run").item()
     base_value, source_value = DIRECTIONS[direction](clean_value, corrupted_value)
     _, sources = DIRECTIONS[direction](clean_cache, corrupted_cache)

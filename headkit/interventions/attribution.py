@@ -40,7 +40,7 @@ from transformer_lens.hook_points import HookPoint
 
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
-from headkit.checks import check_token_pair
+from headkit.checks import check_finite, check_token_pair
 
 # site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation)
 SITES: dict[str, tuple[str, int]] = {
@@ -93,14 +93,16 @@ def attribution_patching(
 
     # forward 1: the clean activations
     with torch.no_grad():
-        _, clean = model.run_with_cache(clean_tokens, names_filter=names, return_cache_object=False)
+        clean_logits, clean = model.run_with_cache(clean_tokens, names_filter=names, return_cache_object=False)
+    check_finite(clean_logits, where="the logits of the clean run")
 
     # forward 2: the corrupted run, each activation plus a zero leaf to differentiate against
     leaves: dict[str, Tensor] = {}
     corrupted: dict[str, Tensor] = {}
     attach = partial(_attach_leaf, leaves=leaves, values=corrupted)
     with torch.enable_grad(), model.hooks(fwd_hooks=[(name, attach) for name in names]):
-        value = check_scalar(metric(model(corrupted_tokens)), where="metric on the corrupted run")
+        logits = check_finite(model(corrupted_tokens), where="the logits of the corrupted run")
+        value = check_scalar(metric(logits), where="metric on the corrupted run")
     if not value.requires_grad:
         raise HeadkitError(
             "the metric is not differentiable (e.g. accuracy): attribution patching needs "
@@ -114,6 +116,8 @@ def attribution_patching(
     for layer, (name, grad) in enumerate(zip(names, grads)):
         if grad is None:  # the metric does not depend on this activation
             grad = torch.zeros_like(corrupted[name])
-        effect = _per_head((clean[name] - corrupted[name]) * grad, head_axis)  # [head_index]
+        difference = check_finite(clean[name] - corrupted[name], where=f"the clean minus corrupted {name}")
+        gradient = check_finite(grad, where=f"the metric's gradient at {name}")
+        effect = _per_head(difference * gradient, head_axis)  # [head_index]
         rows += [(layer, head, float(v)) for head, v in enumerate(effect.tolist())]
     return pd.DataFrame(rows, columns=list(COLUMNS))

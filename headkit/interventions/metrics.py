@@ -25,6 +25,11 @@ autograd graph, so attribution patching can differentiate them.
 
 Any callable ``logits -> scalar`` can stand in for these; `check_scalar` is how
 the interventions refuse one that returns something else, naming where.
+
+Non-finite numbers are errors, never results: the built-in metrics refuse logits
+holding NaN or infinity (the argmax of all-NaN logits is id 0, so `accuracy`
+would quietly report a number), and `check_scalar` refuses a NaN or infinite
+metric value, naming the run it came from.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from headkit.checks import check_finite
 from headkit.errors import HeadkitError
 from headkit.tasks.base import IGNORE, TaskBatch
 
@@ -43,10 +49,11 @@ Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> scalar te
 
 
 def check_scalar(value: object, *, where: str) -> Tensor:
-    """``value`` as a 0-dim tensor; a metric that returned anything else is an error.
+    """``value`` as a finite 0-dim tensor; a metric that returned anything else is an error.
 
     Accepts a 0-dim or one-element tensor, or a Python int/float. The message names
-    ``where`` (which metric, which run) and what came back instead.
+    ``where`` (which metric, which run) and what came back instead; a NaN or
+    infinite value is refused too.
     """
     if isinstance(value, Tensor):
         if value.numel() != 1:
@@ -54,9 +61,9 @@ def check_scalar(value: object, *, where: str) -> Tensor:
                 f"{where}: the metric must return a scalar (a 0-dim or 1-element tensor, or a "
                 f"float), got a tensor of shape {tuple(value.shape)}"
             )
-        return value.reshape(())  # [] (0-dim)
+        return check_finite(value.reshape(()), where=f"{where}: the metric value")  # [] (0-dim)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value))
+        return check_finite(torch.tensor(float(value)), where=f"{where}: the metric value")
     raise HeadkitError(
         f"{where}: the metric must return a scalar (a 0-dim or 1-element tensor, or a float), "
         f"got {type(value).__name__}"
@@ -64,7 +71,7 @@ def check_scalar(value: object, *, where: str) -> Tensor:
 
 
 def _check_logits(logits: Tensor, batch: TaskBatch, name: str) -> None:
-    """Logits must be [batch.n, pos, d_vocab] with every answer position and id inside."""
+    """Logits must be finite, [batch.n, pos, d_vocab], with every answer position and id inside."""
     if not isinstance(logits, Tensor) or logits.ndim != 3 or logits.shape[0] != batch.n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise HeadkitError(
@@ -81,6 +88,7 @@ def _check_logits(logits: Tensor, batch: TaskBatch, name: str) -> None:
             f"metric {name}: answer id {int(batch.answers.max())} is outside the logits' "
             f"vocabulary 0..{d_vocab - 1}"
         )
+    check_finite(logits.detach(), where=f"metric {name}: the logits")
 
 
 def _answer_logits(logits: Float[Tensor, "batch pos d_vocab"], batch: TaskBatch) -> Float[Tensor, "batch d_vocab"]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -50,16 +50,24 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from headkit.checks import Head, check_heads, check_token_pair
+from headkit.checks import (
+    FINAL,
+    HeadInput,
+    Head,
+    Receiver,
+    check_finite,
+    check_heads,
+    check_token_pair,
+    parse_receiver,  # noqa: F401  (re-exported: parsing lives in headkit.checks, torch-free for the CLI)
+    parse_receivers,  # noqa: F401
+)
 from headkit.errors import HeadkitError
+from headkit.interventions.activation_patching import site_heads
 from headkit.interventions.metrics import Metric, check_scalar
 
 log = logging.getLogger(__name__)
 
-FINAL = "final"  # the receiver that is the final residual stream
 QKV_HOOKS: dict[str, str] = {"q": "hook_q", "k": "hook_k", "v": "hook_v"}
-HeadInput = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
-Receiver = Union[HeadInput, str]  # a head input, "final", or a spec like "5.0.q"
 COLUMNS = ("layer", "head", "value", "normalised")
 
 
@@ -96,33 +104,16 @@ class Receivers:
         return "+".join(f"{layer}.{head}.{kind}" for layer, head, kind in self.heads)
 
 
-def parse_receiver(spec: str) -> Receiver:
-    """``"final"`` -> ``"final"``; ``"5.0.q"`` -> ``(5, 0, "q")``; else a HeadkitError."""
-    text = spec.strip()
-    if text == FINAL:
-        return FINAL
-    parts = text.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or parts[2] not in QKV_HOOKS:
-        raise HeadkitError(
-            f"receiver spec {spec!r} must look like LAYER.HEAD.q|k|v (e.g. 5.0.q) or 'final'"
-        )
-    return int(parts[0]), int(parts[1]), parts[2]
-
-
-def parse_receivers(specs: str) -> list[Receiver]:
-    """``"5.0.q,5.0.k"`` -> ``[(5, 0, "q"), (5, 0, "k")]``."""
-    items = [s for s in specs.split(",") if s.strip()]
-    if not items:
-        raise HeadkitError(
-            f"no receivers given in {specs!r}: expected LAYER.HEAD.q|k|v[,...] or 'final'"
-        )
-    return [parse_receiver(s) for s in items]
-
-
 def check_receivers(
     model: HookedTransformer, receivers: Receiver | Iterable[Receiver]
 ) -> Receivers:
-    """Validate receivers against the model (heads in range, q/k/v, no mix with final)."""
+    """Validate receivers against the model (heads in range, q/k/v, no mix with final).
+
+    A key or value receiver's head index is checked against the heads its hook
+    holds (`site_heads`: ``n_key_value_heads`` in grouped-query models). The
+    receivers are a set: one given twice counts once (the command line refuses
+    a repeated spec, `headkit.checks.parse_receivers`).
+    """
     single = isinstance(receivers, str) or (
         isinstance(receivers, tuple) and len(receivers) == 3 and isinstance(receivers[2], str)
     )
@@ -142,7 +133,14 @@ def check_receivers(
                 f"receiver {item!r} must be (layer, head, 'q'|'k'|'v') or 'final'"
             )
         [(layer, head)] = check_heads(model, [item[:2]])
-        heads.add((layer, head, str(item[2])))
+        kind = str(item[2])
+        n = site_heads(model, kind)
+        if head >= n:
+            raise HeadkitError(
+                f"receiver {layer}.{head}.{kind}: head {head} is out of range for {QKV_HOOKS[kind]}, "
+                f"which holds heads 0..{n - 1} in this grouped-query model (n_key_value_heads={n})"
+            )
+        heads.add((layer, head, kind))
     if final and heads:
         raise HeadkitError(
             "receivers mix 'final' with head inputs "
@@ -194,6 +192,9 @@ class _Runs:
     clean_resid: list[Float[Tensor, "batch pos d_model"]]  # resid_pre of each layer
     clean_logits: Float[Tensor, "batch pos d_vocab"]
     corrupted_logits: Float[Tensor, "batch pos d_vocab"]
+    # what a forward restarted mid-model needs besides the residual (None when the model has none):
+    shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None  # shortformer models add it to q and k
+    attention_mask: Int[Tensor, "batch pos"] | None  # padding mask of the clean tokens
 
 
 def _cache_runs(
@@ -211,12 +212,15 @@ def _cache_runs(
     corrupted_logits, corrupted = model.run_with_cache(
         corrupted_tokens, names_filter=z_names, return_cache_object=False
     )
+    _, _, shortformer_pos_embed, attention_mask = model.input_to_embed(clean_tokens)
     return _Runs(
         clean_z=[clean[name] for name in z_names],
         corrupted_z=[corrupted[name] for name in z_names],
         clean_resid=[clean[name] for name in resid_names],
         clean_logits=clean_logits,
         corrupted_logits=corrupted_logits,
+        shortformer_pos_embed=shortformer_pos_embed,
+        attention_mask=attention_mask,
     )
 
 
@@ -259,10 +263,22 @@ def _run_from(
     *,
     stop_at_layer: int | None = None,
 ) -> Tensor:
-    """Run ``copies`` stacked copies of the clean input from the clean residual at ``layer``."""
+    """Run ``copies`` stacked copies of the clean input from the clean residual at ``layer``.
+
+    A forward started mid-model gets what the embedding step would have passed on
+    besides the residual: the shortformer position embedding (added to the
+    queries' and keys' input in shortformer models) and the attention mask.
+    """
     resid = runs.clean_resid[layer].repeat(copies, 1, 1)  # [copies * batch, pos, d_model]
+    shortformer, mask = runs.shortformer_pos_embed, runs.attention_mask
     with model.hooks(fwd_hooks=hooks):
-        return model(resid, start_at_layer=layer, stop_at_layer=stop_at_layer)
+        return model(
+            resid,
+            start_at_layer=layer,
+            stop_at_layer=stop_at_layer,
+            shortformer_pos_embed=None if shortformer is None else shortformer.repeat(copies, 1, 1),
+            attention_mask=None if mask is None else mask.repeat(copies, 1),
+        )
 
 
 def _path_patched_logits(
@@ -306,10 +322,22 @@ def _path_patched_logits(
 
 
 def _metric_values(
-    metric: Metric, logits: Float[Tensor, "copy_batch pos d_vocab"], copies: int, *, where: str
+    metric: Metric, logits: Float[Tensor, "copy_batch pos d_vocab"], sender_sets: Sequence[Sequence[Head]]
 ) -> list[float]:
-    chunks = logits.reshape(copies, -1, *logits.shape[1:])  # [copy, batch, pos, d_vocab]
-    return [float(check_scalar(metric(chunk), where=where)) for chunk in chunks]
+    """The metric of each copy's logits; non-finite logits or values are errors naming the senders."""
+    chunks = logits.reshape(len(sender_sets), -1, *logits.shape[1:])  # [copy, batch, pos, d_vocab]
+    values = []
+    for chunk, senders in zip(chunks, sender_sets):
+        where = f"the path-patched run from sender(s) {'+'.join(f'{l}.{h}' for l, h in senders) or 'none'}"
+        check_finite(chunk, where=f"the logits of {where}")
+        values.append(float(check_scalar(metric(chunk), where=f"metric on {where}")))
+    return values
+
+
+def _check_clean(metric: Metric, runs: _Runs) -> float:
+    """The clean metric, after checking the clean logits are finite."""
+    check_finite(runs.clean_logits, where="the logits of the clean run")
+    return float(check_scalar(metric(runs.clean_logits), where="metric on the clean run"))
 
 
 # --------------------------------------------------------------------------- API
@@ -337,9 +365,9 @@ def path_patching(
     device = model.cfg.device
     with torch.no_grad():
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))
-        check_scalar(metric(runs.clean_logits), where="metric on the clean run")
+        _check_clean(metric, runs)
         logits = _path_patched_logits(model, runs, [heads], checked)
-    (value,) = _metric_values(metric, logits, 1, where="metric on the path-patched run")
+    (value,) = _metric_values(metric, logits, [heads])
     return value
 
 
@@ -391,11 +419,13 @@ def path_patching_sweep(
     device = model.cfg.device
     with torch.no_grad():
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))
-        clean = float(check_scalar(metric(runs.clean_logits), where="metric on the clean run"))
+        clean = _check_clean(metric, runs)
+        check_finite(runs.corrupted_logits, where="the logits of the corrupted run")
         corrupted = float(check_scalar(metric(runs.corrupted_logits), where="metric on the corrupted run"))
         for chunk in tqdm(chunks, desc="path patching", disable=not progress, leave=False):
-            logits = _path_patched_logits(model, runs, [[head] for head in chunk], checked)
-            values += _metric_values(metric, logits, len(chunk), where="metric on a path-patched run")
+            sender_sets = [[head] for head in chunk]
+            logits = _path_patched_logits(model, runs, sender_sets, checked)
+            values += _metric_values(metric, logits, sender_sets)
 
     df = pd.DataFrame(
         {

@@ -10,9 +10,12 @@ Builders are imported on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec, Vocab
+if TYPE_CHECKING:  # headkit.tasks.base imports torch: loaded on first use, so the CLI parser stays fast
+    from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec, Vocab
+
+_BASE_NAMES = ("IGNORE", "TaskBatch", "TaskSpec", "Vocab")
 
 # builder name -> module that defines it
 _BUILDER_MODULES: dict[str, str] = {
@@ -38,7 +41,7 @@ def _builder(name: str) -> Callable[..., TaskBatch]:
     return getattr(importlib.import_module(_BUILDER_MODULES[name]), name)
 
 
-class _Builders(Mapping[str, Callable[..., TaskBatch]]):
+class _Builders(Mapping[str, Callable[..., "TaskBatch"]]):
     """Read-only map task name -> builder, importing each builder when asked."""
 
     def __getitem__(self, key: str) -> Callable[..., TaskBatch]:
@@ -51,10 +54,12 @@ class _Builders(Mapping[str, Callable[..., TaskBatch]]):
         return len(_TASK_NAMES)
 
 
-BUILDERS: Mapping[str, Callable[..., TaskBatch]] = _Builders()
+BUILDERS: Mapping[str, Callable[..., "TaskBatch"]] = _Builders()
 
 
 def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module("headkit.tasks.base"), name)
     if name in _BUILDER_MODULES:
         return _builder(name)
     raise AttributeError(f"module 'headkit.tasks' has no attribute {name!r}")
