@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from headkit.checks import check_finite
 from headkit.errors import HeadkitError
 from headkit.models import check_fits_context
 from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
@@ -102,6 +103,8 @@ def score_batch(model: HookedTransformer, batch: TaskBatch, *, batch_size: int =
                 tokens = chunk.tokens.to(device)
                 targets = chunk.targets.to(device)
                 logits = model(tokens, return_type="logits")  # [batch, pos, d_vocab]
+                # all-NaN logits have argmax 0: refuse them rather than report an accuracy
+                check_finite(logits, where=f"the model's logits on {batch.task} prompts of length {batch.length}")
                 loss_sum += float(
                     F.cross_entropy(
                         logits.flatten(0, 1),  # [batch * pos, d_vocab]

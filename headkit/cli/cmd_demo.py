@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from headkit.checks import parse_int_list
+from headkit.checks import check_output_path, parse_int_list
 from headkit.cli.cmd_train import positive_float, positive_int
 from headkit.errors import HeadkitError
 
@@ -251,8 +251,7 @@ def _demo(args: argparse.Namespace) -> int:
         n=args.n,
         progress=not args.no_progress,
     )
-    if ctx.out.exists() and not ctx.out.is_dir():
-        raise HeadkitError(f"--out {ctx.out} exists and is not a directory")
+    check_output_path(ctx.out, directory=True)  # writable, not inside a run's own files or a checkpoint
     for task in DEMO_TASKS:  # every check before any training
         cfg = demo_config(task, steps_scale=ctx.steps_scale)
         too_long = [length for length in lengths if length > cfg.model.n_ctx]
@@ -261,6 +260,11 @@ def _demo(args: argparse.Namespace) -> int:
                 f"--lengths {too_long[0]} exceeds the {task} model's context n_ctx={cfg.model.n_ctx}: "
                 f"allowed lengths are 1..{cfg.model.n_ctx}"
             )
+        for length in lengths:  # the task's own limits (e.g. a minimum length): one prompt each
+            try:
+                cfg.task.build(1, seed=0, length=length)
+            except HeadkitError as exc:
+                raise HeadkitError(f"--lengths {length}: the {task} task cannot build prompts of it: {exc}") from None
     started = time.perf_counter()
     for name, step in DEMO_STEPS:
         logger.info("demo step %s", name)

@@ -16,21 +16,24 @@
 - ``discrepancy RUN_DIR --lengths 17,33,65 --out disc.csv``: Δ(n) per head and
   length (`headkit.scores.discrepancy.discrepancy`) for the latest checkpoint.
 
-Each command checks its arguments first, writes its CSV atomically and prints a
-compact table; bad input is one ``headkit: error:`` line and exit code 2.
+Each command checks its arguments first (``--out`` writable and not a run's own
+file, seed, device), writes its CSV atomically and prints a compact table; bad
+input is one ``headkit: error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
-
-from headkit.checks import check_heads, parse_heads, parse_int_list
+from headkit.checks import check_heads, check_output_path, parse_heads, parse_int_list
+from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.io import write_csv
+
+if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
+    import pandas as pd
 
 CLASSIFY_SHOWN = [
     "layer", "head", "label", "purity", "positional_score", "symbolic_score",
@@ -45,11 +48,10 @@ def _check_count(option: str, value: int) -> int:
     return value
 
 
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.is_dir():
-        raise HeadkitError(f"--out {path} is a directory: give a CSV file name")
-    return path
+def _check_out(args: argparse.Namespace) -> Path:
+    """``--out``, refused before any work if it would overwrite a run's files or an input, or is not writable."""
+    inputs = [p for p in (getattr(args, "run_dir", None), getattr(args, "gptj", None)) if p is not None]
+    return check_output_path(args.out, inputs=[p for p in inputs if Path(p).exists()])
 
 
 def _print_table(frame: pd.DataFrame, columns: list[str], *, max_rows: int = 60) -> None:
@@ -67,6 +69,13 @@ def _composition_kinds(text: str | None, *, default: tuple[str, ...]) -> tuple[s
     if bad or not kinds:
         raise HeadkitError(f"--composition {text!r}: allowed a list of q, k, v (e.g. k or q,k,v) or none")
     return kinds
+
+
+def _check_task_name(name: str | None) -> None:
+    from headkit.tasks import BUILDERS
+
+    if name is not None and name not in BUILDERS:
+        raise HeadkitError(f"--task {name!r} is unknown: allowed {', '.join(BUILDERS)}")
 
 
 def _latest(run_dir: str):
@@ -129,11 +138,12 @@ def _classify_gptj(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[st
 
 def _classify(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
-    out = _check_out(args.out)
+    out = _check_out(args)
     if (args.run_dir is None) == (args.gptj is None):
         raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --gptj PATH (a pretrained GPT-J)")
     if args.gptj is not None and args.task is not None:
         raise HeadkitError("--task applies to a RUN_DIR, not to --gptj")
+    _check_task_name(args.task)
     if args.run_dir is not None:
         title, census = _classify_run(args, _composition_kinds(args.composition, default=("q", "k", "v")))
     else:
@@ -150,14 +160,13 @@ def _dynamics(args: argparse.Namespace) -> int:
 
     _check_count("--n-prompts", args.n_prompts)
     _check_count("--eval-n", args.eval_n)
-    out = _check_out(args.out)
+    out = _check_out(args)
     steps = None if args.steps is None else parse_int_list(args.steps, name="--steps", low=0)
+    _check_task_name(args.task)
     task = None
     if args.task is not None:
-        from headkit.tasks import BUILDERS, TaskSpec
+        from headkit.tasks import TaskSpec
 
-        if args.task not in BUILDERS:
-            raise HeadkitError(f"--task {args.task!r} is unknown: allowed {', '.join(BUILDERS)}")
         task = TaskSpec(args.task)
     if not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
@@ -181,10 +190,12 @@ def _discrepancy(args: argparse.Namespace) -> int:
     from headkit.scores.discrepancy import discrepancy
 
     _check_count("--n-prompts", args.n_prompts)
-    out = _check_out(args.out)
+    out = _check_out(args)
     lengths = parse_int_list(args.lengths, name="--lengths", low=2)
+    parsed = None if args.heads is None else parse_heads(args.heads)
+    _check_task_name(args.task)
     ckpt = _latest(args.run_dir)
-    heads = None if args.heads is None else check_heads(ckpt.model, parse_heads(args.heads))
+    heads = None if parsed is None else check_heads(ckpt.model, parsed)
     task = _task_of(ckpt, args.task)
     table = discrepancy(ckpt.model, task, lengths=lengths, n=args.n_prompts, seed=args.seed, heads=heads)
     write_csv(out, table)
@@ -198,7 +209,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser, *, n_prompts: int) -> None:
     parser.add_argument("--n-prompts", type=int, default=n_prompts, help=f"prompts to score (default {n_prompts})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
+    parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
     parser.add_argument("--out", required=True, help="CSV file to write")
 
 
@@ -216,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="task of the prompts (default: the run's own task)")
     p.add_argument("--composition", help="composition kinds: q,k,v (run default) or none (--gptj default)")
     p.add_argument("--dtype", default="float32", help="--gptj weights dtype: float32, float16, bfloat16")
-    p.add_argument("--device", help="--gptj device (default: TransformerLens's choice)")
+    p.add_argument("--device", type=types.device, help="--gptj device (default: TransformerLens's choice)")
     _common(p, n_prompts=64)
     p.set_defaults(func=COMMANDS["classify"])
 

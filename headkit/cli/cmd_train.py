@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from headkit.checks import parse_int_list
+from headkit.checks import check_output_path, parse_int_list
+from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.tasks import BUILDERS
 
@@ -77,6 +78,7 @@ def run_dir_checkpoint(path: Path) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
+    check_output_path(args.out, directory=True)  # writable, not inside another run's files or a checkpoint
     from headkit.training import default_config, read_run_config, train
 
     given: dict[str, Any] = {
@@ -107,9 +109,7 @@ def _eval(args: argparse.Namespace) -> int:
     from headkit.io import write_csv
 
     lengths = None if args.lengths is None else parse_int_list(args.lengths, name="--lengths")
-    out = None if args.out is None else Path(args.out)
-    if out is not None and out.is_dir():
-        raise HeadkitError(f"--out {out} is a directory: give a CSV file name")
+    out = None if args.out is None else check_output_path(args.out, inputs=[args.run])
     ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
@@ -154,10 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="optimizer updates in total")
     p.add_argument("--batch-size", type=positive_int, help="prompts per update")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
-    p.add_argument("--seed", type=non_negative_int, help="initialisation and data seed")
+    p.add_argument("--seed", type=types.seed, help="initialisation and data seed, 0..2**64-1")
     p.add_argument("--eval-every", type=positive_int, help="updates between held-out evaluations")
     p.add_argument("--checkpoint-steps", help="extra steps to checkpoint at, e.g. 500,1000")
-    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--device", type=types.device, help="torch device (default cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -166,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--lengths", help="prompt lengths, e.g. 17,33,65,129 (default: the trained length)")
     p.add_argument("--n", type=positive_int, default=512, help="prompts per length (default 512)")
-    p.add_argument("--seed", type=non_negative_int, default=12345, help="prompt seed (default 12345)")
+    p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
     p.add_argument("--out", help="CSV file to write (columns task,length,hop,n,accuracy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
