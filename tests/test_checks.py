@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headkit.checks import check_heads, check_position, check_tokens, parse_head, parse_heads, parse_int_list
+import os
+from pathlib import Path
+
+from headkit.checks import (
+    check_device,
+    check_finite,
+    check_heads,
+    check_output_path,
+    check_position,
+    check_tokens,
+    parse_head,
+    parse_heads,
+    parse_int_list,
+    parse_receivers,
+)
 from headkit.errors import HeadkitError
 
 
@@ -53,3 +67,182 @@ def test_check_position():
     assert check_position(17, 3) == 3
     with pytest.raises(HeadkitError, match=r"query_pos 17 is out of range .* allowed -17\.\.16"):
         check_position(17, 17, name="query_pos")
+
+
+# --- strict parsing and duplicates (issue 9) ------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["\u00b2.0", "0.\u00b9", "\u0661.0", "+1.0", "1_0.0", "1.0x", " .0"])
+def test_head_specs_take_ascii_digits_only(spec):
+    # '\u00b2'.isdigit() is True and int('\u0661') == 1: both used to pass (and '²' crashed int())
+    with pytest.raises(HeadkitError, match="must look like LAYER.HEAD"):
+        parse_head(spec)
+    with pytest.raises(HeadkitError, match="LAYER.HEAD.q|k|v"):
+        parse_receivers(spec + ".q")
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661\u0662", "1_000", "+5", "1e3", "17,"])
+def test_int_lists_take_ascii_digits_only(text):
+    if text == "17,":  # an empty item is a malformed number too
+        with pytest.raises(HeadkitError, match="'' is not an integer"):
+            parse_int_list(text, name="--lengths")
+        return
+    with pytest.raises(HeadkitError, match="is not an integer"):
+        parse_int_list(text, name="--lengths")
+    assert parse_int_list("-3", name="--x", low=-5) == [-3]
+
+
+def test_duplicate_heads_are_refused(tiny_gptj):
+    model = tiny_gptj()
+    with pytest.raises(HeadkitError, match=r"head 1\.0 is given twice in '1\.0,1\.0'"):
+        parse_heads("1.0,1.0")
+    with pytest.raises(HeadkitError, match=r"head 1\.0 is given twice"):
+        check_heads(model, [(1, 0), (0, 1), (1, 0)])
+    with pytest.raises(HeadkitError, match=r"receiver 1\.0\.q is given twice"):
+        parse_receivers("1.0.q,1.0.k,1.0.q")
+    with pytest.raises(HeadkitError, match="receiver final is given twice"):
+        parse_receivers("final,final")
+    assert parse_receivers("1.0.q,1.0.k") == [(1, 0, "q"), (1, 0, "k")]
+
+
+# --- token dtypes and devices ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int8, torch.int16, torch.uint8, torch.bool, torch.complex64, torch.float16, torch.float32]
+)
+def test_check_tokens_refuses_dtypes_that_cannot_hold_ids(tiny_gptj, dtype):
+    model = tiny_gptj()
+    tokens = torch.ones(2, 5, dtype=dtype)
+    with pytest.raises(HeadkitError, match=rf"dtype torch.int64 or torch.int32, got dtype {dtype}"):
+        check_tokens(model, tokens)
+
+
+def test_check_tokens_accepts_int32_and_int64(tiny_gptj):
+    model = tiny_gptj()
+    for dtype in (torch.int32, torch.int64):
+        tokens = torch.arange(10, dtype=dtype).reshape(2, 5)
+        assert check_tokens(model, tokens) is tokens
+        logits = model(tokens)  # the model really takes them
+        assert torch.equal(logits, model(tokens.long()))
+
+
+def test_check_tokens_refuses_meta_tensors(tiny_gptj):
+    with pytest.raises(HeadkitError, match="on the meta device"):
+        check_tokens(tiny_gptj(), torch.zeros(2, 5, dtype=torch.long, device="meta"))
+
+
+def test_check_device():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(HeadkitError, match="'gpu' is not a torch device"):
+        check_device("gpu")
+    with pytest.raises(HeadkitError, match="holds no values"):
+        check_device("meta")
+    if torch.cuda.is_available():  # a GPU machine: cuda works, a GPU beyond the visible ones does not
+        assert check_device("cuda").startswith("cuda")
+        with pytest.raises(HeadkitError, match="cuda:999' is not available"):
+            check_device("cuda:999")
+    else:  # this torch has no CUDA (or no GPU visible): cuda is refused by name
+        with pytest.raises(HeadkitError, match="'cuda' is not available: .*use cpu"):
+            check_device("cuda")
+
+
+def test_check_finite():
+    x = torch.ones(3)
+    assert check_finite(x, where="w") is x
+    with pytest.raises(HeadkitError, match=r"the logits is not finite \(1 NaN, 1 infinite of 4 values\)"):
+        check_finite(torch.tensor([1.0, float("nan"), float("inf"), 2.0]), where="the logits")
+
+
+# --- output paths -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """The files a headkit run directory holds (as headkit.training and checkpoints write them)."""
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_0000010"
+    step.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "metrics.csv").write_text("step\n")
+    (step / "meta.json").write_text("{}")
+    (step / "model.safetensors").write_text("")
+    return run
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "relative,words",
+    [
+        ("run.json", "belongs to the run"),
+        ("metrics.csv", "belongs to the run"),
+        ("checkpoints/step_0000010/meta.json", "inside the checkpoint"),
+        ("checkpoints/step_0000010/new.csv", "inside the checkpoint"),
+        ("checkpoints/other.csv", "belongs to the run"),
+        (".lock", "belongs to the run"),
+        ("checkpoints", "is a directory"),
+    ],
+)
+def test_output_path_never_overwrites_a_run(run_dir, relative, words):
+    before = _listing(run_dir)
+    with pytest.raises(HeadkitError, match=words):
+        check_output_path(run_dir / relative)
+    assert _listing(run_dir) == before
+
+
+def test_output_path_through_a_symlink_is_still_the_run(run_dir, tmp_path):
+    link = tmp_path / "alias.csv"
+    link.symlink_to(run_dir / "metrics.csv")
+    with pytest.raises(HeadkitError, match="belongs to the run"):
+        check_output_path(link)
+
+
+def test_output_path_allows_new_files_beside_a_run(run_dir, tmp_path):
+    before = _listing(tmp_path)
+    assert check_output_path(run_dir / "eval.csv", inputs=[run_dir]) == run_dir / "eval.csv"
+    assert check_output_path(tmp_path / "new" / "deeper" / "x.csv") == tmp_path / "new" / "deeper" / "x.csv"
+    assert check_output_path(run_dir, directory=True) == run_dir  # e.g. train --resume into the run
+    assert _listing(tmp_path) == before  # the writability probe leaves nothing behind
+
+
+def test_output_path_never_overwrites_its_input(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    with pytest.raises(HeadkitError, match="would write over this command's input"):
+        check_output_path(model_dir / "config.json", inputs=[model_dir])
+    source = tmp_path / "in.csv"
+    source.write_text("x\n")
+    with pytest.raises(HeadkitError, match="would write over this command's input"):
+        check_output_path(source, inputs=[source])
+    assert check_output_path(model_dir / "heads.csv", inputs=[model_dir]) == model_dir / "heads.csv"
+
+
+@pytest.mark.parametrize("out", ["/proc/headkit.csv", "/proc/self/headkit.csv", "/sys/headkit.csv"])
+def test_output_path_must_be_writable(out):
+    with pytest.raises(HeadkitError, match=rf"--out {out}: cannot write in /"):
+        check_output_path(out)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; /proc covers it above")
+def test_output_path_in_a_read_only_directory(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    with pytest.raises(HeadkitError, match="cannot write in"):
+        check_output_path(folder / "x.csv")
+
+
+def test_output_path_kinds(tmp_path):
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("")
+    with pytest.raises(HeadkitError, match=r"f\.txt is a file, not a directory"):
+        check_output_path(a_file / "x.csv")
+    with pytest.raises(HeadkitError, match="is a directory: give a file name"):
+        check_output_path(tmp_path)
+    with pytest.raises(HeadkitError, match="exists and is not a directory"):
+        check_output_path(a_file, directory=True)
+    with pytest.raises(HeadkitError, match="--target"):
+        check_output_path(tmp_path, option="--target")

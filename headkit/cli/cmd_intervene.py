@@ -52,11 +52,13 @@ METRIC_NAMES = ("logit_diff", "answer_logprob", "accuracy", "loss")  # = headkit
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Checks that need no model: counts, run directory, output path (metric, seed, device: argparse)."""
+    """Checks that need no model: counts, metric name, run directory, output path (seed, device: argparse)."""
     if args.n < 1:
         raise HeadkitError(f"--n {args.n} is out of range: allowed 1 or more")
     if args.batch_size is not None and args.batch_size < 1:
         raise HeadkitError(f"--batch-size {args.batch_size} is out of range: allowed 1 or more")
+    if args.metric is not None and args.metric not in METRIC_NAMES:
+        raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRIC_NAMES)}")
     if not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
     if args.out is not None:
@@ -184,8 +186,8 @@ def _path_patch(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
     parser.add_argument(
-        "--metric", choices=METRIC_NAMES, default=None,
-        help="metric of the logits (default logit_diff where the task has wrong answers, else answer_logprob)",
+        "--metric", default=None,
+        help=f"{', '.join(METRIC_NAMES)} (default logit_diff where the task has wrong answers, else answer_logprob)",
     )  # fmt: skip
     parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
     parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
