@@ -332,3 +332,74 @@ def test_error_inside_a_hooked_forward_removes_hooks(gptj, clean, corrupted, mon
     with pytest.raises(RuntimeError, match="hook failed"):
         path_patching(gptj, clean, corrupted, [(0, 0)], [(2, 0, "q")], metric)
     assert _no_hooks_left(gptj)
+
+
+# --- shortformer and grouped-query models (issue 9) --------------------------------------
+
+
+def _model(**overrides):
+    base = dict(
+        n_layers=3, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=D_VOCAB, n_ctx=32,
+        act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(HookedTransformerConfig(**{**base, **overrides}))
+    model.eval()
+    return model
+
+
+VARIANTS = {
+    # shortformer: position embeddings enter only the queries' and keys' input, never the residual
+    "shortformer_attn_only": dict(positional_embedding_type="shortformer", attn_only=True, d_mlp=None),
+    "shortformer_gpt2": dict(positional_embedding_type="shortformer"),
+    # grouped-query attention: hook_k / hook_v hold n_key_value_heads heads
+    "gqa": dict(n_heads=4, d_head=8, n_key_value_heads=2),
+    "gqa_shortformer": dict(n_heads=4, d_head=8, n_key_value_heads=2, positional_embedding_type="shortformer"),
+}
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request):
+    return _model(**VARIANTS[request.param])
+
+
+@pytest.mark.parametrize("receivers", [["final"], [(2, 0, "q")], [(2, 1, "k"), (1, 0, "v")], [(2, 3, "q"), (2, 1, "v")]])
+def test_clean_equals_corrupted_gives_the_clean_metric_on_every_model(variant, clean, receivers):
+    # the bug: a restarted forward without shortformer_pos_embed changed the clean run itself
+    receivers = [r for r in receivers if r == "final" or r[1] < variant.cfg.n_heads]
+    got = path_patching(variant, clean, clean.clone(), [(0, 0), (0, 1)], receivers, metric)
+    assert got == pytest.approx(_clean_metric(variant, clean), abs=ATOL)
+    df = path_patching_sweep(variant, clean, clean.clone(), receivers, metric, batch_size=8)
+    assert torch.allclose(
+        torch.tensor(df.value.values), torch.full((len(df),), _clean_metric(variant, clean), dtype=torch.float64), atol=ATOL
+    )
+
+
+@pytest.mark.parametrize(
+    "senders,receivers",
+    [([(0, 0)], ["final"]), ([(0, 1), (1, 0)], [(2, 0, "q")]), ([(1, 1)], [(2, 1, "k")]), ([(0, 0)], [(2, 0, "v"), (1, 1, "q")])],
+)
+def test_variants_match_slow_reference(variant, senders, receivers, clean, corrupted):
+    expected = reference_path_patching(variant, clean, corrupted, senders, receivers, metric)
+    got = path_patching(variant, clean, corrupted, senders, receivers, metric)
+    assert got == pytest.approx(expected, abs=ATOL)
+    assert abs(expected - _clean_metric(variant, clean)) > 1e-5  # the path carries an effect
+    df = path_patching_sweep(variant, clean, corrupted, receivers, metric, senders=senders)
+    for row in df.itertuples():
+        single = reference_path_patching(variant, clean, corrupted, [(row.layer, row.head)], receivers, metric)
+        assert row.value == pytest.approx(single, abs=ATOL)
+
+
+@pytest.mark.parametrize("kind", ["k", "v"])
+def test_gqa_key_value_receivers_are_checked_against_their_own_heads(clean, corrupted, kind, no_forward):
+    model = _model(**VARIANTS["gqa"])  # 4 query heads, 2 key/value heads
+    for head in (2, 3):
+        with pytest.raises(HeadkitError, match=rf"receiver 2\.{head}\.{kind}: head {head} is out of range for hook_{kind}, which holds heads 0\.\.1"):
+            path_patching(model, clean, corrupted, [(0, 0)], [(2, head, kind)], metric)
+        with pytest.raises(HeadkitError, match=rf"receiver 2\.{head}\.{kind}"):
+            path_patching_sweep(model, clean, corrupted, [(2, head, kind)], metric)
+
+
+def test_gqa_query_receivers_use_every_query_head(clean, corrupted):
+    model = _model(**VARIANTS["gqa"])
+    expected = reference_path_patching(model, clean, corrupted, [(0, 0)], [(2, 3, "q")], metric)
+    assert path_patching(model, clean, corrupted, [(0, 0)], [(2, 3, "q")], metric) == pytest.approx(expected, abs=ATOL)
