@@ -4,6 +4,10 @@ Each ``headkit/cli/cmd_*.py`` module defines ``register(subparsers)``, which add
 its sub-commands with ``set_defaults(func=...)``; this module discovers them, so
 adding a command never touches this file. A `HeadkitError` (bad input) becomes a
 one-line ``headkit: error: ...`` message and exit code 2, with no traceback.
+
+Start-up is kept fast (``headkit --help``, argument errors): building the parser
+imports no torch, TransformerLens or pandas (tests/test_cli_speed.py pins it);
+the commands import them after checking their arguments.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump)."""
+    """argparse, but a usage error is one ``headkit: error: ...`` line (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        command = self.prog.partition(" ")[2]  # "headkit ablate" -> "ablate"
+        sys.stderr.write(f"headkit: error: {command + ': ' if command else ''}{message}\n")
         raise SystemExit(EXIT_USAGE)
 
 

@@ -156,8 +156,6 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _dynamics(args: argparse.Namespace) -> int:
-    from headkit.scores.dynamics import track_heads
-
     _check_count("--n-prompts", args.n_prompts)
     _check_count("--eval-n", args.eval_n)
     out = _check_out(args)
@@ -170,6 +168,8 @@ def _dynamics(args: argparse.Namespace) -> int:
         task = TaskSpec(args.task)
     if not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
+    from headkit.scores.dynamics import track_heads
+
     table = track_heads(
         args.run_dir,
         n_prompts=args.n_prompts,
@@ -187,13 +187,13 @@ def _dynamics(args: argparse.Namespace) -> int:
 
 
 def _discrepancy(args: argparse.Namespace) -> int:
-    from headkit.scores.discrepancy import discrepancy
-
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args)
     lengths = parse_int_list(args.lengths, name="--lengths", low=2)
     parsed = None if args.heads is None else parse_heads(args.heads)
     _check_task_name(args.task)
+    from headkit.scores.discrepancy import discrepancy
+
     ckpt = _latest(args.run_dir)
     heads = None if parsed is None else check_heads(ckpt.model, parsed)
     task = _task_of(ckpt, args.task)

@@ -104,12 +104,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    lengths = None if args.lengths is None else parse_int_list(args.lengths, name="--lengths")
+    out = None if args.out is None else check_output_path(args.out, inputs=[args.run])
     from headkit.checkpoints import load_checkpoint
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
 
-    lengths = None if args.lengths is None else parse_int_list(args.lengths, name="--lengths")
-    out = None if args.out is None else check_output_path(args.out, inputs=[args.run])
     ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
