@@ -190,3 +190,23 @@ def test_argparse_choices_are_one_line(run_dir, capsys):
 def test_run_dir_without_checkpoints(tmp_path, capsys):
     code, _, err = _run(capsys, "path-patch", str(tmp_path), "--receivers", "final")
     assert code == 2 and "has no checkpoints" in err
+
+
+def test_metric_names_of_the_command_line_are_the_library_metrics():
+    # the CLI keeps its own tuple so that checking --metric imports no torch
+    from headkit.cli.cmd_intervene import METRIC_NAMES
+    from headkit.interventions.metrics import METRICS
+
+    assert METRIC_NAMES == tuple(METRICS)
+
+
+def test_run_markers_of_the_output_check_are_the_training_constants():
+    # check_output_path knows a run by these names without importing headkit.training
+    from headkit.checks import CHECKPOINT_FILE, RUN_FILE, RUN_OWNED
+    from headkit.checkpoints import META_FILE, checkpoint_dir
+    from headkit.training import METRICS_FILE
+    from headkit.training import RUN_FILE as TRAINING_RUN_FILE
+
+    assert RUN_FILE == TRAINING_RUN_FILE and METRICS_FILE in RUN_OWNED
+    assert checkpoint_dir("run", 1).parent.name in RUN_OWNED
+    assert CHECKPOINT_FILE == META_FILE

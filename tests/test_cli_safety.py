@@ -85,9 +85,14 @@ COMMANDS = {
 }
 
 
-# every command once, eval (the example) on every run file
+# eval on every run file, every other command on one (classify on run.json: the example)
 CASES = [("eval", target) for target in RUN_FILES] + [
-    (command, RUN_FILES[i % len(RUN_FILES)]) for i, command in enumerate(COMMANDS) if command != "eval"
+    ("classify", "run.json"),
+    ("ablate", "metrics.csv"),
+    ("patch", "checkpoints/step_0000010/meta.json"),
+    ("path-patch", "checkpoints/step_0000010/model.safetensors"),
+    ("dynamics", "run.json"),
+    ("discrepancy", "metrics.csv"),
 ]
 
 
