@@ -215,7 +215,19 @@ def check_position(model_or_length: int, position: int, *, name: str = "position
     return position % length
 
 
-# --------------------------------------------------------------------------- devices
+# --------------------------------------------------------------------------- seeds and devices
+
+SEED_MAX = 2**64 - 1  # largest seed torch.Generator.manual_seed accepts (an unsigned 64-bit integer)
+
+
+def check_seed(seed: int, *, name: str = "seed") -> int:
+    """A seed torch can take: an int in 0..2**64-1 (2**70 used to overflow inside manual_seed)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise HeadkitError(f"{name} must be an integer, got {seed!r}")
+    if not 0 <= seed <= SEED_MAX:
+        raise HeadkitError(f"{name}={seed} is out of range: seeds are 0..{SEED_MAX} (2**64 - 1)")
+    return seed
+
 
 
 def check_device(device: str) -> str:

@@ -246,3 +246,18 @@ def test_output_path_kinds(tmp_path):
         check_output_path(a_file, directory=True)
     with pytest.raises(HeadkitError, match="--target"):
         check_output_path(tmp_path, option="--target")
+
+
+def test_check_seed():
+    from headkit.checks import SEED_MAX, check_seed
+
+    assert check_seed(0) == 0 and check_seed(SEED_MAX) == SEED_MAX == 2**64 - 1
+    torch.Generator().manual_seed(SEED_MAX)  # the bound is what torch takes...
+    with pytest.raises((ValueError, RuntimeError)):  # ...and one more is not
+        torch.Generator().manual_seed(SEED_MAX + 1)
+    for bad in (SEED_MAX + 1, -1, 2**70):
+        with pytest.raises(HeadkitError, match=r"out of range: seeds are 0\.\.18446744073709551615"):
+            check_seed(bad)
+    for bad in (1.0, "3", True):
+        with pytest.raises(HeadkitError, match="must be an integer"):
+            check_seed(bad)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from headkit.checks import check_device, is_number
+from headkit.checks import SEED_MAX, check_device, is_number
 from headkit.errors import HeadkitError
-
-SEED_MAX = 2**64 - 1  # largest seed torch.Generator.manual_seed accepts (it stores an unsigned 64-bit integer)
 
 
 def seed(text: str) -> int:

@@ -58,7 +58,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_finite, check_heads, check_layer, check_position, check_tokens
+from headkit.checks import Head, check_finite, check_heads, check_layer, check_position, check_seed, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.activation_patching import Patch, sweep_patches
 from headkit.interventions.metrics import Metric, answer_logprob, check_scalar, logit_diff
@@ -110,7 +110,7 @@ def resample_donors(tokens: Tensor, reference: Tensor, *, seed: int) -> Int[Tens
     every prompt the next one in the cycle, never itself (from two prompts on);
     otherwise a random permutation of the reference, repeated if it is shorter.
     """
-    gen = make_generator(seed)
+    gen = make_generator(check_seed(seed))
     batch, n_ref = tokens.shape[0], reference.shape[0]
     if reference.shape == tokens.shape and torch.equal(reference.cpu(), tokens.cpu()):
         if batch == 1:
@@ -148,10 +148,12 @@ def _check_ablation(
     method: str,
     positions: Sequence[int] | None,
     reference: Tensor | None,
+    seed: int,
 ) -> tuple[list[Head], list[int] | slice, Tensor]:
     """Validated heads, position index and reference; raises before any work."""
     if method not in METHODS:
         raise HeadkitError(f"unknown ablation method {method!r}: allowed {', '.join(METHODS)}")
+    check_seed(seed)
     check_tokens(model, tokens)
     checked = check_heads(model, heads)
     length = tokens.shape[1]
@@ -194,7 +196,7 @@ def ablate(
     see the module docstring. Ablating no heads returns the normal logits.
     """
     checked, index, reference = _check_ablation(
-        model, tokens, heads, method=method, positions=positions, reference=reference
+        model, tokens, heads, method=method, positions=positions, reference=reference, seed=seed
     )
     tokens = tokens.to(model.cfg.device)
     layers = sorted({layer for layer, _ in checked})
@@ -255,7 +257,7 @@ def _sweep(
     if heads is None:
         heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     checked, index, resolved_reference = _check_ablation(
-        model, batch.tokens, heads, method=method, positions=positions, reference=reference
+        model, batch.tokens, heads, method=method, positions=positions, reference=reference, seed=seed
     )
     if not checked:
         raise HeadkitError("heads is empty: give at least one (layer, head), or None for all heads")

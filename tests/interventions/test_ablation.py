@@ -320,3 +320,24 @@ def test_hooks_removed_after_an_error_inside_a_hook(model, batch, monkeypatch):
     with pytest.raises(RuntimeError):
         ablate(model, batch.tokens, HEADS, method="mean")
     assert no_hooks_left(model)
+
+
+@pytest.mark.parametrize("seed", [2**70, -1, 1.5])
+def test_seeds_torch_cannot_take_are_refused_before_work(model, batch, seed, no_forward):
+    with pytest.raises(HeadkitError, match="seed"):
+        ablation_sweep(model, batch, method="resample", seed=seed)
+    with pytest.raises(HeadkitError, match="seed"):
+        ablate(model, batch.tokens, HEADS, method="resample", seed=seed)
+    with pytest.raises(HeadkitError, match="seed"):
+        resample_donors(batch.tokens, batch.tokens, seed=seed)
+
+
+def test_largest_seed_is_accepted(model, batch):
+    donors = resample_donors(batch.tokens, batch.tokens, seed=2**64 - 1)
+    assert sorted(donors.tolist()) == list(range(BATCH))
+    ablation_sweep(model, batch, method="resample", seed=2**64 - 1, heads=HEADS)
+
+
+def test_duplicate_heads_are_refused(model, batch, no_forward):
+    with pytest.raises(HeadkitError, match=r"head 1\.0 is given twice"):
+        ablation_sweep(model, batch, heads=[(1, 0), (1, 0)], together=True)
