@@ -15,6 +15,7 @@ import pkgutil
 import sys
 from typing import Sequence
 
+from headkit import distributed
 from headkit.errors import HeadkitError
 
 EXIT_USAGE = 2
@@ -24,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        if distributed.is_main():  # under torchrun, one copy of the message
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -47,9 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        result = args.func(args)
+        with distributed.launch():  # under torchrun: join the group; only rank 0 prints and writes
+            if hasattr(args, "device"):
+                args.device = distributed.rank_device(args.device)
+            result = args.func(args)
     except HeadkitError as exc:
-        sys.stderr.write(f"headkit: error: {exc}\n")
+        if distributed.reports(exc):
+            sys.stderr.write(f"headkit: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("headkit: interrupted\n")

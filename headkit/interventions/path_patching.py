@@ -46,11 +46,11 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from headkit.checks import Head, check_heads, check_token_pair
+from headkit.distributed import map_cells
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
 
@@ -393,9 +393,14 @@ def path_patching_sweep(
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))
         clean = float(check_scalar(metric(runs.clean_logits), where="metric on the clean run"))
         corrupted = float(check_scalar(metric(runs.corrupted_logits), where="metric on the corrupted run"))
-        for chunk in tqdm(chunks, desc="path patching", disable=not progress, leave=False):
+
+        def run_chunk(chunk: list[Head]) -> list[float]:
             logits = _path_patched_logits(model, runs, [[head] for head in chunk], checked)
-            values += _metric_values(metric, logits, len(chunk), where="metric on a path-patched run")
+            return _metric_values(metric, logits, len(chunk), where="metric on a path-patched run")
+
+        # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
+        for done in map_cells(run_chunk, chunks, desc="path patching", progress=progress, leave=False):
+            values += done
 
     df = pd.DataFrame(
         {

@@ -1,0 +1,272 @@
+"""Sweeps on more than one process: independent cells split across torch.distributed ranks.
+
+An exact sweep is a list of independent *cells* (a chunk of stacked patches, a
+chunk of senders, a chunk of prompts), each a few forward passes of the same
+model. Under a ``torch.distributed`` process group every rank holds a replica of
+the model and the inputs, runs every ``size``-th cell (rank ``r`` takes cells
+``r, r + size, ...``), and `map_cells` gathers the results with
+``all_gather_object`` back into cell order, so every rank returns the whole
+sweep and the code after the sweep runs identically everywhere. A cell computes
+exactly what it computes in one process (same chunk, same stacking), so the
+results are bit-for-bit those of one process.
+
+- **Launch.** ``torchrun --nproc_per_node N -m headkit patch RUN ...`` (or
+  ``accelerate launch``): `init_from_env` joins the group those launchers
+  describe in ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+  ``MASTER_PORT`` (NCCL when CUDA is available, each rank on ``cuda:LOCAL_RANK``;
+  gloo otherwise). A script that initialised a group itself is used as it is.
+  Without a group (``WORLD_SIZE`` unset or 1) nothing changes: `map_cells` is a
+  plain loop, today's code path.
+- **Every rank calls every sweep.** The sweeps are collective: a sweep called on
+  some ranks only waits for the others until the group's timeout.
+- **Failures.** A cell that raises on one rank does not leave the others waiting:
+  the rank stops its share and reports the error in the same gather, and every
+  rank raises one `RankFailed` naming the rank, the cell and the error. A rank
+  that dies or never reaches the gather makes the collective fail (or time out
+  after ``HEADKIT_DIST_TIMEOUT`` seconds, default 1800); that too becomes a
+  `RankFailed`. torchrun tears down the other ranks when one exits with an error.
+- **Output.** `is_main` is rank 0: in the command line only rank 0 prints
+  (`launch`) and writes files (`headkit.io`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from headkit.errors import HeadkitError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "HEADKIT_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
+C = TypeVar("C")
+R = TypeVar("R")
+
+_owned = False  # whether this module initialised the process group (and so destroys it)
+
+
+class RankFailed(HeadkitError):
+    """A rank of the process group failed: the same error is raised on every rank."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the process group (rank 0 of 1 without one)."""
+
+    rank: int
+    size: int
+    local_rank: int  # the GPU index on this node (torchrun's LOCAL_RANK)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise HeadkitError(f"environment variable {name}={text!r} must be an integer") from None
+
+
+def _timeout() -> timedelta:
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None or text == "":
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise HeadkitError(f"{TIMEOUT_ENV}={text!r} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world() -> World:
+    """Rank and size of the initialised process group; rank 0 of 1 without one."""
+    if not _initialised():
+        return World(0, 1, 0)
+    return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0 (of the group, else of torchrun's ``RANK``); never joins a group."""
+    return (dist.get_rank() if _initialised() else _env_int("RANK", 0)) == 0
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_from_env() -> World:
+    """Join the process group a launcher describes (``WORLD_SIZE`` > 1), unless already in one.
+
+    Backend NCCL when CUDA is available (the rank's device becomes
+    ``cuda:LOCAL_RANK``), gloo otherwise; collectives time out after
+    ``HEADKIT_DIST_TIMEOUT`` seconds. Returns `world()`.
+    """
+    global _owned
+    if _initialised() or _env_int("WORLD_SIZE", 1) <= 1:
+        return world()
+    if not dist.is_available():
+        raise HeadkitError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise HeadkitError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset: launch with "
+            "torchrun (or accelerate launch), which sets them"
+        )
+    backend, timeout = _backend(), _timeout()
+    if backend == "nccl":
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    dist.init_process_group(backend, timeout=timeout)
+    _owned = True
+    log.info("joined a %s process group: rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+    return world()
+
+
+def shutdown() -> None:
+    """Leave the process group if `init_from_env` created it."""
+    global _owned
+    if _owned and _initialised():
+        dist.destroy_process_group()
+    _owned = False
+
+
+def rank_device(device: str | None) -> str | None:
+    """The device this rank should use for ``device``: under NCCL, ``cuda`` (or None) means
+    ``cuda:LOCAL_RANK``; anything else (and everything without NCCL) is kept."""
+    if not _initialised() or dist.get_backend() != "nccl" or device not in (None, "cuda"):
+        return device
+    return f"cuda:{world().local_rank}"
+
+
+@contextlib.contextmanager
+def launch() -> Iterator[World]:
+    """The command line's process-group session: join (`init_from_env`), silence ranks > 0, leave.
+
+    Ranks other than 0 print nothing to stdout and log only errors; the group is
+    destroyed on the way out if this call created it.
+    """
+    current = init_from_env()
+    root = logging.getLogger()
+    level = root.level
+    try:
+        if current.rank == 0:
+            yield current
+        else:
+            root.setLevel(logging.ERROR)
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                yield current
+    finally:
+        root.setLevel(level)
+        shutdown()
+
+
+def reports(exc: BaseException) -> bool:
+    """Whether this rank should print ``exc``: a `RankFailed` (raised on every rank) only on rank 0."""
+    return not isinstance(exc, RankFailed) or is_main()
+
+
+# --- the sweep loop -------------------------------------------------------------------
+
+
+def _portable(obj: Any) -> Any:
+    """``obj`` with every tensor detached, on the CPU and compact (a view pickles its whole storage)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_portable(o) for o in obj)
+    return obj
+
+
+def _placed(obj: Any, device: torch.device | str | None) -> Any:
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_placed(o, device) for o in obj)
+    return obj
+
+
+@dataclass(frozen=True)
+class _Failure:
+    cell: int  # index in the full list of cells
+    error: str  # what the rank raised, as it would print
+
+
+def _run_share(
+    fn: Callable[[C], R], cells: Sequence[C], ids: range, bar: dict[str, Any]
+) -> tuple[list[R], _Failure | None]:
+    """This rank's results, stopping at its first failing cell."""
+    done: list[R] = []
+    for i in tqdm(ids, **bar):
+        try:
+            done.append(fn(cells[i]))
+        except Exception as exc:  # reported to every rank through the gather
+            if not isinstance(exc, HeadkitError):
+                log.exception("rank %d: cell %d raised", world().rank, i)
+            message = str(exc) if isinstance(exc, HeadkitError) else f"{type(exc).__name__}: {exc}"
+            return done, _Failure(i, message)
+    return done, None
+
+
+def map_cells(
+    fn: Callable[[C], R],
+    cells: Sequence[C],
+    *,
+    desc: str,
+    progress: bool | None = False,
+    leave: bool = True,
+    device: torch.device | str | None = None,
+) -> list[R]:
+    """``[fn(cell) for cell in cells]``, the cells split across the ranks of the process group.
+
+    Without a group (or a group of one) this is exactly that loop, behind a tqdm
+    bar (``progress``: True shows it, False hides it, None lets tqdm decide).
+    Under a group, rank ``r`` runs cells ``r, r + size, ...`` and the results are
+    gathered onto every rank in cell order; tensors travel through the CPU and
+    land on ``device`` (None: they stay on the CPU). A cell that raises on any
+    rank makes every rank raise one `RankFailed`; so does a rank that died.
+    """
+    current = init_from_env()
+    bar = dict(desc=desc, disable=None if progress is None else not progress, leave=leave)
+    if current.size == 1:
+        return [fn(cell) for cell in tqdm(cells, **bar)]
+    if current.rank != 0:
+        bar["disable"] = True
+    ids = range(current.rank, len(cells), current.size)
+    done, failure = _run_share(fn, cells, ids, bar)
+    shares: list[Any] = [None] * current.size
+    try:
+        dist.all_gather_object(shares, (_portable(done), failure))
+    except RuntimeError as exc:  # a rank died, left, or never came: no answer to wait for
+        raise RankFailed(
+            f"rank {current.rank} of {current.size}: the process group failed during {desc} "
+            f"(a rank died or did not reach the sweep within {TIMEOUT_ENV}="
+            f"{_timeout().total_seconds():g} s): {exc}"
+        ) from exc
+    failures = [(r, f) for r, (_, f) in enumerate(shares) if f is not None]
+    if failures:
+        rank, first = failures[0]
+        raise RankFailed(
+            f"rank {rank} of {current.size} failed ({desc}, cell {first.cell + 1} of {len(cells)}): {first.error}"
+        )
+    results: list[Any] = [None] * len(cells)
+    for rank, (share, _) in enumerate(shares):
+        for i, result in zip(range(rank, len(cells), current.size), share):
+            results[i] = _placed(result, device)
+    return results
