@@ -52,6 +52,8 @@ C = TypeVar("C")
 R = TypeVar("R")
 
 _owned = False  # whether this module initialised the process group (and so destroys it)
+_local_depth = 0  # > 0 inside `local()`: sweeps run every cell on this rank
+_failed_together = False  # a RankFailed was raised on every rank by the same gather
 
 
 class RankFailed(HeadkitError):
@@ -157,12 +159,17 @@ def rank_device(device: str | None) -> str | None:
 def launch() -> Iterator[World]:
     """The command line's process-group session: join (`init_from_env`), silence ranks > 0, leave.
 
-    Ranks other than 0 print nothing to stdout and log only errors; the group is
+    Ranks other than 0 print nothing to stdout and log only errors. After a
+    `RankFailed` that every rank raised together (and the caller handled), the
+    ranks meet once more before leaving, so that no rank exits, and has the
+    launcher tear the job down, before rank 0 has printed the error. The group is
     destroyed on the way out if this call created it.
     """
+    global _failed_together
     current = init_from_env()
     root = logging.getLogger()
     level = root.level
+    _failed_together = False
     try:
         if current.rank == 0:
             yield current
@@ -170,9 +177,24 @@ def launch() -> Iterator[World]:
             root.setLevel(logging.ERROR)
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
                 yield current
+        if _failed_together and _initialised():
+            dist.barrier()
     finally:
+        _failed_together = False
         root.setLevel(level)
         shutdown()
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Inside, `map_cells` runs every cell on this rank, as without a process group
+    (for work done on some ranks only, e.g. a one-process reference on rank 0)."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
 
 
 def reports(exc: BaseException) -> bool:
@@ -235,7 +257,7 @@ def map_cells(
 ) -> list[R]:
     """``[fn(cell) for cell in cells]``, the cells split across the ranks of the process group.
 
-    Without a group (or a group of one) this is exactly that loop, behind a tqdm
+    Without a group (or a group of one, or inside `local`) this is exactly that loop, behind a tqdm
     bar (``progress``: True shows it, False hides it, None lets tqdm decide).
     Under a group, rank ``r`` runs cells ``r, r + size, ...`` and the results are
     gathered onto every rank in cell order; tensors travel through the CPU and
@@ -244,7 +266,7 @@ def map_cells(
     """
     current = init_from_env()
     bar = dict(desc=desc, disable=None if progress is None else not progress, leave=leave)
-    if current.size == 1:
+    if current.size == 1 or _local_depth > 0:
         return [fn(cell) for cell in tqdm(cells, **bar)]
     if current.rank != 0:
         bar["disable"] = True
@@ -261,6 +283,8 @@ def map_cells(
         ) from exc
     failures = [(r, f) for r, (_, f) in enumerate(shares) if f is not None]
     if failures:
+        global _failed_together
+        _failed_together = True
         rank, first = failures[0]
         raise RankFailed(
             f"rank {rank} of {current.size} failed ({desc}, cell {first.cell + 1} of {len(cells)}): {first.error}"

@@ -50,9 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         with distributed.launch():  # under torchrun: join the group; only rank 0 prints and writes
-            if hasattr(args, "device"):
-                args.device = distributed.rank_device(args.device)
-            result = args.func(args)
+            return _run(args)
+    except HeadkitError as exc:  # the process group could not be joined
+        sys.stderr.write(f"headkit: error: {exc}\n")
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if hasattr(args, "device"):
+            args.device = distributed.rank_device(args.device)
+        result = args.func(args)
     except HeadkitError as exc:
         if distributed.reports(exc):
             sys.stderr.write(f"headkit: error: {exc}\n")
