@@ -3,8 +3,8 @@
 An exact sweep is a list of independent *cells* (a chunk of stacked patches, a
 chunk of senders, a chunk of prompts), each a few forward passes of the same
 model. Under a ``torch.distributed`` process group every rank holds a replica of
-the model and the inputs, runs every ``size``-th cell (rank ``r`` takes cells
-``r, r + size, ...``), and `map_cells` gathers the results with
+the model and the inputs, runs its `share` of the cells (dealt back and forth:
+with two ranks, cells 0, 3, 4, 7, ... and 1, 2, 5, 6, ...), and `map_cells` gathers the results with
 ``all_gather_object`` back into cell order, so every rank returns the whole
 sweep and the code after the sweep runs identically everywhere. A cell computes
 exactly what it computes in one process (same chunk, same stacking), so the
@@ -230,8 +230,18 @@ class _Failure:
     error: str  # what the rank raised, as it would print
 
 
+def share(rank: int, size: int, n_cells: int) -> list[int]:
+    """The cells of ``rank``: dealt in a snake order (0, 1, ..., size-1, size-1, ..., 0, 0, 1, ...).
+
+    A sweep's cells come ordered by layer, and a later layer's cell costs less
+    (the forward starts there): dealing back and forth evens the ranks' loads
+    better than round-robin.
+    """
+    return [i for i in range(n_cells) if (i % size if (i // size) % 2 == 0 else size - 1 - i % size) == rank]
+
+
 def _run_share(
-    fn: Callable[[C], R], cells: Sequence[C], ids: range, bar: dict[str, Any]
+    fn: Callable[[C], R], cells: Sequence[C], ids: list[int], bar: dict[str, Any]
 ) -> tuple[list[R], _Failure | None]:
     """This rank's results, stopping at its first failing cell."""
     done: list[R] = []
@@ -259,7 +269,7 @@ def map_cells(
 
     Without a group (or a group of one, or inside `local`) this is exactly that loop, behind a tqdm
     bar (``progress``: True shows it, False hides it, None lets tqdm decide).
-    Under a group, rank ``r`` runs cells ``r, r + size, ...`` and the results are
+    Under a group, each rank runs its `share` of the cells and the results are
     gathered onto every rank in cell order; tensors travel through the CPU and
     land on ``device`` (None: they stay on the CPU). A cell that raises on any
     rank makes every rank raise one `RankFailed`; so does a rank that died.
@@ -270,8 +280,7 @@ def map_cells(
         return [fn(cell) for cell in tqdm(cells, **bar)]
     if current.rank != 0:
         bar["disable"] = True
-    ids = range(current.rank, len(cells), current.size)
-    done, failure = _run_share(fn, cells, ids, bar)
+    done, failure = _run_share(fn, cells, share(current.rank, current.size, len(cells)), bar)
     shares: list[Any] = [None] * current.size
     try:
         dist.all_gather_object(shares, (_portable(done), failure))
@@ -290,7 +299,7 @@ def map_cells(
             f"rank {rank} of {current.size} failed ({desc}, cell {first.cell + 1} of {len(cells)}): {first.error}"
         )
     results: list[Any] = [None] * len(cells)
-    for rank, (share, _) in enumerate(shares):
-        for i, result in zip(range(rank, len(cells), current.size), share):
+    for rank, (done_there, _) in enumerate(shares):
+        for i, result in zip(share(rank, current.size, len(cells)), done_there):
             results[i] = _placed(result, device)
     return results

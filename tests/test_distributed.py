@@ -171,8 +171,16 @@ def test_three_ranks_with_uneven_cells(setup, tmp_path):
         pd.testing.assert_frame_equal(outcome[1][1], expected_two, check_exact=True)
 
 
+def test_share_deals_every_cell_once_back_and_forth():
+    assert [distributed.share(r, 2, 7) for r in range(2)] == [[0, 3, 4], [1, 2, 5, 6]]
+    assert [distributed.share(r, 3, 7) for r in range(3)] == [[0, 5, 6], [1, 4], [2, 3]]
+    for size, n in [(1, 5), (4, 2), (3, 10)]:
+        cells = sorted(i for r in range(size) for i in distributed.share(r, size, n))
+        assert cells == list(range(n))
+
+
 def test_each_rank_runs_only_its_share(tmp_path):
-    """Round-robin split, results in cell order on every rank, tensors back on the CPU."""
+    """Each rank runs its share, results come in cell order on every rank, tensors back on the CPU."""
 
     def job(rank: int) -> tuple[list, list]:
         ran = []
@@ -187,7 +195,7 @@ def test_each_rank_runs_only_its_share(tmp_path):
     for rank, outcome in enumerate(outcomes):
         assert outcome[0] == "ok", outcome
         results, ran = outcome[1]
-        assert ran == list(range(rank, 7, 2))
+        assert ran == distributed.share(rank, 2, 7)
         assert [i for _, i in results] == list(range(7))
         assert all(torch.equal(t, torch.tensor([2.0 * i])) for t, i in results)
 
