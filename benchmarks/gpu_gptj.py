@@ -128,15 +128,39 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Seconds of ``fn()`` on every rank together (barriers around it) and its result."""
+@dataclass(frozen=True)
+class Timing:
+    wall_s: float  # wall-clock seconds (ranks together)
+    cpu_s: float  # CPU seconds of the busiest rank: the wall time on an idle CPU machine
+
+    def __str__(self) -> str:
+        return f"{self.wall_s:.2f} s (busiest rank's CPU time {self.cpu_s:.2f} s)"
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Timing, Any]:
+    """Timing of ``fn()`` on every rank together (barriers around it) and its result."""
     _barrier()
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
     _sync(device)
+    cpu = time.process_time() - cpu
     _barrier()
-    return time.perf_counter() - start, result
+    wall = time.perf_counter() - start
+    if distributed.world().size > 1:
+        every = [None] * distributed.world().size
+        dist.all_gather_object(every, cpu)
+        cpu = max(every)
+    return Timing(wall, cpu), result
+
+
+def timed_local(fn: Callable[[], Any], device: torch.device) -> tuple[Timing, Any]:
+    """Timing of ``fn()`` on this rank alone."""
+    _sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    _sync(device)
+    return Timing(time.perf_counter() - start, time.process_time() - cpu), result
 
 
 def load_measured(directory: Path, *, dtype: torch.dtype, device: torch.device) -> tuple[Any, int]:
@@ -219,11 +243,11 @@ def main() -> None:
         say(f"wrote the checkpoint to {directory} in {time.perf_counter() - start:.1f} s")
     _barrier()
     size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-    load_s, (model, peak) = timed(lambda: load_measured(directory, dtype=dtype, device=device), device)
+    load_t, (model, peak) = timed(lambda: load_measured(directory, dtype=dtype, device=device), device)
     what = "peak GPU memory allocated" if device.type == "cuda" else "rise of peak RSS"
-    numbers |= dict(checkpoint_bytes=size, load_peak_bytes=peak, load_ratio=peak / size, load_s=load_s)
+    numbers |= dict(checkpoint_bytes=size, load_peak_bytes=peak, load_ratio=peak / size, load_s=load_t.wall_s)
     say(f"load: checkpoint {_size(size)}, {what} {_size(peak)} = "
-        f"{peak / size:.2f}x the checkpoint, {load_s:.1f} s")
+        f"{peak / size:.2f}x the checkpoint, {load_t.wall_s:.1f} s")
 
     # 2. all-heads patching sweep
     clean, corrupted, metric = patching_inputs(shape.d_vocab, prompts=args.prompts, length=args.length, device=device)
@@ -235,18 +259,24 @@ def main() -> None:
 
     with distributed.local():  # warm-up (kernels, allocator), one head on each rank
         activation_patching(model, clean, corrupted, metric, heads=[(0, 0)], batch_size=rows)
-    hk_s, hk = timed(headkit_sweep, device)
-    numbers |= dict(patch_prompts=args.prompts, patch_length=args.length, headkit_patch_s=hk_s)
+    hk_t, hk = timed(headkit_sweep, device)
+    hk_s = hk_t.wall_s
+    numbers |= dict(
+        patch_prompts=args.prompts, patch_length=args.length, headkit_patch_s=hk_s, headkit_patch_cpu_s=hk_t.cpu_s
+    )
     say(f"patching sweep, {shape.n_layers * shape.n_heads} heads, {args.prompts} prompts x {args.length} tokens:")
-    say(f"  headkit activation_patching(site='z'), {world.size} rank(s): {hk_s:.2f} s")
+    say(f"  headkit activation_patching(site='z'), {world.size} rank(s): {hk_t}")
     if world.size > 1:
         one = None
         if world.rank == 0:
             with distributed.local():
-                one_s, one = timed_local(headkit_sweep, device)
-            numbers |= dict(headkit_patch_one_rank_s=one_s, ranks_equal=bool(torch.equal(one, hk)))
-            say(f"  headkit in one process on rank 0: {one_s:.2f} s; speed-up of {world.size} ranks "
-                f"{one_s / hk_s:.2f}x; results equal: {torch.equal(one, hk)}")
+                one_t, one = timed_local(headkit_sweep, device)
+            equal = bool(torch.equal(one, hk))
+            numbers |= dict(
+                headkit_patch_one_rank_s=one_t.wall_s, headkit_patch_one_rank_cpu_s=one_t.cpu_s, ranks_equal=equal
+            )
+            say(f"  headkit in one process on rank 0: {one_t}; speed-up of {world.size} ranks "
+                f"{one_t.wall_s / hk_s:.2f}x (CPU time: {one_t.cpu_s / hk_t.cpu_s:.2f}x); results equal: {equal}")
         _barrier()
     if not args.skip_tl:
         if world.rank == 0:
@@ -257,10 +287,11 @@ def main() -> None:
                     _, clean_cache = model.run_with_cache(clean)
                     return patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
 
-            tl_s, tl = timed_local(tl_sweep, device)
+            tl_t, tl = timed_local(tl_sweep, device)
+            tl_s = tl_t.wall_s
             diff = (tl.double().cpu() - hk.double()).abs().max().item()
             numbers |= dict(tl_patch_s=tl_s, tl_over_headkit=tl_s / hk_s, max_abs_diff=diff)
-            say(f"  TransformerLens get_act_patch_attn_head_out_all_pos, 1 process: {tl_s:.2f} s")
+            say(f"  TransformerLens get_act_patch_attn_head_out_all_pos, 1 process: {tl_t}")
             say(f"  TransformerLens / headkit time: {tl_s / hk_s:.2f}x; max abs difference {diff:.3g}")
         _barrier()
 
@@ -274,19 +305,22 @@ def main() -> None:
             classify_options=dict(max_pairs=args.max_pairs),
         )  # fmt: skip
 
-    census_s, table = timed(census, device)
-    numbers |= dict(census_prompts=args.census_prompts, census_s=census_s, census_rows=len(table))
+    census_t, table = timed(census, device)
+    numbers |= dict(
+        census_prompts=args.census_prompts, census_s=census_t.wall_s, census_cpu_s=census_t.cpu_s, census_rows=len(table)
+    )
     say(f"head census, {args.census_prompts} prompts x {args.length} tokens, {args.max_pairs} swap pairs each, "
-        f"{world.size} rank(s): {census_s:.2f} s ({len(table)} heads; labels "
+        f"{world.size} rank(s): {census_t} ({len(table)} heads; labels "
         f"{table['label'].value_counts().to_dict()})")
     if world.size > 1:
         if world.rank == 0:
             with distributed.local():
-                one_s, one_table = timed_local(census, device)
+                one_t, one_table = timed_local(census, device)
             same = one_table.equals(table)
-            numbers |= dict(census_one_rank_s=one_s, census_equal=same)
-            say(f"  in one process on rank 0: {one_s:.2f} s; speed-up of {world.size} ranks "
-                f"{one_s / census_s:.2f}x; tables equal: {same}")
+            numbers |= dict(census_one_rank_s=one_t.wall_s, census_one_rank_cpu_s=one_t.cpu_s, census_equal=same)
+            say(f"  in one process on rank 0: {one_t}; speed-up of {world.size} ranks "
+                f"{one_t.wall_s / census_t.wall_s:.2f}x (CPU time: {one_t.cpu_s / census_t.cpu_s:.2f}x); "
+                f"tables equal: {same}")
         _barrier()
 
     if args.json:
@@ -300,13 +334,6 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
-def timed_local(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Seconds of ``fn()`` on this rank alone."""
-    _sync(device)
-    start = time.perf_counter()
-    result = fn()
-    _sync(device)
-    return time.perf_counter() - start, result
 
 
 if __name__ == "__main__":

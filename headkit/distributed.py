@@ -209,9 +209,9 @@ def _portable(obj: Any) -> Any:
     """``obj`` with every tensor detached, on the CPU and compact (a view pickles its whole storage)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):
         return type(obj)(_portable(o) for o in obj)
-    return obj
+    return obj  # anything else is pickled as it is
 
 
 def _placed(obj: Any, device: torch.device | str | None) -> Any:
@@ -219,7 +219,7 @@ def _placed(obj: Any, device: torch.device | str | None) -> Any:
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):
         return type(obj)(_placed(o, device) for o in obj)
     return obj
 
