@@ -23,8 +23,9 @@ results are bit-for-bit those of one process.
   the rank stops its share and reports the error in the same gather, and every
   rank raises one `RankFailed` naming the rank, the cell and the error. A rank
   that dies or never reaches the gather makes the collective fail (or time out
-  after ``HEADKIT_DIST_TIMEOUT`` seconds, default 1800); that too becomes a
-  `RankFailed`. torchrun tears down the other ranks when one exits with an error.
+  after ``HEADKIT_DIST_TIMEOUT`` seconds, default 1800): each rank that notices
+  raises `GroupFailed`. torchrun tears down the other ranks when one exits with
+  an error.
 - **Output.** `is_main` is rank 0: in the command line only rank 0 prints
   (`launch`) and writes files (`headkit.io`).
 """
@@ -58,6 +59,10 @@ _failed_together = False  # a RankFailed was raised on every rank by the same ga
 
 class RankFailed(HeadkitError):
     """A rank of the process group failed: the same error is raised on every rank."""
+
+
+class GroupFailed(HeadkitError):
+    """The process group broke during a sweep (a rank died or never came): raised where noticed."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,7 @@ def map_cells(
     Under a group, each rank runs its `share` of the cells and the results are
     gathered onto every rank in cell order; tensors travel through the CPU and
     land on ``device`` (None: they stay on the CPU). A cell that raises on any
-    rank makes every rank raise one `RankFailed`; so does a rank that died.
+    rank makes every rank raise one `RankFailed`; a rank that died, `GroupFailed`.
     """
     current = init_from_env()
     bar = dict(desc=desc, disable=None if progress is None else not progress, leave=leave)
@@ -285,7 +290,7 @@ def map_cells(
     try:
         dist.all_gather_object(shares, (_portable(done), failure))
     except RuntimeError as exc:  # a rank died, left, or never came: no answer to wait for
-        raise RankFailed(
+        raise GroupFailed(
             f"rank {current.rank} of {current.size}: the process group failed during {desc} "
             f"(a rank died or did not reach the sweep within {TIMEOUT_ENV}="
             f"{_timeout().total_seconds():g} s): {exc}"

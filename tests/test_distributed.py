@@ -268,7 +268,7 @@ def test_a_rank_that_never_reaches_the_sweep_does_not_hang_the_others(setup, tmp
     assert time.monotonic() - start < 60
     assert outcomes[1] == ("ok", None)
     kind, name, message = outcomes[0]
-    assert (kind, name) == ("error", "RankFailed")
+    assert (kind, name) == ("error", "GroupFailed")
     assert message.startswith("rank 0 of 2: the process group failed during path patching")
 
 
