@@ -200,11 +200,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shape, float32, CPU (a smoke run)")
     parser.add_argument("--shape", default=None, help="N_LAYERS,N_HEADS,D_MODEL,VOCAB instead of GPT-J-6B's")
-    parser.add_argument("--device", default=None, help="default: cuda (each rank its own GPU) if available, else cpu")
+    parser.add_argument("--device", default=None, help="default: cuda (one GPU per rank) if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default bfloat16 (float32 with --tiny)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts of the patching sweep (default 8)")
     parser.add_argument("--length", type=int, default=32, help="tokens per prompt (default 32)")
-    parser.add_argument("--batch-size", type=int, default=None, help="headkit rows per pass (default: prompts x heads)")
+    parser.add_argument("--batch-size", type=int, default=None, help="headkit rows per pass (prompts x heads)")
     parser.add_argument("--census-prompts", type=int, default=64)
     parser.add_argument("--max-pairs", type=int, default=32, help="swap pairs per census prompt (default 32)")
     parser.add_argument("--skip-tl", action="store_true", help="no TransformerLens sweep")
@@ -250,7 +250,9 @@ def main() -> None:
         f"{peak / size:.2f}x the checkpoint, {load_t.wall_s:.1f} s")
 
     # 2. all-heads patching sweep
-    clean, corrupted, metric = patching_inputs(shape.d_vocab, prompts=args.prompts, length=args.length, device=device)
+    clean, corrupted, metric = patching_inputs(
+        shape.d_vocab, prompts=args.prompts, length=args.length, device=device
+    )
     rows = args.batch_size or args.prompts * shape.n_heads
 
     def headkit_sweep() -> torch.Tensor:
@@ -307,7 +309,8 @@ def main() -> None:
 
     census_t, table = timed(census, device)
     numbers |= dict(
-        census_prompts=args.census_prompts, census_s=census_t.wall_s, census_cpu_s=census_t.cpu_s, census_rows=len(table)
+        census_prompts=args.census_prompts, census_s=census_t.wall_s, census_cpu_s=census_t.cpu_s,
+        census_rows=len(table),
     )
     say(f"head census, {args.census_prompts} prompts x {args.length} tokens, {args.max_pairs} swap pairs each, "
         f"{world.size} rank(s): {census_t} ({len(table)} heads; labels "

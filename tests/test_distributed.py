@@ -349,7 +349,8 @@ def test_torchrun_a_failing_rank_gives_one_error_and_no_file(run_dir, tmp_path):
     script = tmp_path / "launch.py"
     script.write_text(textwrap.dedent(FAILING_LAUNCH))
     out = tmp_path / "out" / "patch.csv"
-    done = _torchrun(str(script), "--", "patch", str(run_dir), "--n", str(N), "--batch-size", str(N), "--out", str(out), cwd=tmp_path)
+    args = ["patch", str(run_dir), "--n", str(N), "--batch-size", str(N), "--out", str(out)]
+    done = _torchrun(str(script), "--", *args, cwd=tmp_path)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("headkit: error:")]
     assert errors == ["headkit: error: rank 1 of 2 failed (patching z, cell 2 of 6): injected failure"]
