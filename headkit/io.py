@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # pandas is imported by write_csv's caller anyway; not at import (CLI start-up)
     import pandas as pd
 
+from headkit.distributed import is_main
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``.
 
     On an exception the temporary file is removed and ``path`` is untouched.
+    Under torch.distributed only rank 0 writes: other ranks write into a
+    temporary directory that is then removed (`headkit.distributed.is_main`).
     """
+    if not is_main():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / Path(path).name
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -19,6 +19,7 @@ import pkgutil
 import sys
 from typing import Sequence
 
+from headkit import distributed
 from headkit.errors import HeadkitError
 
 EXIT_USAGE = 2
@@ -28,8 +29,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``headkit: error: ...`` line (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        command = self.prog.partition(" ")[2]  # "headkit ablate" -> "ablate"
-        sys.stderr.write(f"headkit: error: {command + ': ' if command else ''}{message}\n")
+        if distributed.is_main():  # under torchrun, one copy of the message
+            command = self.prog.partition(" ")[2]  # "headkit ablate" -> "ablate"
+            sys.stderr.write(f"headkit: error: {command + ': ' if command else ''}{message}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -52,9 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        with distributed.launch():  # under torchrun: join the group; only rank 0 prints and writes
+            return _run(args)
+    except HeadkitError as exc:  # the process group could not be joined
+        sys.stderr.write(f"headkit: error: {exc}\n")
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if hasattr(args, "device"):
+            args.device = distributed.rank_device(args.device)
         result = args.func(args)
     except HeadkitError as exc:
-        sys.stderr.write(f"headkit: error: {exc}\n")
+        if distributed.reports(exc):
+            sys.stderr.write(f"headkit: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("headkit: interrupted\n")

@@ -67,12 +67,12 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.components import TransformerBlock
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from headkit.checks import check_finite, check_heads, check_layer, check_tokens
+from headkit.distributed import map_cells
 from headkit.errors import HeadkitError
 from headkit.interventions.metrics import Metric, check_scalar
 
@@ -281,6 +281,9 @@ def sweep_patches(
        patches, or layer ``l``'s output is rebuilt from the cache with the patches
        written in and the model runs from layer ``l + 1`` on.
     3. The logits are split back into copies and evaluated one copy at a time.
+
+    Under a torch.distributed process group the passes of step 2 are split across
+    the ranks and gathered in order (`headkit.distributed.map_cells`).
     """
     spec = SITES[site]
     batch = tokens.shape[0]
@@ -307,7 +310,9 @@ def sweep_patches(
         _, cache = model.run_with_cache(
             tokens, names_filter=names, stop_at_layer=max(by_layer) + 1, return_cache_object=False
         )
-        for layer, ids in tqdm(chunks, desc=f"patching {site}", disable=not progress):
+
+        def run_chunk(chunk: tuple[int, list[int]]) -> list[Tensor]:
+            layer, ids = chunk
             k, name = len(ids), spec.hook_name(layer)
 
             def write(act: Tensor, ids: list[int] = ids, k: int = k, source: Tensor = sources[name]) -> None:
@@ -332,9 +337,17 @@ def sweep_patches(
                 with model.hooks(fwd_hooks=[(name, write_hook)]):
                     logits = model(resid, start_at_layer=layer, **extras)
             # 3. one evaluation per copy, of finite logits only
+            values = []
             for copy_logits, i in zip(logits.unflatten(0, (k, batch)), ids):  # [batch, pos, d_vocab]
                 check_finite(copy_logits, where=f"the logits of the run with {_describe(site, patches[i])} replaced")
-                results[i] = evaluate(copy_logits).detach()
+                values.append(evaluate(copy_logits).detach())
+            return values
+
+        # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
+        done = map_cells(run_chunk, chunks, desc=f"patching {site}", progress=progress, device=tokens.device)
+        for (_, ids), values in zip(chunks, done):
+            for i, value in zip(ids, values):  # value: evaluate's output on copy i
+                results[i] = value
     return results  # type: ignore[return-value]
 
 

@@ -46,7 +46,6 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
@@ -61,6 +60,7 @@ from headkit.checks import (
     parse_receiver,  # noqa: F401  (re-exported: parsing lives in headkit.checks, torch-free for the CLI)
     parse_receivers,  # noqa: F401
 )
+from headkit.distributed import map_cells
 from headkit.errors import HeadkitError
 from headkit.interventions.activation_patching import site_heads
 from headkit.interventions.metrics import Metric, check_scalar
@@ -422,10 +422,15 @@ def path_patching_sweep(
         clean = _check_clean(metric, runs)
         check_finite(runs.corrupted_logits, where="the logits of the corrupted run")
         corrupted = float(check_scalar(metric(runs.corrupted_logits), where="metric on the corrupted run"))
-        for chunk in tqdm(chunks, desc="path patching", disable=not progress, leave=False):
+
+        def run_chunk(chunk: list[Head]) -> list[float]:
             sender_sets = [[head] for head in chunk]
             logits = _path_patched_logits(model, runs, sender_sets, checked)
-            values += _metric_values(metric, logits, sender_sets)
+            return _metric_values(metric, logits, sender_sets)
+
+        # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
+        for done in map_cells(run_chunk, chunks, desc="path patching", progress=progress, leave=False):
+            values += done
 
     df = pd.DataFrame(
         {

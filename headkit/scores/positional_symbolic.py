@@ -46,10 +46,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from headkit.checks import Head, check_heads, check_position, check_tokens
+from headkit.distributed import map_cells
 from headkit.errors import HeadkitError
 
 log = logging.getLogger(__name__)
@@ -254,13 +254,17 @@ def collect_block_means(
     """Block means of ``row_fn``'s rows, in chunks of ``batch_size`` prompts.
 
     Rows are reduced to block means chunk by chunk, so memory holds one chunk of
-    rows, not one row per swapped prompt.
+    rows, not one row per swapped prompt. Under a torch.distributed process group
+    the chunks are split across the ranks (`headkit.distributed.map_cells`).
     """
-    chunks = []
     starts = range(0, tokens.shape[0], batch_size)
-    for start in tqdm(starts, desc="swap forwards", disable=None, leave=False):
+
+    def run_chunk(start: int) -> Tensor:
         rows = row_fn(tokens[start : start + batch_size]).float()  # [chunk, unit, key_pos]
-        chunks.append(block_means(rows, blocks).cpu())  # [chunk, unit, n_blocks]
+        return block_means(rows, blocks).cpu()  # [chunk, unit, n_blocks]
+
+    # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
+    chunks = map_cells(run_chunk, starts, desc="swap forwards", progress=None, leave=False)
     return torch.cat(chunks)
 
 
