@@ -7,7 +7,6 @@ pattern read from `run_with_cache`, the metric in plain Python).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -26,15 +25,11 @@ from headkit.scores.positional_symbolic import (
 N_SYMBOLS = 8
 
 
-def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
-
-
 # ---------------------------------------------------------------------------
 # hand-built heads
 
 
-def test_handbuilt_heads_score_as_constructed(lookup_model, lookup_prompts):
+def test_handbuilt_heads_score_as_constructed(no_hooks_left, lookup_model, lookup_prompts):
     # head 0 positional (rotary pairs f0, f1), head 1 content lookup, heads 2 and 3 uniform
     model = lookup_model(n_symbols=N_SYMBOLS, n_heads=4, n_ctx=64, positional={0: (0, 1)}, content_heads=(1,))
     tokens = lookup_prompts(6, n_symbols=N_SYMBOLS)
@@ -181,7 +176,7 @@ def test_classify_scores_majority_purity_and_ties():
         ({"batch_size": 0}, ["batch_size=0"]),
     ],
 )
-def test_bad_options_raise_before_work(tiny_gptj, kwargs, words):
+def test_bad_options_raise_before_work(no_hooks_left, tiny_gptj, kwargs, words):
     model = tiny_gptj(d_vocab=12)
     tokens = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(0))
     calls = []
@@ -230,7 +225,7 @@ def test_bad_classify_options_raise(tiny_gptj, kwargs, words):
         assert w in str(err.value)
 
 
-def test_hooks_removed_after_an_error_inside_the_forward(tiny_gptj, monkeypatch):
+def test_hooks_removed_after_an_error_inside_the_forward(no_hooks_left, tiny_gptj, monkeypatch):
     model = tiny_gptj(d_vocab=12)
     tokens = torch.randint(0, 12, (2, 6), generator=torch.Generator().manual_seed(0))
 

@@ -30,10 +30,6 @@ from headkit.scores.swap_engine import pair_scores
 N_SYMBOLS = 8
 
 
-def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
-
-
 def slow_scores(model, tokens, *, swap, query_pos, tau, blocks, skip_identical):
     """One forward per swapped input; the metric written out in Python."""
     q = query_pos % tokens.shape[1]
@@ -105,7 +101,7 @@ def slow_scores(model, tokens, *, swap, query_pos, tau, blocks, skip_identical):
         ({"query_pos": 5}, [[k] for k in range(5)]),
     ],
 )
-def test_both_modes_equal_slow_reference(tiny_gptj, swap, options, blocks):
+def test_both_modes_equal_slow_reference(no_hooks_left, tiny_gptj, swap, options, blocks):
     model = tiny_gptj(n_layers=2, n_heads=2, d_vocab=12)
     tokens = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(5))
     tokens[0, 3] = tokens[0, 0]  # identical tokens in a pair: counted by the paper, skipped by the option
