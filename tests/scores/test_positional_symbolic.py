@@ -174,6 +174,12 @@ def test_classify_scores_majority_purity_and_ties():
         ({"tau": 0}, ["tau=0"]),
         ({"max_pairs": 0}, ["max_pairs=0"]),
         ({"batch_size": 0}, ["batch_size=0"]),
+        ({"swap": "both"}, ["swap='both'", "'residual', 'tokens'"]),
+        ({"skip_identical": 1}, ["skip_identical=1"]),
+        ({"query_pos": torch.tensor([8, 1])}, ["query_pos 1", "at least 2"]),
+        ({"query_pos": torch.tensor([8, 9])}, ["query_pos 9", "-9..8"]),
+        ({"query_pos": torch.tensor([8])}, ["one integer position per prompt", "(2,)"]),
+        ({"query_pos": torch.tensor([8.0, 7.0])}, ["dtype"]),
     ],
 )
 def test_bad_options_raise_before_work(no_hooks_left, tiny_gptj, kwargs, words):

@@ -223,30 +223,6 @@ def test_per_prompt_query_positions_equal_separate_runs(tiny_gptj):
         assert torch.allclose(torch.tensor(got[cols].to_numpy()), torch.tensor(alone[cols].to_numpy()), atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "query_pos, words",
-    [
-        (torch.tensor([8, 1]), ["query_pos 1", "at least 2"]),
-        (torch.tensor([8, 9]), ["query_pos 9", "-9..8"]),
-        (torch.tensor([8]), ["one integer position per prompt", "(2,)"]),
-        (torch.tensor([8.0, 7.0]), ["dtype"]),
-    ],
-)
-def test_bad_query_tensors_raise_before_work(tiny_gptj, query_pos, words):
-    model = tiny_gptj(d_vocab=12)
-    tokens = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(0))
-    calls = []
-    handle = model.embed.register_forward_pre_hook(lambda *a: calls.append(1))
-    try:
-        with pytest.raises(HeadkitError) as err:
-            positional_symbolic_scores(model, tokens, query_pos=query_pos)
-    finally:
-        handle.remove()
-    for w in words:
-        assert w in str(err.value), str(err.value)
-    assert not calls
-
-
 def test_classify_by_hop_scores_each_hops_pointer():
     from headkit.tasks.number import number_task
 
