@@ -39,6 +39,7 @@ CLASSIFY_SHOWN = [
     "layer", "head", "label", "purity", "positional_score", "symbolic_score",
     "previous_token", "induction_score", "copying_score",
 ]  # fmt: skip
+PER_HOP_SHOWN = ["hop", "layer", "head", "label", "pure_paper_0.1", "positional_score", "symbolic_score", "n_prompts"]
 DYNAMICS_SHOWN = ["step", "layer", "head", "label", "purity", "positional_score", "symbolic_score", "accuracy"]
 
 
@@ -104,11 +105,21 @@ def _task_of(ckpt: Any, name: str | None):
 
 def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.scores.census import head_census
+    from headkit.scores.positional_symbolic import classify_heads_by_hop
 
     ckpt = _latest(args.run_dir)
     task = _task_of(ckpt, args.task)
-    tokens = task.build(args.n_prompts, seed=args.seed).tokens.to(ckpt.model.cfg.device)
-    census = head_census(ckpt.model, tokens, seed=args.seed, composition_kinds=kinds)
+    batch = task.build(args.n_prompts, seed=args.seed).to(ckpt.model.cfg.device)
+    if args.per_hop is not None and "chain" not in batch.positions:
+        raise HeadkitError(f"--per-hop needs a pointer-chain task (number, letter); {task.name} has no hops")
+    options = {"swap": args.swap}
+    census = head_census(ckpt.model, batch.tokens, seed=args.seed, composition_kinds=kinds, classify_options=options)
+    if args.per_hop is not None:
+        hops = classify_heads_by_hop(ckpt.model, batch, **options)
+        write_csv(args.per_hop, hops)
+        print(f"heads at each hop's pointer ({args.swap} swaps):")
+        _print_table(hops, PER_HOP_SHOWN)
+        print(f"wrote {len(hops)} rows to {args.per_hop}")
     return f"{task.name} model at step {ckpt.step} ({ckpt.path}), {args.n_prompts} prompts", census
 
 
@@ -132,6 +143,7 @@ def _classify_gptj(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[st
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
         bos_id=tokenizer.bos_token_id,
         composition_kinds=kinds,
+        classify_options={"swap": args.swap},
     )
     return f"{args.gptj}: {args.n_prompts} IOI prompts", census
 
@@ -144,6 +156,11 @@ def _classify(args: argparse.Namespace) -> int:
     if args.gptj is not None and args.task is not None:
         raise HeadkitError("--task applies to a RUN_DIR, not to --gptj")
     _check_task_name(args.task)
+    if args.gptj is not None and args.per_hop is not None:
+        raise HeadkitError("--per-hop applies to a RUN_DIR of a pointer-chain task, not to --gptj")
+    if args.per_hop is not None:
+        inputs = [p for p in (args.run_dir, args.gptj) if p is not None and Path(p).exists()]
+        args.per_hop = check_output_path(args.per_hop, inputs=inputs + [out], option="--per-hop")
     if args.run_dir is not None:
         title, census = _classify_run(args, _composition_kinds(args.composition, default=("q", "k", "v")))
     else:
@@ -177,6 +194,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         steps=steps,
         task=task,
         eval_n=args.eval_n,
+        classify_options={"swap": args.swap},
         progress=not args.no_progress,
     )
     write_csv(out, table)
@@ -213,6 +231,13 @@ def _common(parser: argparse.ArgumentParser, *, n_prompts: int) -> None:
     parser.add_argument("--out", required=True, help="CSV file to write")
 
 
+def _swap_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--swap", choices=["residual", "tokens"], default="residual",
+        help="swap metric: residual (the paper's layer-local swap, default) or tokens (end to end)",
+    )  # fmt: skip
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "classify": _classify,
     "dynamics": _dynamics,
@@ -228,6 +253,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--composition", help="composition kinds: q,k,v (run default) or none (--gptj default)")
     p.add_argument("--dtype", default="float32", help="--gptj weights dtype: float32, float16, bfloat16")
     p.add_argument("--device", type=types.device, help="--gptj device (default: TransformerLens's choice)")
+    p.add_argument("--per-hop", help="also write the classification at each hop's pointer to this CSV")
+    _swap_option(p)
     _common(p, n_prompts=64)
     p.set_defaults(func=COMMANDS["classify"])
 
@@ -237,6 +264,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="task of the prompts (default: each checkpoint's own task)")
     p.add_argument("--eval-n", type=int, default=512, help="prompts of the accuracy evaluation (default 512)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _swap_option(p)
     _common(p, n_prompts=64)
     p.set_defaults(func=COMMANDS["dynamics"])
 

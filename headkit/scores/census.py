@@ -17,9 +17,13 @@ on ``(layer, head)``:
   exists (nothing composes into layer 0 or out of the last layer) or when the
   kind is not in ``composition_kinds``;
 - when ``tokens`` are given, the positional/symbolic classification of
-  `headkit.scores.positional_symbolic.classify_heads` on them: ``positional_score,
-  symbolic_score, signal, label, purity, pure, n_prompts`` (NaN / None without
-  tokens, since the swap metric needs task prompts with a query at the end).
+  `headkit.scores.positional_symbolic.classify_heads` on them (the paper's layer-local
+  residual swap unless ``classify_options`` says ``swap="tokens"``): ``positional_score,
+  symbolic_score, signal``, headkit's ``label, purity, pure``, PosSym-2026's pure
+  heads ``pure_paper_0.1, pure_paper_0.05`` (positional / symbolic / neither), then
+  ``n_prompts, finite, swap`` (NaN / None without tokens, since the swap metric needs
+  task prompts with a query at the end). ``finite`` is False where a head's attention
+  was not finite on some prompt (a `RuntimeWarning` says which).
 
 The columns are always ``CENSUS_COLUMNS``, in that order, whatever is computed.
 """
@@ -50,6 +54,7 @@ from headkit.scores.positional_symbolic import classify_heads
 
 # the per-head columns of the positional/symbolic classification
 CLASSIFY_COLUMNS = [c for c in HEAD_CLASSIFY_COLUMNS if c not in ("layer", "head")]
+TEXT_COLUMNS = ("label", "swap", *(c for c in CLASSIFY_COLUMNS if c.startswith("pure_paper")))
 COMPOSITION_COLUMNS = [f"max_{kind}_{way}" for kind in TARGET_CIRCUITS for way in ("in", "out")]
 CENSUS_COLUMNS = [
     "layer",
@@ -151,5 +156,5 @@ def head_census(
         table = table.merge(classes, on=["layer", "head"], how="left")
     for column in CENSUS_COLUMNS:
         if column not in table:
-            table[column] = None if column == "label" else np.nan
+            table[column] = None if column in TEXT_COLUMNS else np.nan
     return table[CENSUS_COLUMNS].sort_values(["layer", "head"]).reset_index(drop=True)

@@ -18,8 +18,10 @@ checkpoint is then measured on the same prompts, whatever the run's evaluation
 schedule, and a checkpoint without a metrics row still gets one.
 
 Columns (``DYNAMICS_COLUMNS`` then the hop columns): ``step, layer, head,
-positional_score, symbolic_score, signal, label, purity, pure, n_prompts,
-accuracy``, then ``accuracy_hop1 .. accuracy_hopK`` for tasks with hops. One row
+positional_score, symbolic_score, signal, label, purity, pure, pure_paper_0.1,
+pure_paper_0.05, n_prompts, finite, swap, accuracy``, then ``accuracy_hop1 ..
+accuracy_hopK`` for tasks with hops. The swap metric is the paper's layer-local
+residual swap unless ``classify_options`` says ``swap="tokens"``. One row
 per (step, layer, head), sorted by step, layer, head.
 """
 

@@ -1,56 +1,71 @@
-"""Positional versus symbolic attention heads: the swap metric (PosSym-2025).
+"""Positional versus symbolic attention heads: the swap metric (PosSym-2025, as PosSym-2026 computes it).
 
-A head that attends *positionally* keeps looking at the same slot whatever token
-sits there; a head that attends *symbolically* follows a token's content wherever
-it moves. The swap metric tells them apart on one prompt:
+A head that attends *positionally* keeps looking at the same slot whatever sits
+there; a head that attends *symbolically* follows a token's content wherever it
+moves. The swap metric tells them apart on one prompt, for each layer ``l``
+(PosSym-2026's code: ``cmds/get_attention_weights.py`` and ``lib/metrics.py``):
 
-1. Take the head's post-softmax attention row at the query position and average
-   it over each key block: ``d`` (default blocks: every single key before the query).
-2. For a pair of blocks ``i, j`` swap their tokens, rerun, and read the same head's
-   row at the same slots: ``d'``.
-3. With ``v = (d_i, d_j)`` and ``v' = (d'_i, d'_j)``:
-   ``s_pos = cos(v', v)`` (attention stayed at the slot) and
-   ``s_sym = cos(v', (d_j, d_i))`` (attention moved with the content).
-4. Average over pairs with weights ``softmax_pairs(|d_i - d_j| / tau)``: pairs the
-   head hardly tells apart carry no information about it.
+1. ``d`` = the head's post-softmax attention row at the query position (keys in
+   blocks; default: every single key before the query, as in the paper).
+2. For each pair ``i < j`` of keys before the query (the query is never swapped),
+   take the hidden state entering block ``l`` (``blocks.{l}.hook_resid_pre``),
+   exchange its rows ``i`` and ``j``, run block ``l`` alone with the original
+   positions, and read the same row: ``d'`` (``swap="residual"``, the default).
+   Only at layer 0 is that the same as swapping tokens and rerunning the model
+   (``swap="tokens"``, headkit's end-to-end variant).
+3. With ``v = (d_i, d_j)`` and ``v' = (d'_i, d'_j)``: ``s_pos = cos(v', v)``
+   (attention stayed at the slot) and ``s_sym = cos(v', (d_j, d_i))`` (attention
+   moved with the content); ``torch.nn.functional.cosine_similarity``, each norm
+   clamped at 1e-8, so a pair whose attention vanishes adds ~0 to both.
+4. Average over all pairs with weights ``softmax_pairs(|d_i - d_j| / tau)``,
+   ``tau = 1e-4`` as in the paper's code (about "the pair with the largest gap decides").
 
-Choices of ours (SPEC 3.1 leaves them open): ``tau = 0.05``; a pair whose two
-blocks hold identical tokens is skipped (swapping it changes nothing, so it would
-score any head as positional); ``n_pairs`` counts the pairs actually used.
+Options of headkit's own (not the paper's): ``skip_identical=True`` drops pairs whose
+swap leaves the swapped input unchanged (identical tokens; identical residual
+rows); ``block_size``/``blocks`` average keys in blocks; ``max_pairs`` samples pairs.
+The paper also scores intermediate queries (``compute_metrics_multiple_queries.py``):
+``query_pos`` takes a [batch] tensor, e.g. each prompt's landing of one hop
+(`classify_heads_by_hop`).
 
-**Signal.** If the two blocks get similar attention, ``v`` and its mirror image
-``(d_j, d_i)`` are nearly parallel, and both cosines are close to 1 whatever the
-head does: a near-uniform head looks "both" (PosSym-2025's exclusion theorem says
-a head that is both must be uniform). ``signal`` is the weighted mean of
-``|d_i - d_j|`` under the same pair weights: the gap in attention the scores rest
-on. ``n_signal_pairs`` counts the pairs with ``|d_i - d_j| >= tau``. `classify_heads`
+**Signal.** If the two keys get similar attention, ``v`` and its mirror image
+``(d_j, d_i)`` are nearly parallel and both cosines are close to 1 whatever the head
+does: a near-uniform head looks "both" (PosSym-2025's exclusion theorem). ``signal``
+is the weighted mean of ``|d_i - d_j|`` under the same pair weights; `classify_heads`
 labels a head ``inactive`` on a prompt whose signal is below ``min_signal``.
 
-**How it runs.** Swapped prompts go through the model in batches of ``batch_size``;
-a hook on ``blocks.{l}.attn.hook_pattern`` keeps only the query row of the heads
-asked for, and the forward pass stops after the last layer asked for, so no
-activation cache is built. `swap_metric` is the engine, shared with the
-per-RoPE-frequency view (`headkit.scores.rope`): it takes any function that maps
-a batch of prompts to attention rows.
+**Pure heads** (PosSym-2026): positional when the mean scores over prompts satisfy
+``s_pos >= 1 - gamma`` and ``s_sym <= gamma``, symbolic mirrored; reported for
+gamma = 0.1 and 0.05 (columns ``pure_paper_0.1``, ``pure_paper_0.05``). headkit's
+per-prompt labels, ``purity`` share and ``pure`` flag are its own, kept beside them.
+
+**Non-finite attention.** NaN weights make TransformerLens zero the pattern quietly;
+rows that are not finite distributions give ``finite = False``, NaN scores and a
+`RuntimeWarning` (see `headkit.scores.swap_engine`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_heads, check_position, check_tokens
-from headkit.distributed import map_cells
+from headkit.checks import Head, check_heads, check_tokens
 from headkit.errors import HeadkitError
+from headkit.scores.swap_engine import (
+    RowReader,
+    check_positive_float,
+    check_positive_int,
+    check_swap,
+    grouped_swap_metric,
+    heads_by_layer,
+    plan_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +73,23 @@ SCORE_COLUMNS = [
     "prompt",
     "layer",
     "head",
+    "query_pos",
     "positional_score",
     "symbolic_score",
     "signal",
     "n_pairs",
     "n_signal_pairs",
+    "finite",
+    "swap",
 ]
+PAPER_GAMMAS = (0.1, 0.05)  # PosSym-2026 reports pure heads at these gammas
+
+
+def paper_column(gamma: float) -> str:
+    """Name of the paper's pure-head column at ``gamma``: ``pure_paper_0.1``."""
+    return f"pure_paper_{gamma:g}"
+
+
 CLASSIFY_COLUMNS = [
     "layer",
     "head",
@@ -73,43 +99,20 @@ CLASSIFY_COLUMNS = [
     "label",
     "purity",
     "pure",
+    *(paper_column(g) for g in PAPER_GAMMAS),
     "n_prompts",
+    "finite",
+    "swap",
 ]
 LABELS = ("inactive", "mixed", "positional", "symbolic")
+PAPER_LABELS = ("positional", "symbolic", "neither")
 
-DEFAULT_TAU = 0.05
+DEFAULT_SWAP = "residual"
+DEFAULT_TAU = 1e-4
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_MARGIN = 0.2
 DEFAULT_MIN_SIGNAL = 0.1
 DEFAULT_PURITY = 0.8
-
-# tokens [batch, pos] -> attention rows [batch, unit, key_pos] at the query position
-RowFn = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class SwapPlan:
-    """Which key blocks get swapped, for every prompt."""
-
-    query_pos: int  # resolved (non-negative) query position
-    blocks: Int[Tensor, "n_blocks block_size"]  # key positions of each block
-    pairs: Int[Tensor, "batch n_pairs 2"]  # block indices (i, j), i < j, per prompt
-
-
-# ---------------------------------------------------------------------------
-# input checks
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HeadkitError(f"{name}={value!r} must be a positive integer (1 or more)")
-    return value
-
-
-def check_positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise HeadkitError(f"{name}={value!r} must be a positive number")
-    return float(value)
 
 
 def resolve_heads(model: HookedTransformer, heads: Sequence[Sequence[int]] | None) -> list[Head]:
@@ -122,283 +125,26 @@ def resolve_heads(model: HookedTransformer, heads: Sequence[Sequence[int]] | Non
     return sorted(set(checked))
 
 
-def resolve_blocks(
-    length: int,
-    *,
-    query_pos: int,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-) -> tuple[int, Int[Tensor, "n_blocks block_size"]]:
-    """The resolved query position and the key blocks, checked.
-
-    Default blocks tile the keys before the query, ``0..q-1``, in runs of
-    ``block_size``, which must divide ``q``. Explicit ``blocks`` are lists of key
-    positions before the query, disjoint and of equal size.
-    """
-    q = check_position(length, query_pos, name="query_pos")
-    if q < 2:
-        raise HeadkitError(
-            f"query_pos {query_pos} leaves {q} key(s) before it in prompts of length {length}: "
-            f"need at least 2 to swap; allowed query positions are 2..{length - 1} "
-            f"(or {-length + 2}..-1)"
-        )
-    if blocks is None:
-        size = check_positive_int("block_size", block_size)
-        if q % size:
-            allowed = [s for s in range(1, q // 2 + 1) if q % s == 0]
-            raise HeadkitError(
-                f"block_size={size} does not divide the {q} keys before query position {q}: "
-                f"allowed block sizes {', '.join(map(str, allowed))}"
-            )
-        if q // size < 2:
-            raise HeadkitError(
-                f"block_size={size} makes only {q // size} block of the {q} keys before the "
-                f"query: need at least 2 blocks (block_size at most {q // 2})"
-            )
-        return q, torch.arange(q).reshape(q // size, size)  # [n_blocks, block_size]
-    if block_size != 1:
-        raise HeadkitError("give either blocks or block_size, not both (blocks fix their own size)")
-    lists = [list(b) for b in blocks]
-    if len(lists) < 2:
-        raise HeadkitError(f"blocks: got {len(lists)} block(s), need at least 2 to swap")
-    size = len(lists[0])
-    seen: dict[int, int] = {}
-    for i, block in enumerate(lists):
-        if len(block) != size or size == 0:
-            raise HeadkitError(
-                f"blocks: block {i} has {len(block)} positions but block 0 has {size}: "
-                "swapped blocks must be non-empty and of equal size"
-            )
-        for p in block:
-            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < q:
-                raise HeadkitError(
-                    f"blocks: block {i} has position {p!r}: allowed key positions are "
-                    f"0..{q - 1} (before query position {q})"
-                )
-            if p in seen:
-                raise HeadkitError(f"blocks: position {p} is in block {seen[p]} and block {i}")
-            seen[p] = i
-    return q, torch.tensor(lists, dtype=torch.long)  # [n_blocks, block_size]
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise HeadkitError(f"{name}={value!r} must be True or False")
+    return value
 
 
-def plan_swaps(
-    n_prompts: int,
-    n_blocks: int,
-    *,
-    max_pairs: int | None,
-    seed: int,
-) -> Int[Tensor, "batch n_pairs 2"]:
-    """Block pairs (i < j) per prompt: all of them, or ``max_pairs`` sampled per prompt."""
-    all_pairs = torch.combinations(torch.arange(n_blocks), r=2)  # [n_all, 2]
-    n_all = all_pairs.shape[0]
-    if max_pairs is None or max_pairs >= n_all:
-        return all_pairs.expand(n_prompts, n_all, 2)
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.stack([torch.randperm(n_all, generator=gen)[:max_pairs] for _ in range(n_prompts)])
-    return all_pairs[picks]  # [batch, max_pairs, 2]
-
-
-def make_plan(
-    tokens: Tensor,
-    *,
-    query_pos: int = -1,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-    max_pairs: int | None = None,
-    seed: int = 0,
-) -> SwapPlan:
-    """Check the swap options against prompts ``tokens`` [batch, pos] and plan the swaps."""
-    if max_pairs is not None:
-        check_positive_int("max_pairs", max_pairs)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HeadkitError(f"seed={seed!r} must be an integer")
-    q, block_pos = resolve_blocks(
-        tokens.shape[1], query_pos=query_pos, block_size=block_size, blocks=blocks
-    )
-    pairs = plan_swaps(tokens.shape[0], block_pos.shape[0], max_pairs=max_pairs, seed=seed)
-    return SwapPlan(query_pos=q, blocks=block_pos, pairs=pairs)
-
-
-# ---------------------------------------------------------------------------
-# the metric
-
-
-def swapped_tokens(
-    tokens: Int[Tensor, "batch pos"], plan: SwapPlan
-) -> Int[Tensor, "batch n_pairs pos"]:
-    """Every prompt with the contents of each planned block pair exchanged."""
-    batch, pos = tokens.shape
-    n_pairs = plan.pairs.shape[1]
-    pos_i = plan.blocks[plan.pairs[..., 0]]  # [batch, n_pairs, block_size]
-    pos_j = plan.blocks[plan.pairs[..., 1]]  # [batch, n_pairs, block_size]
-    source = torch.arange(pos).expand(batch, n_pairs, pos).clone()  # slot -> position read
-    source.scatter_(-1, pos_i, pos_j)
-    source.scatter_(-1, pos_j, pos_i)
-    return torch.gather(tokens.cpu()[:, None, :].expand(batch, n_pairs, pos), -1, source)
-
-
-def block_means(
-    rows: Float[Tensor, "... key_pos"], blocks: Int[Tensor, "n_blocks block_size"]
-) -> Float[Tensor, "... n_blocks"]:
-    """Mean attention over each block's key positions."""
-    return rows[..., blocks.to(rows.device)].mean(-1)  # [..., n_blocks, block_size] -> mean
-
-
-def collect_block_means(
-    row_fn: RowFn,
-    tokens: Int[Tensor, "n pos"],
-    blocks: Int[Tensor, "n_blocks block_size"],
-    *,
-    batch_size: int,
-) -> Float[Tensor, "n unit n_blocks"]:
-    """Block means of ``row_fn``'s rows, in chunks of ``batch_size`` prompts.
-
-    Rows are reduced to block means chunk by chunk, so memory holds one chunk of
-    rows, not one row per swapped prompt. Under a torch.distributed process group
-    the chunks are split across the ranks (`headkit.distributed.map_cells`).
-    """
-    starts = range(0, tokens.shape[0], batch_size)
-
-    def run_chunk(start: int) -> Tensor:
-        rows = row_fn(tokens[start : start + batch_size]).float()  # [chunk, unit, key_pos]
-        return block_means(rows, blocks).cpu()  # [chunk, unit, n_blocks]
-
-    # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
-    chunks = map_cells(run_chunk, starts, desc="swap forwards", progress=None, leave=False)
-    return torch.cat(chunks)
-
-
-def _cos(a: Float[Tensor, "... 2"], b: Float[Tensor, "... 2"]) -> Float[Tensor, "..."]:
-    norm = a.norm(dim=-1) * b.norm(dim=-1)
-    return (a * b).sum(-1) / norm.clamp_min(1e-30)
-
-
-def pair_scores(
-    d: Float[Tensor, "batch unit n_blocks"],
-    d_swapped: Float[Tensor, "batch n_pairs unit n_blocks"],
-    pairs: Int[Tensor, "batch n_pairs 2"],
-    informative: Tensor,
-    *,
-    tau: float,
-) -> dict[str, Tensor]:
-    """Steps 3-4 of the metric: per (prompt, unit) scores from block means.
-
-    ``informative`` [batch, n_pairs] marks the pairs whose swap changed the prompt.
-    Returns [batch, unit] tensors ``positional_score``, ``symbolic_score``,
-    ``signal``, ``n_pairs``, ``n_signal_pairs``; scores and signal are NaN where no
-    pair is informative.
-    """
-    d = d.double()
-    d_swapped = d_swapped.double()
-    n_units = d.shape[1]
-    idx_i = pairs[..., 0][:, :, None].expand(-1, -1, n_units)  # [batch, n_pairs, unit]
-    idx_j = pairs[..., 1][:, :, None].expand(-1, -1, n_units)
-    d_pairs = d[:, None, :, :].expand(-1, pairs.shape[1], -1, -1)  # [batch, n_pairs, unit, n_blocks]
-    d_i = torch.gather(d_pairs, -1, idx_i[..., None])[..., 0]  # [batch, n_pairs, unit]
-    d_j = torch.gather(d_pairs, -1, idx_j[..., None])[..., 0]
-    s_i = torch.gather(d_swapped, -1, idx_i[..., None])[..., 0]  # d'_i at the same slots
-    s_j = torch.gather(d_swapped, -1, idx_j[..., None])[..., 0]
-    v = torch.stack([d_i, d_j], -1)  # [batch, n_pairs, unit, 2]
-    v_mirror = torch.stack([d_j, d_i], -1)
-    v_new = torch.stack([s_i, s_j], -1)
-    s_pos = _cos(v_new, v)  # [batch, n_pairs, unit]
-    s_sym = _cos(v_new, v_mirror)
-    gap = (d_i - d_j).abs()
-    mask = informative[:, :, None].expand_as(gap).to(gap.device)
-    logits = torch.where(mask, gap / tau, torch.full_like(gap, -math.inf))
-    weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # over pairs; all-masked -> 0
-    n_pairs = mask.sum(1)  # [batch, unit]
-    empty = n_pairs == 0
-    nan = torch.tensor(math.nan, dtype=gap.dtype)
-
-    def weighted(x: Tensor) -> Tensor:
-        return torch.where(empty, nan, (weights * x).sum(1))
-
-    return {
-        "positional_score": weighted(s_pos),
-        "symbolic_score": weighted(s_sym),
-        "signal": weighted(gap),
-        "n_pairs": n_pairs,
-        "n_signal_pairs": ((gap >= tau) & mask).sum(1),
-    }
-
-
-def swap_metric(
-    row_fn: RowFn,
-    tokens: Int[Tensor, "batch pos"],
-    plan: SwapPlan,
-    *,
-    tau: float = DEFAULT_TAU,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> dict[str, Tensor]:
-    """The swap metric of every attention row ``row_fn`` reads; see `pair_scores`."""
-    batch, pos = tokens.shape
-    n_pairs = plan.pairs.shape[1]
-    # 1. block means of the rows on the original prompts
-    d = collect_block_means(row_fn, tokens, plan.blocks, batch_size=batch_size)
-    # 2. the same rows on every swapped prompt, batched
-    swapped = swapped_tokens(tokens, plan)  # [batch, n_pairs, pos]
-    flat = swapped.reshape(batch * n_pairs, pos)  # [batch * n_pairs, pos]
-    log.info("swap metric: %d prompts x %d pairs = %d swapped forwards", batch, n_pairs, len(flat))
-    d_swapped = collect_block_means(row_fn, flat.to(tokens.device), plan.blocks, batch_size=batch_size)
-    d_swapped = d_swapped.reshape(batch, n_pairs, *d_swapped.shape[1:])  # [batch, n_pairs, unit, n_blocks]
-    informative = (swapped != tokens.cpu()[:, None, :]).any(-1)  # [batch, n_pairs]
-    # 3-4. cosines, weighted over pairs
-    return pair_scores(d, d_swapped, plan.pairs, informative, tau=tau)
-
-
-def heads_by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
-    """The heads of every layer named in ``heads``: layers ascending, heads in the given order."""
-    layers = sorted({l for l, _ in heads})
-    return {l: [h for ll, h in heads if ll == l] for l in layers}
-
-
-def run_head_rows(
-    model: HookedTransformer,
-    tokens: Tensor,
-    hooks: list[tuple[str, Callable[..., None]]],
-    store: dict[int, Tensor],
-    *,
-    heads: Sequence[Head],
-    by_layer: dict[int, list[int]],
-) -> Tensor:
-    """Run ``hooks`` (they fill ``store``) up to the last layer needed; rows in the order of ``heads``.
-
-    ``store[l][:, k]`` belongs to head ``by_layer[l][k]``; the result is
-    ``[batch, unit, ...]`` with one unit per entry of ``heads``.
-    """
-    with torch.no_grad():
-        model.run_with_hooks(
-            tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None,
-            stop_at_layer=max(by_layer) + 1,
-        )
-    per_head = {(l, h): store[l][:, k] for l, hs in by_layer.items() for k, h in enumerate(hs)}
-    return torch.stack([per_head[lh] for lh in heads], dim=1)  # [batch, unit, ...]
-
-
-def pattern_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int) -> RowFn:
-    """A row function: post-softmax attention rows of ``heads`` at ``query_pos``.
-
-    Hooks ``blocks.{l}.attn.hook_pattern`` (temporarily), keeps
-    ``pattern[:, heads, query_pos, :]`` and stops after the last layer needed.
-    Units come out in the order of ``heads``.
-    """
+def pattern_reader(heads: Sequence[Head]) -> RowReader:
+    """Post-softmax attention rows of ``heads`` (sorted) at the query: ``hook_pattern``."""
     by_layer = heads_by_layer(heads)
 
-    def rows(tokens: Tensor) -> Float[Tensor, "batch unit key_pos"]:
-        store: dict[int, Tensor] = {}
+    def hooks(layer: int, query_pos: int, store: dict[int, Tensor]) -> list:
+        index = by_layer[layer]
 
-        def keep(pattern: Tensor, hook: Any, *, layer: int) -> None:
-            # pattern: [batch, head_index, query_pos, key_pos]
-            store[layer] = pattern[:, by_layer[layer], query_pos, :].detach()
+        def keep(pattern: Tensor, hook: Any) -> None:
+            # pattern: [batch, head_index, query_pos, key_pos] -> [batch, unit, key_pos]
+            store[layer] = pattern[:, index, query_pos, :].detach()
 
-        hooks = [
-            (f"blocks.{l}.attn.hook_pattern", partial(keep, layer=l)) for l in by_layer
-        ]
-        # [batch, unit, key_pos]
-        return run_head_rows(model, tokens, hooks, store, heads=heads, by_layer=by_layer)
+        return [(f"blocks.{layer}.attn.hook_pattern", keep)]
 
-    return rows
+    return RowReader(layers=tuple(by_layer), hooks=hooks)
 
 
 # ---------------------------------------------------------------------------
@@ -409,54 +155,63 @@ def positional_symbolic_scores(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     *,
-    query_pos: int = -1,
+    swap: str = DEFAULT_SWAP,
+    query_pos: int | Int[Tensor, " batch"] = -1,
+    tau: float = DEFAULT_TAU,
+    skip_identical: bool = False,
     block_size: int = 1,
     blocks: Sequence[Sequence[int]] | None = None,
     max_pairs: int | None = None,
-    tau: float = DEFAULT_TAU,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     heads: Sequence[Sequence[int]] | None = None,
 ) -> pd.DataFrame:
-    """Swap-metric scores of each head on each prompt (PosSym-2025).
+    """Swap-metric scores of each head on each prompt (module docstring).
 
     Args:
         tokens: prompts [batch, pos], all of one length.
-        query_pos: the query position whose attention row is scored (default last).
+        swap: ``"residual"`` (the paper's: swap rows of ``blocks.{l}.hook_resid_pre``
+            and rerun block ``l``; refused for models with absolute position
+            embeddings) or ``"tokens"`` (swap input tokens, rerun the model).
+        query_pos: the query position scored (default last), or one per prompt [batch].
+        tau: temperature of the pair weights ``softmax(|d_i - d_j| / tau)`` (paper: 1e-4).
+        skip_identical: headkit's variant: drop pairs whose swap changes nothing.
         block_size: size of the default key blocks, which tile ``0..query_pos-1``.
         blocks: explicit key blocks (lists of positions before the query, equal size).
-        max_pairs: sample at most this many block pairs per prompt (seeded); None = all.
-        tau: temperature of the pair weights ``softmax(|d_i - d_j| / tau)``.
+        max_pairs: sample at most this many pairs per prompt (seeded); None = all.
         seed: seed of the pair sampling.
-        batch_size: swapped prompts per forward pass.
+        batch_size: swapped inputs per forward pass.
         heads: (layer, head) pairs; None = every head.
 
     Returns:
-        One row per (prompt, layer, head) with columns ``SCORE_COLUMNS``:
-        ``prompt, layer, head, positional_score, symbolic_score, signal, n_pairs,
-        n_signal_pairs`` (see the module docstring).
+        One row per (prompt, layer, head) with columns ``SCORE_COLUMNS``: ``prompt,
+        layer, head, query_pos, positional_score, symbolic_score, signal, n_pairs,
+        n_signal_pairs, finite, swap``.
     """
     tokens = check_tokens(model, tokens)
     head_list = resolve_heads(model, heads)
-    plan = make_plan(
-        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks,
-        max_pairs=max_pairs, seed=seed,
-    )
+    swap = check_swap(model, swap)
     tau = check_positive_float("tau", tau)
     batch_size = check_positive_int("batch_size", batch_size)
-    scores = swap_metric(
-        pattern_rows(model, head_list, plan.query_pos), tokens, plan, tau=tau, batch_size=batch_size
+    skip_identical = check_flag("skip_identical", skip_identical)
+    queries, groups = plan_groups(
+        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks, max_pairs=max_pairs, seed=seed
     )
-    batch = tokens.shape[0]
-    layer = torch.tensor([l for l, _ in head_list])
-    head = torch.tensor([h for _, h in head_list])
+    scores = grouped_swap_metric(
+        model, pattern_reader(head_list), tokens, groups,
+        n_units=len(head_list), unit_names=[f"{l}.{h}" for l, h in head_list],
+        swap=swap, tau=tau, batch_size=batch_size, skip_identical=skip_identical,
+    )  # fmt: skip
+    batch, n_units = tokens.shape[0], len(head_list)
     table = {
-        "prompt": torch.arange(batch)[:, None].expand(batch, len(head_list)),
-        "layer": layer.expand(batch, -1),
-        "head": head.expand(batch, -1),
+        "prompt": torch.arange(batch)[:, None].expand(batch, n_units),
+        "layer": torch.tensor([l for l, _ in head_list]).expand(batch, -1),
+        "head": torch.tensor([h for _, h in head_list]).expand(batch, -1),
+        "query_pos": queries[:, None].expand(batch, n_units),
         **scores,
     }
-    return pd.DataFrame({c: table[c].reshape(-1).numpy() for c in SCORE_COLUMNS})
+    frame = {c: table[c].reshape(-1).numpy() for c in SCORE_COLUMNS if c != "swap"}
+    return pd.DataFrame({**frame, "swap": swap})[SCORE_COLUMNS]
 
 
 def _check_label_options(*, margin: float, min_signal: float) -> None:
@@ -466,13 +221,32 @@ def _check_label_options(*, margin: float, min_signal: float) -> None:
         raise HeadkitError(f"min_signal={min_signal!r} is out of range: allowed 0 or more")
 
 
+def check_gamma(gamma: Any) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < 0.5:
+        raise HeadkitError(f"gamma={gamma!r} is out of range: allowed 0 < gamma < 0.5")
+    return float(gamma)
+
+
+def paper_pure_labels(
+    positional: pd.Series | np.ndarray, symbolic: pd.Series | np.ndarray, *, gamma: float
+) -> np.ndarray:
+    """PosSym-2026's pure heads from mean scores: ``positional`` where ``s_pos >= 1 - gamma``
+    and ``s_sym <= gamma``, ``symbolic`` mirrored, else ``neither`` (NaN scores: ``neither``)."""
+    gamma = check_gamma(gamma)
+    pos = np.asarray(positional, dtype=float)
+    sym = np.asarray(symbolic, dtype=float)
+    is_pos = (pos >= 1 - gamma) & (sym <= gamma)
+    is_sym = (sym >= 1 - gamma) & (pos <= gamma)
+    return np.select([is_pos, is_sym], ["positional", "symbolic"], default="neither").astype(object)
+
+
 def prompt_labels(
     scores: pd.DataFrame,
     *,
     margin: float = DEFAULT_MARGIN,
     min_signal: float = DEFAULT_MIN_SIGNAL,
 ) -> pd.Series:
-    """Per-row label of a `positional_symbolic_scores` table.
+    """Per-row label of a `positional_symbolic_scores` table (headkit's own).
 
     ``inactive`` if no pair was usable or ``signal < min_signal``; else
     ``positional`` if ``s_pos - s_sym > margin``, ``symbolic`` if
@@ -522,9 +296,16 @@ def classify_scores(
                 "purity": purity,
                 "pure": bool(purity >= purity_threshold and label in ("positional", "symbolic")),
                 "n_prompts": len(group),
+                "finite": bool(group["finite"].all()) if "finite" in group else True,
+                "swap": group["swap"].iloc[0] if "swap" in group else None,
             }
         )
-    return pd.DataFrame(out, columns=CLASSIFY_COLUMNS)
+    table = pd.DataFrame(out, columns=[c for c in CLASSIFY_COLUMNS if not c.startswith("pure_paper")])
+    for gamma in PAPER_GAMMAS:
+        table[paper_column(gamma)] = paper_pure_labels(
+            table["positional_score"], table["symbolic_score"], gamma=gamma
+        )
+    return table[CLASSIFY_COLUMNS]
 
 
 def _check_classify_options(*, margin: float, min_signal: float, purity_threshold: float) -> None:
@@ -548,21 +329,72 @@ def classify_heads(
     purity_threshold: float = DEFAULT_PURITY,
     **score_options: Any,
 ) -> pd.DataFrame:
-    """Label each head positional / symbolic / mixed / inactive over a prompt set.
+    """Label each head over a prompt set: the paper's pure heads and headkit's labels.
 
     Scores each prompt with `positional_symbolic_scores` (``score_options`` are
-    passed on), labels each prompt with `prompt_labels`, and per head reports the
-    mean scores and signal over prompts (NaN-aware), the dominant label (a tie
-    gives ``inactive`` if that is among the tied labels, else ``mixed``), its share of prompts
-    (``purity``) and ``pure`` = purity >= ``purity_threshold`` and the label is
-    positional or symbolic. Defaults: ``margin`` 0.2, ``min_signal`` 0.1,
-    ``purity_threshold`` 0.8 (see docs/positional_symbolic.md for the evidence).
+    passed on: ``swap``, ``tau``, ``query_pos``, ...). Per head: the mean scores and
+    signal over prompts (NaN-aware); PosSym-2026's pure-head label at gamma 0.1 and
+    0.05 from those means (``pure_paper_0.1``, ``pure_paper_0.05``: positional /
+    symbolic / neither); and headkit's own: each prompt labelled with
+    `prompt_labels`, the dominant label (a tie gives ``inactive`` if that is among
+    the tied labels, else ``mixed``), its share of prompts (``purity``) and ``pure``
+    = purity >= ``purity_threshold`` and the label is positional or symbolic.
+    ``finite`` is False if any prompt's attention was not finite.
 
     Returns:
         One row per (layer, head), columns ``CLASSIFY_COLUMNS``.
     """
     _check_classify_options(margin=margin, min_signal=min_signal, purity_threshold=purity_threshold)
     scores = positional_symbolic_scores(model, tokens, **score_options)
-    return classify_scores(
-        scores, margin=margin, min_signal=min_signal, purity_threshold=purity_threshold
-    )
+    return classify_scores(scores, margin=margin, min_signal=min_signal, purity_threshold=purity_threshold)
+
+
+def hop_queries(chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"], hop: int) -> Int[Tensor, " batch"]:
+    """The query position of hop ``hop`` (1-based) per prompt: where its pointer is read.
+
+    Hop 1 reads the query (``chain[:, 0]``), hop ``k`` the landing of hop ``k-1``
+    (``chain[:, k-1]``); -1 for prompts with fewer than ``hop`` hops.
+    """
+    if not 1 <= hop < chain.shape[1]:
+        raise HeadkitError(f"hop {hop} is out of range: these chains have hops 1..{chain.shape[1] - 1}")
+    return torch.where(hops >= hop, chain[:, hop - 1], torch.full_like(hops, -1))
+
+
+def classify_heads_by_hop(model: HookedTransformer, batch: Any, **options: Any) -> pd.DataFrame:
+    """`classify_heads` once per hop, with each prompt's query at that hop's pointer.
+
+    PosSym-2026 scores the heads at every pointer of the chain (its
+    ``compute_metrics_multiple_queries.py``); hop ``k``'s query is the position of the
+    pointer read at hop ``k`` (`hop_queries`), over the prompts with at least ``k`` hops.
+    ``batch`` is a pointer-chain `TaskBatch` (``positions["chain"]`` and ``hops``).
+
+    Returns:
+        ``hop`` then ``CLASSIFY_COLUMNS``, one row per (hop, layer, head).
+    """
+    if "query_pos" in options:
+        raise HeadkitError("classify_heads_by_hop sets query_pos itself (each hop's pointer)")
+    chain = getattr(batch, "positions", {}).get("chain")
+    if chain is None or getattr(batch, "hops", None) is None:
+        raise HeadkitError("classify_heads_by_hop needs a pointer-chain batch (positions['chain'] and hops)")
+    frames = []
+    for hop in range(1, int(batch.hops.max()) + 1):
+        queries = hop_queries(chain.cpu(), batch.hops.cpu(), hop)
+        keep = queries >= 0
+        table = classify_heads(model, batch.tokens[keep.to(batch.tokens.device)], query_pos=queries[keep], **options)
+        frames.append(table.assign(hop=hop))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["hop", *CLASSIFY_COLUMNS]]
+
+
+__all__ = [
+    "CLASSIFY_COLUMNS",
+    "PAPER_GAMMAS",
+    "SCORE_COLUMNS",
+    "classify_heads",
+    "classify_heads_by_hop",
+    "classify_scores",
+    "paper_pure_labels",
+    "positional_symbolic_scores",
+    "prompt_labels",
+]
+

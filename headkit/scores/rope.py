@@ -1,4 +1,4 @@
-"""The swap metric per rotary frequency: which parts of a head are positional.
+"""Rotary frequencies of a head: the swap metric per frequency, and frequency use (PosSym-2026 Table 1).
 
 Rotary embeddings rotate each 2-D slice of a query/key head vector by an angle
 proportional to its position. GPT-J rotates adjacent pairs: within the first
@@ -10,12 +10,20 @@ component, ``"nope"``. The attention logit is a sum over these components,
     logit(q, k) = Σ_c  q_c · k_c / attn_scale,
 
 read from ``hook_rot_q`` / ``hook_rot_k`` (post-rotation queries and keys; the scale
-is the model's own, ``sqrt(d_head)`` for GPT-J). PosSym-2025 split a head this way:
-for each component alone, ``pattern_c = causal softmax(logits_c)`` at the query,
-and the swap metric of `headkit.scores.positional_symbolic` is applied to
-``pattern_c``. High frequencies tend to behave positionally, low frequencies and
-the unrotated part symbolically. A component that contributes nothing (zero
-query or key) gives a uniform ``pattern_c`` and so zero ``signal``.
+is the model's own, ``sqrt(d_head)`` for GPT-J).
+
+Two views:
+
+- `rope_frequency_use` (PosSym-2026 Table 1, "which rotary frequency a head uses"):
+  at the query, find the key with the head's largest logit and split that logit into
+  its components; ``value`` is each component's share of it in logit units, averaged
+  over prompts. The component with the largest value is the frequency the head's
+  largest logit uses (`dominant_frequency`).
+- `rope_frequency_scores` (PosSym-2025's per-frequency view, kept): for each
+  component alone, ``pattern_c = causal softmax(logits_c)`` at the query, and the
+  swap metric of `headkit.scores.positional_symbolic` applied to ``pattern_c``
+  (``swap="residual"`` by default, as there). A component that contributes nothing
+  (zero query or key) gives a uniform ``pattern_c`` and so zero ``signal``.
 
 Only the query's rotated query vector and the component logits are kept per
 forward pass, never a full cache.
@@ -24,7 +32,7 @@ forward pass, never a full cache.
 from __future__ import annotations
 
 import math
-from functools import partial
+import warnings
 from typing import Any, Sequence
 
 import pandas as pd
@@ -37,15 +45,21 @@ from headkit.checks import Head, check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.positional_symbolic import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_SWAP,
     DEFAULT_TAU,
-    RowFn,
+    check_flag,
+    resolve_heads,
+)
+from headkit.scores.swap_engine import (
+    RowReader,
     check_positive_float,
     check_positive_int,
+    check_swap,
+    grouped_swap_metric,
     heads_by_layer,
-    make_plan,
-    resolve_heads,
-    run_head_rows,
-    swap_metric,
+    model_rows,
+    plan_groups,
+    resolve_query_positions,
 )
 
 ROPE_COLUMNS = [
@@ -59,7 +73,10 @@ ROPE_COLUMNS = [
     "signal",
     "n_pairs",
     "n_signal_pairs",
+    "finite",
+    "swap",
 ]
+USE_COLUMNS = ["layer", "head", "component", "theta", "value"]
 
 
 def rotary_components(model: HookedTransformer) -> tuple[list[str], Tensor, list[float]]:
@@ -71,7 +88,7 @@ def rotary_components(model: HookedTransformer) -> tuple[list[str], Tensor, list
     cfg = model.cfg
     if cfg.positional_embedding_type != "rotary":
         raise HeadkitError(
-            f"rope_frequency_scores needs a rotary model; this one has positional embedding "
+            f"rotary frequencies need a rotary model; this one has positional embedding "
             f"type {cfg.positional_embedding_type!r}"
         )
     rotary_dim, d_head = int(cfg.rotary_dim), cfg.d_head
@@ -103,47 +120,69 @@ def component_logits(
     return torch.einsum("bhd,bkhd,cd->bhck", rot_q, rot_k, membership) / attn_scale
 
 
-def component_rows(
-    model: HookedTransformer, heads: Sequence[Head], query_pos: int, membership: Tensor
-) -> RowFn:
-    """A row function: per-component attention rows ``[batch, head * component, key_pos]``.
+def logit_reader(model: HookedTransformer, heads: Sequence[Head], membership: Tensor) -> RowReader:
+    """Per-component logits of ``heads`` at the query over keys ``0..query``:
+    ``[batch, head * component, query + 1]``.
 
     The ``hook_rot_q`` hook keeps the query's rotated vector; the ``hook_rot_k``
-    hook (which runs next in the same layer) turns it into component logits over
-    the keys ``0..query_pos`` and a softmax per component; keys after the query
-    get 0, as under the causal mask.
+    hook (which runs next in the same layer) turns it into component logits.
     """
     by_layer = heads_by_layer(heads)
     n_comp = membership.shape[0]
 
-    def rows(tokens: Tensor) -> Float[Tensor, "batch unit key_pos"]:
-        queries: dict[int, Tensor] = {}
-        patterns: dict[int, Tensor] = {}
+    def hooks(layer: int, query_pos: int, store: dict[int, Tensor]) -> list:
+        index = by_layer[layer]
+        query: dict[str, Tensor] = {}
 
-        def keep_q(rot_q: Tensor, hook: Any, *, layer: int) -> None:
+        def keep_q(rot_q: Tensor, hook: Any) -> None:
             # rot_q: [batch, pos, head_index, d_head] -> [batch, head, d_head] at the query
-            queries[layer] = rot_q[:, query_pos, by_layer[layer], :].detach()
+            query["q"] = rot_q[:, query_pos, index, :].detach()
 
-        def component_pattern(rot_k: Tensor, hook: Any, *, layer: int) -> None:
-            attn = model.blocks[layer].attn
-            q = queries.pop(layer).float()  # [batch, head, d_head]
-            k = rot_k[:, : query_pos + 1, by_layer[layer], :].detach().float()  # [batch, key, head, d_head]
-            logits = component_logits(q, k, membership.to(q.device), attn.attn_scale)
-            pattern = torch.softmax(logits, dim=-1)  # [batch, head, component, key<=query]
-            full = pattern.new_zeros(*pattern.shape[:3], rot_k.shape[1])  # keys after the query: 0
-            full[..., : query_pos + 1] = pattern
-            patterns[layer] = full
+        def logits(rot_k: Tensor, hook: Any) -> None:
+            q = query.pop("q").float()  # [batch, head, d_head]
+            k = rot_k[:, : query_pos + 1, index, :].detach().float()  # [batch, key, head, d_head]
+            scale = model.blocks[layer].attn.attn_scale
+            out = component_logits(q, k, membership.to(q.device), scale)  # [batch, head, comp, key]
+            store[layer] = out.reshape(out.shape[0], len(index) * n_comp, -1)  # [batch, head*comp, key]
 
-        hooks = []
-        for l in by_layer:
-            hooks.append((f"blocks.{l}.attn.hook_rot_q", partial(keep_q, layer=l)))
-            hooks.append(
-                (f"blocks.{l}.attn.hook_rot_k", partial(component_pattern, layer=l))
-            )
-        stacked = run_head_rows(
-            model, tokens, hooks, patterns, heads=heads, by_layer=by_layer
-        )  # [batch, head, comp, key]
-        return stacked.reshape(stacked.shape[0], len(heads) * n_comp, -1)  # [batch, head*comp, key]
+        return [
+            (f"blocks.{layer}.attn.hook_rot_q", keep_q),
+            (f"blocks.{layer}.attn.hook_rot_k", logits),
+        ]
+
+    return RowReader(layers=tuple(by_layer), hooks=hooks)
+
+
+def component_reader(model: HookedTransformer, heads: Sequence[Head], membership: Tensor) -> RowReader:
+    """Per-component attention rows ``[batch, head * component, key_pos]`` at the query.
+
+    ``pattern_c`` = softmax of `logit_reader`'s logits over keys ``0..query``; keys
+    after the query get 0, as under the causal mask.
+    """
+    logit = logit_reader(model, heads, membership)
+
+    def hooks(layer: int, query_pos: int, store: dict[int, Tensor]) -> list:
+        inner: dict[int, Tensor] = {}
+        (q_name, keep_q), (k_name, logits) = logit.hooks(layer, query_pos, inner)
+
+        def pattern(rot_k: Tensor, hook: Any) -> None:
+            logits(rot_k, hook)
+            rows = torch.softmax(inner.pop(layer), dim=-1)  # [batch, unit, key<=query]
+            full = rows.new_zeros(*rows.shape[:2], rot_k.shape[1])  # keys after the query: 0
+            full[..., : query_pos + 1] = rows
+            store[layer] = full
+
+        return [(q_name, keep_q), (k_name, pattern)]
+
+    return RowReader(layers=logit.layers, hooks=hooks)
+
+
+def component_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int, membership: Tensor):
+    """A function tokens -> `component_reader` rows ``[batch, head * component, key_pos]``."""
+    reader = component_reader(model, sorted(heads), membership)
+
+    def rows(tokens: Tensor) -> Float[Tensor, "batch unit key_pos"]:
+        return model_rows(model, reader, tokens, query_pos)[0]
 
     return rows
 
@@ -152,11 +191,13 @@ def rope_frequency_scores(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     *,
-    query_pos: int = -1,
+    swap: str = DEFAULT_SWAP,
+    query_pos: int | Int[Tensor, " batch"] = -1,
+    tau: float = DEFAULT_TAU,
+    skip_identical: bool = False,
     block_size: int = 1,
     blocks: Sequence[Sequence[int]] | None = None,
     max_pairs: int | None = None,
-    tau: float = DEFAULT_TAU,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     heads: Sequence[Sequence[int]] | None = None,
@@ -167,30 +208,35 @@ def rope_frequency_scores(
     head, component) with columns ``ROPE_COLUMNS``: ``prompt, layer, head,
     component`` (``f0``.. fastest first, then ``nope``), ``frequency`` (θ in radians
     per position; NaN for ``nope``), ``positional_score, symbolic_score, signal,
-    n_pairs, n_signal_pairs``. Average over prompts with `average_over_prompts`.
+    n_pairs, n_signal_pairs, finite, swap``. Average over prompts with
+    `average_over_prompts`.
     """
     tokens = check_tokens(model, tokens)
     head_list = resolve_heads(model, heads)
     names, membership, thetas = rotary_components(model)
-    plan = make_plan(
-        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks,
-        max_pairs=max_pairs, seed=seed,
-    )
+    swap = check_swap(model, swap)
     tau = check_positive_float("tau", tau)
     batch_size = check_positive_int("batch_size", batch_size)
-    row_fn = component_rows(model, head_list, plan.query_pos, membership)
-    scores = swap_metric(row_fn, tokens, plan, tau=tau, batch_size=batch_size)
-    batch, n_heads, n_comp = tokens.shape[0], len(head_list), len(names)
-    unit_layer = [l for l, _ in head_list for _ in names]  # unit = head * n_comp + comp
-    unit_head = [h for _, h in head_list for _ in names]
+    skip_identical = check_flag("skip_identical", skip_identical)
+    _, groups = plan_groups(
+        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks, max_pairs=max_pairs, seed=seed
+    )
+    n_heads, n_comp = len(head_list), len(names)
+    scores = grouped_swap_metric(
+        model, component_reader(model, head_list, membership), tokens, groups,
+        n_units=n_heads * n_comp, unit_names=[f"{l}.{h}:{c}" for l, h in head_list for c in names],
+        swap=swap, tau=tau, batch_size=batch_size, skip_identical=skip_identical,
+    )  # fmt: skip
+    batch = tokens.shape[0]
     table = pd.DataFrame(
         {
             "prompt": torch.arange(batch).repeat_interleave(n_heads * n_comp).numpy(),
-            "layer": unit_layer * batch,
-            "head": unit_head * batch,
+            "layer": [l for l, _ in head_list for _ in names] * batch,  # unit = head * n_comp + comp
+            "head": [h for _, h in head_list for _ in names] * batch,
             "component": names * (batch * n_heads),
             "frequency": thetas * (batch * n_heads),
             **{k: v.reshape(-1).numpy() for k, v in scores.items()},  # [batch, unit] row-major
+            "swap": swap,
         }
     )
     return table[ROPE_COLUMNS]
@@ -207,3 +253,71 @@ def average_over_prompts(scores: pd.DataFrame) -> pd.DataFrame:
     out = grouped[["frequency", "positional_score", "symbolic_score", "signal"]].mean()
     out["n_prompts"] = grouped.size()
     return out.reset_index()
+
+
+def rope_frequency_use(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    query_pos: int | Int[Tensor, " batch"] = -1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    heads: Sequence[Sequence[int]] | None = None,
+) -> pd.DataFrame:
+    """Which rotary frequencies a head's largest attention logit uses (PosSym-2026 Table 1).
+
+    Per prompt and head: the key ``k*`` with the largest logit at the query (keys
+    ``0..query``); ``value_c`` = component ``c``'s part of that logit,
+    ``q_c · k*_c / attn_scale`` (the parts add up to the logit); averaged over
+    prompts. `dominant_frequency` picks, per head, the component with the largest value.
+
+    Returns:
+        One row per (layer, head, component), columns ``USE_COLUMNS``: ``layer, head,
+        component`` (``f0``.., then ``nope``), ``theta`` (radians per position; NaN for
+        ``nope``), ``value`` (mean logit contribution). A prompt whose logits are not
+        finite is left out of the mean, with a `RuntimeWarning`; a head with no finite
+        prompt gets NaN.
+    """
+    tokens = check_tokens(model, tokens)
+    head_list = resolve_heads(model, heads)
+    names, membership, thetas = rotary_components(model)
+    batch_size = check_positive_int("batch_size", batch_size)
+    queries = resolve_query_positions(tokens, query_pos)
+    n_heads, n_comp = len(head_list), len(names)
+    reader = logit_reader(model, head_list, membership)
+    parts = torch.full((tokens.shape[0], n_heads, n_comp), math.nan, dtype=torch.float64)
+    for q in queries.unique().tolist():
+        idx = (queries == q).nonzero().squeeze(1)
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            logits, _ = model_rows(model, reader, tokens[chunk.to(tokens.device)], q)  # [n, head*comp, key]
+            logits = logits.double().cpu().reshape(len(chunk), n_heads, n_comp, -1)
+            best = logits.sum(2).argmax(-1)  # [n, head]: key of the largest logit
+            at_best = logits.gather(-1, best[:, :, None, None].expand(-1, -1, n_comp, 1))[..., 0]
+            ok = torch.isfinite(logits).all(-1).all(-1, keepdim=True)  # [n, head, 1]
+            parts[chunk] = torch.where(ok, at_best, torch.full_like(at_best, math.nan))
+    bad = torch.isnan(parts).any(-1)  # [batch, head]
+    if bad.any():
+        named = [f"{l}.{h}" for (l, h), b in zip(head_list, bad.any(0).tolist()) if b]
+        warnings.warn(
+            f"non-finite attention logits in {int(bad.sum())} (prompt, head) pairs, heads "
+            f"{', '.join(named)}: those prompts are left out of rope_frequency_use",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    mean = parts.nanmean(0)  # [head, comp]
+    return pd.DataFrame(
+        {
+            "layer": [l for l, _ in head_list for _ in names],
+            "head": [h for _, h in head_list for _ in names],
+            "component": names * n_heads,
+            "theta": thetas * n_heads,
+            "value": mean.reshape(-1).numpy(),
+        }
+    )[USE_COLUMNS]
+
+
+def dominant_frequency(use: pd.DataFrame) -> pd.DataFrame:
+    """Per head, the `rope_frequency_use` row with the largest value: ``layer, head, component, theta, value``."""
+    valid = use.dropna(subset=["value"])
+    best = valid.loc[valid.groupby(["layer", "head"])["value"].idxmax()]
+    return best.sort_values(["layer", "head"]).reset_index(drop=True)[USE_COLUMNS]

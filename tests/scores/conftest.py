@@ -92,3 +92,40 @@ def lookup_model() -> Callable[..., HookedTransformer]:
 def lookup_prompts() -> Callable[..., torch.Tensor]:
     """`build_lookup_prompts`: shuffled symbols, then a pointer to one of them."""
     return build_lookup_prompts
+
+
+TINY_NUMBER = {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_number_run(tmp_path_factory):
+    """A 4-step number-task run (2 layers x 2 heads, checkpoints at steps 2 and 4): (run_dir, TaskSpec)."""
+    from headkit.models import ModelConfig
+    from headkit.tasks.base import TaskSpec
+    from headkit.training import TrainConfig, train
+
+    task = TaskSpec("number", dict(TINY_NUMBER))
+    d_vocab = len(task.build(1, seed=0).vocab)
+    cfg = TrainConfig(
+        task=task,
+        model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=d_vocab, n_ctx=16),
+        steps=4,
+        batch_size=8,
+        warmup_steps=1,
+        eval_every=2,
+        eval_n=8,
+        checkpoint_steps=(2,),
+    )
+    out = tmp_path_factory.mktemp("run") / "number"
+    train(cfg, out_dir=out, progress=False)
+    return out, task
+
+
+@pytest.fixture
+def no_hooks_left() -> Callable[[HookedTransformer], bool]:
+    """``no_hooks_left(model)``: True when no forward or backward hook is left on the model."""
+
+    def check(model: HookedTransformer) -> bool:
+        return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+    return check

@@ -72,3 +72,15 @@ def test_census_bad_input(model):
         head_census(model, composition_kinds=("x",), **RANDOM)
     with pytest.raises(HeadkitError, match="outside the model's vocabulary"):
         head_census(model, torch.tensor([[1, 2, 50]]), **RANDOM)
+
+
+def test_census_flags_heads_with_nan_weights(model):
+    import math
+
+    with torch.no_grad():
+        model.blocks[2].attn.W_Q[1, 0, 0] = math.nan
+    tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(5))
+    with pytest.warns(RuntimeWarning, match="non-finite attention"):
+        census = head_census(model, tokens, composition_kinds=(), **RANDOM)
+    assert census["finite"].tolist() == [True, True, True, True, True, False]
+    assert census["pure_paper_0.1"].notna().all() and (census["swap"] == "residual").all()

@@ -8,36 +8,16 @@ import pytest
 from headkit.checkpoints import load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import evaluate
-from headkit.models import ModelConfig
 from headkit.scores.dynamics import DYNAMICS_COLUMNS, track_heads
 from headkit.scores.positional_symbolic import classify_heads
-from headkit.tasks.base import TaskSpec
-from headkit.training import TrainConfig, train
 
-TASK = TaskSpec(
-    "number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 8}
-)
+@pytest.fixture
+def run_dir(tiny_number_run):
+    return tiny_number_run[0]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d_vocab = len(TASK.build(1, seed=0).vocab)
-    cfg = TrainConfig(
-        task=TASK,
-        model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=d_vocab, n_ctx=16),
-        steps=4,
-        batch_size=8,
-        warmup_steps=1,
-        eval_every=2,
-        eval_n=8,
-        checkpoint_steps=(2,),
-    )
-    out = tmp_path_factory.mktemp("run") / "number"
-    train(cfg, out_dir=out, progress=False)
-    return out
-
-
-def test_track_heads_rows_and_values(run_dir):
+def test_track_heads_rows_and_values(run_dir, tiny_number_run):
+    task = tiny_number_run[1]
     table = track_heads(run_dir, n_prompts=4, seed=3, eval_n=16, eval_seed=9, progress=False)
     assert list(table.columns) == DYNAMICS_COLUMNS + ["accuracy_hop1", "accuracy_hop2"]
     assert table.step.tolist() == sorted(table.step.tolist())
@@ -47,11 +27,11 @@ def test_track_heads_rows_and_values(run_dir):
     for step in (2, 4):
         ckpt = load_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}")
         rows = table[table.step == step].reset_index(drop=True)
-        classes = classify_heads(ckpt.model, TASK.build(4, seed=3).tokens)
+        classes = classify_heads(ckpt.model, task.build(4, seed=3).tokens)
         for name in ("positional_score", "symbolic_score", "signal", "purity"):
             np.testing.assert_allclose(rows[name], classes[name], equal_nan=True)
         assert rows.label.tolist() == classes.label.tolist()
-        acc = evaluate(ckpt.model, TASK, n=16, seed=9).set_index("hop").accuracy
+        acc = evaluate(ckpt.model, task, n=16, seed=9).set_index("hop").accuracy
         assert (rows.accuracy == acc["all"]).all()
         assert (rows.accuracy_hop1 == acc[1]).all() and (rows.accuracy_hop2 == acc[2]).all()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -108,3 +109,66 @@ def test_bad_options_raise(tiny_gptj, kwargs, words):
         rope_frequency_scores(model, tokens, **kwargs)
     for w in words:
         assert w in str(err.value)
+
+
+# ---------------------------------------------------------------------------
+# frequency use (PosSym-2026 Table 1)
+
+
+def test_frequency_use_splits_the_largest_logit_as_transformer_lens_computes_it(tiny_gptj):
+    from headkit.scores.rope import USE_COLUMNS, rope_frequency_use
+
+    model = tiny_gptj(n_layers=2, d_model=32, n_heads=2, rotary_dim=8, d_vocab=20)
+    tokens = torch.randint(0, 20, (5, 10), generator=torch.Generator().manual_seed(4))
+    use = rope_frequency_use(model, tokens, query_pos=7, batch_size=2)
+    assert list(use.columns) == USE_COLUMNS
+    names, membership, thetas = rotary_components(model)
+    assert len(use) == 4 * len(names)
+    _, cache = model.run_with_cache(tokens)
+    scale = math.sqrt(model.cfg.d_head)
+    for layer in range(2):
+        for head in range(2):
+            scores = cache["attn_scores", layer][:, head, 7, :8]  # [batch, key<=query]
+            best = scores.argmax(-1)
+            q = cache["rot_q", layer][:, 7, head]  # [batch, d_head]
+            k = cache["rot_k", layer][torch.arange(5), best, head]  # [batch, d_head]
+            want = torch.stack([(q * k * membership[c]).sum(-1) / scale for c in range(len(names))], -1)
+            assert torch.allclose(want.sum(-1), scores.max(-1).values, atol=1e-5)  # parts add up
+            got = use[(use.layer == layer) & (use["head"] == head)]
+            assert got["component"].tolist() == names
+            np.testing.assert_allclose(got["value"].to_numpy(), want.mean(0).numpy(), atol=1e-5)
+            np.testing.assert_allclose(got["theta"].to_numpy(), thetas, equal_nan=True)
+
+
+def test_frequency_use_finds_the_frequency_a_handbuilt_head_uses(lookup_model, lookup_prompts):
+    from headkit.scores.rope import dominant_frequency, rope_frequency_use
+
+    # head 0: previous token through pair f1 (θ = 0.1 rad/position); head 1: content lookup (nope)
+    model = lookup_model(n_symbols=N_SYMBOLS, n_heads=2, n_ctx=64, positional={0: (1,)}, content_heads=(1,))
+    tokens = lookup_prompts(6, n_symbols=N_SYMBOLS)
+    best = dominant_frequency(rope_frequency_use(model, tokens))
+    assert best["component"].tolist() == ["f1", "nope"]
+    assert best["theta"].iloc[0] == pytest.approx(0.1)
+
+
+def test_frequency_use_warns_on_nan_weights(tiny_gptj):
+    from headkit.scores.rope import rope_frequency_use
+
+    model = tiny_gptj(n_layers=2, d_vocab=12, rotary_dim=8)
+    with torch.no_grad():
+        model.blocks[0].attn.W_K[1, 0, 0] = math.nan
+    tokens = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="heads 0.1"):
+        use = rope_frequency_use(model, tokens)
+    assert use[(use.layer == 0) & (use["head"] == 1)]["value"].isna().all()
+    assert use[use.layer == 1]["value"].notna().all()
+
+
+def test_frequency_scores_mark_nan_weights(tiny_gptj):
+    model = tiny_gptj(n_layers=1, d_vocab=12, rotary_dim=8)
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q[0, 0, 0] = math.nan
+    tokens = torch.randint(0, 12, (2, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        df = rope_frequency_scores(model, tokens)
+    assert not df[df["head"] == 0]["finite"].any() and df[df["head"] == 1]["finite"].all()
