@@ -244,6 +244,9 @@ class WeightFiles:
     def __contains__(self, name: str) -> bool:
         return name in self._location
 
+    def names(self) -> list[str]:
+        return list(self._location)
+
     def file(self, name: str) -> Path:
         return self._location[name]
 
@@ -251,11 +254,19 @@ class WeightFiles:
         return self._shapes[name]
 
     def read(self, name: str) -> Tensor:
+        """Tensor ``name`` in its stored dtype; refused when it holds NaN or infinity."""
         path = self._location[name]
         try:
-            return self._reader(path, name)
+            tensor = self._reader(path, name)
         except Exception as error:
             raise HeadkitError(f"{path}: cannot read tensor {name}: {error}") from None
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise HeadkitError(
+                f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or infinity): "
+                "the checkpoint is broken"
+            )
+        return tensor
 
 
 def _safetensors_files(files: list[Path]) -> WeightFiles:
@@ -311,6 +322,14 @@ def _sharded(index_name: str, opener: Callable[[list[Path]], WeightFiles]):
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
             raise HeadkitError(f"{index} is not a valid shard index: {error!r}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise HeadkitError(f"{index} is not a valid shard index: weight_map must map names to files")
+        outside = sorted({f for f in weight_map.values() if Path(f).is_absolute() or ".." in Path(f).parts})
+        if outside:
+            raise HeadkitError(
+                f"{index} names shard files outside {directory}: {', '.join(outside)}: "
+                "shards must be paths inside the model directory"
+            )
         shards = sorted({directory / f for f in weight_map.values()})
         missing = [str(p) for p in shards if not p.is_file()]
         if missing:
@@ -520,16 +539,51 @@ def _buffers(model: HookedTransformer, device: torch.device) -> Weights:
     out: Weights = {}
     for layer, block in enumerate(model.blocks):
         attn = block.attn
-        size = min(cfg.n_ctx, attn.ROTARY_INITIAL_CACHE_SIZE)
-        sin, cos = attn.calculate_sin_cos_rotary(
-            cfg.rotary_dim, size, base=attn._rotary_base(), dtype=cfg.dtype
-        )
         prefix = f"blocks.{layer}.attn."
-        out[prefix + "rotary_sin"] = sin.to(device)
-        out[prefix + "rotary_cos"] = cos.to(device)
+        if cfg.positional_embedding_type == "rotary":  # as AbstractAttention.__init__ computes them
+            size = min(cfg.n_ctx, attn.ROTARY_INITIAL_CACHE_SIZE)
+            sin, cos = attn.calculate_sin_cos_rotary(
+                cfg.rotary_dim, size, base=attn._rotary_base(), dtype=cfg.dtype
+            )
+            out[prefix + "rotary_sin"] = sin.to(device)
+            out[prefix + "rotary_cos"] = cos.to(device)
         out[prefix + "mask"] = torch.empty((0, 0), dtype=torch.bool, device=device)
         out[prefix + "IGNORE"] = torch.tensor(-torch.inf, device=device)
     return out
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, Tensor]) -> str | None:
+    """One line naming the first disagreement between ``model``'s tensors and ``state``, or None.
+
+    Covers what ``load_state_dict(strict=True)`` reports in many lines: a
+    missing tensor, an unexpected one, a shape that differs (expected vs found).
+    """
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            more = sum(n not in state for n in expected) - 1
+            return f"tensor {name} is missing" + (f" ({more} more missing)" if more else "")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            more = sum(n in state and tuple(state[n].shape) != tuple(t.shape) for n, t in expected.items()) - 1
+            return (
+                f"tensor {name}: expected shape {tuple(tensor.shape)}, found {tuple(state[name].shape)}"
+                + (f" ({more} more mismatching)" if more else "")
+            )
+    extra = [n for n in state if n not in expected]
+    if extra:
+        return f"unexpected tensor {extra[0]}" + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
+    return None
+
+
+def assign_state(model: HookedTransformer, state: Mapping[str, Tensor], *, what: str) -> None:
+    """Swap ``model``'s meta tensors for ``state`` (strict); a mismatch is one line, not a dump."""
+    problem = state_dict_mismatch(model, state)
+    if problem is not None:  # the weights and TransformerLens's model disagree
+        raise HeadkitError(f"{what}: the converted weights do not fit the model: {problem}")
+    model.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:  # a TransformerLens change this loader does not know about
+        raise RuntimeError(f"{what} left tensors on the meta device: {', '.join(leftover)}")
 
 
 def _target_device(device: str | torch.device | None, n_devices: int) -> str | None:
@@ -636,11 +690,8 @@ def load_gptj(
     state |= _buffers(model, target)
 
     # 4. Swap the meta tensors for the real ones; strict, so nothing is left empty.
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_state(model, state, what="load_gptj")
     del state
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:  # a TransformerLens change this loader does not know about
-        raise RuntimeError(f"load_gptj left tensors on the meta device: {', '.join(leftover)}")
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
     model.eval()
