@@ -301,6 +301,7 @@ def _convert(
     component: str,
     work_dtype: torch.dtype,
     processing: dict[str, bool],
+    expected: dict[str, Tensor],
 ) -> dict[str, Tensor]:
     """TransformerLens's converter (and processing) for one component; returns its real outputs."""
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
@@ -327,6 +328,8 @@ def _convert(
         # other outer component (a final norm) must not meet the other's meta ones.
         state = {k: v if k in own else torch.empty_like(v, device="meta") for k, v in state.items()}
         lost = sorted(k for k in own if state[k].is_meta)
+        # as TL's fill_missing_keys, before processing (fold_ln writes into b_U)
+        state |= _default_fills({k: v for k, v in expected.items() if k in _tl_keys(component, list(expected))}, state)
         if any(processing.values()):
             state = ProcessWeights.process_weights(state, cfg, **processing)
     finally:
@@ -395,12 +398,11 @@ def load_pretrained(
 
     state: dict[str, Tensor] = {}
     for component in tqdm(list(_components(cfg.n_layers)), desc=f"loading {architecture}", leave=False):
-        part = _convert(skeleton, directory, weights, cfg, component, work_dtype, processing)
+        part = _convert(skeleton, directory, weights, cfg, component, work_dtype, processing, expected)
         for name, tensor in part.items():
             if name in expected:  # folded LayerNorm weights are dropped, as TL does
                 state[name] = _owned(tensor.to(device=target, dtype=torch_dtype).contiguous())
         del part
-    state |= _default_fills(expected, state, target)
     state |= _buffers(model, target)
     assign_state(model, state, what="load_pretrained")
     if tokenizer is not None:
@@ -409,7 +411,7 @@ def load_pretrained(
     return model
 
 
-def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dict[str, Tensor]:
     """What TransformerLens's ``fill_missing_keys`` fills: absent biases (zeros) and norm scales (ones)."""
     out: dict[str, Tensor] = {}
     for name, meta in expected.items():
@@ -417,7 +419,7 @@ def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor], device
         if name in state:
             continue
         if leaf == "b" or leaf.startswith(("b_", "_b_")):
-            out[name] = torch.zeros(meta.shape, dtype=meta.dtype, device=device)
+            out[name] = torch.zeros(meta.shape)
         elif leaf == "w":
-            out[name] = torch.ones(meta.shape, dtype=meta.dtype, device=device)
+            out[name] = torch.ones(meta.shape)
     return out
