@@ -76,7 +76,14 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
 }
+# Not supported, checked with the same tiny models: GemmaForCausalLM and
+# Gemma2ForCausalLM (TransformerLens 3.9 maps Gemma configs by hub name only),
+# PhiForCausalLM (TL reads partial_rotary_factor, which transformers 5 moved),
+# BloomForCausalLM (TL's converter leaves ALiBi models without pos_embed),
+# Olmo2ForCausalLM (no config mapping in TL 3.9).
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
