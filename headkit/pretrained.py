@@ -142,6 +142,9 @@ def tl_config(
         neutral = Path(tmp) / "model"  # a path TL's name-based branches cannot match
         neutral.mkdir()
         raw = read_hf_config(directory)
+        # TL reads architectures[0]; a config saved from a bare config object lacks it
+        if not raw.get("architectures"):
+            raw["architectures"] = [architecture_of(raw, directory / "config.json")]
         if raw.get("model_type") == "gpt2" and "n_ctx" not in raw:  # TL 3.9 reads n_ctx, transformers 5 n_positions
             raw["n_ctx"] = raw.get("n_positions", 1024)
         (neutral / "config.json").write_text(json.dumps(raw))

@@ -79,6 +79,8 @@ def word_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], *, what: 
             ids.append(vocab.id(" " + word))
         except HeadkitError as error:
             raise HeadkitError(f"{what} {word!r}: {error}; remove it from {what}s") from None
+        if ids[-1] == tokenizer.unk_token_id and word != tokenizer.unk_token:
+            raise HeadkitError(f"{what} {word!r} is unknown to the tokenizer (it becomes the unknown token)")
     require(len(set(ids)) == len(ids), f"{what}s {list(words)} map two words to one token")
     return ids
 
