@@ -80,7 +80,7 @@ def test_duplicate_positions_and_answer(tok):
 
 
 def test_single_token_check_names_the_word(tok):
-    with pytest.raises(HeadkitError, match=r"letter 'c-d': ' c-d' is not a single token: it tokenises to \['c', '-', 'd'\]"):
+    with pytest.raises(HeadkitError, match=r"letter 'c-d': ' c-d' is not a single token: it tokenises to \['c', '<bos>', 'd'\]"):
         build_suite("number", 2, seed=0, tokenizer=tok, letters=["a", "b", "c-d"])
     small = word_tokenizer(["a", "b", "c", "1", "2", "3"])
     with pytest.raises(HeadkitError, match=r"symbol 'd' is unknown to the tokenizer"):
