@@ -3,7 +3,9 @@
 Each command loads the latest checkpoint of a run directory written by
 ``headkit train`` (or a checkpoint directory itself), draws ``--n`` fresh
 prompts of the run's task with ``--seed`` (clean = the batch, corrupted = its
-twin), runs one analysis of `headkit.interventions`, writes its DataFrame as a
+twin) -- or, with ``--model DIR``, loads a pretrained model
+(`headkit.pretrained.load_pretrained`) and draws the prompts of a
+natural-language ``--suite`` (`headkit.tasks.natural`) with its own tokenizer -- runs one analysis of `headkit.interventions`, writes its DataFrame as a
 CSV (atomically) when ``--out`` is given and prints a compact table.
 
 - ``ablate RUN_DIR [--method zero|mean|resample] [--heads 0.0,3.0] [--together]
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -60,10 +63,42 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRICS)}")
 
 
+@dataclass(frozen=True)
+class _Pretrained:
+    """What the commands read of a checkpoint, for a pretrained model (``--model DIR``)."""
+
+    model: object
+    path: str
+    task: object  # .name: the prompt suite
+    step: str = "- (pretrained)"
+
+
+def _load_model(args: argparse.Namespace):
+    """(pretrained model, clean batch of the ``--suite`` prompts built with its own tokenizer)."""
+    from types import SimpleNamespace
+
+    from headkit.pretrained import load_pretrained
+    from headkit.tasks.natural import SUITES, build_suite
+
+    if args.run_dir is not None:
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.suite not in SUITES:  # before loading anything
+        raise HeadkitError(f"--suite {args.suite!r} is unknown: allowed {', '.join(SUITES)}")
+    model = load_pretrained(args.model, device=args.device)
+    if model.tokenizer is None:
+        raise HeadkitError(f"--model {args.model} holds no tokenizer: the prompts need the model's own tokenizer")
+    batch = build_suite(args.suite, args.n, seed=args.seed, tokenizer=model.tokenizer).to(model.cfg.device)
+    return _Pretrained(model=model, path=str(args.model), task=SimpleNamespace(name=args.suite)), batch
+
+
 def _load(args: argparse.Namespace):
-    """(checkpoint, clean batch) of the run's latest checkpoint and task."""
+    """(checkpoint, clean batch) of the run's latest checkpoint and task, or of ``--model``."""
     from headkit.checkpoints import latest_checkpoint, load_checkpoint
 
+    if args.model is not None:
+        return _load_model(args)
+    if args.run_dir is None:
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
     path = Path(args.run_dir)
     if not path.is_dir():
         raise HeadkitError(f"run directory {path} does not exist")
@@ -181,7 +216,9 @@ def _path_patch(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="run directory of `headkit train` (or a checkpoint)")
+    parser.add_argument("--model", default=None, help="a pretrained model directory instead of RUN_DIR (its tokenizer builds the prompts)")
+    parser.add_argument("--suite", default="ioi", help="--model prompt suite: ioi, number, letter, induction, duplicate (default ioi)")
     parser.add_argument("--metric", default=None, help="logit_diff, answer_logprob, accuracy or loss")
     parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")

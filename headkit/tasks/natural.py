@@ -373,3 +373,34 @@ def word_tokenizer(words: Sequence[str] | None = None, *, bos: str = "<bos>") ->
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=bos))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=bos, unk_token=bos)
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalSpec:
+    """A suite with its tokenizer, as a `TaskSpec`-like object: ``build(n, *, seed, length=None)``.
+
+    ``length`` here is the whole prompt (BOS and frame included), as
+    `headkit.scores.discrepancy.discrepancy` asks; it is turned into the suite's
+    own list length. Only the suites with a ``length`` parameter (number,
+    letter, duplicate) take it; the letter suite's prompts are one token short
+    when the list length comes out even (pairs plus the query are odd).
+    """
+
+    name: str
+    tokenizer: PreTrainedTokenizerBase
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def overhead(self) -> int:
+        """Tokens before the list: BOS (if prepended) and the frame."""
+        frame = self.params.get("frame", {"number": NUMBER_FRAME, "letter": LETTER_FRAME}.get(self.name, DUPLICATE_FRAME))
+        bos = 1 if self.params.get("prepend_bos", True) else 0
+        return bos + (len(self.tokenizer.encode(frame, add_special_tokens=False)) if frame else 0)
+
+    def build(self, n: int, *, seed: int, length: int | None = None, **overrides) -> TaskBatch:
+        params = {**self.params, **overrides}
+        if length is not None:
+            if self.name not in ("number", "letter", "duplicate"):
+                raise HeadkitError(f"prompt suite {self.name!r} has no length: lengths apply to number, letter, duplicate")
+            params["length"] = length - self.overhead()
+            require(params["length"] >= 4, f"length {length} leaves no room after the {self.overhead()}-token frame")
+        return build_suite(self.name, n, seed=seed, tokenizer=self.tokenizer, **params)
