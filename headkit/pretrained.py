@@ -433,3 +433,12 @@ def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dic
         elif leaf == "w":
             out[name] = torch.ones(meta.shape)
     return out
+
+
+def require_tokenizer(name_or_dir: str | Path, *, option: str = "--model") -> Any:
+    """The tokenizer saved with a model, or a HeadkitError when there is none (checked before loading weights)."""
+    directory = resolve_checkpoint_dir(name_or_dir)
+    tokenizer = _tokenizer(directory)
+    if tokenizer is None:
+        raise HeadkitError(f"{option} {name_or_dir} holds no tokenizer: the prompts need the model's own tokenizer")
+    return tokenizer

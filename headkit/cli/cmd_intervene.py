@@ -77,17 +77,16 @@ def _load_model(args: argparse.Namespace):
     """(pretrained model, clean batch of the ``--suite`` prompts built with its own tokenizer)."""
     from types import SimpleNamespace
 
-    from headkit.pretrained import load_pretrained
+    from headkit.pretrained import load_pretrained, require_tokenizer
     from headkit.tasks.natural import SUITES, build_suite
 
     if args.run_dir is not None:
         raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
     if args.suite not in SUITES:  # before loading anything
         raise HeadkitError(f"--suite {args.suite!r} is unknown: allowed {', '.join(SUITES)}")
+    batch = build_suite(args.suite, args.n, seed=args.seed, tokenizer=require_tokenizer(args.model))
     model = load_pretrained(args.model, device=args.device)
-    if model.tokenizer is None:
-        raise HeadkitError(f"--model {args.model} holds no tokenizer: the prompts need the model's own tokenizer")
-    batch = build_suite(args.suite, args.n, seed=args.seed, tokenizer=model.tokenizer).to(model.cfg.device)
+    batch = batch.to(model.cfg.device)
     return _Pretrained(model=model, path=str(args.model), task=SimpleNamespace(name=args.suite)), batch
 
 

@@ -183,15 +183,13 @@ def _dynamics(args: argparse.Namespace) -> int:
 
 def _model_and_suite(args: argparse.Namespace):
     """(pretrained model, its natural-language suite as a TaskSpec-like, title) for ``--model``."""
-    from headkit.pretrained import load_pretrained
+    from headkit.pretrained import load_pretrained, require_tokenizer
     from headkit.tasks.natural import NaturalSpec
 
     if args.task not in (None, "number", "letter", "duplicate"):
         raise HeadkitError(f"--task {args.task!r} with --model: allowed number, letter, duplicate (prompt suites)")
+    suite = NaturalSpec(args.task or "number", require_tokenizer(args.model))
     model = load_pretrained(args.model, device=args.device)
-    if model.tokenizer is None:
-        raise HeadkitError(f"--model {args.model} holds no tokenizer: the prompts need the model's own tokenizer")
-    suite = NaturalSpec(args.task or "number", model.tokenizer)
     return model, suite, f"{args.model} on the {suite.name} suite"
 
 
