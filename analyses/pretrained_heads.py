@@ -43,12 +43,9 @@ from plotly.subplots import make_subplots
 
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
-from headkit.interventions.metrics import accuracy, logit_diff
-from headkit.interventions.path_patching import path_patching_sweep
-from headkit.pretrained import load_pretrained, require_tokenizer
-from headkit.scores.census import head_census
-from headkit.tasks.ioi import ioi_task
-from headkit.tasks.natural import build_suite
+
+# TransformerLens and transformers are imported in main, so that a bad command
+# line is refused in a second.
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +82,9 @@ def quick_config(model: str = "") -> PretrainedConfig:
 
 def one_hop_accuracy(model, tokenizer, cfg: PretrainedConfig) -> pd.DataFrame:
     """Accuracy of the one-hop number and letter tasks in text, per length: ``task, length, n, accuracy``."""
+    from headkit.interventions.metrics import accuracy
+    from headkit.tasks.natural import build_suite
+
     rows = []
     for task in ONE_HOP:
         for length in cfg.lengths:
@@ -97,6 +97,12 @@ def one_hop_accuracy(model, tokenizer, cfg: PretrainedConfig) -> pd.DataFrame:
 
 def main(cfg: PretrainedConfig, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
     """Run the four parts on ``cfg.model``; write the outputs; return one row per head."""
+    from headkit.interventions.metrics import logit_diff
+    from headkit.interventions.path_patching import path_patching_sweep
+    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.scores.census import head_census
+    from headkit.tasks.ioi import ioi_task
+
     timer = Timer()
     tokenizer = require_tokenizer(cfg.model)  # before any weight is read
     ioi = ioi_task(cfg.n_prompts, seed=cfg.seed, tokenizer=tokenizer)
