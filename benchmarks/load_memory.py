@@ -190,8 +190,9 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, float]:
             results[path] = r
             load_peak = r["peak"] - r["baseline"]
             ratios[path] = load_peak / size
+            model_bytes = r["n_params"] * 2  # bf16: larger than the checkpoint when it stores tied embeddings once
             print(f"{path:>18}: peak during load {load_peak / 2**30:6.2f} GiB = {load_peak / size:4.2f}x "
-                  f"checkpoint; RSS after {(r['after'] - r['baseline']) / 2**30:5.2f} GiB above baseline; "
+                  f"checkpoint = {load_peak / model_bytes:4.2f}x the bf16 model; RSS after {(r['after'] - r['baseline']) / 2**30:5.2f} GiB above baseline; "
                   f"{r['seconds']:.1f} s; {r['n_params'] / 1e9:.3f}B params {r['dtypes']}")
         if "headkit" in results and "transformer_lens" in results and results["headkit"]["peak"] > results["headkit"]["baseline"]:
             ours = results["headkit"]["peak"] - results["headkit"]["baseline"]
