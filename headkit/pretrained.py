@@ -333,18 +333,18 @@ def _convert(
     cfg.device = None
     try:
         state = get_pretrained_state_dict(str(directory), cfg, hf_model=skeleton.model, dtype=work_dtype)
-        own = set(_tl_keys(component, list(state)))
-        # Only this component's outputs stay real: a small tensor read for the
-        # other outer component (a final norm) must not meet the other's meta ones.
-        state = {k: v if k in own else torch.empty_like(v, device="meta") for k, v in state.items()}
-        lost = sorted(k for k in own if state[k].is_meta)
-        # as TL's fill_missing_keys, before processing (fold_ln writes into b_U)
-        state |= _default_fills({k: v for k, v in expected.items() if k in _tl_keys(component, list(expected))}, state)
-        if any(processing.values()):
-            state = ProcessWeights.process_weights(state, cfg, **processing)
-    finally:
-        for name, original in originals.items():  # back to meta: this component's inputs can go
+    finally:  # back to meta, before processing: the converted tensors hold the only references left
+        for name, original in originals.items():
             _set_parameter(skeleton.model, name, original)
+    own = set(_tl_keys(component, list(state)))
+    # Only this component's outputs stay real: a small tensor read for the
+    # other outer component (a final norm) must not meet the other's meta ones.
+    state = {k: v if k in own else torch.empty_like(v, device="meta") for k, v in state.items()}
+    lost = sorted(k for k in own if state[k].is_meta)
+    # as TL's fill_missing_keys, before processing (fold_ln writes into b_U)
+    state |= _default_fills({k: v for k, v in expected.items() if k in _tl_keys(component, list(expected))}, state)
+    if any(processing.values()):
+        state = ProcessWeights.process_weights(state, cfg, **processing)
     out = {k: state[k] for k in _tl_keys(component, list(state))}
     lost += sorted(k for k, v in out.items() if v.is_meta)
     if lost:  # the converter or processing read a tensor of another component
