@@ -291,6 +291,17 @@ def _tl_keys(component: str, keys: list[str]) -> list[str]:
     return [k for k in keys if not k.startswith("blocks.") and k not in embed]
 
 
+def _laid_out(t: Tensor) -> Tensor:
+    """``t`` contiguous, except a transposed matrix (``W_U``, ``W_in``, ``W_out``), kept as a view.
+
+    A contiguous copy of a transposed matrix needs the matrix twice at once (for
+    the unembedding, the largest tensor of most models); matmuls take the view as is.
+    """
+    if t.is_contiguous() or (t.dim() == 2 and t.T.is_contiguous()):
+        return t
+    return t.contiguous()
+
+
 def _owned(t: Tensor) -> Tensor:
     """``t`` alone: a view into a larger tensor is copied so that the rest can be freed."""
     return t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
@@ -411,7 +422,7 @@ def load_pretrained(
         part = _convert(skeleton, directory, weights, cfg, component, work_dtype, processing, expected)
         for name, tensor in part.items():
             if name in expected:  # folded LayerNorm weights are dropped, as TL does
-                state[name] = _owned(tensor.to(device=target, dtype=torch_dtype).contiguous())
+                state[name] = _owned(_laid_out(tensor.to(device=target, dtype=torch_dtype)))
         del part
     state |= _buffers(model, target)
     assign_state(model, state, what="load_pretrained")
