@@ -291,14 +291,38 @@ def _safetensors_files(files: list[Path]) -> WeightFiles:
         except Exception as error:
             raise HeadkitError(f"{path} is not a readable safetensors file: {error}") from None
 
-    def read(path: Path, name: str) -> Tensor:
-        # get_tensor returns a view of a private memory map of the file; the copy
-        # makes the model own its memory (a file rewritten later cannot change it)
-        # and lets the map go as soon as this tensor is read.
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return f.get_tensor(name).clone()
+    return WeightFiles(location, shapes, _read_safetensor)
 
-    return WeightFiles(location, shapes, read)
+
+# safetensors dtype names -> torch dtypes (the format's header spells them so)
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_safetensor(path: Path, name: str) -> Tensor:
+    """Tensor ``name`` of a safetensors file, read with ``readinto`` into memory the model owns.
+
+    Not through a memory map: the mapped pages of a tensor count in the process's
+    resident memory next to its copy, a transient second copy of the largest
+    tensor. Reading straight into a fresh tensor keeps the load at the model's
+    size (the file rewritten later cannot change the model either). The header was
+    validated by safetensors when the files were opened.
+    """
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_size))[name]
+        begin, end = entry["data_offsets"]
+        out = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+        if end - begin != out.numel() * out.element_size():
+            raise ValueError(f"{end - begin} bytes stored for {out.numel()} elements of {entry['dtype']}")
+        f.seek(8 + header_size + begin)
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+        if f.readinto(view) != len(view):
+            raise ValueError("the file ends inside the tensor (truncated)")
+    return out
 
 
 def _torch_files(files: list[Path]) -> WeightFiles:
