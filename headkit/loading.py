@@ -584,6 +584,15 @@ def _buffers(model: HookedTransformer, device: torch.device) -> Weights:
     return out
 
 
+def meta_model(cfg: HookedTransformerConfig) -> tuple[HookedTransformer, torch.device]:
+    """An empty HookedTransformer on the meta device (no memory), and the device its tensors go to."""
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, move_to_device=False)
+    from transformer_lens.utilities.multi_gpu import get_best_available_device
+
+    return model, get_best_available_device(model.cfg)
+
+
 def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, Tensor]) -> str | None:
     """One line naming the first disagreement between ``model``'s tensors and ``state``, or None.
 
@@ -697,11 +706,7 @@ def load_gptj(
     )
 
     # 2. An empty model: parameters on the meta device take no memory.
-    with torch.device("meta"):
-        model = HookedTransformer(cfg, move_to_device=False)
-    from transformer_lens.utilities.multi_gpu import get_best_available_device
-
-    target = get_best_available_device(model.cfg)
+    model, target = meta_model(cfg)
 
     # 3. Convert one component at a time; process it (in place, on the fresh
     # copies WeightFiles.read returns) in float32 only if asked.

@@ -57,6 +57,7 @@ from headkit.loading import (
     _tokenizer,
     assign_state,
     load_gptj,
+    meta_model,
     open_weight_files,
     resolve_checkpoint_dir,
 )
@@ -409,11 +410,7 @@ def load_pretrained(
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
     tokenizer = _tokenizer(directory)
 
-    with torch.device("meta"):
-        model = HookedTransformer(cfg, move_to_device=False)
-    from transformer_lens.utilities.multi_gpu import get_best_available_device
-
-    target = get_best_available_device(model.cfg)
+    model, target = meta_model(cfg)
     expected = model.state_dict()
     work_dtype = torch.float32 if any(processing.values()) else torch_dtype
 
