@@ -1,17 +1,19 @@
-"""Peak resident memory of loading a bf16 GPT-J checkpoint: headkit vs TransformerLens.
+"""Peak resident memory of loading a bf16 checkpoint: headkit vs TransformerLens, per architecture.
 
-Writes a random GPT-J-width checkpoint (default d_model 4096, 16 heads, vocab
-50400, 2 layers: about 0.8B parameters, 1.6 GB in bfloat16) to a temporary
-directory, then loads it in separate subprocesses, one per path, so that
-peaks do not mix:
+For each architecture (GPT-J, GPT-2, GPT-NeoX, Llama with grouped-query
+attention) writes a random checkpoint of the given width (default d_model
+4096, 16 heads, vocab 50400, 2 layers: about 0.8B parameters for GPT-J, 1.6 GB
+in bfloat16) to a temporary directory, then loads it in separate
+subprocesses, one per path, so that peaks do not mix:
 
-- ``headkit``: ``load_gptj(dir, dtype="bfloat16")`` (raw weights, the default);
+- ``headkit``: ``load_pretrained(dir, dtype="bfloat16")`` (raw weights, the
+  default; GPT-J goes through ``load_gptj``);
 - ``headkit_processed``: the same with fold_ln, center_writing_weights,
   center_unembed and fold_value_biases (TransformerLens's defaults);
 - ``transformer_lens``: what ``HookedTransformer.from_pretrained(...,
   hf_model=..., dtype=bfloat16)`` does, done offline: HF
-  ``GPTJForCausalLM.from_pretrained(dir, dtype=bfloat16)``, TL's
-  ``get_pretrained_state_dict`` (``convert_gptj_weights``),
+  ``AutoModelForCausalLM.from_pretrained(dir, dtype=bfloat16)``, TL's
+  ``get_pretrained_state_dict`` (its converter for the architecture),
   ``HookedTransformer(cfg)`` and ``load_and_process_state_dict`` with its
   default processing.
 
@@ -19,8 +21,9 @@ Each child reports ``ru_maxrss`` after its imports (baseline) and after
 loading; the peak attributable to loading is the difference. Results are
 printed as multiples of the checkpoint file size.
 
-    python benchmarks/load_memory.py            # full size (~15 GB free needed)
-    python benchmarks/load_memory.py --small    # d_model 1024, vocab 8192: seconds
+    python benchmarks/load_memory.py                 # full size, all four (~15 GB free needed)
+    python benchmarks/load_memory.py --small         # d_model 1024, vocab 8192: seconds
+    python benchmarks/load_memory.py --arch llama    # one architecture
 """
 
 from __future__ import annotations
@@ -39,23 +42,44 @@ PATHS = ("headkit", "headkit_processed", "transformer_lens")
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 
 
-def write_checkpoint(directory: Path, *, d_model: int, n_heads: int, n_layers: int, vocab: int) -> int:
-    """A random bf16 GPT-J checkpoint in HF layout, written tensor by tensor; returns its size."""
+ARCHS = ("gptj", "gpt2", "neox", "llama")
+
+
+def hf_config(arch: str, *, d_model: int, n_heads: int, n_layers: int, vocab: int):
+    """A Hugging Face config of ``arch`` at the given width (Llama: grouped-query, 4 kv heads)."""
+    import transformers as T
+
+    common = dict(vocab_size=vocab, dtype="bfloat16")
+    if arch == "gptj":
+        d_head = d_model // n_heads
+        return T.GPTJConfig(**common, n_positions=2048, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                            rotary_dim=64 if d_head >= 64 else d_head)
+    if arch == "gpt2":
+        return T.GPT2Config(**common, n_positions=1024, n_embd=d_model, n_layer=n_layers, n_head=n_heads)
+    sizes = dict(**common, max_position_embeddings=2048, hidden_size=d_model, num_hidden_layers=n_layers,
+                 num_attention_heads=n_heads, intermediate_size=4 * d_model)
+    if arch == "neox":
+        return T.GPTNeoXConfig(**sizes, rotary_pct=0.25)
+    return T.LlamaConfig(**{**sizes, "intermediate_size": 11 * d_model // 4}, num_key_value_heads=max(1, n_heads // 4))
+
+
+def write_checkpoint(directory: Path, arch: str, **sizes: int) -> int:
+    """A random bf16 checkpoint of ``arch`` in HF layout, written tensor by tensor; returns its size."""
     import torch
     from safetensors.torch import save_file
-    from transformers import GPTJConfig
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = GPTJConfig(
-        vocab_size=vocab, n_positions=2048, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-        rotary_dim=64 if d_model // n_heads >= 64 else d_model // n_heads, dtype="bfloat16",
-    )
+    config = hf_config(arch, **sizes)
     config.save_pretrained(directory)
-    from headkit.loading import expected_hf_shapes, read_gptj_config
-
+    with torch.device("meta"):  # names and shapes only; tied weights listed once
+        skeleton = AutoModelForCausalLM.from_config(config)
     tensors = {}
-    for name, shape in expected_hf_shapes(read_gptj_config(directory)).items():
-        tensors[name] = (torch.randn(shape) * 0.02).to(torch.bfloat16)
+    for name, p in skeleton.named_parameters():
+        value = torch.randn(p.shape) * 0.02
+        if name.endswith("weight") and p.dim() == 1:  # norm scales
+            value += 1.0
+        tensors[name] = value.to(torch.bfloat16)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return (directory / "model.safetensors").stat().st_size
 
@@ -80,22 +104,23 @@ def _reset_peak() -> bool:
 
 
 def _load_headkit(directory: Path, processed: bool):
-    from headkit.loading import load_gptj
+    from headkit.pretrained import load_pretrained
 
-    return load_gptj(directory, dtype="bfloat16", device="cpu", **(PROCESSING if processed else {}))
+    return load_pretrained(directory, dtype="bfloat16", device="cpu", **(PROCESSING if processed else {}))
 
 
 def _load_transformer_lens(directory: Path):
+    """``HookedTransformer.from_pretrained(..., hf_model=..., dtype=bfloat16)``'s steps, offline."""
     import torch
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import GPTJForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from headkit.loading import hooked_config, read_gptj_config
+    from headkit.pretrained import tl_config
 
-    hf_model = GPTJForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
-    cfg = hooked_config(
-        read_gptj_config(directory), dtype=torch.bfloat16, device="cpu", n_devices=1,
+    hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    cfg = tl_config(
+        directory, AutoConfig.from_pretrained(directory), dtype=torch.bfloat16, device="cpu", n_devices=1,
         fold_ln=True, model_name="bench",
     )
     state_dict = loading.get_pretrained_state_dict(str(directory), cfg, hf_model, dtype=torch.bfloat16)
@@ -142,29 +167,15 @@ def child(path: str, directory: Path) -> None:
     }))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help="d_model 1024, 8 heads, vocab 8192")
-    parser.add_argument("--d-model", type=int, default=4096)
-    parser.add_argument("--n-heads", type=int, default=16)
-    parser.add_argument("--n-layers", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=50400)
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, args.dir)
-        return
-    if args.small:
-        args.d_model, args.n_heads, args.vocab = 1024, 8, 8192
-
-    with tempfile.TemporaryDirectory(prefix="gptj-bench-") as tmp:
+def run_arch(arch: str, args: argparse.Namespace) -> dict[str, float]:
+    """Write one checkpoint of ``arch`` and load it once per path; returns peak / checkpoint per path."""
+    ratios: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=f"{arch}-bench-") as tmp:
         directory = Path(tmp)
         size = write_checkpoint(
-            directory, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers, vocab=args.vocab
+            directory, arch, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers, vocab=args.vocab
         )
-        print(f"checkpoint: d_model {args.d_model}, {args.n_heads} heads, {args.n_layers} layers, "
+        print(f"{arch}: d_model {args.d_model}, {args.n_heads} heads, {args.n_layers} layers, "
               f"vocab {args.vocab}; model.safetensors {size / 2**30:.2f} GiB (bfloat16)")
         results = {}
         for path in args.paths:
@@ -178,13 +189,40 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[path] = r
             load_peak = r["peak"] - r["baseline"]
+            ratios[path] = load_peak / size
+            model_bytes = r["n_params"] * 2  # bf16: larger than the checkpoint when it stores tied embeddings once
             print(f"{path:>18}: peak during load {load_peak / 2**30:6.2f} GiB = {load_peak / size:4.2f}x "
-                  f"checkpoint; RSS after {(r['after'] - r['baseline']) / 2**30:5.2f} GiB above baseline; "
+                  f"checkpoint = {load_peak / model_bytes:4.2f}x the bf16 model; RSS after {(r['after'] - r['baseline']) / 2**30:5.2f} GiB above baseline; "
                   f"{r['seconds']:.1f} s; {r['n_params'] / 1e9:.3f}B params {r['dtypes']}")
         if "headkit" in results and "transformer_lens" in results and results["headkit"]["peak"] > results["headkit"]["baseline"]:
             ours = results["headkit"]["peak"] - results["headkit"]["baseline"]
             theirs = results["transformer_lens"]["peak"] - results["transformer_lens"]["baseline"]
             print(f"TransformerLens / headkit peak ratio: {theirs / ours:.2f}")
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="d_model 1024, 8 heads, vocab 8192")
+    parser.add_argument("--arch", nargs="+", choices=ARCHS, default=list(ARCHS))
+    parser.add_argument("--d-model", type=int, default=4096)
+    parser.add_argument("--n-heads", type=int, default=16)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=50400)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.dir)
+        return
+    if args.small:
+        args.d_model, args.n_heads, args.vocab = 1024, 8, 8192
+    table = {arch: run_arch(arch, args) for arch in args.arch}
+    print("\npeak during load / checkpoint size")
+    print(f"{'arch':>6} " + " ".join(f"{p:>18}" for p in args.paths))
+    for arch, ratios in table.items():
+        print(f"{arch:>6} " + " ".join(f"{ratios.get(p, float('nan')):>18.2f}" for p in args.paths))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "gptj_model": "headkit.models",
     "model_from_config": "headkit.models",
     "load_gptj": "headkit.loading",
+    "load_pretrained": "headkit.pretrained",
     "save_checkpoint": "headkit.checkpoints",
     "load_checkpoint": "headkit.checkpoints",
     "Checkpoint": "headkit.checkpoints",

@@ -244,6 +244,9 @@ class WeightFiles:
     def __contains__(self, name: str) -> bool:
         return name in self._location
 
+    def names(self) -> list[str]:
+        return list(self._location)
+
     def file(self, name: str) -> Path:
         return self._location[name]
 
@@ -251,11 +254,27 @@ class WeightFiles:
         return self._shapes[name]
 
     def read(self, name: str) -> Tensor:
+        """Tensor ``name`` in its stored dtype; refused when it holds NaN or infinity."""
         path = self._location[name]
         try:
-            return self._reader(path, name)
+            tensor = self._reader(path, name)
         except Exception as error:
             raise HeadkitError(f"{path}: cannot read tensor {name}: {error}") from None
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            bad = sum(int((~torch.isfinite(c)).sum()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
+            raise HeadkitError(
+                f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or infinity): "
+                "the checkpoint is broken"
+            )
+        return tensor
+
+
+_FINITE_CHUNK = 1 << 22  # elements checked at once: a few MiB of temporaries, whatever the tensor's size
+
+
+def _all_finite(tensor: Tensor) -> bool:
+    """No NaN or infinity in ``tensor``, checked in chunks (a whole-tensor isfinite costs ~2x its size)."""
+    return all(bool(torch.isfinite(c).all()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
 
 
 def _safetensors_files(files: list[Path]) -> WeightFiles:
@@ -272,14 +291,38 @@ def _safetensors_files(files: list[Path]) -> WeightFiles:
         except Exception as error:
             raise HeadkitError(f"{path} is not a readable safetensors file: {error}") from None
 
-    def read(path: Path, name: str) -> Tensor:
-        # get_tensor returns a view of a private memory map of the file; the copy
-        # makes the model own its memory (a file rewritten later cannot change it)
-        # and lets the map go as soon as this tensor is read.
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return f.get_tensor(name).clone()
+    return WeightFiles(location, shapes, _read_safetensor)
 
-    return WeightFiles(location, shapes, read)
+
+# safetensors dtype names -> torch dtypes (the format's header spells them so)
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_safetensor(path: Path, name: str) -> Tensor:
+    """Tensor ``name`` of a safetensors file, read with ``readinto`` into memory the model owns.
+
+    Not through a memory map: the mapped pages of a tensor count in the process's
+    resident memory next to its copy, a transient second copy of the largest
+    tensor. Reading straight into a fresh tensor keeps the load at the model's
+    size (the file rewritten later cannot change the model either). The header was
+    validated by safetensors when the files were opened.
+    """
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_size))[name]
+        begin, end = entry["data_offsets"]
+        out = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+        if end - begin != out.numel() * out.element_size():
+            raise ValueError(f"{end - begin} bytes stored for {out.numel()} elements of {entry['dtype']}")
+        f.seek(8 + header_size + begin)
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+        if f.readinto(view) != len(view):
+            raise ValueError("the file ends inside the tensor (truncated)")
+    return out
 
 
 def _torch_files(files: list[Path]) -> WeightFiles:
@@ -311,6 +354,14 @@ def _sharded(index_name: str, opener: Callable[[list[Path]], WeightFiles]):
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
             raise HeadkitError(f"{index} is not a valid shard index: {error!r}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise HeadkitError(f"{index} is not a valid shard index: weight_map must map names to files")
+        outside = sorted({f for f in weight_map.values() if Path(f).is_absolute() or ".." in Path(f).parts})
+        if outside:
+            raise HeadkitError(
+                f"{index} names shard files outside {directory}: {', '.join(outside)}: "
+                "shards must be paths inside the model directory"
+            )
         shards = sorted({directory / f for f in weight_map.values()})
         missing = [str(p) for p in shards if not p.is_file()]
         if missing:
@@ -520,16 +571,60 @@ def _buffers(model: HookedTransformer, device: torch.device) -> Weights:
     out: Weights = {}
     for layer, block in enumerate(model.blocks):
         attn = block.attn
-        size = min(cfg.n_ctx, attn.ROTARY_INITIAL_CACHE_SIZE)
-        sin, cos = attn.calculate_sin_cos_rotary(
-            cfg.rotary_dim, size, base=attn._rotary_base(), dtype=cfg.dtype
-        )
         prefix = f"blocks.{layer}.attn."
-        out[prefix + "rotary_sin"] = sin.to(device)
-        out[prefix + "rotary_cos"] = cos.to(device)
+        if cfg.positional_embedding_type == "rotary":  # as AbstractAttention.__init__ computes them
+            size = min(cfg.n_ctx, attn.ROTARY_INITIAL_CACHE_SIZE)
+            sin, cos = attn.calculate_sin_cos_rotary(
+                cfg.rotary_dim, size, base=attn._rotary_base(), dtype=cfg.dtype
+            )
+            out[prefix + "rotary_sin"] = sin.to(device)
+            out[prefix + "rotary_cos"] = cos.to(device)
         out[prefix + "mask"] = torch.empty((0, 0), dtype=torch.bool, device=device)
         out[prefix + "IGNORE"] = torch.tensor(-torch.inf, device=device)
     return out
+
+
+def meta_model(cfg: HookedTransformerConfig) -> tuple[HookedTransformer, torch.device]:
+    """An empty HookedTransformer on the meta device (no memory), and the device its tensors go to."""
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, move_to_device=False)
+    from transformer_lens.utilities.multi_gpu import get_best_available_device
+
+    return model, get_best_available_device(model.cfg)
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, Tensor]) -> str | None:
+    """One line naming the first disagreement between ``model``'s tensors and ``state``, or None.
+
+    Covers what ``load_state_dict(strict=True)`` reports in many lines: a
+    missing tensor, an unexpected one, a shape that differs (expected vs found).
+    """
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            more = sum(n not in state for n in expected) - 1
+            return f"tensor {name} is missing" + (f" ({more} more missing)" if more else "")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            more = sum(n in state and tuple(state[n].shape) != tuple(t.shape) for n, t in expected.items()) - 1
+            return (
+                f"tensor {name}: expected shape {tuple(tensor.shape)}, found {tuple(state[name].shape)}"
+                + (f" ({more} more mismatching)" if more else "")
+            )
+    extra = [n for n in state if n not in expected]
+    if extra:
+        return f"unexpected tensor {extra[0]}" + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
+    return None
+
+
+def assign_state(model: HookedTransformer, state: Mapping[str, Tensor], *, what: str) -> None:
+    """Swap ``model``'s meta tensors for ``state`` (strict); a mismatch is one line, not a dump."""
+    problem = state_dict_mismatch(model, state)
+    if problem is not None:  # the weights and TransformerLens's model disagree
+        raise HeadkitError(f"{what}: the converted weights do not fit the model: {problem}")
+    model.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:  # a TransformerLens change this loader does not know about
+        raise RuntimeError(f"{what} left tensors on the meta device: {', '.join(leftover)}")
 
 
 def _target_device(device: str | torch.device | None, n_devices: int) -> str | None:
@@ -611,11 +706,7 @@ def load_gptj(
     )
 
     # 2. An empty model: parameters on the meta device take no memory.
-    with torch.device("meta"):
-        model = HookedTransformer(cfg, move_to_device=False)
-    from transformer_lens.utilities.multi_gpu import get_best_available_device
-
-    target = get_best_available_device(model.cfg)
+    model, target = meta_model(cfg)
 
     # 3. Convert one component at a time; process it (in place, on the fresh
     # copies WeightFiles.read returns) in float32 only if asked.
@@ -636,11 +727,8 @@ def load_gptj(
     state |= _buffers(model, target)
 
     # 4. Swap the meta tensors for the real ones; strict, so nothing is left empty.
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_state(model, state, what="load_gptj")
     del state
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:  # a TransformerLens change this loader does not know about
-        raise RuntimeError(f"load_gptj left tensors on the meta device: {', '.join(leftover)}")
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
     model.eval()

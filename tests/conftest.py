@@ -34,3 +34,24 @@ def tiny_gptj():
         return gptj_model(**kwargs)
 
     return build
+
+
+@pytest.fixture
+def float32_allocations():
+    """A TorchDispatchMode class recording float32 tensors of >= ``min_numel`` that ops create."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Float32Allocations(TorchDispatchMode):
+        def __init__(self, min_numel: int) -> None:
+            super().__init__()
+            self.min_numel = min_numel
+            self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() >= self.min_numel:
+                    self.seen.append((str(func), tuple(t.shape)))
+            return out
+
+    return Float32Allocations

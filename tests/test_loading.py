@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
@@ -119,31 +118,15 @@ def test_bfloat16_load(tmp_path, tokens):
     assert 0 < diff < 0.05
 
 
-class _Float32Allocations(TorchDispatchMode):
-    """Records every float32 tensor an op creates that is at least ``min_numel`` big."""
-
-    def __init__(self, min_numel: int) -> None:
-        super().__init__()
-        self.min_numel = min_numel
-        self.seen: list[tuple[str, tuple[int, ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() >= self.min_numel:
-                self.seen.append((str(func), tuple(t.shape)))
-        return out
-
-
-def test_half_precision_load_makes_no_float32_copies(tmp_path):
+def test_half_precision_load_makes_no_float32_copies(tmp_path, float32_allocations):
     hf = tiny_hf().to(torch.bfloat16)
     directory = save(hf, tmp_path)
-    mode = _Float32Allocations(min_numel=32 * 32)  # any weight matrix
+    mode = float32_allocations(min_numel=32 * 32)  # any weight matrix
     with mode:
         model = load_gptj(directory, dtype="bfloat16")
     assert mode.seen == []
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    with _Float32Allocations(min_numel=32 * 32) as processing:  # the check can fail
+    with float32_allocations(min_numel=32 * 32) as processing:  # the check can fail
         load_gptj(directory, dtype="bfloat16", fold_ln=True)
     assert processing.seen
 

@@ -3,7 +3,9 @@
 Each command loads the latest checkpoint of a run directory written by
 ``headkit train`` (or a checkpoint directory itself), draws ``--n`` fresh
 prompts of the run's task with ``--seed`` (clean = the batch, corrupted = its
-twin), runs one analysis of `headkit.interventions`, writes its DataFrame as a
+twin) -- or, with ``--model DIR``, loads a pretrained model
+(`headkit.pretrained.load_pretrained`) and draws the prompts of a
+natural-language ``--suite`` (`headkit.tasks.natural`) with its own tokenizer -- runs one analysis of `headkit.interventions`, writes its DataFrame as a
 CSV (atomically) when ``--out`` is given and prints a compact table.
 
 - ``ablate RUN_DIR [--method zero|mean|resample] [--heads 0.0,3.0] [--together]
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -59,16 +62,50 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HeadkitError(f"--batch-size {args.batch_size} is out of range: allowed 1 or more")
     if args.metric is not None and args.metric not in METRIC_NAMES:
         raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRIC_NAMES)}")
-    if not Path(args.run_dir).is_dir():
+    if (args.run_dir is None) == (args.model is None):
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.run_dir is not None and not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
     if args.out is not None:
-        check_output_path(args.out, inputs=[args.run_dir])
+        inputs = [p for p in (args.run_dir, args.model) if p is not None and Path(p).exists()]
+        check_output_path(args.out, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class _Pretrained:
+    """What the commands read of a checkpoint, for a pretrained model (``--model DIR``)."""
+
+    model: object
+    path: str
+    task: object  # .name: the prompt suite
+    step: str = "- (pretrained)"
+
+
+def _load_model(args: argparse.Namespace):
+    """(pretrained model, clean batch of the ``--suite`` prompts built with its own tokenizer)."""
+    from types import SimpleNamespace
+
+    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.tasks.natural import SUITES, build_suite
+
+    if args.run_dir is not None:
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.suite not in SUITES:  # before loading anything
+        raise HeadkitError(f"--suite {args.suite!r} is unknown: allowed {', '.join(SUITES)}")
+    batch = build_suite(args.suite, args.n, seed=args.seed, tokenizer=require_tokenizer(args.model))
+    model = load_pretrained(args.model, device=args.device)
+    batch = batch.to(model.cfg.device)
+    return _Pretrained(model=model, path=str(args.model), task=SimpleNamespace(name=args.suite)), batch
 
 
 def _load(args: argparse.Namespace):
-    """(checkpoint, clean batch) of the run's latest checkpoint and task."""
+    """(checkpoint, clean batch) of the run's latest checkpoint and task, or of ``--model``."""
     from headkit.checkpoints import latest_checkpoint, load_checkpoint
 
+    if args.model is not None:
+        return _load_model(args)
+    if args.run_dir is None:
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
     path = Path(args.run_dir)
     if not path.is_dir():
         raise HeadkitError(f"run directory {path} does not exist")
@@ -184,7 +221,9 @@ def _path_patch(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="run directory of `headkit train` (or a checkpoint)")
+    parser.add_argument("--model", default=None, help="a pretrained model directory instead of RUN_DIR (its tokenizer builds the prompts)")
+    parser.add_argument("--suite", default="ioi", help="--model prompt suite: ioi, number, letter, induction, duplicate (default ioi)")
     parser.add_argument(
         "--metric", default=None,
         help=f"{', '.join(METRIC_NAMES)} (default logit_diff where the task has wrong answers, else answer_logprob)",

@@ -4,8 +4,9 @@
   head census (`headkit.scores.census.head_census`) of a run's latest checkpoint,
   on ``N`` prompts of the run's own task (``--task`` names another trainable
   task, with its default parameters). All composition kinds by default.
-- ``classify --gptj PATH [--n-prompts N] --out heads.csv``: the same for a
-  pretrained GPT-J (`headkit.loading.load_gptj`). When PATH holds a tokenizer the
+- ``classify --model DIR [--n-prompts N] --out heads.csv`` (``--gptj`` is an
+  alias): the same for a pretrained model of any architecture
+  `headkit.pretrained.load_pretrained` loads. When DIR holds a tokenizer the
   task prompts are IOI sentences (`headkit.tasks.ioi_task`) and the heads are also
   classified positional/symbolic; without one only the token-free scores are
   filled (detectors on repeated random tokens, induction, copying). Composition
@@ -14,7 +15,10 @@
 - ``dynamics RUN_DIR --out dynamics.csv``: `headkit.scores.dynamics.track_heads`
   over every checkpoint of the run.
 - ``discrepancy RUN_DIR --lengths 17,33,65 --out disc.csv``: Δ(n) per head and
-  length (`headkit.scores.discrepancy.discrepancy`) for the latest checkpoint.
+  length (`headkit.scores.discrepancy.discrepancy`) for the latest checkpoint;
+  with ``--model DIR`` instead, for a pretrained model on a natural-language
+  suite (``--task number|letter|duplicate``, `headkit.tasks.natural`; lengths
+  count the whole prompt, BOS and frame included).
 
 Each command checks its arguments first (``--out`` writable and not a run's own
 file, seed, device), writes its CSV atomically and prints a compact table; bad
@@ -51,7 +55,7 @@ def _check_count(option: str, value: int) -> int:
 
 def _check_out(args: argparse.Namespace) -> Path:
     """``--out``, refused before any work if it would overwrite a run's files or an input, or is not writable."""
-    inputs = [p for p in (getattr(args, "run_dir", None), getattr(args, "gptj", None)) if p is not None]
+    inputs = [p for p in (getattr(args, "run_dir", None), getattr(args, "model", None)) if p is not None]
     return check_output_path(args.out, inputs=[p for p in inputs if Path(p).exists()])
 
 
@@ -123,15 +127,15 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
     return f"{task.name} model at step {ckpt.step} ({ckpt.path}), {args.n_prompts} prompts", census
 
 
-def _classify_gptj(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
-    from headkit.loading import load_gptj
+def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
+    from headkit.pretrained import load_pretrained
     from headkit.scores.census import head_census
 
-    model = load_gptj(args.gptj, dtype=args.dtype, device=args.device)
+    model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     tokenizer = model.tokenizer
     if tokenizer is None:
         census = head_census(model, None, n_random=args.n_prompts, seed=args.seed, composition_kinds=kinds)
-        return f"{args.gptj}: no tokenizer, repeated random tokens only", census
+        return f"{args.model}: no tokenizer, repeated random tokens only", census
     from headkit.tasks.ioi import ioi_task
 
     batch = ioi_task(args.n_prompts, seed=args.seed, tokenizer=tokenizer)
@@ -145,26 +149,26 @@ def _classify_gptj(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[st
         composition_kinds=kinds,
         classify_options={"swap": args.swap},
     )
-    return f"{args.gptj}: {args.n_prompts} IOI prompts", census
+    return f"{args.model}: {args.n_prompts} IOI prompts", census
 
 
 def _classify(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args)
-    if (args.run_dir is None) == (args.gptj is None):
-        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --gptj PATH (a pretrained GPT-J)")
-    if args.gptj is not None and args.task is not None:
-        raise HeadkitError("--task applies to a RUN_DIR, not to --gptj")
+    if (args.run_dir is None) == (args.model is None):
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.model is not None and args.task is not None:
+        raise HeadkitError("--task applies to a RUN_DIR, not to --model")
     _check_task_name(args.task)
-    if args.gptj is not None and args.per_hop is not None:
-        raise HeadkitError("--per-hop applies to a RUN_DIR of a pointer-chain task, not to --gptj")
+    if args.model is not None and args.per_hop is not None:
+        raise HeadkitError("--per-hop applies to a RUN_DIR of a pointer-chain task, not to --model")
     if args.per_hop is not None:
-        inputs = [p for p in (args.run_dir, args.gptj) if p is not None and Path(p).exists()]
+        inputs = [p for p in (args.run_dir, args.model) if p is not None and Path(p).exists()]
         args.per_hop = check_output_path(args.per_hop, inputs=inputs + [out], option="--per-hop")
     if args.run_dir is not None:
         title, census = _classify_run(args, _composition_kinds(args.composition, default=("q", "k", "v")))
     else:
-        title, census = _classify_gptj(args, _composition_kinds(args.composition, default=()))
+        title, census = _classify_model(args, _composition_kinds(args.composition, default=()))
     write_csv(out, census)
     print(f"head census of {title}:")
     _print_table(census, CLASSIFY_SHOWN)
@@ -204,6 +208,18 @@ def _dynamics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_and_suite(args: argparse.Namespace):
+    """(pretrained model, its natural-language suite as a TaskSpec-like, title) for ``--model``."""
+    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.tasks.natural import NaturalSpec
+
+    if args.task not in (None, "number", "letter", "duplicate"):
+        raise HeadkitError(f"--task {args.task!r} with --model: allowed number, letter, duplicate (prompt suites)")
+    suite = NaturalSpec(args.task or "number", require_tokenizer(args.model))
+    model = load_pretrained(args.model, device=args.device)
+    return model, suite, f"{args.model} on the {suite.name} suite"
+
+
 def _discrepancy(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args)
@@ -212,12 +228,23 @@ def _discrepancy(args: argparse.Namespace) -> int:
     _check_task_name(args.task)
     from headkit.scores.discrepancy import discrepancy
 
-    ckpt = _latest(args.run_dir)
-    heads = None if parsed is None else check_heads(ckpt.model, parsed)
-    task = _task_of(ckpt, args.task)
-    table = discrepancy(ckpt.model, task, lengths=lengths, n=args.n_prompts, seed=args.seed, heads=heads)
+    _check_count("--n-prompts", args.n_prompts)
+    out = _check_out(args)
+    lengths = parse_int_list(args.lengths, name="--lengths", low=2)
+    parsed = None if args.heads is None else parse_heads(args.heads)
+    if (args.run_dir is None) == (args.model is None):
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.model is not None:
+        model, task, what = _model_and_suite(args)
+    else:
+        _check_task_name(args.task)
+        ckpt = _latest(args.run_dir)
+        model, task = ckpt.model, _task_of(ckpt, args.task)
+        what = f"the {task.name} model at step {ckpt.step}"
+    heads = None if parsed is None else check_heads(model, parsed)
+    table = discrepancy(model, task, lengths=lengths, n=args.n_prompts, seed=args.seed, heads=heads)
     write_csv(out, table)
-    print(f"discrepancy of the {task.name} model at step {ckpt.step} (largest minus second-largest logit):")
+    print(f"discrepancy of {what} (largest minus second-largest logit):")
     wide = table.pivot(index=["layer", "head"], columns="length", values="discrepancy").reset_index()
     wide.columns = [str(c) if not isinstance(c, str) else c for c in wide.columns]
     _print_table(wide, list(wide.columns))
@@ -248,11 +275,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="census of every head: detectors, circuits, positional/symbolic")
     p.add_argument("run_dir", nargs="?", help="a run directory of `headkit train` (its latest checkpoint)")
-    p.add_argument("--gptj", help="a pretrained GPT-J directory or cached hub id, instead of RUN_DIR")
+    p.add_argument("--model", "--gptj", dest="model", help="a pretrained model directory or cached hub id "
+                   "(any architecture of headkit.pretrained; --gptj is an alias), instead of RUN_DIR")
     p.add_argument("--task", help="task of the prompts (default: the run's own task)")
-    p.add_argument("--composition", help="composition kinds: q,k,v (run default) or none (--gptj default)")
-    p.add_argument("--dtype", default="float32", help="--gptj weights dtype: float32, float16, bfloat16")
-    p.add_argument("--device", type=types.device, help="--gptj device (default: TransformerLens's choice)")
+    p.add_argument("--composition", help="composition kinds: q,k,v (run default) or none (--model default)")
+    p.add_argument("--dtype", default="float32", help="--model weights dtype: float32, float16, bfloat16")
+    p.add_argument("--device", type=types.device, help="--model device (default: TransformerLens's choice)")
     p.add_argument("--per-hop", help="also write the classification at each hop's pointer to this CSV")
     _swap_option(p)
     _common(p, n_prompts=64)
@@ -269,9 +297,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=COMMANDS["dynamics"])
 
     p = subparsers.add_parser("discrepancy", help="largest minus second-largest attention logit per head and length")
-    p.add_argument("run_dir", help="a run directory of `headkit train` (its latest checkpoint)")
+    p.add_argument("run_dir", nargs="?", help="a run directory of `headkit train` (its latest checkpoint)")
+    p.add_argument("--model", help="a pretrained model directory instead of RUN_DIR (prompts: --task number|letter|duplicate in text)")
+    p.add_argument("--device", help="--model device (default: TransformerLens's choice)")
     p.add_argument("--lengths", required=True, help="prompt lengths, e.g. 17,33,65")
     p.add_argument("--heads", help="heads as LAYER.HEAD[,LAYER.HEAD...] (default: all)")
-    p.add_argument("--task", help="task of the prompts (default: the run's own task)")
+    p.add_argument("--task", help="task of the prompts (default: the run's own task; --model: number)")
     _common(p, n_prompts=64)
     p.set_defaults(func=COMMANDS["discrepancy"])

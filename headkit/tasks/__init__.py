@@ -3,7 +3,8 @@
 Each builder is ``builder(n, *, seed, ...) -> TaskBatch``: a pure function of its
 parameters and seed (its own ``torch.Generator``), checking its parameters before
 doing any work. ``BUILDERS`` maps the trainable task names (the command line's
-``--task`` choices) to builders; ``ioi_task`` needs a tokenizer and is not one.
+``--task`` choices) to builders; ``ioi_task`` and the natural-language suites
+(`headkit.tasks.natural`) need a tokenizer and are not among them.
 Builders are imported on first use.
 """
 
@@ -25,6 +26,10 @@ _BUILDER_MODULES: dict[str, str] = {
     "copy_task": "headkit.tasks.copying",
     "repeated_tokens_task": "headkit.tasks.repeated",
     "ioi_task": "headkit.tasks.ioi",
+    "number_natural_task": "headkit.tasks.natural",
+    "letter_natural_task": "headkit.tasks.natural",
+    "induction_natural_task": "headkit.tasks.natural",
+    "duplicate_natural_task": "headkit.tasks.natural",
 }
 
 # trainable task name -> builder name

@@ -1,0 +1,197 @@
+"""load_pretrained against Hugging Face's own forward, for every supported architecture.
+
+Every checkpoint is a tiny random Hugging Face model written by the test with
+``save_pretrained``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from headkit.errors import HeadkitError
+from headkit.loading import load_gptj, state_dict_mismatch
+from headkit.pretrained import SUPPORTED_ARCHITECTURES, load_pretrained
+
+V = 50
+SIZES = dict(vocab_size=V, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+GQA = dict(num_key_value_heads=2, intermediate_size=64)
+CONFIGS = {
+    "gpt2": lambda: T.GPT2Config(vocab_size=V, n_positions=32, n_embd=32, n_layer=2, n_head=4),  # absolute positions
+    "gpt_neo": lambda: T.GPTNeoConfig(
+        vocab_size=V, max_position_embeddings=32, hidden_size=32, num_layers=2, num_heads=4,
+        attention_types=[[["global", "local"], 1]], window_size=4,
+    ),
+    "gptj": lambda: T.GPTJConfig(vocab_size=V, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4),
+    "gpt_neox": lambda: T.GPTNeoXConfig(**SIZES, intermediate_size=64, rotary_pct=0.5),
+    "opt": lambda: T.OPTConfig(**SIZES, ffn_dim=64, word_embed_proj_dim=32),
+    "llama": lambda: T.LlamaConfig(**SIZES, **GQA),  # grouped-query attention
+    "mistral": lambda: T.MistralConfig(**SIZES, **GQA, sliding_window=None),
+    "qwen2": lambda: T.Qwen2Config(**SIZES, **GQA),
+    "qwen3": lambda: T.Qwen3Config(**SIZES, **GQA, head_dim=8),
+    "phi3": lambda: T.Phi3Config(**SIZES, **GQA, pad_token_id=0, sliding_window=None),
+}
+PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+
+
+def tiny_hf(kind: str, *, seed: int = 0) -> torch.nn.Module:
+    """A random tiny HF causal LM whose norms and biases are far from their defaults."""
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(CONFIGS[kind]()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ("norm" in name or "ln" in name) and name.endswith("weight"):
+                p.normal_(1.0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def save(model: torch.nn.Module, directory: Path, **kwargs) -> Path:
+    model.save_pretrained(directory, **kwargs)
+    return directory
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(1))
+
+
+def hf_log_probs(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits.float().log_softmax(-1)
+
+
+def tl_log_probs(model, tokens):
+    with torch.no_grad():
+        return model(tokens).float().log_softmax(-1)
+
+
+def test_every_supported_architecture_is_tested():
+    tested = {T.AutoModelForCausalLM.from_config(make()).__class__.__name__ for make in CONFIGS.values()}
+    assert tested == set(SUPPORTED_ARCHITECTURES)
+
+
+@pytest.mark.parametrize("flags", [{}, dict(fold_ln=True), PROCESSING], ids=["raw", "fold_ln", "all"])
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_log_probs_match_huggingface(tmp_path, tokens, kind, flags):
+    hf = tiny_hf(kind)
+    model = load_pretrained(save(hf, tmp_path), **flags)
+    diff = (tl_log_probs(model, tokens) - hf_log_probs(hf, tokens)).abs().max().item()
+    assert diff <= 1e-4
+    if flags.get("fold_ln"):
+        assert model.cfg.normalization_type in ("LNPre", "RMSPre")
+
+
+def test_grouped_query_and_absolute_positions_are_kept(tmp_path):
+    llama = load_pretrained(save(tiny_hf("llama"), tmp_path / "llama"))
+    assert (llama.cfg.n_heads, llama.cfg.n_key_value_heads) == (4, 2)
+    assert llama.blocks[0].attn._W_K.shape == (2, 32, 8)
+    gpt2 = load_pretrained(save(tiny_hf("gpt2"), tmp_path / "gpt2"))
+    assert gpt2.cfg.positional_embedding_type == "standard"
+    assert gpt2.pos_embed.W_pos.shape == (32, 32)
+
+
+def test_gptj_goes_through_load_gptj(tmp_path, tokens):
+    directory = save(tiny_hf("gptj"), tmp_path)
+    a, b = load_pretrained(directory, fold_ln=True), load_gptj(directory, fold_ln=True)
+    assert torch.equal(tl_log_probs(a, tokens), tl_log_probs(b, tokens))
+
+
+def test_half_precision_makes_no_float32_copies(tmp_path, float32_allocations):
+    hf = tiny_hf("llama").to(torch.bfloat16)
+    directory = save(hf, tmp_path)
+    with float32_allocations(min_numel=32 * 32) as mode:
+        model = load_pretrained(directory, dtype="bfloat16")
+    assert mode.seen == []
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.equal(model.blocks[1].attn.W_Q, hf.model.layers[1].self_attn.q_proj.weight.view(4, 8, 32).transpose(1, 2))
+
+
+def test_sharded_checkpoint(tmp_path, tokens):
+    hf = tiny_hf("qwen2")
+    save(hf, tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    model = load_pretrained(tmp_path)
+    assert (tl_log_probs(model, tokens) - hf_log_probs(hf, tokens)).abs().max() <= 1e-4
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    with pytest.raises(HeadkitError, match=r"architecture BertForMaskedLM is not supported: supported GPT2LMHeadModel, .*LlamaForCausalLM"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(HeadkitError, match=r"architecture model_type='t5' is not supported"):
+        load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("loader, kind", [(load_pretrained, "llama"), (load_gptj, "gptj")])
+def test_shard_index_outside_the_directory_is_refused(tmp_path, loader, kind):
+    other = save(tiny_hf(kind), tmp_path / "other")
+    directory = tmp_path / "model"
+    save(tiny_hf(kind), directory)
+    (directory / "model.safetensors").unlink()
+    names = json.loads(json.dumps(list(__import__("safetensors").safe_open(str(other / "model.safetensors"), "pt").keys())))
+    index = {"metadata": {}, "weight_map": {n: "../other/model.safetensors" for n in names}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(HeadkitError, match=r"names shard files outside .*: \.\./other/model\.safetensors"):
+        loader(directory)
+
+
+@pytest.mark.parametrize("loader, kind", [(load_pretrained, "gpt2"), (load_gptj, "gptj")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, loader, kind):
+    hf = tiny_hf(kind)
+    name, param = [(n, p) for n, p in hf.named_parameters() if ".1." in n and p.dim() == 2][0]
+    with torch.no_grad():
+        param[0, 0] = float("nan")
+    directory = save(hf, tmp_path)
+    with pytest.raises(HeadkitError, match=rf"tensor {name} holds 1 non-finite value"):
+        loader(directory)
+
+
+def test_config_disagreeing_with_weights_is_one_line(tmp_path):
+    directory = save(tiny_hf("llama"), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(HeadkitError) as error:
+        load_pretrained(directory)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "tensor model.layers.0.mlp.gate_proj.weight has shape (64, 32), config.json implies (48, 32)" in message
+    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(HeadkitError, match=r"the weights lack tensor model\.layers\.2\.") as error:
+        load_pretrained(directory)
+    assert "\n" not in str(error.value)
+
+
+def test_state_dict_mismatch_names_first_tensor_in_one_line(tmp_path):
+    model = load_pretrained(save(tiny_hf("gpt2"), tmp_path))
+    state = dict(model.state_dict())
+    assert state_dict_mismatch(model, state) is None
+    state["blocks.0.attn.W_Q"] = torch.zeros(4, 32, 9)
+    state["blocks.1.attn.W_Q"] = torch.zeros(4, 32, 9)
+    assert state_dict_mismatch(model, state) == (
+        "tensor blocks.0.attn.W_Q: expected shape (4, 32, 8), found (4, 32, 9) (1 more mismatching)"
+    )
+    state = dict(model.state_dict())
+    del state["blocks.1.mlp.W_in"]
+    assert state_dict_mismatch(model, state) == "tensor blocks.1.mlp.W_in is missing"
+    state = dict(model.state_dict()) | {"blocks.9.attn.W_Q": torch.zeros(1)}
+    assert state_dict_mismatch(model, state) == "unexpected tensor blocks.9.attn.W_Q"
+
+
+def test_tokenizer_in_the_directory_is_attached(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<s>"] + [f"w{i}" for i in range(1, V)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    directory = save(tiny_hf("llama"), tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<s>").save_pretrained(directory)
+    model = load_pretrained(directory)
+    assert model.to_tokens("w3 w5").tolist() == [[0, 3, 5]]
