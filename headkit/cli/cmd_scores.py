@@ -116,12 +116,12 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
     batch = task.build(args.n_prompts, seed=args.seed).to(ckpt.model.cfg.device)
     if args.per_hop is not None and "chain" not in batch.positions:
         raise HeadkitError(f"--per-hop needs a pointer-chain task (number, letter); {task.name} has no hops")
-    options = {"swap": args.swap}
+    options = {"swap": _swap_mode(ckpt.model, args.swap)}
     census = head_census(ckpt.model, batch.tokens, seed=args.seed, composition_kinds=kinds, classify_options=options)
     if args.per_hop is not None:
         hops = classify_heads_by_hop(ckpt.model, batch, **options)
         write_csv(args.per_hop, hops)
-        print(f"heads at each hop's pointer ({args.swap} swaps):")
+        print(f"heads at each hop's pointer ({options['swap']} swaps):")
         _print_table(hops, PER_HOP_SHOWN)
         print(f"wrote {len(hops)} rows to {args.per_hop}")
     return f"{task.name} model at step {ckpt.step} ({ckpt.path}), {args.n_prompts} prompts", census
@@ -147,7 +147,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
         bos_id=tokenizer.bos_token_id,
         composition_kinds=kinds,
-        classify_options={"swap": args.swap},
+        classify_options={"swap": _swap_mode(model, args.swap)},
     )
     return f"{args.model}: {args.n_prompts} IOI prompts", census
 
@@ -198,7 +198,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         steps=steps,
         task=task,
         eval_n=args.eval_n,
-        classify_options={"swap": args.swap},
+        classify_options={"swap": "residual" if args.swap == "auto" else args.swap},  # trained runs: rotary
         progress=not args.no_progress,
     )
     write_csv(out, table)
@@ -260,9 +260,19 @@ def _common(parser: argparse.ArgumentParser, *, n_prompts: int) -> None:
 
 def _swap_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--swap", choices=["residual", "tokens"], default="residual",
-        help="swap metric: residual (the paper's layer-local swap, default) or tokens (end to end)",
+        "--swap", choices=["auto", "residual", "tokens"], default="auto",
+        help="swap metric: residual (the paper's layer-local swap), tokens (end to end), or auto "
+        "(default: residual, except tokens for models with absolute position embeddings, e.g. GPT-2)",
     )  # fmt: skip
+
+
+def _swap_mode(model: Any, choice: str) -> str:
+    """``--swap auto``: the paper's residual swap where the model allows it, else tokens."""
+    if choice != "auto":
+        return choice
+    from headkit.scores.swap_engine import RELATIVE_POSITION_TYPES
+
+    return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
