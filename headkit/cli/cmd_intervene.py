@@ -36,6 +36,7 @@ import pandas as pd
 from headkit.checks import check_heads, parse_heads
 from headkit.errors import HeadkitError
 from headkit.io import write_csv
+from headkit.threads import add_threads_argument, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _finish(args: argparse.Namespace, frame: pd.DataFrame, title: str) -> int:
     print(frame.to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
     if args.out is not None:
         write_csv(args.out, frame)
-        print(f"written to {args.out}")
+        print(f"wrote {len(frame)} rows to {args.out}")
     return 0
 
 
@@ -109,6 +110,7 @@ def _ablate(args: argparse.Namespace) -> int:
     from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
 
     _check_args(args)
+    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
     ckpt, batch = _load(args)
     heads = _heads(ckpt.model, parsed)
@@ -125,6 +127,7 @@ def _patch(args: argparse.Namespace) -> int:
     from headkit.interventions.activation_patching import activation_patching, check_site
 
     _check_args(args)
+    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
     ckpt, batch = _load(args)
     check_site(ckpt.model, args.site)
@@ -150,6 +153,7 @@ def _path_patch(args: argparse.Namespace) -> int:
     )
 
     _check_args(args)
+    use_threads(args.threads)
     receivers = parse_receivers(args.receivers)
     senders = None if args.senders is None else parse_heads(args.senders)
     groups = [g for g in ([r for r in receivers if r != FINAL], [r for r in receivers if r == FINAL]) if g]
@@ -182,19 +186,26 @@ def _path_patch(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint)")
-    parser.add_argument("--metric", default=None, help="logit_diff, answer_logprob, accuracy or loss")
+    parser.add_argument(
+        "--metric", default=None,
+        help="logit_diff, answer_logprob, accuracy or loss (default: logit_diff where the task has wrong answers, else answer_logprob)",
+    )  # fmt: skip
     parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
     parser.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: as saved)")
     parser.add_argument("--out", default=None, help="CSV file to write")
+    add_threads_argument(parser)
     parser.set_defaults(func=func)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ablate = subparsers.add_parser("ablate", help="ablate heads and measure a metric")
     _common(ablate, _ablate)
-    ablate.add_argument("--method", choices=ABLATION_METHODS, default="mean")
+    ablate.add_argument(
+        "--method", choices=ABLATION_METHODS, default="mean",
+        help="replace each head's output by zero, its mean over the prompts, or another prompt's (default mean)",
+    )  # fmt: skip
     ablate.add_argument("--heads", default=None, help="LAYER.HEAD list, e.g. 0.0,3.0 (default all)")
     ablate.add_argument("--together", action="store_true", help="ablate the heads as one set")
     ablate.add_argument("--by-hop", action="store_true", help="one row per head and hop count")
@@ -203,7 +214,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(patch, _patch)
     patch.add_argument("--site", default="z", help="z, q, k, v, pattern, resid_pre, attn_out, mlp_out, ...")
     patch.add_argument("--by-position", action="store_true", help="one row per position too")
-    patch.add_argument("--direction", choices=DIRECTIONS, default="denoise")
+    patch.add_argument(
+        "--direction", choices=DIRECTIONS, default="denoise",
+        help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run (default denoise)",
+    )  # fmt: skip
     patch.add_argument("--heads", default=None, help="LAYER.HEAD list (head sites; default all)")
 
     path = subparsers.add_parser("path-patch", help="path patching from sender heads to receivers")

@@ -31,6 +31,7 @@ import pandas as pd
 from headkit.checks import check_heads, parse_heads, parse_int_list
 from headkit.errors import HeadkitError
 from headkit.io import write_csv
+from headkit.threads import add_threads_argument, use_threads
 
 CLASSIFY_SHOWN = [
     "layer", "head", "label", "purity", "positional_score", "symbolic_score",
@@ -130,6 +131,7 @@ def _classify_gptj(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[st
 def _classify(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args.out)
+    use_threads(args.threads)
     if (args.run_dir is None) == (args.gptj is None):
         raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --gptj PATH (a pretrained GPT-J)")
     if args.gptj is not None and args.task is not None:
@@ -161,6 +163,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         task = TaskSpec(args.task)
     if not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
+    use_threads(args.threads)
     table = track_heads(
         args.run_dir,
         n_prompts=args.n_prompts,
@@ -183,6 +186,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args.out)
     lengths = parse_int_list(args.lengths, name="--lengths", low=2)
+    use_threads(args.threads)
     ckpt = _latest(args.run_dir)
     heads = None if args.heads is None else check_heads(ckpt.model, parse_heads(args.heads))
     task = _task_of(ckpt, args.task)
@@ -200,6 +204,7 @@ def _common(parser: argparse.ArgumentParser, *, n_prompts: int) -> None:
     parser.add_argument("--n-prompts", type=int, default=n_prompts, help=f"prompts to score (default {n_prompts})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
     parser.add_argument("--out", required=True, help="CSV file to write")
+    add_threads_argument(parser)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
