@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -192,7 +193,12 @@ def _cell_text(values, *, fmt: str = "{:+.2f}") -> list[list[str]] | None:
     rows = [list(r) for r in values]
     if sum(len(r) for r in rows) > MAX_CELLS_WITH_VALUES:
         return None
-    return [["" if pd.isna(v) else fmt.format(v) for v in r] for r in rows]
+    return [["" if pd.isna(v) else _signed(v, fmt) for v in r] for r in rows]
+
+
+def _signed(value: float, fmt: str) -> str:
+    text = fmt.format(value)
+    return text[1:] if text.lstrip("+-") == fmt.format(0.0).lstrip("+-") else text  # no "-0.00"
 
 
 def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbolic heads") -> go.Figure:
@@ -220,7 +226,7 @@ def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbo
         [
             f"{labels.iloc[i, j]}"
             + ("" if purity is None else f" {purity.iloc[i, j]:.0%}")
-            + f"<br>{grid.iloc[i, j]:+.2f}"
+            + f"<br>{_signed(grid.iloc[i, j], '{:+.2f}')}"
             for j in range(grid.shape[1])
         ]
         for i in range(grid.shape[0])
@@ -230,8 +236,9 @@ def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbo
     fig = go.Figure()
     fig.add_trace(  # grey cells under the inactive heads
         go.Heatmap(
-            z=inactive.astype(float).where(inactive).values, x=x, y=y, showscale=False, hoverinfo="skip",
+            z=inactive.astype(float).where(inactive).values, x=x, y=y, showscale=False,
             colorscale=[[0, INACTIVE_GREY], [1, INACTIVE_GREY]], zmin=0, zmax=1,
+            text=text, texttemplate="%{text}", hovertemplate="%{y}%{x}: %{text}<extra></extra>",
         )  # fmt: skip
     )
     fig.add_trace(
@@ -254,7 +261,7 @@ def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbo
         title=title, yaxis={"autorange": "reversed"}, xaxis_title="head", yaxis_title="layer",
         annotations=[{"text": "grey: inactive (no label)", "showarrow": False, "xref": "paper", "yref": "paper",
                       "x": 1, "y": -0.12, "xanchor": "right", "font": {"color": "#777"}}],
-        height=max(300, 70 * grid.shape[0] + 150), width=max(450, 110 * grid.shape[1] + 300),
+        height=max(330, 70 * grid.shape[0] + 170), width=max(700, 110 * grid.shape[1] + 300),
     )  # fmt: skip
     return fig
 
@@ -295,10 +302,14 @@ def accuracy_by_length_figure(
             )  # fmt: skip
         )
     lengths = sorted(results["length"].unique().tolist())
-    if trained_length is not None:
-        fig.add_vline(
-            x=trained_length, line={"color": "#444", "dash": "dot"}, annotation_text=f"trained length {trained_length}",
-            annotation_position="top left",
+    if trained_length is not None:  # shapes and annotations on a log axis take log10 coordinates
+        fig.add_shape(
+            type="line", xref="x", yref="paper", x0=math.log10(trained_length), x1=math.log10(trained_length),
+            y0=0, y1=1, line={"color": "#444", "dash": "dot", "width": 2},
+        )  # fmt: skip
+        fig.add_annotation(
+            x=math.log10(trained_length), y=1, yref="paper", text=f"trained length {trained_length}",
+            showarrow=False, xanchor="left", yanchor="bottom",
         )  # fmt: skip
     fig.update_layout(
         title=title,
