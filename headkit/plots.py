@@ -302,9 +302,9 @@ def accuracy_by_length_figure(
             )  # fmt: skip
         )
     lengths = sorted(results["length"].unique().tolist())
-    if trained_length is not None:  # shapes and annotations on a log axis take log10 coordinates
+    if trained_length is not None:  # on a log axis, shapes take data values and annotations log10 values
         fig.add_shape(
-            type="line", xref="x", yref="paper", x0=math.log10(trained_length), x1=math.log10(trained_length),
+            type="line", xref="x", yref="paper", x0=trained_length, x1=trained_length,
             y0=0, y1=1, line={"color": "#444", "dash": "dot", "width": 2},
         )  # fmt: skip
         fig.add_annotation(
@@ -321,13 +321,20 @@ def accuracy_by_length_figure(
 
 
 def patching_figure(
-    results: pd.DataFrame, *, value: str = "normalised", title: str = "Patching", columns: str = "head"
+    results: pd.DataFrame,
+    *,
+    value: str = "normalised",
+    title: str = "Patching",
+    columns: str = "head",
+    bound: float | None = None,
 ) -> go.Figure:
     """Heat map of a per-(layer, head) intervention table (patching or ablation).
 
     Diverging colours centred at 0 (no effect), symmetric around it; each cell
     shows its value when the grid is small. ``columns="position"`` draws a
-    by-position table (one column per position).
+    by-position table (one column per position). The colour scale spans
+    ``±bound`` (default: the largest absolute value, at least 1 for
+    ``normalised``, where 1 is the full effect).
     """
     needed = {"layer", columns, value}
     missing = needed - set(results.columns)
@@ -337,12 +344,17 @@ def patching_figure(
     return _diverging_heatmap(
         grid.values, x=[f"{columns[0].upper()}{c}" if columns == "head" else str(c) for c in grid.columns],
         y=[f"L{layer}" for layer in grid.index], colour_title=value, title=title, xaxis_title=columns,
-        yaxis_title="layer",
+        yaxis_title="layer", bound=bound if bound is not None else (1.0 if value == "normalised" else None),
     )  # fmt: skip
 
 
-def ablation_by_hop_figure(table: pd.DataFrame, *, title: str = "Ablation by hop", value: str = "delta") -> go.Figure:
-    """Heat map of `ablation_sweep_by_hop`'s table: one row per head, one column per hop count."""
+def ablation_by_hop_figure(
+    table: pd.DataFrame, *, title: str = "Ablation by hop", value: str = "delta", bound: float | None = None
+) -> go.Figure:
+    """Heat map of `ablation_sweep_by_hop`'s table: one row per head, one column per hop count.
+
+    Colours span ``±bound`` (default the largest absolute value; 1 suits accuracy changes).
+    """
     needed = {"layer", "head", "hop", value}
     missing = needed - set(table.columns)
     if missing:
@@ -350,13 +362,17 @@ def ablation_by_hop_figure(table: pd.DataFrame, *, title: str = "Ablation by hop
     grid = table.pivot_table(index=["layer", "head"], columns="hop", values=value, aggfunc="mean").sort_index()
     return _diverging_heatmap(
         grid.values, x=[f"hop {h}" for h in grid.columns], y=[f"L{layer}H{head}" for layer, head in grid.index],
-        colour_title=value, title=title, xaxis_title="hops of the prompt", yaxis_title="head ablated",
+        colour_title=value, title=title, xaxis_title="hops of the prompt", yaxis_title="head ablated", bound=bound,
     )  # fmt: skip
 
 
-def _diverging_heatmap(values, *, x, y, colour_title: str, title: str, xaxis_title: str, yaxis_title: str) -> go.Figure:
-    finite = pd.DataFrame(values).abs().max().max()
-    bound = float(finite) if pd.notna(finite) and finite > 0 else 1.0
+def _diverging_heatmap(
+    values, *, x, y, colour_title: str, title: str, xaxis_title: str, yaxis_title: str, bound: float | None = None
+) -> go.Figure:
+    """RdBu heat map centred at 0 (white), symmetric ``±bound``; values in the cells of small grids."""
+    largest = pd.DataFrame(values).abs().max().max()
+    largest = float(largest) if pd.notna(largest) and largest > 0 else 0.0
+    bound = max(bound or 0.0, largest) or 1.0
     text = _cell_text(values)
     fig = go.Figure(
         go.Heatmap(

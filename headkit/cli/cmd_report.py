@@ -122,7 +122,7 @@ def ablation_section(table: pd.DataFrame, *, about: str, n_prompts: int) -> Sect
     from headkit.report import Section
 
     figure = ablation_by_hop_figure(
-        table, title=f"Mean ablation: accuracy change per hop<br><sup>{about}, {n_prompts} prompts</sup>"
+        table, title=f"Mean ablation: accuracy change per hop<br><sup>{about}, {n_prompts} prompts</sup>", bound=1.0
     )
     wide = table.pivot_table(index=["layer", "head"], columns="hop", values="delta").reset_index()
     wide.columns = [c if isinstance(c, str) else f"hop{c}" for c in wide.columns]
