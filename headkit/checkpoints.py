@@ -229,9 +229,9 @@ def save_checkpoint(
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    honour_umask(tmp)  # mkdtemp makes it 0700
     try:
         _write_into(tmp, model, meta, optimizer_state)
+        honour_umask(tmp)  # mkdtemp makes it 0700, safetensors its file 0600
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

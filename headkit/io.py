@@ -40,15 +40,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def honour_umask(path: str | os.PathLike) -> None:
-    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (0666/0777 minus the umask).
+    """Give ``path`` (a folder: and all in it) the permissions a plain ``open``/``mkdir`` would.
+
+    That is 0666 (files) or 0777 (folders) minus the umask.
 
     `tempfile.mkstemp` and `tempfile.mkdtemp` create owner-only files (0600) and
-    folders (0700); what headkit writes through them should be as readable as
-    any other file the user writes.
+    folders (0700), and safetensors writes 0600 files; what headkit writes
+    should be as readable as any other file the user writes.
     """
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+    for item in [Path(path), *(Path(path).rglob("*") if Path(path).is_dir() else ())]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
