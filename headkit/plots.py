@@ -440,6 +440,40 @@ def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") ->
     return fig
 
 
+OFFLINE_RENDERER = "headkit_offline"
+
+
+def use_offline_renderer() -> str:
+    """Display plotly figures in Jupyter with nothing fetched from a host; returns the renderer's name.
+
+    Registers and selects the plotly renderer ``headkit_offline``: the plotly
+    mimetype (drawn by the JupyterLab / VS Code extension that ships with
+    plotly) plus an HTML fallback for classic notebooks and exported pages with
+    plotly.js inlined from the installed package. plotly's own ``notebook``
+    renderers load MathJax from a CDN (and ``notebook_connected`` plotly.js too).
+    """
+    import plotly.io as pio
+    from plotly.io.base_renderers import PlotlyRenderer
+
+    class OfflineRenderer(PlotlyRenderer):
+        def to_mimebundle(self, fig_dict):
+            from plotly.offline import get_plotlyjs
+
+            bundle = super().to_mimebundle(fig_dict)
+            div = pio.to_html(fig_dict, full_html=False, include_plotlyjs=False, include_mathjax=False, validate=False)
+            # hide require.js (classic notebooks) while plotly.js loads, so that it defines window.Plotly
+            library = (
+                "<script>window._headkitDefine = window.define; window.define = undefined;</script>"
+                f"<script>{get_plotlyjs()}</script><script>window.define = window._headkitDefine;</script>"
+            )
+            bundle["text/html"] = library + div
+            return bundle
+
+    pio.renderers[OFFLINE_RENDERER] = OfflineRenderer(config={"displaylogo": False})
+    pio.renderers.default = OFFLINE_RENDERER
+    return OFFLINE_RENDERER
+
+
 PLOTLYJS_MODES = {"inline": True, "directory": "directory"}
 
 
