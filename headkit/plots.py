@@ -238,7 +238,8 @@ def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbo
         go.Heatmap(
             z=inactive.astype(float).where(inactive).values, x=x, y=y, showscale=False,
             colorscale=[[0, INACTIVE_GREY], [1, INACTIVE_GREY]], zmin=0, zmax=1,
-            text=text, texttemplate="%{text}", hovertemplate="%{y}%{x}: %{text}<extra></extra>",
+            text=[[t if inactive.iloc[i, j] else "" for j, t in enumerate(row)] for i, row in enumerate(text)],
+            texttemplate="%{text}", hovertemplate="%{y}%{x}: %{text}<extra></extra>",
         )  # fmt: skip
     )
     fig.add_trace(
@@ -246,7 +247,7 @@ def head_scores_figure(heads: pd.DataFrame, *, title: str = "Positional vs symbo
             z=grid.where(~inactive).values,
             x=x,
             y=y,
-            text=text,
+            text=[[t if not inactive.iloc[i, j] else "" for j, t in enumerate(row)] for i, row in enumerate(text)],
             texttemplate="%{text}",
             colorscale="RdBu_r",
             zmid=0,

@@ -109,6 +109,7 @@ def test_inactive_heads_are_grey_not_coloured_by_score():
     assert grey.z[1][0] == 1 and pd.isna(grey.z[0][0])  # ... but the grey layer
     assert {c for _, c in grey.colorscale} == {"#c7c7c7"}
     assert "inactive 100%" in grey.text[1][0] and "symbolic 90%" in scores.text[0][0]
+    assert grey.text[0][0] == "" and scores.text[1][0] == ""  # each cell's text drawn once
 
 
 def test_accuracy_lines_differ_in_colour_and_tasks_in_style():
