@@ -129,3 +129,13 @@ def test_report_renders_offline_in_headless_chromium(report):
     assert len(colours) > 100 and non_white > 0.05 * small.width * small.height  # not blank
     if os.environ.get("HEADKIT_KEEP_SCREENSHOT"):
         image.save(os.environ["HEADKIT_KEEP_SCREENSHOT"])
+
+
+def test_png_option_writes_figure_files_or_says_why_not(number_run, tmp_path, capsys):
+    out = tmp_path / "png"
+    assert main(["report", str(number_run), "--out", str(out), "--png", *REPORT]) == 0
+    printed = capsys.readouterr().out
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert [f"figure_{i}.html" for i in range(1, 7)] == [n for n in figures if n.endswith(".html")]
+    pngs = [n for n in figures if n.endswith(".png")]
+    assert len(pngs) == 6 or (not pngs and "no PNG written: PNG export needs kaleido" in printed)

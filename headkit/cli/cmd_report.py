@@ -17,8 +17,9 @@ read this":
    stream by position (``resid_pre``), denoising (`activation_patching`);
 6. attention views of a few example prompts per hop count (`task_attention_view`).
 
-``--png`` also writes every plotly figure as ``OUT/figures/NAME.png`` for
-papers (needs kaleido >= 1 and a Chromium: ``pip install -e ".[figures]"``).
+``--png`` also writes every plotly figure as ``OUT/figures/figure_N.png`` for
+papers (needs kaleido >= 1 and a Chromium: ``pip install -e ".[figures]"``),
+beside a small interactive ``figure_N.html`` sharing one ``plotly.min.js``.
 
 The section builders (``*_section``) are shared with ``headkit demo``.
 """
@@ -253,7 +254,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.png:
         plots = [f for s in sections for f in s.figures if hasattr(f, "write_image")]
         for i, figure in enumerate(plots):
-            written += [p for p in write_figure(figure, out / "figures" / f"figure_{i + 1}", png=True) if p.suffix == ".png"]
+            written += write_figure(figure, out / "figures" / f"figure_{i + 1}", png=True, plotlyjs="directory")
+        if not any(p.suffix == ".png" for p in written):
+            print("no PNG written: PNG export needs kaleido >= 1 and a Chromium (pip install -e '.[figures]')")
     page = out / "report.html"
     written.append(write_text(page, report_html(f"headkit report: {about}", sections, root=out)))
     print(f"wrote {len(written)} files to {out}:")
