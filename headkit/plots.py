@@ -51,6 +51,7 @@ INACTIVE_GREY = LABEL_COLOURS["inactive"]
 # distinct line colours (plotly's D3 palette without its grey, which means "inactive")
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+ACCURACY_COLOURS = ("#222222", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")  # Dark2, after black
 MAX_CELLS_WITH_VALUES = 150  # heat maps with at most this many cells write each value in its cell
 
 
@@ -391,9 +392,10 @@ def _diverging_heatmap(
 def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") -> go.Figure:
     """`track_heads`'s table over training: accuracy per hop (top) and each head's score (bottom).
 
-    Bottom panel: ``symbolic_score - positional_score`` of every head against the
-    checkpoint step, one colour and line style per head; points where the head
-    is ``inactive`` are drawn as grey open circles.
+    Top panel: black for all hops, a Dark2 colour per hop. Bottom panel:
+    ``symbolic_score - positional_score`` of every head against the checkpoint
+    step, one D3 colour (and past nine heads a line style) per head; points
+    where the head is ``inactive`` are drawn as grey open circles.
     """
     from plotly.subplots import make_subplots
 
@@ -412,7 +414,7 @@ def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") ->
             go.Scatter(
                 x=per_step["step"], y=per_step[column], mode="lines+markers", legendgroup="accuracy",
                 name="accuracy: all hops" if column == "accuracy" else f"accuracy: hop {column.removeprefix('accuracy_hop')}",
-                line={"color": SERIES_COLOURS[i % len(SERIES_COLOURS)], "width": 4 if column == "accuracy" else 2,
+                line={"color": ACCURACY_COLOURS[i % len(ACCURACY_COLOURS)], "width": 4 if column == "accuracy" else 2,
                       "dash": "solid" if column == "accuracy" else DASHES[1 + i % (len(DASHES) - 1)]},
             ),  # fmt: skip
             row=1,
