@@ -139,3 +139,15 @@ def test_png_option_writes_figure_files_or_says_why_not(number_run, tmp_path, ca
     assert [f"figure_{i}.html" for i in range(1, 7)] == [n for n in figures if n.endswith(".html")]
     pngs = [n for n in figures if n.endswith(".png")]
     assert len(pngs) == 6 or (not pngs and "no PNG written: PNG export needs kaleido" in printed)
+
+
+def test_a_checkpoint_directory_gets_a_report_beside_not_inside_it(number_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    from headkit.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(number_run)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    assert main(["report", str(checkpoint), *REPORT]) == 0
+    page = (tmp_path / f"report_{checkpoint.name}" / "report.html").read_text()
+    assert "Learning dynamics" not in page and page.count("Plotly.newPlot(") == 5  # no run: no dynamics
+    assert sorted(p.name for p in checkpoint.iterdir()) == before

@@ -1,7 +1,8 @@
 """``headkit report RUN_DIR [--out DIR] [--png]``: one page with every figure of a trained run.
 
 Loads the run's latest checkpoint (`headkit.checkpoints.load_checkpoint`) and
-writes ``OUT/report.html`` (default ``OUT = RUN_DIR/report``), a single
+writes ``OUT/report.html`` (default ``OUT = RUN_DIR/report``; for a checkpoint
+directory ``./report_<its name>``, never inside the checkpoint), a single
 self-contained file (`headkit.report`): interactive plotly graphs and
 circuitsvis attention widgets embedded, plotly.js and the circuitsvis bundle
 inlined once, so it opens offline with nothing else. The tables behind the
@@ -214,7 +215,8 @@ def _report(args: argparse.Namespace) -> int:
 
     run = Path(args.run_dir)
     folder = run_dir_checkpoint(run)
-    out = Path(args.out) if args.out is not None else (run if run != folder else folder) / "report"
+    # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
+    out = Path(args.out) if args.out is not None else (run / "report" if run != folder else Path(f"report_{folder.name}"))
     if out.exists() and not out.is_dir():
         raise HeadkitError(f"--out {out} exists and is not a directory")
     use_threads(args.threads)
@@ -270,7 +272,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report", help="one self-contained HTML page with every figure of a trained run (works offline)"
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `headkit train` (or a checkpoint directory)")
-    p.add_argument("--out", default=None, help="folder of report.html and its tables (default RUN_DIR/report)")
+    p.add_argument(
+        "--out", default=None,
+        help="folder of report.html and its tables (default RUN_DIR/report; for a checkpoint directory ./report_NAME)",
+    )  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write every plotly figure as PNG (needs kaleido >= 1)")
     p.add_argument("--n", type=positive_int, default=256, help="prompts per length, ablation and patching (default 256)")
     p.add_argument("--n-prompts", type=positive_int, default=64, help="prompts of the head census (default 64)")
