@@ -38,12 +38,12 @@ def report(number_run, tmp_path_factory):
     return out
 
 
-def expected_views(length_seed: int = 1) -> int:
+def expected_views(seed: int = 1) -> int:
     """Attention views the report shows: two prompts per hop count of its batch (seed 0 + 1)."""
     from headkit.cli.cmd_report import VIEWS_PER_HOP
     from headkit.tasks import TaskSpec
 
-    hops = TaskSpec("number").build(N, seed=length_seed).hops
+    hops = TaskSpec("number").build(N, seed=seed).hops
     return sum(min(VIEWS_PER_HOP, int((hops == h).sum())) for h in hops.unique())
 
 

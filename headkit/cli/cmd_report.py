@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # heavy modules load when the command runs, not for `headkit 
     from transformer_lens import HookedTransformer
 
     from headkit.report import Section
-    from headkit.tasks.base import TaskBatch, TaskSpec
+    from headkit.tasks.base import TaskBatch
 
 log = logging.getLogger(__name__)
 
