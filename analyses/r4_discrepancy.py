@@ -46,6 +46,7 @@ from analyses.r1_length import (
 )  # fmt: skip
 from analyses.r2_heads import HeadsConfig, classify
 from headkit.errors import HeadkitError
+from headkit.plots import model_description
 from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
 
 log = logging.getLogger(__name__)
@@ -101,32 +102,61 @@ def trends(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TREND_COLUMNS)
 
 
-def discrepancy_figure(table: pd.DataFrame) -> go.Figure:
-    """Δ against length per head, one panel per task, coloured by the head's label."""
+def log_ticks(low: float, high: float) -> list[float]:
+    """Readable ticks of a log axis: 1, 2, 3, 5 times powers of ten within [low, high]."""
+    ticks = []
+    for exponent in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
+        ticks += [m * 10.0**exponent for m in (1, 2, 3, 5) if low <= m * 10.0**exponent <= high]
+    return ticks or [low, high]
+
+
+HEAD_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "triangle-down")
+
+
+def discrepancy_figure(table: pd.DataFrame, *, about: str = "") -> go.Figure:
+    """Δ against length per head, one panel per task, coloured by the head's label.
+
+    Log-log axes, ticked at the measured lengths (x) and at 1-2-5 values (y).
+    Heads of one label share its colour and differ in marker and line style;
+    each head is a legend entry (``L3H0 symbolic``), so no labels overlap at
+    the line ends. ``about`` (the models, e.g. their size) goes in the title.
+    """
     tasks = list(dict.fromkeys(table["task"]))
-    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[f"{t} task" for t in tasks])
-    shown: set[str] = set()
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[f"{t} model" for t in tasks], horizontal_spacing=0.08)
+    lengths = sorted(table["length"].unique().tolist())
+    positive = table.loc[table["discrepancy"] > 0, "discrepancy"]
+    y_ticks = log_ticks(float(positive.min()) * 0.8, float(positive.max()) * 1.25) if len(positive) else None
     for col, task in enumerate(tasks, start=1):
-        for (layer, head), part in table[table["task"] == task].groupby(["layer", "head"], sort=True):
+        heads = table[table["task"] == task].groupby(["layer", "head"], sort=True)
+        for i, ((layer, head), part) in enumerate(heads):
             label = part["label"].iloc[0]
+            part = part.sort_values("length")
             fig.add_trace(
                 go.Scatter(
-                    x=part["length"], y=part["discrepancy"], mode="lines+markers+text",
-                    text=[f"L{layer}H{head}" if i == len(part) - 1 else "" for i in range(len(part))],
-                    textposition="middle right", name=label, legendgroup=label, showlegend=label not in shown,
-                    line={"color": LABEL_COLOURS[label], "dash": LABEL_DASH[label]},
-                    hovertext=f"L{layer}H{head} ({label})",
+                    x=part["length"], y=part["discrepancy"], mode="lines+markers",
+                    name=f"{task} L{layer}H{head} {label}", legendgroup=task, legendgrouptitle_text=f"{task} model",
+                    line={"color": LABEL_COLOURS[label], "dash": ("solid", "dash", "dot", "dashdot")[i % 4], "width": 2},
+                    marker={"symbol": HEAD_SYMBOLS[i % len(HEAD_SYMBOLS)], "size": 9, "color": LABEL_COLOURS[label]},
+                    hovertemplate=f"L{layer}H{head} ({label}) n=%{{x}}: Δ=%{{y:.3g}}<extra></extra>",
                 ),  # fmt: skip
                 row=1,
                 col=col,
             )
-            shown.add(label)
-        lengths = table["length"]
-        span = [np.log10(lengths.min() * 0.9), np.log10(lengths.max() * 1.9)]  # room for the head names
-        fig.update_xaxes(title_text="prompt length n", type="log", range=span, row=1, col=col)
-        fig.update_yaxes(type="log", row=1, col=col)
-    fig.update_yaxes(title_text="Δ(n): top − runner-up attention logit", row=1, col=1)
-    fig.update_layout(title="R4: discrepancy vs length per head (colour: R2 label)", width=1100)
+        fig.update_xaxes(
+            title_text="prompt length n (log)", type="log", tickvals=lengths, ticktext=[str(v) for v in lengths],
+            minor={"showgrid": False}, row=1, col=col,
+        )  # fmt: skip
+        fig.update_yaxes(
+            type="log", tickvals=y_ticks, ticktext=None if y_ticks is None else [f"{v:g}" for v in y_ticks],
+            row=1, col=col,
+        )  # fmt: skip
+    fig.update_yaxes(title_text="Δ(n): top − runner-up attention logit (log)", row=1, col=1)
+    models = f"<br><sup>{about}</sup>" if about else ""
+    fig.update_layout(
+        title=f"R4: discrepancy Δ(n) against prompt length, per head{models}<br><sup>colour: R2 label (red "
+        f"positional, blue symbolic, purple mixed, grey inactive); lengths {', '.join(map(str, lengths))}</sup>",
+        width=1250, height=650, margin={"t": 130}, legend={"groupclick": "toggleitem", "font": {"size": 11}},
+    )  # fmt: skip
     return fig
 
 
@@ -148,18 +178,20 @@ def main(cfg: DiscrepancyConfig, *, out: str | Path | None = None, png: bool = T
     """Δ(n) per head of both shared models, with R2's labels; writes ``figures/r4_discrepancy/``."""
     check_config(cfg)
     timer = Timer()
-    frames = []
+    frames, models = [], {}
     for task, run_dir in shared_runs(cfg.runs, steps=cfg.train_steps, tiny=cfg.tiny).items():
         model, spec = final_model(run_dir)
+        models[task] = f"{model_description(model)}, trained at length {spec.build(1, seed=0).length}"
         roles = classify(model, spec, n_prompts=cfg.n_classify, seed=cfg.classify_seed)
         delta = discrepancy(model, spec, lengths=list(cfg.lengths), n=cfg.n, seed=cfg.seed)
         frames.append(delta.merge(roles[["layer", "head", "label", "purity"]], on=["layer", "head"]).assign(task=task))
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
+    about = "; ".join(f"{task}: {desc}" for task, desc in models.items())
     trend = trends(table)
     summary = {**summarize(trend), "elapsed_s": timer()}
     write_analysis(
         output_dir(NAME, out), cfg=cfg, table=table, summary=summary,
-        figures={"discrepancy": discrepancy_figure(table)}, tables={"trends": trend}, png=png,
+        figures={"discrepancy": discrepancy_figure(table, about=about)}, tables={"trends": trend}, png=png,
     )  # fmt: skip
     return table
 

@@ -65,6 +65,10 @@ _EXPORTS: dict[str, str] = {
     "accuracy_by_length_figure": "headkit.plots",
     "patching_figure": "headkit.plots",
     "write_figure": "headkit.plots",
+    "task_attention_view": "headkit.plots",
+    "ablation_by_hop_figure": "headkit.plots",
+    "dynamics_figure": "headkit.plots",
+    "use_offline_renderer": "headkit.plots",
 }
 
 __all__ = sorted(_EXPORTS) + ["tasks", "__version__"]

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 
 from headkit.errors import HeadkitError
+from headkit.io import honour_umask
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
 from headkit.tasks.base import TaskSpec
 
@@ -230,6 +231,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         _write_into(tmp, model, meta, optimizer_state)
+        honour_umask(tmp)  # mkdtemp makes it 0700, safetensors its file 0600
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

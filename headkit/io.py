@@ -37,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    honour_umask(tmp_path)  # mkstemp makes it 0600; the file should get the usual 0644 (umask 022)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -45,6 +46,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a folder: and all in it) the permissions a plain ``open``/``mkdir`` would.
+
+    That is 0666 (files) or 0777 (folders) minus the umask.
+
+    `tempfile.mkstemp` and `tempfile.mkdtemp` create owner-only files (0600) and
+    folders (0700), and safetensors writes 0600 files; what headkit writes
+    should be as readable as any other file the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for item in [Path(path), *(Path(path).rglob("*") if Path(path).is_dir() else ())]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

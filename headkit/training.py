@@ -551,11 +551,13 @@ def train(
         state.rows.append(_metrics_row(state.step, losses, score, lr, state.elapsed))
         if run_dir is not None:
             write_csv(run_dir / METRICS_FILE, pd.DataFrame(state.rows))
-        bar.set_postfix(loss=f"{state.rows[-1]['train_loss']:.3f}", acc=f"{score.accuracy:.3f}")
+        shown["acc"] = f"{score.accuracy:.3f}"  # held-out accuracy of the last evaluation
+        bar.set_postfix(shown)
         logger.info("step %d: %s", state.step, state.rows[-1])
 
     # 3. the loop: one fresh batch per update, metrics rows and checkpoints on schedule
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {cfg.task.name}", disable=not progress)
+    shown: dict[str, str] = {}  # the bar's postfix: running train loss, last held-out accuracy
     try:
         if state.step == 0:
             record([], 0.0)
@@ -568,6 +570,8 @@ def train(
             batch = training_batch(cfg, step).to(cfg.device)
             losses.append(train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip))
             state.step = step
+            shown["loss"] = f"{np.mean(losses):.3f}"  # mean train loss since the last evaluation
+            bar.set_postfix(shown, refresh=False)
             bar.update(1)
             is_checkpoint = step in cfg.checkpoint_steps or step == cfg.steps
             if step % cfg.eval_every == 0 or is_checkpoint:

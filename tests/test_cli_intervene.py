@@ -65,7 +65,7 @@ def test_ablate_writes_the_sweep(run_dir, loaded, tmp_path, capsys):
     assert code == 0
     expected = ablation_sweep(model, batch, method="mean", metric=logit_diff(batch))
     _assert_frames_equal(_read(out), expected)
-    assert "mean ablation, metric logit_diff" in stdout and f"written to {out}" in stdout
+    assert "mean ablation, metric logit_diff" in stdout and f"wrote {len(expected)} rows to {out}" in stdout
 
 
 def test_ablate_heads_together_and_by_hop(run_dir, loaded, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``headkit`` command line.
+"""The headkit command line: train, evaluate, classify heads, intervene, report.
 
 Each ``headkit/cli/cmd_*.py`` module defines ``register(subparsers)``, which adds
 its sub-commands with ``set_defaults(func=...)``; this module discovers them, so

@@ -6,8 +6,8 @@ the trained length (17, 33, 65, 129, 257 by default), writes ``OUT/accuracy.csv`
 (columns ``task, length, hop, n, accuracy``) and prints the accuracy table. Then it
 classifies every head (``OUT/heads_<task>.csv``, `classify_heads`), mean-ablates
 every head and measures the accuracy drop per hop (``OUT/ablation_<task>.csv``,
-`ablation_sweep_by_hop`), writes figures to ``OUT/figures/`` and a report page
-``OUT/report.html`` linking everything.
+`ablation_sweep_by_hop`) and writes ``OUT/report.html``, one self-contained page
+with every figure embedded (the sections of ``headkit report``, for both tasks).
 
 A run already complete in OUT (same config, final checkpoint present) is reused,
 an interrupted one is resumed; a run with a different config is an error, never
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from headkit.checks import check_output_path, parse_int_list
 from headkit.cli.cmd_train import positive_float, positive_int
 from headkit.errors import HeadkitError
+from headkit.threads import add_threads_argument, use_threads
 
 if TYPE_CHECKING:  # the heavy modules load when the demo runs, not for `headkit --help`
     import pandas as pd
@@ -144,29 +145,41 @@ ABLATION_PROMPTS = 512  # prompts per task for the ablation sweep
 
 def step_classify(ctx: DemoContext) -> None:
     """Positional / symbolic / mixed / inactive label and purity of every head."""
+    from tqdm.auto import tqdm
+
     from headkit.io import write_csv
     from headkit.scores.positional_symbolic import classify_heads
 
-    for task, cfg in ctx.configs.items():
+    for task, cfg in tqdm(ctx.configs.items(), desc="classify heads", unit="task", disable=not ctx.progress):
         tokens = cfg.task.build(CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED).tokens
         heads = classify_heads(ctx.models[task], tokens)
         ctx.tables[f"heads_{task}"] = heads
         ctx.files.append(write_csv(ctx.out / f"heads_{task}.csv", heads))
-        print(f"\n{task} heads ({CLASSIFY_PROMPTS} prompts of length {tokens.shape[1]}):")
+        tqdm.write(f"\n{task} heads ({CLASSIFY_PROMPTS} prompts of length {tokens.shape[1]}):")
         shown = heads[["layer", "head", "label", "purity", "positional_score", "symbolic_score", "signal"]]
-        print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        tqdm.write(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
 
 
 def step_ablate(ctx: DemoContext) -> None:
     """Mean-ablate each head; accuracy drop per hop (which heads the task needs)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
     from headkit.interventions import metrics
     from headkit.interventions.ablation import ablation_sweep_by_hop
     from headkit.io import write_csv
 
     for task, cfg in ctx.configs.items():
         batch = cfg.task.build(ABLATION_PROMPTS, seed=DEMO_PROMPT_SEED + 1)
-        table = ablation_sweep_by_hop(
-            ctx.models[task], batch, method="mean", metric=metrics.accuracy(batch, per_example=True)
+        model = ctx.models[task]
+        heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+        metric = metrics.accuracy(batch, per_example=True)
+        table = pd.concat(
+            [
+                ablation_sweep_by_hop(model, batch, method="mean", metric=metric, heads=[head])
+                for head in tqdm(heads, desc=f"ablate {task} heads", unit="head", disable=not ctx.progress)
+            ],
+            ignore_index=True,
         )
         ctx.tables[f"ablation_{task}"] = table
         ctx.files.append(write_csv(ctx.out / f"ablation_{task}.csv", table))
@@ -182,54 +195,51 @@ def _delta_by_hop(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+PATCH_PROMPTS = 256  # prompts per task of the report's activation patching
+
+
 def step_report(ctx: DemoContext) -> None:
-    """Figures (accuracy vs length, head maps, attention pages) and OUT/report.html."""
-    from headkit.evaluation import accuracy_table
+    """OUT/report.html: every figure embedded (`headkit report`'s sections, both tasks)."""
+    import dataclasses as dc
+
+    from tqdm.auto import tqdm
+
+    from headkit.cli.cmd_report import (
+        ablation_section, accuracy_section, attention_section, dynamics_section, heads_section, patching_section,
+    )  # fmt: skip
     from headkit.io import write_text
-    from headkit.plots import accuracy_by_length_figure, attention_patterns, head_scores_figure, patching_figure, write_figure
-    from headkit.report import Section, report_html
+    from headkit.plots import model_description
+    from headkit.report import report_html
+    from headkit.scores.dynamics import track_heads
 
-    fig_dir = ctx.out / "figures"
-
-    def figure(fig, name: str) -> tuple[Path, ...]:
-        paths = tuple(write_figure(fig, fig_dir / name, plotlyjs="directory"))
-        ctx.files.extend(paths)
-        return paths
-
-    accuracy = ctx.tables["accuracy"]
-    sections = [
-        Section(
-            "Length generalisation (R1)",
-            "Exact-match accuracy at the last position, trained at length 17, evaluated on longer "
-            "prompts made by extending the distractor window (pointer values stay in the trained range).",
-            tables=(("accuracy by task, length and hop", accuracy_table(accuracy)),),
-            figures=figure(accuracy_by_length_figure(accuracy), "accuracy_by_length"),
-        )
-    ]
+    trained = {cfg.task.build(1, seed=0).length for cfg in ctx.configs.values()}
+    models = {task: model_description(model) for task, model in ctx.models.items()}
+    about = "; ".join(f"{task}: {models[task]}" for task in ctx.configs)
+    sections = [accuracy_section(ctx.tables["accuracy"], about=about, trained_length=min(trained))]
+    bar = tqdm(total=3 * len(ctx.configs), desc="report", unit="part", disable=not ctx.progress)
     for task, cfg in ctx.configs.items():
+        model, length = ctx.models[task], cfg.task.build(1, seed=0).length
+        named = f"{task} {models[task]}, step {cfg.steps}"
+        dynamics = track_heads(ctx.out / task, n_prompts=CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED, progress=False)
+        bar.update(1)
+        batch = cfg.task.build(PATCH_PROMPTS, seed=DEMO_PROMPT_SEED + 2)
+        patching = patching_section(model, batch, about=named)
+        bar.update(1)
         heads = ctx.tables[f"heads_{task}"]
-        ablation = ctx.tables[f"ablation_{task}"]
-        batch = cfg.task.build(1, seed=DEMO_PROMPT_SEED)
-        page = attention_patterns(ctx.models[task], batch.tokens[0], batch.decode(0))
-        figures = (
-            figure(head_scores_figure(heads, title=f"{task} task: head labels"), f"heads_{task}")
-            + figure(patching_figure(ablation, value="delta", title=f"{task} task: accuracy change under mean ablation (mean over hops)"), f"ablation_{task}")
-            + figure(page, f"attention_{task}")
-        )
-        sections.append(
-            Section(
-                f"{task} task: head roles (R2)",
-                "Positional vs symbolic swap scores (PosSym-2025) on "
-                f"{CLASSIFY_PROMPTS} prompts; label = dominant per-prompt label, purity = its share. "
-                "Mean ablation of each head shows which heads the task needs, per hop.",
-                tables=(("heads", heads), ("accuracy change under mean ablation, by hop", _delta_by_hop(ablation))),
-                figures=figures,
-            )
-        )
+        parts = [
+            heads_section(heads, about=named, n_prompts=CLASSIFY_PROMPTS, length=length),
+            dynamics_section(dynamics, about=f"{task} {models[task]}"),
+            ablation_section(ctx.tables[f"ablation_{task}"], about=named, n_prompts=ABLATION_PROMPTS),
+            patching,
+            attention_section(model, batch, about=named, heads=heads),
+        ]
+        bar.update(1)
+        sections += [dc.replace(part, title=f"{task} task: {part.title}") for part in parts]
+    bar.close()
     report = ctx.out / "report.html"
     write_text(report, report_html("headkit demo: positional vs symbolic heads", sections, root=ctx.out))
     ctx.files.append(report)
-    print(f"\nreport: {report}")
+    print(f"\nreport (every figure inside, works offline): {report}")
 
 
 # the demo, in order: (name, step); later issues append their analyses here
@@ -265,6 +275,7 @@ def _demo(args: argparse.Namespace) -> int:
                 cfg.task.build(1, seed=0, length=length)
             except HeadkitError as exc:
                 raise HeadkitError(f"--lengths {length}: the {task} task cannot build prompts of it: {exc}") from None
+    use_threads(args.threads)
     started = time.perf_counter()
     for name, step in DEMO_STEPS:
         logger.info("demo step %s", name)
@@ -287,4 +298,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n", type=positive_int, default=512, help="evaluation prompts per length (default 512)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(p)
     p.set_defaults(func=_demo)

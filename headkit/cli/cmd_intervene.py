@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 from headkit.checks import FINAL, check_heads, check_output_path, parse_heads, parse_receivers
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
+from headkit.threads import add_threads_argument, use_threads
 
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
@@ -138,7 +139,7 @@ def _finish(args: argparse.Namespace, frame: pd.DataFrame, title: str) -> int:
         from headkit.io import write_csv
 
         write_csv(args.out, frame)
-        print(f"written to {args.out}")
+        print(f"wrote {len(frame)} rows to {args.out}")
     return 0
 
 
@@ -151,6 +152,7 @@ def _heads(model, parsed: list[tuple[int, int]] | None) -> list[tuple[int, int]]
 
 def _ablate(args: argparse.Namespace) -> int:
     _check_args(args)
+    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
     from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
 
@@ -167,6 +169,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _patch(args: argparse.Namespace) -> int:
     _check_args(args)
+    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
     from headkit.interventions.activation_patching import activation_patching, check_site
 
@@ -186,6 +189,7 @@ def _patch(args: argparse.Namespace) -> int:
 
 def _path_patch(args: argparse.Namespace) -> int:
     _check_args(args)
+    use_threads(args.threads)
     receivers = parse_receivers(args.receivers)
     senders = None if args.senders is None else parse_heads(args.senders)
     import pandas as pd
@@ -233,13 +237,17 @@ def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace]
     parser.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
     parser.add_argument("--device", type=types.device, default=None, help="e.g. cpu or cuda (default: as saved)")
     parser.add_argument("--out", default=None, help="CSV file to write")
+    add_threads_argument(parser)
     parser.set_defaults(func=func)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ablate = subparsers.add_parser("ablate", help="ablate heads and measure a metric")
     _common(ablate, _ablate)
-    ablate.add_argument("--method", choices=ABLATION_METHODS, default="mean")
+    ablate.add_argument(
+        "--method", choices=ABLATION_METHODS, default="mean",
+        help="replace each head's output by zero, its mean over the prompts, or another prompt's (default mean)",
+    )  # fmt: skip
     ablate.add_argument("--heads", default=None, help="LAYER.HEAD list, e.g. 0.0,3.0 (default all)")
     ablate.add_argument("--together", action="store_true", help="ablate the heads as one set")
     ablate.add_argument("--by-hop", action="store_true", help="one row per head and hop count")
@@ -248,7 +256,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(patch, _patch)
     patch.add_argument("--site", default="z", help="z, q, k, v, pattern, resid_pre, attn_out, mlp_out, ...")
     patch.add_argument("--by-position", action="store_true", help="one row per position too")
-    patch.add_argument("--direction", choices=DIRECTIONS, default="denoise")
+    patch.add_argument(
+        "--direction", choices=DIRECTIONS, default="denoise",
+        help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run (default denoise)",
+    )  # fmt: skip
     patch.add_argument("--heads", default=None, help="LAYER.HEAD list (head sites; default all)")
 
     path = subparsers.add_parser("path-patch", help="path patching from sender heads to receivers")

@@ -35,6 +35,7 @@ from headkit.checks import check_heads, check_output_path, parse_heads, parse_in
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.io import write_csv
+from headkit.threads import add_threads_argument, use_threads
 
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
@@ -165,6 +166,7 @@ def _classify(args: argparse.Namespace) -> int:
     if args.per_hop is not None:
         inputs = [p for p in (args.run_dir, args.model) if p is not None and Path(p).exists()]
         args.per_hop = check_output_path(args.per_hop, inputs=inputs + [out], option="--per-hop")
+    use_threads(args.threads)
     if args.run_dir is not None:
         title, census = _classify_run(args, _composition_kinds(args.composition, default=("q", "k", "v")))
     else:
@@ -189,6 +191,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         task = TaskSpec(args.task)
     if not Path(args.run_dir).is_dir():
         raise HeadkitError(f"run directory {args.run_dir} does not exist")
+    use_threads(args.threads)
     from headkit.scores.dynamics import track_heads
 
     table = track_heads(
@@ -231,6 +234,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
     _check_count("--n-prompts", args.n_prompts)
     out = _check_out(args)
     lengths = parse_int_list(args.lengths, name="--lengths", low=2)
+    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
     if (args.run_dir is None) == (args.model is None):
         raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
@@ -256,6 +260,7 @@ def _common(parser: argparse.ArgumentParser, *, n_prompts: int) -> None:
     parser.add_argument("--n-prompts", type=int, default=n_prompts, help=f"prompts to score (default {n_prompts})")
     parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
     parser.add_argument("--out", required=True, help="CSV file to write")
+    add_threads_argument(parser)
 
 
 def _swap_option(parser: argparse.ArgumentParser) -> None:

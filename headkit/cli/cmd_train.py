@@ -21,6 +21,7 @@ from headkit.checks import check_output_path, parse_int_list
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.tasks import BUILDERS
+from headkit.threads import add_threads_argument, use_threads
 
 # torch, TransformerLens and the training code are imported inside the commands,
 # so that building the parser (every ``headkit`` call, ``--help`` included) stays fast.
@@ -96,10 +97,11 @@ def _train(args: argparse.Namespace) -> int:
         if args.task is None:
             raise HeadkitError(f"--task is required for a new run: allowed {', '.join(BUILDERS)}")
         cfg = default_config(args.task, **given)
+    use_threads(args.threads)
     result = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
     last = result.metrics.iloc[-1]
     print(f"trained {cfg.task.name} to step {result.step}: eval accuracy {last['accuracy']:.4f}, eval loss {last['eval_loss']:.4f}")
-    print(f"run written to {out}")
+    print(f"wrote the run to {out}")
     return 0
 
 
@@ -110,6 +112,7 @@ def _eval(args: argparse.Namespace) -> int:
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
 
+    use_threads(args.threads)
     ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
@@ -119,7 +122,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.n} prompts per length:")
     print(accuracy_table(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
-        print(f"written to {out}")
+        print(f"wrote {len(frame)} rows to {out}")
     return 0
 
 
@@ -160,6 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=types.device, help="torch device (default cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("eval", help="accuracy of a trained model by length and hop")
@@ -169,6 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
     p.add_argument("--out", help="CSV file to write (columns task,length,hop,n,accuracy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser("info", help="config, checkpoints and last metrics of a run")

@@ -1,0 +1,153 @@
+"""``headkit report RUN_DIR``: one self-contained page of a run, and in a real headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+
+import pandas as pd
+import pytest
+
+from headkit.cli import main
+
+N = 16  # prompts per length / ablation / patching: tiny, the page is what is tested
+REPORT = ["--n", str(N), "--n-prompts", "8", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def number_run(tmp_path_factory):
+    """A 2-layer d_model 16 number-task run with checkpoints at steps 2 and 4."""
+    from headkit.training import default_config, train
+
+    cfg = default_config("number")
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), steps=4, batch_size=8,
+        eval_every=2, eval_n=16, warmup_steps=1, checkpoint_steps=(2,),
+    )  # fmt: skip
+    run = tmp_path_factory.mktemp("report") / "number"
+    train(cfg, out_dir=run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(number_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 0
+    return out
+
+
+def expected_views(seed: int = 1) -> int:
+    """Attention views the report shows: two prompts per hop count of its batch (seed 0 + 1)."""
+    from headkit.cli.cmd_report import VIEWS_PER_HOP
+    from headkit.tasks import TaskSpec
+
+    hops = TaskSpec("number").build(N, seed=seed).hops
+    return sum(min(VIEWS_PER_HOP, int((hops == h).sum())) for h in hops.unique())
+
+
+def test_report_writes_one_page_and_its_tables(report, capsys):
+    page = (report / "report.html").read_text()
+    for title in (
+        "Accuracy by length and hop", "Head census", "Learning dynamics over checkpoints", "Ablation per hop",
+        "Activation patching", "Attention views",
+    ):  # fmt: skip
+        assert f"<h2>{title}" in page
+    assert page.count("How to read this:") == 6
+    assert page.count("Plotly.newPlot(") == 6  # accuracy, census, dynamics, ablation, 2 patching maps
+    assert page.count('class="headkit-attention-widget"') == expected_views()
+    assert "trained length 17" in page and "2-layer × 1-head model, d_model 16, step 4" in page
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=.https?:", page)
+    assert sorted(p.name for p in report.iterdir()) == [
+        "ablation.csv", "accuracy.csv", "dynamics.csv", "heads.csv", "report.html",
+    ]  # fmt: skip
+    assert sorted(pd.read_csv(report / "dynamics.csv")["step"].unique()) == [2, 4]
+    assert sorted(pd.read_csv(report / "accuracy.csv")["length"].unique()) == [17, 33, 65, 129, 257]
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "--n", "0"])
+
+
+# --------------------------------------------------------------------------- a real browser
+
+def _load_cdp():
+    """tests/chromium_cdp.py (a helper, not a test module; tests/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("headkit_chromium_cdp", Path(__file__).with_name("chromium_cdp.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_cdp = _load_cdp()
+chromium_path, open_page = _cdp.chromium_path, _cdp.open_page
+
+CHROMIUM_MISSING = (
+    "SKIPPED LOUDLY: no Chromium on this machine (install Debian's `chromium`: apt-get install -y chromium; "
+    ".ci/run does), so the report was NOT checked in a real browser"
+)
+
+
+@pytest.mark.skipif(chromium_path() is None, reason=CHROMIUM_MISSING)
+def test_report_renders_offline_in_headless_chromium(report):
+    result = open_page(
+        report / "report.html",
+        ready=(
+            "document.readyState === 'complete' && "
+            "[...document.querySelectorAll('.headkit-attention-widget')].every(e => e.childElementCount > 0) && "
+            "[...document.querySelectorAll('.js-plotly-plot')].every(e => e.querySelector('.main-svg'))"
+        ),
+        expressions={
+            "plots": "document.querySelectorAll('.js-plotly-plot .main-svg .cartesianlayer').length",
+            "views": "[...document.querySelectorAll('.headkit-attention-widget')].filter(e => e.querySelector('canvas, svg, table, div')).length",
+            "online": "navigator.onLine",
+        },
+    )
+    assert result.failed_requests == []
+    assert result.console_errors == []
+    assert result.values["online"] is False  # networking was off
+    assert result.values["plots"] == 6
+    assert result.values["views"] == expected_views()
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(result.screenshot)).convert("RGB")
+    assert image.width >= 1000 and image.height > 3000  # the whole page, not a viewport
+    small = image.resize((image.width // 10, image.height // 10))
+    colours = small.getcolors(maxcolors=1 << 20)
+    non_white = sum(count for count, rgb in colours if min(rgb) < 235)
+    assert len(colours) > 100 and non_white > 0.05 * small.width * small.height  # not blank
+    if os.environ.get("HEADKIT_KEEP_SCREENSHOT"):
+        image.save(os.environ["HEADKIT_KEEP_SCREENSHOT"])
+
+
+def test_png_option_writes_figure_files_or_says_why_not(number_run, tmp_path, capsys):
+    out = tmp_path / "png"
+    assert main(["report", str(number_run), "--out", str(out), "--png", *REPORT]) == 0
+    printed = capsys.readouterr().out
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert [f"figure_{i}.html" for i in range(1, 7)] == [n for n in figures if n.endswith(".html")]
+    pngs = [n for n in figures if n.endswith(".png")]
+    assert len(pngs) == 6 or (not pngs and "no PNG written: PNG export needs kaleido" in printed)
+
+
+def test_a_checkpoint_directory_gets_a_report_beside_not_inside_it(number_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    from headkit.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(number_run)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    assert main(["report", str(checkpoint), *REPORT]) == 0
+    page = (tmp_path / f"report_{checkpoint.name}" / "report.html").read_text()
+    assert "Learning dynamics" not in page and page.count("Plotly.newPlot(") == 5  # no run: no dynamics
+    assert sorted(p.name for p in checkpoint.iterdir()) == before

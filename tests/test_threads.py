@@ -1,0 +1,58 @@
+"""headkit.threads: the CLI's torch thread count (idle cores by load average, or --threads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headkit.cli import build_parser, main
+from headkit.errors import HeadkitError
+from headkit.threads import auto_threads, use_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "cores, load, ceiling, expected",
+    [
+        (2, 0.0, 2, 2),  # quiet 2-core machine: both cores
+        (2, 0.3, 2, 2),  # nearly quiet: round(1.7) = 2
+        (2, 0.8, 2, 1),  # one core busy
+        (2, 8.0, 2, 1),  # overloaded: never below one
+        (16, 3.0, 8, 8),  # capped at torch's own default
+        (16, 3.0, 32, 13),
+    ],
+)
+def test_auto_threads_counts_idle_cores(cores, load, ceiling, expected):
+    assert auto_threads(cores=cores, load=load, ceiling=ceiling) == expected
+
+
+def test_use_threads_sets_torch(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert use_threads(1) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert use_threads() == 1  # the environment's setting wins over the automatic choice
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    expected = auto_threads()
+    assert use_threads() == expected and torch.get_num_threads() == expected
+    with pytest.raises(HeadkitError, match="--threads=0 must be a positive integer"):
+        use_threads(0)
+
+
+def test_every_computing_command_takes_threads(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    computing = {"train", "eval", "demo", "report", "classify", "dynamics", "discrepancy", "ablate", "patch", "path-patch"}
+    for name in computing:
+        options = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert "--threads" in options, name
+    assert "load average" in sub.choices["demo"].format_help()
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "x", "--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads: 0 must be 1 or more" in capsys.readouterr().err
