@@ -32,6 +32,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from headkit.checks import check_output_path
 from headkit.cli.cmd_train import positive_int, run_dir_checkpoint
 from headkit.errors import HeadkitError
 from headkit.threads import add_threads_argument, use_threads
@@ -202,6 +203,12 @@ def attention_section(
 
 
 def _report(args: argparse.Namespace) -> int:
+    run = Path(args.run_dir)
+    folder = run_dir_checkpoint(run)
+    # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
+    out = Path(args.out) if args.out is not None else (run / "report" if run != folder else Path(f"report_{folder.name}"))
+    check_output_path(out, directory=True, inputs=[run])  # before any work: writable, not a run's own files
+    use_threads(args.threads)
     import pandas as pd
 
     from headkit.checkpoints import load_checkpoint
@@ -213,13 +220,6 @@ def _report(args: argparse.Namespace) -> int:
     from headkit.report import report_html
     from headkit.scores.positional_symbolic import classify_heads
 
-    run = Path(args.run_dir)
-    folder = run_dir_checkpoint(run)
-    # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
-    out = Path(args.out) if args.out is not None else (run / "report" if run != folder else Path(f"report_{folder.name}"))
-    if out.exists() and not out.is_dir():
-        raise HeadkitError(f"--out {out} exists and is not a directory")
-    use_threads(args.threads)
     ckpt = load_checkpoint(folder)
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for its report")
