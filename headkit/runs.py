@@ -18,7 +18,7 @@ What this module decides for every command:
 - `RunLock`: an exclusive lock while a process writes a run. A second writer is
   refused at once, naming the holder's pid. The kernel drops an ``fcntl`` lock
   when its process dies, so a lock file left by a killed process is stale and is
-  simply taken over (logged).
+  simply taken over (logged); a clean exit removes the file.
 - `clean_temporaries`: hidden ``.step_*.tmp-*`` / ``.old-*`` directories and
   ``.*.tmp`` files that a killed process left behind, removed on the next open
   (only under the lock, so never another writer's files in flight).
@@ -166,16 +166,6 @@ def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """Exclusive lock on a run directory while this process writes it (a context manager).
 
@@ -194,9 +184,30 @@ class RunLock:
             raise HeadkitError(f"{self.run_dir} exists and is not a directory")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise HeadkitError(f"cannot create run directory {self.run_dir}: {error.strerror}") from None
+        while True:  # the lock file is removed on release: retry if it went away under us
+            fd = self._open_locked()
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.read(fd, 64).decode(errors="replace").strip()
+        if previous.isdigit() and int(previous) != os.getpid():  # the holder died without releasing
+            logger.warning("taking over a stale lock of %s (pid %s, no longer running)", self.run_dir, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _open_locked(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise HeadkitError(f"cannot create the lock file {self.path}: {error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -208,18 +219,11 @@ class RunLock:
                     "wait for it to finish or stop it"
                 ) from None
             raise HeadkitError(f"cannot lock {self.path}: {error.strerror}") from None
-        previous = os.read(fd, 64).decode(errors="replace").strip()
-        if previous.isdigit() and int(previous) != os.getpid():
-            state = "no longer running" if not _pid_alive(int(previous)) else "not holding it"
-            logger.warning("taking over a stale lock of %s (pid %s, %s)", self.run_dir, previous, state)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
+        return fd
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            self.path.unlink(missing_ok=True)  # before unlocking, so no one locks a removed file
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

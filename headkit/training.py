@@ -285,7 +285,7 @@ def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> Tr
         raise HeadkitError(f"unknown preset {preset!r}: allowed {', '.join(PRESETS)}")
     table = PRESETS[preset]
     if task not in table:
-        raise HeadkitError(f"preset {preset!r} has no task {task!r}: allowed {', '.join(table)}")
+        raise HeadkitError(f"unknown task {task!r} for preset {preset!r}: allowed {', '.join(table)}")
     params, model_sizes, settings = table[task]
     spec = overrides.pop("task", None) or TaskSpec(task, dict(params))
     model = overrides.pop("model", None)
@@ -656,7 +656,7 @@ def train(
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise HeadkitError(f"{run_dir} exists and is not a directory")
     if resume and not (run_dir is not None and run_dir.is_dir()):
-        raise HeadkitError(f"cannot resume {run_dir}: the directory does not exist")
+        raise HeadkitError(f"cannot resume {run_dir}: it is not a headkit run directory (it does not exist)")
     if run_dir is not None and not resume:
         check_new_run(run_dir)
     device = resolve_device(cfg.device)

@@ -21,7 +21,7 @@ from headkit.models import ModelConfig, model_from_config
 from headkit.tasks.base import TaskSpec
 
 CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
-TASK = TaskSpec("number", {"n_targets": 8, "max_hops": 4})
+TASK = TaskSpec("number", {"target_window": 8, "max_hops": 4})
 
 
 def model(seed: int = 0):
@@ -75,7 +75,7 @@ def test_metadata_round_trip(tmp_path):
     assert loaded.optimizer_state["param_groups"][0]["lr"] == 1e-3
     assert load_checkpoint(path, device="cpu").optimizer_state is None
     meta = json.loads((path / "meta.json").read_text())
-    assert set(meta["sha256"]) == {"model.safetensors", "optimizer.pt"}
+    assert set(meta["sha256"]) == {"config.json", "model.safetensors", "optimizer.pt"}
     assert meta["headkit_version"]
 
 
