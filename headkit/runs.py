@@ -74,14 +74,12 @@ def resolve_checkpoint(path: str | os.PathLike, *, step: int | None = None) -> P
 
     path = Path(path)
     if not path.is_dir():
-        raise HeadkitError(f"{path} does not exist or is not a directory")
+        raise HeadkitError(f"run directory {path} does not exist (or is not a directory)")
     if (path / META_FILE).is_file() and not is_run_dir(path):
         if step is not None:
             raise HeadkitError(f"{path} is one checkpoint: a step can be chosen only in a run directory")
         return path
-    if not is_run_dir(path):
-        raise HeadkitError(f"{path} is neither a headkit run directory nor a checkpoint (no {RUN_FILE}, no {META_FILE})")
-    if step is None:
+    if step is None:  # a run directory, or a directory that is neither (then: "has no checkpoints")
         return latest_checkpoint(path)
     folder = checkpoint_dir(path, step)
     if not folder.is_dir():
@@ -268,3 +266,15 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
     last = None if metrics is None or not len(metrics) else int(metrics["step"].iloc[-1])
     steps = tuple(step for step, _ in list_checkpoints(run_dir))
     return RunStatus(checkpoint_steps=steps, last_metrics_step=last, planned_steps=cfg.steps)
+
+
+def train_or_reuse(
+    cfg: "TrainConfig", run_dir: str | os.PathLike, *, progress: bool = True, ignore: tuple[str, ...] = ("device",)
+) -> Any:
+    """Train ``cfg`` into ``run_dir``: reuse a complete run of the same config, resume
+    an interrupted one, start a new one in an empty or absent directory; a run of
+    another config is refused (`existing_run`). Returns the `TrainResult`."""
+    from headkit.training import train
+
+    resume = existing_run(run_dir, cfg, ignore=ignore)
+    return train(cfg, out_dir=run_dir, resume=resume, progress=progress)

@@ -144,8 +144,8 @@ def small_demo(monkeypatch):
 
     real = training.default_config
 
-    def shrunk(task):
-        cfg = real(task)
+    def shrunk(task, **options):
+        cfg = real(task, **options)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
 
     monkeypatch.setattr(training, "default_config", shrunk)  # the demo imports it when it runs
