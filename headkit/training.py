@@ -657,8 +657,6 @@ def train(
         raise HeadkitError(f"{run_dir} exists and is not a directory")
     if resume and not (run_dir is not None and run_dir.is_dir()):
         raise HeadkitError(f"cannot resume {run_dir}: it is not a headkit run directory (it does not exist)")
-    if run_dir is not None and not resume:
-        check_new_run(run_dir)
     device = resolve_device(cfg.device)
     probe = _check_task_fits(cfg)
     _check_memory(cfg, probe.length, device)
@@ -669,7 +667,7 @@ def train(
             stack.enter_context(RunLock(run_dir))
             clean_temporaries(run_dir)
             if not resume:
-                check_new_run(run_dir)  # again, under the lock
+                check_new_run(run_dir)  # under the lock: a writer in progress is named first
         stack.enter_context(torch.random.fork_rng(devices=devices))
         # 2. the model and optimizer: fresh, or from the newest valid checkpoint
         state = _resumed_state(cfg, run_dir, device) if resume else _fresh_state(cfg, device)
