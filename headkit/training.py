@@ -687,8 +687,11 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
             write_json(run_dir / RUN_FILE, cfg.to_dict())
             wrote_config = True
 
-    if state.step > 0:  # resumed: run.json records the new steps at once
-        write_config()
+    if state.step > 0:  # resumed: run.json records the new steps at once (a reused run is left untouched)
+        if read_run_config(run_dir) == cfg:
+            wrote_config = True
+        else:
+            write_config()
 
     def record(losses: list[float], lr: float) -> None:
         score = score_batch(scorer, eval_batch)

@@ -112,6 +112,13 @@ def test_two_train_processes_into_one_directory(tmp_path):
         assert json.loads((run / "run.json").read_text())["seed"] == 1
 
 
+def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
+    with RunLock(tmp_path):  # this test process plays the first demo
+        done = headkit("demo", "--out", str(tmp_path), "--steps-scale", "0.001", "--no-progress")
+    assert_one_line_error(done, f"is in use by another headkit process (pid {os.getpid()})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing trained
+
+
 # --- dead ends, temporaries, incomplete runs -------------------------------------------------
 
 
