@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPTJForCausalLM
 
-from headkit.checkpoints import checkpoint_dir, load_checkpoint, save_checkpoint
+from headkit.checkpoints import checkpoint_dir, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
 from headkit.gptj_hf import ATTN_IMPLEMENTATION, build_hf_model, hf_config
