@@ -232,7 +232,7 @@ _CPU: dict[str, tuple[dict, dict, dict]] = {
     "letter": (
         {"n_symbols": 24},
         dict(n_layers=6, d_model=64, n_heads=1, n_ctx=257),
-        dict(steps=1500, lr=3e-3, warmup_steps=200, curriculum_every=250),
+        dict(steps=2000, lr=3e-3, warmup_steps=200, curriculum_every=250),  # 93.9% at 1500, 96.9% at 1600
     ),
     "tree": (
         {},
