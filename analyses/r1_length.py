@@ -42,14 +42,14 @@ import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
-from headkit.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
 from headkit.models import ModelConfig
 from headkit.plots import accuracy_by_length_figure, write_figure
+from headkit.runs import open_checkpoint, train_or_reuse
 from headkit.tasks.base import TaskSpec
-from headkit.training import TrainConfig, config_differences, default_config, read_run_config, train
+from headkit.training import TrainConfig, default_config
 
 log = logging.getLogger(__name__)
 
@@ -109,22 +109,8 @@ def ensure_run(cfg: TrainConfig, run_dir: Path) -> Path:
 
     A run made with another config is an error (choose another ``--runs`` folder).
     """
-    if (run_dir / "run.json").exists():
-        differ = config_differences(read_run_config(run_dir), cfg)
-        if differ:
-            raise HeadkitError(
-                f"{run_dir} holds a different run (it differs in {', '.join(differ)}): "
-                "pass another --runs folder"
-            )
-        done = [step for step, _ in list_checkpoints(run_dir)]
-        if done and done[-1] == cfg.steps:
-            log.info("reusing the complete run %s", run_dir)
-            return run_dir
-        log.info("resuming the incomplete run %s", run_dir)
-        train(cfg, out_dir=run_dir, resume=True)
-        return run_dir
-    log.info("training %s into %s", cfg.task.name, run_dir)
-    train(cfg, out_dir=run_dir)
+    log.info("training, resuming or reusing %s in %s", cfg.task.name, run_dir)
+    train_or_reuse(cfg, run_dir, ignore=())
     return run_dir
 
 
@@ -151,7 +137,7 @@ def check_lengths(lengths: Sequence[int], *, steps: int, tiny: bool) -> None:
 
 def final_model(run_dir: Path) -> tuple[HookedTransformer, TaskSpec]:
     """The model of a run's last checkpoint and the task it was trained on."""
-    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    ckpt = open_checkpoint(run_dir)
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task")
     return ckpt.model, ckpt.task

@@ -1,29 +1,41 @@
-"""Training checkpoints: one directory per step, written all at once or not at all.
+"""Training checkpoints: Hugging Face GPT-J directories, written all at once or not at all.
 
-Layout of a run and of one checkpoint::
+Layout of a run and of one checkpoint (see `headkit.runs` for the run)::
 
     RUN/checkpoints/step_0001200/
-        model.safetensors   the model's state dict (safetensors, contiguous tensors)
-        meta.json           model_config, task, step, metrics, train_config, dtype,
-                            headkit version, sha256 of every other file
+        config.json         the Hugging Face `GPTJConfig` (model_type "gptj")
+        model.safetensors   the weights in Hugging Face names (GPTJForCausalLM)
+        meta.json           headkit's metadata: model_config, task, step, metrics,
+                            train_config, dtype, headkit version, sha256 of every other file
         optimizer.pt        optional, torch.save of the optimizer state dict
+        rng.pt              optional, the RNG state (dropout) at that step, for exact resume
+
+So a checkpoint opens in any Hugging Face tool (``GPTJForCausalLM.from_pretrained``),
+and headkit opens it through `headkit.load_gptj` as a HookedTransformer.
 
 Writing: everything goes into a hidden temporary sibling directory, each file
 and the directory are fsynced, and only then is the directory renamed into
 place (an older checkpoint of the same step is moved aside first and deleted
 after the swap). A crash or an error at any point leaves either the old
-checkpoint or the new one, never a mix, and no half-written directory.
+checkpoint or the new one, never a mix, and no half-written directory (a
+killed process can leave a hidden ``.step_*.tmp-*`` directory, which
+`headkit.runs.clean_temporaries` removes when the run is next opened).
 
 Reading: `load_checkpoint` checks everything before it builds a model: the
-files exist, meta.json parses and names a valid `ModelConfig`, and every file's
-sha256 matches the one recorded (this catches truncation and flipped bytes).
-The model is rebuilt with `headkit.models.model_from_config` and its state dict
-loaded strictly.
+files exist, meta.json parses and names a valid `ModelConfig` and task (no
+unknown task parameter), config.json agrees with the model_config, every
+file's sha256 matches the one recorded (this catches truncation and flipped
+bytes), the step agrees with the directory name and the task with the run's
+``run.json``. The model is then loaded with `headkit.load_gptj`; a model with a
+non-finite weight is refused, naming the tensor. Checkpoints of format 1
+(headkit before the Hugging Face backend: a HookedTransformer state dict, no
+config.json) are still read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -38,6 +50,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
+from transformers import GPTJForCausalLM
 
 from headkit.errors import HeadkitError
 from headkit.io import honour_umask
@@ -47,10 +60,14 @@ from headkit.tasks.base import TaskSpec
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 OPTIMIZER_FILE = "optimizer.pt"
-FORMAT_VERSION = 1
+RNG_FILE = "rng.pt"
+FORMAT_VERSION = 2  # 1: HookedTransformer state dict; 2: Hugging Face GPT-J directory
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# config.json fields that must agree with the model_config in meta.json
+_SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "rotary_dim", "n_inner", "activation_function")
 
 
 @dataclass(frozen=True)
@@ -58,13 +75,14 @@ class Checkpoint:
     """A checkpoint as loaded: the model plus everything recorded with it."""
 
     path: Path  # the checkpoint directory
-    model: HookedTransformer  # rebuilt from model_config, weights loaded, in eval mode
+    model: HookedTransformer  # loaded through headkit.load_gptj, in eval mode
     model_config: ModelConfig
     step: int  # training step at which it was written
     task: TaskSpec | None  # the task trained on, to build fresh prompts
     metrics: dict[str, float]  # e.g. loss, accuracy at that step
     train_config: dict[str, Any]  # the training settings, as JSON values
     optimizer_state: dict | None  # only with load_checkpoint(..., with_optimizer=True)
+    rng_state: dict | None = None  # only with with_optimizer=True, if recorded
 
 
 # --- run directories -----------------------------------------------------------------
@@ -81,6 +99,12 @@ def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{_check_step(step):07d}"
 
 
+def step_of_dir(path: str | os.PathLike) -> int | None:
+    """The step a ``step_NNNNNNN`` directory name stands for (None for other names)."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, directory) of every checkpoint of a run, sorted by step."""
     run = Path(run_dir)
@@ -91,9 +115,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in folder.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
+        step = step_of_dir(path)
+        if step is not None and path.is_dir():
+            found.append((step, path))
     return sorted(found)
 
 
@@ -124,6 +148,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _dtype_name(dtypes: set[torch.dtype]) -> str:
+    names = [name for name, dtype in DTYPES.items() if {dtype} == dtypes]
+    if not names:
+        raise HeadkitError(f"model parameters have dtypes {dtypes}: allowed one of {', '.join(DTYPES)}")
+    return names[0]
+
+
 def _check_model_matches(model: HookedTransformer, config: ModelConfig) -> str:
     """Refuse a model whose state dict is not the one ``config`` builds; return its dtype name."""
     with torch.device("meta"):
@@ -141,11 +172,22 @@ def _check_model_matches(model: HookedTransformer, config: ModelConfig) -> str:
                 f"model does not match model_config: {name} has shape {tuple(actual[name].shape)}, "
                 f"model_config implies {tuple(tensor.shape)}"
             )
-    dtypes = {p.dtype for p in model.parameters()}
-    names = [name for name, dtype in DTYPES.items() if {dtype} == dtypes]
-    if not names:
-        raise HeadkitError(f"model parameters have dtypes {dtypes}: allowed one of {', '.join(DTYPES)}")
-    return names[0]
+    return _dtype_name({p.dtype for p in model.parameters()})
+
+
+def _check_hf_matches(model: GPTJForCausalLM, config: ModelConfig) -> str:
+    """Refuse a Hugging Face model whose shapes differ from ``config``; return its dtype name."""
+    from headkit.gptj_hf import hf_config
+
+    expected = hf_config(config).to_dict()
+    found = model.config.to_dict()
+    for key in _SHAPE_FIELDS:
+        if expected.get(key) != found.get(key):
+            raise HeadkitError(
+                f"model does not match model_config: config {key}={found.get(key)!r}, "
+                f"model_config implies {expected.get(key)!r}"
+            )
+    return _dtype_name({p.dtype for p in model.parameters()})
 
 
 def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
@@ -158,16 +200,29 @@ def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
+def _hf_config_json(model_config: ModelConfig, dropout: float) -> str:
+    from headkit.gptj_hf import hf_config
+
+    config = hf_config(model_config, dropout=dropout)
+    config.architectures = ["GPTJForCausalLM"]
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
 def _write_into(
-    folder: Path, model: HookedTransformer, meta: dict[str, Any], optimizer_state: Mapping | None
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    config_json: str,
+    meta: dict[str, Any],
+    extra: Mapping[str, Mapping | None],
 ) -> None:
     """Write every file of a checkpoint into ``folder`` and fsync them."""
-    state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(folder / MODEL_FILE))
-    hashes = {MODEL_FILE: _sha256(folder / MODEL_FILE)}
-    if optimizer_state is not None:
-        torch.save(dict(optimizer_state), folder / OPTIMIZER_FILE)
-        hashes[OPTIMIZER_FILE] = _sha256(folder / OPTIMIZER_FILE)
+    save_file(state, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(config_json)
+    hashes = {name: _sha256(folder / name) for name in (MODEL_FILE, CONFIG_FILE)}
+    for name, value in extra.items():
+        if value is not None:
+            torch.save(dict(value), folder / name)
+            hashes[name] = _sha256(folder / name)
     text = json.dumps({**meta, "sha256": hashes}, indent=2, sort_keys=True, default=str)
     (folder / META_FILE).write_text(text + "\n")
     for name in [*hashes, META_FILE]:
@@ -195,7 +250,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 def save_checkpoint(
     directory: str | os.PathLike,
-    model: HookedTransformer,
+    model: GPTJForCausalLM | HookedTransformer,
     *,
     model_config: ModelConfig,
     step: int,
@@ -203,25 +258,38 @@ def save_checkpoint(
     metrics: Mapping[str, float] | None = None,
     train_config: Mapping[str, Any] | None = None,
     optimizer_state: Mapping[str, Any] | None = None,
+    rng_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` and its metadata atomically into ``directory``; return it.
 
+    ``model`` is the `GPTJForCausalLM` training trains, or a HookedTransformer
+    that is a GPT-J (converted with `headkit.gptj_hf.hf_state_from_hooked`).
     ``directory`` is usually ``checkpoint_dir(run_dir, step)``. An existing
     checkpoint there is replaced. Values of ``train_config`` and task
     parameters that JSON cannot hold are stored as strings.
     """
+    from headkit.gptj_hf import hf_state, hf_state_from_hooked
+
     if not isinstance(model_config, ModelConfig):
         raise HeadkitError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if task is not None and not isinstance(task, TaskSpec):
         raise HeadkitError(f"task must be a TaskSpec or None, got {type(task).__name__}")
     from headkit import __version__
 
+    if isinstance(model, GPTJForCausalLM):
+        dtype = _check_hf_matches(model, model_config)
+        state, dropout = hf_state(model), float(model.config.resid_pdrop)
+    elif isinstance(model, HookedTransformer):
+        dtype = _check_model_matches(model, model_config)
+        state, dropout = hf_state_from_hooked(model, model_config), 0.0
+    else:
+        raise HeadkitError(f"model must be a GPTJForCausalLM or a HookedTransformer, got {type(model).__name__}")
     meta = {
         "format": FORMAT_VERSION,
         "headkit_version": __version__,
         "step": _check_step(step),
         "model_config": model_config.to_dict(),
-        "dtype": _check_model_matches(model, model_config),
+        "dtype": dtype,
         "task": None if task is None else task.to_dict(),
         "metrics": _metrics(metrics),
         "train_config": dict(train_config or {}),
@@ -230,7 +298,8 @@ def save_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        _write_into(tmp, model, meta, optimizer_state)
+        extra = {OPTIMIZER_FILE: optimizer_state, RNG_FILE: rng_state}
+        _write_into(tmp, state, _hf_config_json(model_config, dropout), meta, extra)
         honour_umask(tmp)  # mkdtemp makes it 0700, safetensors its file 0600
         _swap_into_place(tmp, target)
     except BaseException:
@@ -273,6 +342,103 @@ def _check_file(folder: Path, name: str, meta: dict[str, Any]) -> Path:
     return path
 
 
+def check_task_params(task: TaskSpec) -> None:
+    """Refuse task parameters that the task's builder does not take (one line, naming them)."""
+    signature = inspect.signature(task.builder()).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return
+    allowed = [name for name, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"]
+    unknown = sorted(set(task.params) - set(allowed))
+    if unknown:
+        raise HeadkitError(
+            f"task {task.name!r} has no parameter {', '.join(unknown)}: allowed {', '.join(allowed)}"
+        )
+
+
+def _check_config_json(folder: Path, config: ModelConfig) -> None:
+    """config.json must describe the model that meta.json's model_config names."""
+    from headkit.gptj_hf import hf_config
+
+    path = folder / CONFIG_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    expected = hf_config(config).to_dict()
+    for key in _SHAPE_FIELDS:
+        if found.get(key) != expected.get(key):
+            raise HeadkitError(
+                f"{path}: {key}={found.get(key)!r} but meta.json's model_config implies {expected.get(key)!r}"
+            )
+
+
+def check_finite(model: torch.nn.Module, *, what: str) -> None:
+    """Refuse a model with a NaN or infinite weight, naming the first such tensor."""
+    for name, tensor in model.named_parameters():  # buffers may hold -inf on purpose (masks)
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise HeadkitError(f"{what}: tensor {name} has {bad} non-finite value(s) (NaN or inf)")
+
+
+def _hooked_from_hf_dir(folder: Path, config: ModelConfig, dtype: torch.dtype, device) -> HookedTransformer:
+    """The HookedTransformer of a Hugging Face checkpoint directory, via `headkit.load_gptj`."""
+    from headkit.loading import load_gptj
+
+    loaded = load_gptj(folder, dtype=dtype, device=device)
+    loaded.cfg.default_prepend_bos = False  # synthetic tasks have no BOS (as headkit.models)
+    if not config.attn_only:
+        return loaded
+    # GPT-J always has an MLP; an attn_only model's is zero and frozen (headkit.gptj_hf): drop it.
+    model = model_from_config(config, dtype=dtype, device=loaded.cfg.device)
+    state = {k: v for k, v in loaded.state_dict().items() if k in model.state_dict()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: torch.dtype, device) -> HookedTransformer:
+    """A format-1 checkpoint (a HookedTransformer state dict)."""
+    try:
+        state = load_file(str(model_path))
+    except Exception as error:
+        raise HeadkitError(f"{model_path} is not a readable safetensors file: {error}") from None
+    model = model_from_config(config, dtype=dtype, device=device)
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise HeadkitError(f"{model_path} lacks tensor {name} (the model_config in {folder / META_FILE} expects it)")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise HeadkitError(
+                f"{model_path}: tensor {name} has shape {tuple(state[name].shape)}, "
+                f"the model_config implies {tuple(tensor.shape)}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise HeadkitError(f"{model_path} holds tensors the model_config has no place for: {', '.join(extra[:3])}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
+    """A checkpoint inside a run directory must be of that run's task, at its directory's step."""
+    named = step_of_dir(folder)
+    if named is not None and named != step:
+        raise HeadkitError(f"{folder / META_FILE} records step {step} but the directory is named for step {named}")
+    from headkit.runs import run_of_checkpoint
+
+    run = run_of_checkpoint(folder)
+    if run is None:
+        return
+    from headkit.training import read_run_config
+
+    run_task = read_run_config(run).task
+    if task is None or task.to_dict() != run_task.to_dict():
+        found = "no task" if task is None else f"task {task.to_dict()}"
+        raise HeadkitError(
+            f"checkpoint {folder} holds {found} but its run {run} trains task {run_task.to_dict()}: "
+            "it does not belong to this run"
+        )
+
+
 def load_checkpoint(
     directory: str | os.PathLike,
     *,
@@ -284,36 +450,48 @@ def load_checkpoint(
     if not folder.is_dir():
         raise HeadkitError(f"checkpoint directory {folder} does not exist")
     meta = _read_meta(folder)
+    legacy = meta.get("format", 1) == 1
     model_path = _check_file(folder, MODEL_FILE, meta)
+    if not legacy:
+        _check_file(folder, CONFIG_FILE, meta)
     optimizer_path = _check_file(folder, OPTIMIZER_FILE, meta) if with_optimizer else None
+    rng_path = folder / RNG_FILE if with_optimizer and RNG_FILE in meta["sha256"] else None
+    if rng_path is not None:
+        _check_file(folder, RNG_FILE, meta)
     meta_path = folder / META_FILE
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         task = None if meta.get("task") is None else TaskSpec.from_dict(meta["task"])
+        if task is not None:
+            check_task_params(task)
         dtype = resolve_dtype(meta["dtype"])
         step = _check_step(meta["step"])
         metrics = {str(k): float(v) for k, v in dict(meta["metrics"]).items()}
         train_config = dict(meta["train_config"])
     except (HeadkitError, KeyError, TypeError, ValueError) as error:
         raise HeadkitError(f"{meta_path} is invalid: {error}") from None
+    _check_place(folder, step, task)
 
-    try:
-        state = load_file(str(model_path))
-    except Exception as error:
-        raise HeadkitError(f"{model_path} is not a readable safetensors file: {error}") from None
-    model = model_from_config(config, dtype=dtype, device=device)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise HeadkitError(f"{model_path} does not match the model_config in {meta_path}: {error}") from None
+    if legacy:
+        model = _legacy_model(folder, model_path, config, dtype, device)
+    else:
+        _check_config_json(folder, config)
+        model = _hooked_from_hf_dir(folder, config, dtype, device)
+    check_finite(model, what=f"checkpoint {folder}")
     model.eval()
 
-    optimizer_state = None
-    if optimizer_path is not None:
+    optimizer_state = rng_state = None
+    for path, name in ((optimizer_path, "optimizer"), (rng_path, "rng")):
+        if path is None:
+            continue
         try:
-            optimizer_state = torch.load(optimizer_path, map_location=device, weights_only=True)
+            value = torch.load(path, map_location=device if name == "optimizer" else "cpu", weights_only=True)
         except Exception as error:
-            raise HeadkitError(f"{optimizer_path} cannot be read: {error}") from None
+            raise HeadkitError(f"{path} cannot be read: {error}") from None
+        if name == "optimizer":
+            optimizer_state = value
+        else:
+            rng_state = value
     return Checkpoint(
         path=folder,
         model=model,
@@ -323,4 +501,19 @@ def load_checkpoint(
         metrics=metrics,
         train_config=train_config,
         optimizer_state=optimizer_state,
+        rng_state=rng_state,
     )
+
+
+def load_hf_model(directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu") -> GPTJForCausalLM:
+    """The `GPTJForCausalLM` of a checked checkpoint (for resuming training), weights exact."""
+    from headkit.gptj_hf import build_hf_model
+
+    folder = Path(directory)
+    meta = _read_meta(folder)
+    model_path = _check_file(folder, MODEL_FILE, meta)
+    config = ModelConfig.from_dict(meta["model_config"])
+    model = build_hf_model(config, seed=0, dropout=dropout, device="cpu")
+    model.load_state_dict(load_file(str(model_path)), strict=True)
+    check_finite(model, what=f"checkpoint {folder}")
+    return model.to(device)

@@ -233,12 +233,15 @@ def check_seed(seed: int, *, name: str = "seed") -> int:
 def check_device(device: str) -> str:
     """``device`` as a torch device string this machine has; else a HeadkitError naming it.
 
+    ``auto`` is ``cuda`` when a GPU is present, else ``cpu``.
     ``cuda`` on a CPU-only torch (or with no GPU visible), a ``cuda:N`` beyond the
     visible GPUs, ``mps`` without Metal, ``meta`` (no values) and unknown names
     are refused before any work.
     """
     import torch
 
+    if device == "auto":  # the GPU when there is one
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):

@@ -717,7 +717,7 @@ def load_gptj(
 
     state: Weights = {}
     parts = _components(read, shapes)
-    for kind, prefix, load in tqdm(parts, total=shapes.n_layers + 2, desc="loading GPT-J", leave=False):
+    for kind, prefix, load in tqdm(parts, total=shapes.n_layers + 2, desc="loading GPT-J", leave=False, disable=None):
         part = load()
         _process(part, kind, opts)
         for name, tensor in part.items():

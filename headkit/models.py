@@ -38,6 +38,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+ACT_FNS = ("gelu_new", "gelu")  # MLP activations a ModelConfig may name (same name in HF and TL)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of a GPT-J-style model; everything else is fixed by the architecture."""
@@ -51,6 +54,7 @@ class ModelConfig:
     d_mlp: int | None = None  # MLP width; None = 4 * d_model as in GPT-J
     attn_only: bool = False  # drop the MLPs (copy and induction experiments)
     d_head: int | None = None  # None = d_model // n_heads
+    act_fn: str = "gelu_new"  # MLP activation: GPT-J's gelu_new, or "gelu" (PosSym-2026's code)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
@@ -68,6 +72,8 @@ class ModelConfig:
             raise HeadkitError(
                 f"rotary_dim={self.rotary_dim} must be even and in 2..{head} (the head dimension)"
             )
+        if self.act_fn not in ACT_FNS:
+            raise HeadkitError(f"act_fn={self.act_fn!r} is not supported: allowed {', '.join(ACT_FNS)}")
         if self.d_mlp is not None and self.d_mlp < 1:
             raise HeadkitError(f"d_mlp={self.d_mlp} must be a positive integer")
 
@@ -104,7 +110,7 @@ def gptj_config(
         d_mlp=None if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model),
         d_vocab=cfg.d_vocab,
         n_ctx=cfg.n_ctx,
-        act_fn="gelu_new",
+        act_fn=cfg.act_fn,
         normalization_type="LN",
         positional_embedding_type="rotary",
         rotary_dim=cfg.rotary_dim or head,

@@ -60,7 +60,7 @@ def test_shared_runs_are_reused_and_checked(runs):
     after = sorted(p.stat().st_mtime_ns for p in (runs / "letter").rglob("*") if p.is_file())
     assert before == after
     assert [s for s, _ in list_checkpoints(runs / "letter")] == [*cfg.checkpoint_steps, 4]
-    with pytest.raises(HeadkitError, match="different run.*steps"):
+    with pytest.raises(HeadkitError, match="another config.*steps"):
         r1_length.ensure_run(r1_length.shared_run_config("letter", steps=5, tiny=True), runs / "letter")
     # the full-size runs: 12 checkpoints for R3, letter curriculum one hop per 250 updates
     full = r1_length.shared_run_config("letter")

@@ -21,7 +21,7 @@ from headkit.models import ModelConfig, model_from_config
 from headkit.tasks.base import TaskSpec
 
 CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
-TASK = TaskSpec("number", {"n_targets": 8, "max_hops": 4})
+TASK = TaskSpec("number", {"target_window": 8, "max_hops": 4})
 
 
 def model(seed: int = 0):
@@ -75,7 +75,7 @@ def test_metadata_round_trip(tmp_path):
     assert loaded.optimizer_state["param_groups"][0]["lr"] == 1e-3
     assert load_checkpoint(path, device="cpu").optimizer_state is None
     meta = json.loads((path / "meta.json").read_text())
-    assert set(meta["sha256"]) == {"model.safetensors", "optimizer.pt"}
+    assert set(meta["sha256"]) == {"config.json", "model.safetensors", "optimizer.pt"}
     assert meta["headkit_version"]
 
 
@@ -195,3 +195,35 @@ def test_run_dir_errors(tmp_path):
     assert list_checkpoints(tmp_path / "empty") == []
     with pytest.raises(HeadkitError, match=f"run directory {tmp_path / 'empty'} has no checkpoints"):
         latest_checkpoint(tmp_path / "empty")
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    """headkit before the Hugging Face backend wrote a HookedTransformer state dict, no config.json."""
+    from safetensors.torch import save_file
+
+    original = model(seed=4)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(folder / "model.safetensors"))
+    meta = {
+        "format": 1, "step": 3, "model_config": CONFIG.to_dict(), "dtype": "float32", "task": TASK.to_dict(),
+        "metrics": {}, "train_config": {}, "sha256": {"model.safetensors": ckpt._sha256(folder / "model.safetensors")},
+    }  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta))
+    loaded = load_checkpoint(folder, device="cpu")
+    assert loaded.step == 3 and loaded.task == TASK
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tokens()), original(tokens()))
+
+
+def test_hooked_transformer_that_is_not_a_gptj_is_refused(tmp_path):
+    m = model()
+    with torch.no_grad():
+        m.blocks[0].attn.b_Q.fill_(0.5)
+    with pytest.raises(HeadkitError, match=r"blocks\.0\.attn\.b_Q is not zero"):
+        save_checkpoint(tmp_path / "c", m, model_config=CONFIG, step=0)
+    m = model()
+    with torch.no_grad():
+        m.blocks[1].ln2.w.mul_(2)
+    with pytest.raises(HeadkitError, match=r"blocks\.1\.ln2\.w differs from ln1\.w"):
+        save_checkpoint(tmp_path / "c", m, model_config=CONFIG, step=0)

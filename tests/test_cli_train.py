@@ -144,8 +144,8 @@ def small_demo(monkeypatch):
 
     real = training.default_config
 
-    def shrunk(task):
-        cfg = real(task)
+    def shrunk(task, **options):
+        cfg = real(task, **options)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
 
     monkeypatch.setattr(training, "default_config", shrunk)  # the demo imports it when it runs
@@ -155,7 +155,7 @@ def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
     demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--lengths", "17,33", "--n", "8", "--no-progress"]
     assert main(demo) == 0
     out = capsys.readouterr().out
-    for words in ("== train ==", "== evaluate ==", "number: step 4", "letter: step 3", "accuracy.csv"):
+    for words in ("== train ==", "== evaluate ==", "number: step 4", "letter: step 4", "accuracy.csv"):
         assert words in out
     frame = pd.read_csv(tmp_path / "accuracy.csv")
     assert list(frame.columns) == list(COLUMNS)

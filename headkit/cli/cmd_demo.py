@@ -61,15 +61,16 @@ class DemoContext:
     models: dict[str, HookedTransformer] = field(default_factory=dict)  # task -> trained model
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> result table
     files: list[Path] = field(default_factory=list)  # files written, to list at the end
+    preset: str = "cpu"  # training preset (headkit.training.PRESETS)
 
 
-def demo_config(task: str, *, steps_scale: float = 1.0) -> TrainConfig:
-    """The demo's training config of a task: the defaults, every schedule length scaled."""
+def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> TrainConfig:
+    """The demo's training config of a task: the preset's, every schedule length scaled."""
     from headkit.training import default_config
 
     if not (math.isfinite(steps_scale) and steps_scale > 0):
         raise HeadkitError(f"--steps-scale={steps_scale} must be a positive number")
-    base = default_config(task)
+    base = default_config(task, preset=preset)
 
     def scale(value: int) -> int:
         return max(1, round(value * steps_scale))
@@ -86,33 +87,17 @@ def demo_config(task: str, *, steps_scale: float = 1.0) -> TrainConfig:
     )
 
 
-def _check_reusable(run_dir: Path, cfg: TrainConfig) -> bool:
-    """True if ``run_dir`` holds a run of this config (to reuse or resume), False if empty."""
-    from headkit.training import RUN_FILE, config_differences, read_run_config
-
-    if not (run_dir / RUN_FILE).exists():
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise HeadkitError(f"{run_dir} is not empty and holds no headkit run: remove it or choose another --out")
-        return False
-    differ = config_differences(read_run_config(run_dir), cfg, ignore=("device",))
-    if differ:
-        raise HeadkitError(
-            f"{run_dir} holds a {cfg.task.name} run with another config (differs in {', '.join(differ)}): "
-            f"remove it or choose another --out"
-        )
-    return True
-
-
 def step_train(ctx: DemoContext) -> None:
     """Train (or reuse, or resume) the number and letter models."""
-    from headkit.training import train
+    from headkit.runs import existing_run, train_or_reuse
 
-    ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale) for task in DEMO_TASKS}
-    existing = {task: _check_reusable(ctx.out / task, cfg) for task, cfg in ctx.configs.items()}
+    ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale, preset=ctx.preset) for task in DEMO_TASKS}
+    for task, cfg in ctx.configs.items():  # refuse foreign runs before any training
+        existing_run(ctx.out / task, cfg)
     for task, cfg in ctx.configs.items():
         run_dir = ctx.out / task
         started = time.perf_counter()
-        result = train(cfg, out_dir=run_dir, resume=existing[task], progress=ctx.progress)
+        result = train_or_reuse(cfg, run_dir, progress=ctx.progress)
         ctx.models[task] = result.model
         last = result.metrics.iloc[-1]
         print(
@@ -260,10 +245,11 @@ def _demo(args: argparse.Namespace) -> int:
         lengths=lengths,
         n=args.n,
         progress=not args.no_progress,
+        preset=args.preset,
     )
     check_output_path(ctx.out, directory=True)  # writable, not inside a run's own files or a checkpoint
     for task in DEMO_TASKS:  # every check before any training
-        cfg = demo_config(task, steps_scale=ctx.steps_scale)
+        cfg = demo_config(task, steps_scale=ctx.steps_scale, preset=ctx.preset)
         too_long = [length for length in lengths if length > cfg.model.n_ctx]
         if too_long:
             raise HeadkitError(
@@ -276,11 +262,14 @@ def _demo(args: argparse.Namespace) -> int:
             except HeadkitError as exc:
                 raise HeadkitError(f"--lengths {length}: the {task} task cannot build prompts of it: {exc}") from None
     use_threads(args.threads)
+    from headkit.runs import RunLock
+
     started = time.perf_counter()
-    for name, step in DEMO_STEPS:
-        logger.info("demo step %s", name)
-        print(f"== {name} ==")
-        step(ctx)
+    with RunLock(ctx.out):  # one demo at a time in OUT
+        for name, step in DEMO_STEPS:
+            logger.info("demo step %s", name)
+            print(f"== {name} ==")
+            step(ctx)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; files in {ctx.out}:")
     for task in ctx.configs:
         print(f"  {ctx.out / task}/ (run.json, metrics.csv, checkpoints/)")
@@ -297,6 +286,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lengths", default=",".join(map(str, DEMO_LENGTHS)), help="evaluation lengths (default 17,33,65,129,257)"
     )
     p.add_argument("--n", type=positive_int, default=512, help="evaluation prompts per length (default 512)")
+    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="training preset (default cpu; paper is for a GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_argument(p)
     p.set_defaults(func=_demo)

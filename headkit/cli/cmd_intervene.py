@@ -101,17 +101,11 @@ def _load_model(args: argparse.Namespace):
 
 def _load(args: argparse.Namespace):
     """(checkpoint, clean batch) of the run's latest checkpoint and task, or of ``--model``."""
-    from headkit.checkpoints import latest_checkpoint, load_checkpoint
+    from headkit.runs import open_checkpoint
 
     if args.model is not None:
         return _load_model(args)
-    if args.run_dir is None:
-        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
-    path = Path(args.run_dir)
-    if not path.is_dir():
-        raise HeadkitError(f"run directory {path} does not exist")
-    folder = path if (path / "meta.json").is_file() else latest_checkpoint(path)
-    ckpt = load_checkpoint(folder, device=args.device)
+    ckpt = open_checkpoint(args.run_dir, device=args.device)
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts")
     batch = ckpt.task.build(args.n, seed=args.seed).to(ckpt.model.cfg.device)

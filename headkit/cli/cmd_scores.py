@@ -86,13 +86,9 @@ def _check_task_name(name: str | None) -> None:
 
 def _latest(run_dir: str):
     """The latest checkpoint of a run directory (or a checkpoint directory itself)."""
-    from headkit.checkpoints import latest_checkpoint, load_checkpoint
+    from headkit.runs import open_checkpoint
 
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise HeadkitError(f"run directory {path} does not exist")
-    folder = path if (path / "meta.json").is_file() else latest_checkpoint(path)
-    return load_checkpoint(folder)
+    return open_checkpoint(run_dir)
 
 
 def _task_of(ckpt: Any, name: str | None):

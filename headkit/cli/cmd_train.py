@@ -1,12 +1,14 @@
 """``headkit train``, ``headkit eval`` and ``headkit info``: train a model, score it, inspect a run.
 
-- ``train --task T --out DIR`` trains `headkit.training.default_config(T)` with
-  the options given overriding the defaults; ``--resume`` continues the run in
-  DIR (its ``run.json`` supplies the config; only ``--steps`` may change it).
+- ``train --task T --out DIR`` trains `headkit.training.default_config(T, preset=P)`
+  (``--preset cpu``, the default, or ``paper``) with the options given overriding
+  the preset; ``--resume`` continues the run in DIR (its ``run.json`` supplies the
+  config; only ``--steps`` and ``--device`` may change it).
 - ``eval DIR --lengths 17,33,65,129 --out FILE.csv`` scores the latest checkpoint
   of a run (or one checkpoint directory) with `headkit.evaluation.evaluate`,
   writes the tidy CSV and prints the accuracy table.
-- ``info DIR`` prints a run's config, its checkpoints and its last metrics.
+- ``info DIR`` prints a run's config, its checkpoints, its last metrics and whether
+  it is complete (`headkit.runs.run_status`).
 """
 
 from __future__ import annotations
@@ -68,14 +70,9 @@ _OVERRIDES = {
 
 def run_dir_checkpoint(path: Path) -> Path:
     """A run directory -> its latest checkpoint; a checkpoint directory -> itself."""
-    if not path.is_dir():
-        raise HeadkitError(f"{path} does not exist or is not a directory")
-    from headkit.checkpoints import latest_checkpoint
-    from headkit.training import RUN_FILE
+    from headkit.runs import resolve_checkpoint
 
-    if (path / RUN_FILE).is_file() or (path / "checkpoints").is_dir():
-        return latest_checkpoint(path)
-    return path
+    return resolve_checkpoint(path)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
         given["checkpoint_steps"] = tuple(parse_int_list(args.checkpoint_steps, name="--checkpoint-steps"))
     out = Path(args.out)
     if args.resume:
+        if args.preset is not None:
+            raise HeadkitError("--preset applies to a new run; --resume takes the config from run.json")
         cfg = read_run_config(out)
         if args.task is not None and args.task != cfg.task.name:
             raise HeadkitError(f"--task {args.task} but the run in {out} trains task {cfg.task.name!r}")
@@ -96,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.task is None:
             raise HeadkitError(f"--task is required for a new run: allowed {', '.join(BUILDERS)}")
-        cfg = default_config(args.task, **given)
+        cfg = default_config(args.task, preset=args.preset or "cpu", **given)
     use_threads(args.threads)
     result = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
     last = result.metrics.iloc[-1]
@@ -128,12 +127,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from headkit.checkpoints import list_checkpoints
+    from headkit.runs import run_status
     from headkit.training import read_metrics, read_run_config
 
     run = Path(args.run)
     cfg = read_run_config(run)
     found = list_checkpoints(run)
     metrics = read_metrics(run)
+    status = run_status(run)
     print(f"run {run}: task {cfg.task.name}, {cfg.steps} steps planned")
     print("config:")
     print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
@@ -147,6 +148,7 @@ def _info(args: argparse.Namespace) -> int:
         print(metrics.iloc[[-1]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     else:
         print("metrics: none yet")
+    print(f"status: {status.describe()}")
     return 0
 
 
@@ -160,7 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=types.seed, help="initialisation and data seed, 0..2**64-1")
     p.add_argument("--eval-every", type=positive_int, help="updates between held-out evaluations")
     p.add_argument("--checkpoint-steps", help="extra steps to checkpoint at, e.g. 500,1000")
-    p.add_argument("--device", type=types.device, help="torch device (default cpu)")
+    p.add_argument("--preset", choices=["cpu", "paper"], help="model and schedule: cpu (default, minutes on a CPU) or paper (PosSym-2026, for a GPU)")
+    p.add_argument("--device", type=types.device, help="torch device: auto (default: cuda if a GPU is present), cpu, cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(p)

@@ -1,0 +1,280 @@
+"""Run directories: where `headkit.training.train` writes, in one place.
+
+Layout::
+
+    RUN/
+        run.json            the TrainConfig (written once the first update succeeded)
+        metrics.csv         one row per evaluation (rewritten atomically)
+        checkpoints/step_NNNNNNN/   Hugging Face GPT-J directory + headkit metadata
+        .headkit.lock       held (fcntl) by the process writing the run; holds its pid
+
+What this module decides for every command:
+
+- `resolve_checkpoint`: a run directory -> its latest (or a chosen step's)
+  checkpoint; a checkpoint directory -> itself. `open_checkpoint` loads it.
+- `run_of_checkpoint`: the run a checkpoint directory belongs to (or None).
+- `check_new_run` / `existing_run`: a directory that already holds a run is
+  refused for a new one (resume it instead), reused when it holds the same config.
+- `RunLock`: an exclusive lock while a process writes a run. A second writer is
+  refused at once, naming the holder's pid. The kernel drops an ``fcntl`` lock
+  when its process dies, so a lock file left by a killed process is stale and is
+  simply taken over (logged); a clean exit removes the file.
+- `clean_temporaries`: hidden ``.step_*.tmp-*`` / ``.old-*`` directories and
+  ``.*.tmp`` files that a killed process left behind, removed on the next open
+  (only under the lock, so never another writer's files in flight).
+- `newest_valid_checkpoint`: the newest checkpoint that loads (a truncated latest
+  one is skipped with a warning), for ``--resume``.
+- `run_status`: checkpoints, metrics and whether the run is complete, for ``info``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from headkit.errors import HeadkitError
+
+if TYPE_CHECKING:
+    from headkit.checkpoints import Checkpoint
+    from headkit.training import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".headkit.lock"
+_BOOKKEEPING = {LOCK_FILE}  # files that do not make a directory "hold a run"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True if ``path`` holds a headkit run (``run.json`` or ``checkpoints/``)."""
+    path = Path(path)
+    return (path / RUN_FILE).is_file() or (path / CHECKPOINTS_DIR).is_dir()
+
+
+def run_of_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The run directory ``RUN`` of ``RUN/checkpoints/step_N`` (None outside a run)."""
+    folder = Path(folder)
+    run = folder.parent.parent
+    if folder.parent.name == CHECKPOINTS_DIR and (run / RUN_FILE).is_file():
+        return run
+    return None
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, step: int | None = None) -> Path:
+    """A run directory -> its latest checkpoint (or the one of ``step``); a checkpoint -> itself."""
+    from headkit.checkpoints import META_FILE, checkpoint_dir, latest_checkpoint
+
+    path = Path(path)
+    if not path.is_dir():
+        raise HeadkitError(f"run directory {path} does not exist (or is not a directory)")
+    if (path / META_FILE).is_file() and not is_run_dir(path):
+        if step is not None:
+            raise HeadkitError(f"{path} is one checkpoint: a step can be chosen only in a run directory")
+        return path
+    if step is None:  # a run directory, or a directory that is neither (then: "has no checkpoints")
+        return latest_checkpoint(path)
+    folder = checkpoint_dir(path, step)
+    if not folder.is_dir():
+        from headkit.checkpoints import list_checkpoints
+
+        steps = ", ".join(str(s) for s, _ in list_checkpoints(path)) or "none"
+        raise HeadkitError(f"{path} has no checkpoint at step {step}: it has {steps}")
+    return folder
+
+
+def open_checkpoint(path: str | os.PathLike, *, step: int | None = None, device: Any = None) -> "Checkpoint":
+    """`resolve_checkpoint` then `headkit.checkpoints.load_checkpoint`."""
+    from headkit.checkpoints import load_checkpoint
+
+    return load_checkpoint(resolve_checkpoint(path, step=step), device=device)
+
+
+def newest_valid_checkpoint(run_dir: str | os.PathLike, *, device: Any = None) -> "Checkpoint | None":
+    """The newest checkpoint of a run that loads with its optimizer state (None if none does)."""
+    from headkit.checkpoints import list_checkpoints, load_checkpoint
+
+    for step, folder in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(folder, device=device, with_optimizer=True)
+        except HeadkitError as error:
+            logger.warning("skipping checkpoint step %d: %s", step, error)
+    return None
+
+
+def check_new_run(run_dir: str | os.PathLike) -> None:
+    """Refuse to start a new run in a directory that already holds one."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HeadkitError(f"{run_dir} exists and is not a directory")
+    if is_run_dir(run_dir):
+        raise HeadkitError(
+            f"{run_dir} already holds a run: resume it (resume=True / --resume) or choose another directory"
+        )
+
+
+def existing_run(run_dir: str | os.PathLike, cfg: "TrainConfig", *, ignore: tuple[str, ...] = ("device",)) -> bool:
+    """True if ``run_dir`` holds a run of ``cfg`` (to reuse or resume), False if empty/absent.
+
+    A directory with other files, or a run of another config, is refused.
+    """
+    from headkit.training import config_differences, read_run_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        others = [p for p in run_dir.iterdir() if p.name not in _BOOKKEEPING] if run_dir.is_dir() else []
+        if others or run_dir.is_file():
+            raise HeadkitError(f"{run_dir} is not empty and holds no headkit run: remove it or choose another --out")
+        return False
+    differ = config_differences(read_run_config(run_dir), cfg, ignore=ignore)
+    if differ:
+        raise HeadkitError(
+            f"{run_dir} holds a {cfg.task.name} run with another config (differs in {', '.join(differ)}): "
+            f"remove it or choose another --out"
+        )
+    return True
+
+
+def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers left behind (call only while holding the run's lock)."""
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINTS_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name
+            stale_dir = path.is_dir() and name.startswith(".step_") and (".tmp-" in name or ".old-" in name)
+            stale_file = path.is_file() and name.startswith(".") and name.endswith(".tmp")
+            if stale_dir:
+                shutil.rmtree(path, ignore_errors=True)
+            elif stale_file:
+                path.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(path)
+            logger.warning("removed %s, left by an interrupted write", path)
+    return removed
+
+
+class RunLock:
+    """Exclusive lock on a run directory while this process writes it (a context manager).
+
+    The directory is created if needed. The lock file keeps the holder's pid; a
+    second process (or a second lock in this one) is refused at once with a
+    one-line error naming it.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise HeadkitError(f"{self.run_dir} exists and is not a directory")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HeadkitError(f"cannot create run directory {self.run_dir}: {error.strerror}") from None
+        while True:  # the lock file is removed on release: retry if it went away under us
+            fd = self._open_locked()
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.read(fd, 64).decode(errors="replace").strip()
+        if previous.isdigit() and int(previous) != os.getpid():  # the holder died without releasing
+            logger.warning("taking over a stale lock of %s (pid %s, no longer running)", self.run_dir, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _open_locked(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise HeadkitError(f"cannot create the lock file {self.path}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise HeadkitError(
+                    f"{self.run_dir} is in use by another headkit process (pid {holder}): "
+                    "wait for it to finish or stop it"
+                ) from None
+            raise HeadkitError(f"cannot lock {self.path}: {error.strerror}") from None
+        return fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking, so no one locks a removed file
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands (for ``headkit info``)."""
+
+    checkpoint_steps: tuple[int, ...]  # steps with a checkpoint directory
+    last_metrics_step: int | None  # step of the last metrics row
+    planned_steps: int  # cfg.steps
+
+    @property
+    def last_checkpoint(self) -> int | None:
+        return self.checkpoint_steps[-1] if self.checkpoint_steps else None
+
+    @property
+    def complete(self) -> bool:
+        return self.last_checkpoint == self.planned_steps
+
+    def describe(self) -> str:
+        """One line: complete, or how far the run got and what resume would do."""
+        if self.complete:
+            return f"complete: checkpoint at the final step {self.planned_steps}"
+        last = self.last_checkpoint
+        metrics = "" if self.last_metrics_step is None else f", metrics reach step {self.last_metrics_step}"
+        if last is None:
+            return f"incomplete: no checkpoint yet{metrics}; --resume starts it from step 0"
+        return (
+            f"incomplete: last checkpoint at step {last} of {self.planned_steps}{metrics}; "
+            f"--resume continues from step {last}"
+        )
+
+
+def run_status(run_dir: str | os.PathLike) -> RunStatus:
+    from headkit.checkpoints import list_checkpoints
+    from headkit.training import read_metrics, read_run_config
+
+    cfg = read_run_config(run_dir)
+    metrics = read_metrics(run_dir) if (Path(run_dir) / METRICS_FILE).is_file() else None
+    last = None if metrics is None or not len(metrics) else int(metrics["step"].iloc[-1])
+    steps = tuple(step for step, _ in list_checkpoints(run_dir))
+    return RunStatus(checkpoint_steps=steps, last_metrics_step=last, planned_steps=cfg.steps)
+
+
+def train_or_reuse(
+    cfg: "TrainConfig", run_dir: str | os.PathLike, *, progress: bool = True, ignore: tuple[str, ...] = ("device",)
+) -> Any:
+    """Train ``cfg`` into ``run_dir``: reuse a complete run of the same config, resume
+    an interrupted one, start a new one in an empty or absent directory; a run of
+    another config is refused (`existing_run`). Returns the `TrainResult`."""
+    from headkit.training import train
+
+    resume = existing_run(run_dir, cfg, ignore=ignore)
+    return train(cfg, out_dir=run_dir, resume=resume, progress=progress)
