@@ -15,6 +15,8 @@ import pytest
 import torch
 import transformers as T
 
+
+from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
 from headkit.interventions.activation_patching import activation_patching, available_sites, site_heads
 from headkit.interventions.attribution import SITES as ATTRIBUTION_SITES
@@ -113,20 +115,21 @@ def test_path_patching_q_and_final_receivers(loaded):
     assert value == value  # a number
 
 
-def test_path_patching_k_and_v_receivers(loaded, request):
-    if loaded[0] == "gqa":  # known bug, reported in issue 9; fixed in another branch
-        request.applymarker(pytest.mark.xfail(
-            raises=IndexError, strict=False,
-            reason="path_patching checks k/v receivers against n_heads, hook_k/hook_v hold n_key_value_heads",
-        ))  # fmt: skip
-    _, model, batch = loaded
+def test_path_patching_k_and_v_receivers(loaded):
+    name, model, batch = loaded
     metric = logit_diff(batch)
     clean = metric(model(batch.tokens)).item()
-    last = model.cfg.n_heads - 1  # a query head that shares its k/v head on a GQA model
+    # k/v receivers index the heads hook_k/hook_v hold: n_key_value_heads on a GQA model (issue 9)
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    last = n_kv - 1
     frame = path_patching_sweep(
         model, batch.tokens, batch.tokens, [f"1.{last}.k", f"1.{last}.v"], metric, normalise=False
     )
     assert (frame["value"] - clean).abs().max() <= TOL
+    if name == "gqa":  # a query-head index past the k/v heads is refused by name, not an IndexError
+        assert n_kv < model.cfg.n_heads
+        with pytest.raises(HeadkitError, match=f"receiver 1.{model.cfg.n_heads - 1}.k: head .* n_key_value_heads={n_kv}"):
+            path_patching_sweep(model, batch.tokens, batch.tokens, [f"1.{model.cfg.n_heads - 1}.k"], metric)
 
 
 def test_attribution_of_an_identical_run_is_zero(loaded):
