@@ -128,7 +128,7 @@ def test_path_patching_k_and_v_receivers(loaded):
     assert (frame["value"] - clean).abs().max() <= TOL
     if name == "gqa":  # a query-head index past the k/v heads is refused by name, not an IndexError
         assert n_kv < model.cfg.n_heads
-        with pytest.raises(HeadkitError, match=f"receiver 1.{model.cfg.n_heads - 1}.k: head .* n_key_value_heads={n_kv}"):
+        with pytest.raises(HeadkitError, match=f"receiver 1.{model.cfg.n_heads - 1}.k: head .*n_key_value_heads={n_kv}"):
             path_patching_sweep(model, batch.tokens, batch.tokens, [f"1.{model.cfg.n_heads - 1}.k"], metric)
 
 
