@@ -23,10 +23,11 @@ scored at the query only (`chain_batch`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab, require, require_int
@@ -196,3 +197,170 @@ def chain_batch(
         corrupted=corrupted,
         params=params,
     )
+
+
+# --- the paper's generator: answers balanced jointly, chains conditioned on their end -----
+
+
+def chain_counts_to(
+    *, target_window: int, pointer_window: int, max_jump: int | None, max_hops: int
+) -> Float[Tensor, "hops_plus_1 pos target"]:
+    """``counts[r, c, a]``: valid chain endings from ``c`` with ``r`` hops left that land on ``a``.
+
+    Like `chain_counts`, split by the answer position ``a`` (the last landing, in
+    the target window). Row 0 is unused. Memory is ``(max_hops+1) * L * T`` floats.
+    """
+    to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
+    counts = torch.zeros(max_hops + 1, to_target.shape[0], target_window, dtype=torch.float64)
+    if max_hops >= 1:
+        counts[1] = to_target[:, :target_window]
+    for r in range(2, max_hops + 1):
+        counts[r] = to_pointer @ counts[r - 1]
+    return counts
+
+
+def joint_balanced(
+    n: int,
+    *,
+    feasible: Bool[Tensor, "hops target"],
+    min_hops: int,
+    n_values: int,
+    gen: torch.Generator,
+) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """``(hops, answer_pos, value)`` balanced jointly, as PosSym-2026's generators do.
+
+    The paper lists every (answer position, answer value, hop) triple, repeats the
+    list ``n // M`` times and adds ``n % M`` distinct triples at random. Here the
+    hops are balanced first (counts differ by at most one, also in a small batch),
+    then within each hop ``h`` every feasible (position ``a`` with
+    ``feasible[h - min_hops, a]``, value ``0..n_values-1``) pair appears equally
+    often, distinct pairs at random filling the remainder; the batch is shuffled.
+    Over ``n`` a multiple of ``M`` this is exactly the paper's balance.
+    """
+    hops = balanced_hops(n, min_hops, min_hops + feasible.shape[0] - 1, gen).sort().values
+    answer_pos = torch.empty(n, dtype=torch.long)
+    value = torch.empty(n, dtype=torch.long)
+    for k in range(feasible.shape[0]):
+        rows = (hops == min_hops + k).nonzero().squeeze(-1)
+        positions = feasible[k].nonzero().squeeze(-1)
+        m = positions.shape[0] * n_values
+        full, rest = divmod(rows.shape[0], m)
+        index = torch.cat([torch.arange(m).repeat(full), torch.randperm(m, generator=gen)[:rest]])
+        answer_pos[rows], value[rows] = positions[index // n_values], index % n_values
+    order = torch.randperm(n, generator=gen)
+    return hops[order], answer_pos[order], value[order]
+
+
+def sample_chains_to(
+    hops: Int[Tensor, " batch"],
+    ends: Int[Tensor, " batch"],
+    *,
+    target_window: int,
+    pointer_window: int,
+    max_jump: int | None,
+    gen: torch.Generator,
+) -> Int[Tensor, "batch hops_plus_1"]:
+    """One chain per prompt with ``hops`` hops that lands on ``ends``: ``[q, c_1, ..., c_h=end, -1...]``.
+
+    Drawn uniformly among the valid chains with that end (for an unbounded jump:
+    the intermediate landings are a uniform subset of the pointer window, as in the
+    paper's generator). Every (hop, end) pair must be feasible (`chain_counts_to`).
+    """
+    n = hops.shape[0]
+    max_hops = int(hops.max()) if n else 0
+    query = target_window + pointer_window
+    _, to_pointer = _moves(target_window, pointer_window, max_jump)
+    counts = chain_counts_to(
+        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
+    )
+    chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
+    chain[:, 0] = query
+    for h in hops.unique().tolist():
+        rows = (hops == h).nonzero().squeeze(-1)
+        end = ends[rows]
+        here = torch.full((rows.shape[0],), query, dtype=torch.long)
+        for step in range(1, h + 1):
+            left = h - step
+            if left == 0:
+                here = end
+            else:
+                weights = to_pointer[here] * counts[left][:, end].T  # [rows, pos]
+                here = _draw(weights, gen)
+            chain[rows, step] = here
+    return chain
+
+
+def prepend(batch: TaskBatch, prefix: Int[Tensor, "batch added"], *, params: Mapping[str, Any]) -> TaskBatch:
+    """``batch`` with ``prefix`` tokens put in front of every prompt (and of its twin).
+
+    The length-extrapolation protocol of PosSym-2026: the original prompt stays the
+    last tokens, unchanged; every named position moves right by ``added``
+    (-1 padding stays -1); the prefix is never scored.
+    """
+    added = prefix.shape[1]
+
+    def shift(t: Tensor) -> Tensor:
+        return torch.where(t >= 0, t + added, t)
+
+    def one(b: TaskBatch, corrupted: TaskBatch | None) -> TaskBatch:
+        return dataclasses.replace(
+            b,
+            tokens=torch.cat([prefix, b.tokens], dim=1),
+            targets=torch.cat([torch.full_like(prefix, IGNORE), b.targets], dim=1),
+            answer_pos=b.answer_pos + added,
+            positions={k: shift(v) for k, v in b.positions.items()},
+            corrupted=corrupted,
+            params=params,
+        )
+
+    twin = None if batch.corrupted is None else one(batch.corrupted, None)
+    return one(batch, twin)
+
+
+EXTENDS = ("prefix", "window")
+
+
+def resolve_length(
+    *, length: int | None, extend: str, target_window: int, pointer_window: int
+) -> tuple[int, int]:
+    """``(T, added)``: the target window and the prefix size that make a prompt ``length`` long.
+
+    ``extend="prefix"`` (PosSym-2026): the prompt keeps its ``T + P + 1`` tokens and
+    ``added = length - (T + P + 1)`` tokens go in front. ``extend="window"`` (ours):
+    ``T = length - P - 1`` and nothing is added. ``length=None``: the trained layout.
+    """
+    require(extend in EXTENDS, f"extend={extend!r} is not supported: allowed {', '.join(map(repr, EXTENDS))}")
+    if length is None or extend == "window":
+        return check_layout(1, target_window=target_window, pointer_window=pointer_window, length=length), 0
+    require_int("target_window", target_window, low=1)
+    core = target_window + pointer_window + 1
+    require_int("length", length, low=core)
+    return target_window, length - core
+
+
+BALANCES = ("joint", "hops")
+
+
+def resolve_balance(balance: str | None, *, extend: str, length: int | None) -> str:
+    """``balance=None`` -> ``"joint"`` (the paper's), or ``"hops"`` for an enlarged window (ours).
+
+    Joint balance over an enlarged window would need a ``(hops, L, T)`` count table
+    (gigabytes at ``L`` ~ 1,000), and the window protocol is headkit's own anyway.
+    """
+    if balance is None:
+        return "hops" if (extend == "window" and length is not None) else "joint"
+    require(balance in BALANCES, f"balance={balance!r} is not supported: allowed {', '.join(map(repr, BALANCES))}")
+    require(
+        not (balance == "joint" and extend == "window" and length is not None),
+        "balance='joint' cannot be combined with extend='window' and a length: use balance='hops' "
+        "(or extend='prefix', the paper's protocol)",
+    )
+    return balance
+
+
+def chain_table_bytes(length: int, target_window: int, max_hops: int, balance: str) -> int:
+    """Bytes of the chain count tables for a prompt of ``length`` (`chain_counts`, `chain_counts_to`)."""
+    square = 5 * 8 * length * length  # _moves: jump, reach, two float64 matrices
+    if balance == "joint":
+        return square + 8 * (max_hops + 1) * length * target_window
+    return square

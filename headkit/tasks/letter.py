@@ -40,15 +40,23 @@ import string
 
 import torch
 
-from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
+from torch import Tensor
+
+from headkit.tasks.base import TaskBatch, Vocab, check_prompt_memory, make_generator, require, require_int
 from headkit.tasks.chains import (
     balanced_hops,
     chain_batch,
+    chain_counts_to,
     chain_ends,
+    chain_table_bytes,
     check_hop_range,
-    check_layout,
+    joint_balanced,
     pad_chains,
+    prepend,
+    resolve_balance,
+    resolve_length,
     sample_chains,
+    sample_chains_to,
 )
 
 SYMBOL_NAMES: tuple[str, ...] = tuple(string.ascii_lowercase + string.ascii_uppercase)
@@ -68,6 +76,9 @@ def letter_vocab(n_symbols: int, n_digits: int) -> Vocab:
     return Vocab(tuple(targets + pointers))
 
 
+DISTRACTORS = ("paper", "distinct")
+
+
 def _check(
     n: int,
     *,
@@ -78,9 +89,13 @@ def _check(
     n_symbols: int,
     n_digits: int,
     length: int | None,
-) -> int:
-    """Validate every parameter before any work; returns the target window size ``T``."""
-    t = check_layout(n, target_window=target_window, pointer_window=pointer_window, length=length)
+    extend: str,
+    distractors: str,
+    balance: str | None,
+) -> tuple[int, int, str]:
+    """Validate every parameter before any work; returns ``(T, added, balance)``."""
+    require_int("n", n, low=1)
+    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
     require_int("n_digits", n_digits, low=2, high=MAX_DIGITS)  # the twin needs a second digit
     check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
     require_int("n_symbols", n_symbols, low=2, high=MAX_SYMBOLS)
@@ -90,7 +105,18 @@ def _check(
         f"(the {max_hops} looked-up symbols must be unique first symbols, and the query and "
         f"distractors need at least 2 other symbols)",
     )
-    return t
+    require(distractors in DISTRACTORS, f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, DISTRACTORS))}")
+    balance = resolve_balance(balance, extend=extend, length=length)
+    core = t + pointer_window + 1
+    check_prompt_memory(n, core + added, task="letter", extra=chain_table_bytes(core, t, max_hops, balance))
+    return t, added, balance
+
+
+def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """[batch, k] symbols drawn uniformly among each prompt's non-looked-up ones ``perm[:, h:]``."""
+    s = perm.shape[1]
+    pick = (torch.rand(*shape, generator=gen) * (s - hops)[:, None]).long()  # [batch, k]
+    return perm.gather(1, hops[:, None] + pick)
 
 
 def letter_task(
@@ -101,13 +127,24 @@ def letter_task(
     pointer_window: int = 8,
     min_hops: int = 1,
     max_hops: int = 4,
-    n_symbols: int = 24,
+    n_symbols: int = 8,
     n_digits: int = 8,
     length: int | None = None,
+    extend: str = "prefix",
+    distractors: str = "paper",
+    balance: str | None = None,
 ) -> TaskBatch:
     """``n`` letter-task prompts (SPEC 2.2), with a changed-digit corrupted twin.
 
-    ``length`` (optional) replaces ``target_window`` by ``length - pointer_window - 1``.
+    Defaults are the paper's: symbols a-h, digits 1-8 (128 tokens). ``length``
+    (optional) is the total prompt length: ``extend="prefix"`` (the paper's protocol)
+    puts ``length - (T + P + 1)`` random (symbol, digit) tokens, whose symbols are
+    never looked up, in front of an unchanged prompt; ``extend="window"`` (ours) sets
+    ``target_window`` to ``length - pointer_window - 1``. ``distractors``: ``"paper"``
+    (a distractor pointer's second symbol is a non-looked-up symbol, possibly its
+    own first) or ``"distinct"`` (ours: any other symbol). ``balance``: ``"joint"``
+    (the paper's: hop, answer position, answer symbol and digit balanced jointly) or
+    ``"hops"`` (ours); None = ``"joint"``, or ``"hops"`` for ``extend="window"`` with a length.
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """
@@ -119,30 +156,47 @@ def letter_task(
         n_symbols=n_symbols,
         n_digits=n_digits,
         length=length,
+        extend=extend,
+        distractors=distractors,
+        balance=balance,
     )
-    t = _check(n, **params)
+    t, added, balance = _check(n, **params)
+    params["balance"] = balance
     gen = make_generator(seed)
     p, s, d = pointer_window, n_symbols, n_digits
     vocab = letter_vocab(s, d)
     n_target_ids = s * d
-    hops = balanced_hops(n, min_hops, max_hops, gen)
-    chain = sample_chains(hops, target_window=t, pointer_window=p, max_jump=None, gen=gen)
+    rows = torch.arange(n)
+    layout = dict(target_window=t, pointer_window=p, max_jump=None)
+    if balance == "joint":
+        counts = chain_counts_to(**layout, max_hops=max_hops)
+        feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
+        hops, ends, values = joint_balanced(n, feasible=feasible, min_hops=min_hops, n_values=s * d, gen=gen)
+        chain = sample_chains_to(hops, ends, **layout, gen=gen)
+    else:
+        hops = balanced_hops(n, min_hops, max_hops, gen)
+        chain = sample_chains(hops, **layout, gen=gen)
     chain = pad_chains(chain, max_hops)
 
     # symbols: a random permutation per prompt; y_1..y_h = perm[:, :h] are looked up,
     # every other first symbol is drawn from perm[:, h:]
     perm = torch.rand(n, s, generator=gen).argsort(dim=1)  # [batch, n_symbols]
+    if balance == "joint":  # the answer's symbol is the last one looked up, y_h
+        at = (perm == (values // d)[:, None]).int().argmax(1)
+        last = hops - 1
+        perm[rows, at], perm[rows, last] = perm[rows, last], perm[rows, at]
     length_ = t + p + 1
-    pick = (torch.rand(n, length_, generator=gen) * (s - hops)[:, None]).long()  # [batch, pos]
-    first = perm.gather(1, hops[:, None] + pick)  # [batch, pos]: first symbol of every token
-    second = (first + torch.randint(1, s, (n, length_), generator=gen)) % s  # != first
+    first = _other_symbols(perm, hops, (n, length_), gen)  # [batch, pos]: first symbol of every token
+    if distractors == "paper":
+        second = _other_symbols(perm, hops, (n, length_), gen)
+    else:
+        second = (first + torch.randint(1, s, (n, length_), generator=gen)) % s  # != first
     digit = torch.randint(0, d, (n, length_), generator=gen)
     is_target = torch.arange(length_) < t
     tokens = torch.where(is_target[None, :], first * d + digit, n_target_ids + first * s + second)
 
     # the chain: token at c_i (i < h) is the pointer (first symbol, y_{i+1}); the token at
     # c_i (i >= 1) has first symbol y_i
-    rows = torch.arange(n)
     for i in range(max_hops):
         on = hops > i
         r, c, c_next = rows[on], chain[on, i], chain[on, i + 1]
@@ -150,6 +204,8 @@ def letter_task(
         first[r, c_next] = y_next
         tokens[r, c] = n_target_ids + first[r, c] * s + y_next
     source = chain_ends(chain, hops)  # [batch]
+    if balance == "joint":
+        digit[rows, source] = values % d
     tokens[rows, source] = first[rows, source] * d + digit[rows, source]
     answers = tokens[rows, source]
 
@@ -163,6 +219,12 @@ def letter_task(
     twin = chain_batch(
         "letter", twin_tokens, answers=twin_answers, wrong_answers=answers.clone(), corrupted=None, **shared
     )
-    return chain_batch(
+    batch = chain_batch(
         "letter", tokens, answers=answers, wrong_answers=twin_answers.clone(), corrupted=twin, **shared
     )
+    if not added:
+        return batch
+    # the paper's length protocol: (symbol, digit) tokens in front, symbols never looked up
+    prefix_symbols = _other_symbols(perm, hops, (n, added), gen)
+    prefix = prefix_symbols * d + torch.randint(0, d, (n, added), generator=gen)
+    return prepend(batch, prefix, params=params)
