@@ -37,7 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
 from headkit.tasks.chains import balanced_hops
 
 MAX_NODES = 128  # nothing breaks above; prompts are 4 * n_nodes - 1 tokens long
@@ -157,6 +157,8 @@ def tree_task(n: int, *, seed: int, n_nodes: int = 16, generator: str = "brinkma
     require_int("n_nodes", n_nodes, low=3, high=MAX_NODES)
     if generator not in GENERATORS:
         raise HeadkitError(f"generator={generator!r} is not supported: allowed {', '.join(map(repr, GENERATORS))}")
+    # prompts of 4 * n_nodes tokens, plus about ten [batch, node] tables (parents, labels, ...)
+    check_prompt_memory(n, 4 * n_nodes, task="tree", extra=10 * 8 * n * n_nodes)
     gen = make_generator(seed)
     vocab = tree_vocab(n_nodes)
     big = n_nodes  # id of ">0"
