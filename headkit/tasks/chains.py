@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, require, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, require, require_int
 
 
 def balanced_hops(n: int, min_hops: int, max_hops: int, gen: torch.Generator) -> Int[Tensor, " batch"]:
@@ -89,20 +89,24 @@ def sample_chains(
     max_jump: int | None,
     gen: torch.Generator,
     avoid_first: Int[Tensor, " batch"] | None = None,
+    ends: Int[Tensor, " batch"] | None = None,
 ) -> Int[Tensor, "batch hops_plus_1"]:
     """One uniform random chain per prompt: ``[q, c_1, ..., c_h, -1, ...]``.
 
     The width is ``max(hops) + 1``. ``avoid_first`` (optional) is a first landing
     each prompt should not use; it is avoided whenever another first landing exists.
-    Every ``hops`` value must be feasible (``chain_counts(...)[h, q] > 0``).
+    ``ends`` (optional) fixes each chain's last landing ``c_h``: the chain is then
+    uniform among the valid chains with that end (for an unbounded jump, the
+    intermediate landings are a uniform subset of the pointer window, as in
+    PosSym-2026's generator; `chain_counts_to`). Every ``hops`` value (and
+    (hop, end) pair) must be feasible (``chain_counts(...)[h, q] > 0``).
     """
     n = hops.shape[0]
     max_hops = int(hops.max()) if n else 0
     query = target_window + pointer_window
     to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
-    counts = chain_counts(
-        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
-    )
+    layout = dict(target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops)
+    counts = chain_counts(**layout) if ends is None else chain_counts_to(**layout)
     chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
     chain[:, 0] = query
     for h in hops.unique().tolist():
@@ -112,8 +116,12 @@ def sample_chains(
             left = h - step  # hops still to take after this landing
             if left == 0:
                 weights = to_target[here]  # [rows, pos]
-            else:
+                if ends is not None:  # land on the given end
+                    weights = torch.nn.functional.one_hot(ends[rows], to_target.shape[0]).double()
+            elif ends is None:
                 weights = to_pointer[here] * counts[left][None, :]  # [rows, pos]
+            else:
+                weights = to_pointer[here] * counts[left][:, ends[rows]].T  # [rows, pos]
             if step == 1 and avoid_first is not None:
                 masked = weights.clone()
                 masked[torch.arange(rows.shape[0]), avoid_first[rows]] = 0.0
@@ -251,45 +259,6 @@ def joint_balanced(
     return hops[order], answer_pos[order], value[order]
 
 
-def sample_chains_to(
-    hops: Int[Tensor, " batch"],
-    ends: Int[Tensor, " batch"],
-    *,
-    target_window: int,
-    pointer_window: int,
-    max_jump: int | None,
-    gen: torch.Generator,
-) -> Int[Tensor, "batch hops_plus_1"]:
-    """One chain per prompt with ``hops`` hops that lands on ``ends``: ``[q, c_1, ..., c_h=end, -1...]``.
-
-    Drawn uniformly among the valid chains with that end (for an unbounded jump:
-    the intermediate landings are a uniform subset of the pointer window, as in the
-    paper's generator). Every (hop, end) pair must be feasible (`chain_counts_to`).
-    """
-    n = hops.shape[0]
-    max_hops = int(hops.max()) if n else 0
-    query = target_window + pointer_window
-    _, to_pointer = _moves(target_window, pointer_window, max_jump)
-    counts = chain_counts_to(
-        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
-    )
-    chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
-    chain[:, 0] = query
-    for h in hops.unique().tolist():
-        rows = (hops == h).nonzero().squeeze(-1)
-        end = ends[rows]
-        here = torch.full((rows.shape[0],), query, dtype=torch.long)
-        for step in range(1, h + 1):
-            left = h - step
-            if left == 0:
-                here = end
-            else:
-                weights = to_pointer[here] * counts[left][:, end].T  # [rows, pos]
-                here = _draw(weights, gen)
-            chain[rows, step] = here
-    return chain
-
-
 def prepend(batch: TaskBatch, prefix: Int[Tensor, "batch added"], *, params: Mapping[str, Any]) -> TaskBatch:
     """``batch`` with ``prefix`` tokens put in front of every prompt (and of its twin).
 
@@ -356,6 +325,36 @@ def resolve_balance(balance: str | None, *, extend: str, length: int | None) -> 
         "(or extend='prefix', the paper's protocol)",
     )
     return balance
+
+
+def check_protocol(
+    n: int,
+    *,
+    task: str,
+    target_window: int,
+    pointer_window: int,
+    max_hops: int,
+    length: int | None,
+    extend: str,
+    distractors: str,
+    allowed_distractors: tuple[str, ...],
+    balance: str | None,
+) -> tuple[int, int, str]:
+    """The checks the number and letter builders share; returns ``(T, added, balance)``.
+
+    ``n``, the length protocol, the distractor and balance options, and the memory
+    the prompts and chain tables need (call `check_hop_range` first: ``max_hops`` is trusted).
+    """
+    require_int("n", n, low=1)
+    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
+    require(
+        distractors in allowed_distractors,
+        f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, allowed_distractors))}",
+    )
+    balance = resolve_balance(balance, extend=extend, length=length)
+    core = t + pointer_window + 1
+    check_prompt_memory(n, core + added, task=task, extra=chain_table_bytes(core, t, max_hops, balance))
+    return t, added, balance
 
 
 def chain_table_bytes(length: int, target_window: int, max_hops: int, balance: str) -> int:

@@ -42,21 +42,18 @@ import torch
 
 from torch import Tensor
 
-from headkit.tasks.base import TaskBatch, Vocab, check_prompt_memory, make_generator, require, require_int
+from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
 from headkit.tasks.chains import (
     balanced_hops,
     chain_batch,
     chain_counts_to,
     chain_ends,
-    chain_table_bytes,
     check_hop_range,
+    check_protocol,
     joint_balanced,
     pad_chains,
     prepend,
-    resolve_balance,
-    resolve_length,
     sample_chains,
-    sample_chains_to,
 )
 
 SYMBOL_NAMES: tuple[str, ...] = tuple(string.ascii_lowercase + string.ascii_uppercase)
@@ -94,8 +91,6 @@ def _check(
     balance: str | None,
 ) -> tuple[int, int, str]:
     """Validate every parameter before any work; returns ``(T, added, balance)``."""
-    require_int("n", n, low=1)
-    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
     require_int("n_digits", n_digits, low=2, high=MAX_DIGITS)  # the twin needs a second digit
     check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
     require_int("n_symbols", n_symbols, low=2, high=MAX_SYMBOLS)
@@ -105,11 +100,10 @@ def _check(
         f"(the {max_hops} looked-up symbols must be unique first symbols, and the query and "
         f"distractors need at least 2 other symbols)",
     )
-    require(distractors in DISTRACTORS, f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, DISTRACTORS))}")
-    balance = resolve_balance(balance, extend=extend, length=length)
-    core = t + pointer_window + 1
-    check_prompt_memory(n, core + added, task="letter", extra=chain_table_bytes(core, t, max_hops, balance))
-    return t, added, balance
+    return check_protocol(
+        n, task="letter", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
+        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
+    )
 
 
 def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torch.Generator) -> Tensor:
@@ -172,7 +166,7 @@ def letter_task(
         counts = chain_counts_to(**layout, max_hops=max_hops)
         feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
         hops, ends, values = joint_balanced(n, feasible=feasible, min_hops=min_hops, n_values=s * d, gen=gen)
-        chain = sample_chains_to(hops, ends, **layout, gen=gen)
+        chain = sample_chains(hops, **layout, gen=gen, ends=ends)
     else:
         hops = balanced_hops(n, min_hops, max_hops, gen)
         chain = sample_chains(hops, **layout, gen=gen)

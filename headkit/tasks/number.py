@@ -35,22 +35,19 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.tasks.base import TaskBatch, Vocab, check_prompt_memory, make_generator, require, require_int
+from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
 from headkit.tasks.chains import (
     balanced_hops,
     chain_batch,
     chain_counts,
     chain_counts_to,
     chain_ends,
-    chain_table_bytes,
     check_hop_range,
+    check_protocol,
     joint_balanced,
     pad_chains,
     prepend,
-    resolve_balance,
-    resolve_length,
     sample_chains,
-    sample_chains_to,
 )
 
 # letter names: "a".."z", "A".."Z", then "aa", "ab", ..., "zz" (never integer-like)
@@ -84,15 +81,13 @@ def _check(
     balance: str | None,
 ) -> tuple[int, int, str]:
     """Validate every parameter before any work; returns ``(T, added, balance)``."""
-    require_int("n", n, low=1)
-    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
     require_int("n_letters", n_letters, low=2, high=MAX_LETTERS)
     require_int("max_pointer", max_pointer, low=1)
-    require(distractors in DISTRACTORS, f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, DISTRACTORS))}")
-    balance = resolve_balance(balance, extend=extend, length=length)
     check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
-    core = t + pointer_window + 1
-    check_prompt_memory(n, core + added, task="number", extra=chain_table_bytes(core, t, max_hops, balance))
+    t, added, balance = check_protocol(
+        n, task="number", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
+        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
+    )
     counts = chain_counts(
         target_window=t, pointer_window=pointer_window, max_jump=max_pointer, max_hops=max_hops
     )
@@ -204,7 +199,7 @@ def number_task(
         return pad_chains(chain, max_hops)
 
     if balance == "joint":
-        chain = pad_chains(sample_chains_to(hops, ends, **layout, gen=gen), max_hops)
+        chain = pad_chains(sample_chains(hops, **layout, gen=gen, ends=ends), max_hops)
         tokens[torch.arange(n), ends] = values
     else:
         chain = sample(None)
