@@ -310,18 +310,19 @@ def resolve_length(
 BALANCES = ("joint", "hops")
 
 
-def resolve_balance(balance: str | None, *, extend: str, length: int | None) -> str:
-    """``balance=None`` -> ``"joint"`` (the paper's), or ``"hops"`` for an enlarged window (ours).
+def resolve_balance(balance: str | None, *, enlarged: bool) -> str:
+    """``balance=None`` -> ``"joint"`` (the paper's), or ``"hops"`` when the window protocol enlarged ``T``.
 
     Joint balance over an enlarged window would need a ``(hops, L, T)`` count table
     (gigabytes at ``L`` ~ 1,000), and the window protocol is headkit's own anyway.
+    At the trained length both protocols give the same prompts.
     """
     if balance is None:
-        return "hops" if (extend == "window" and length is not None) else "joint"
+        return "hops" if enlarged else "joint"
     require(balance in BALANCES, f"balance={balance!r} is not supported: allowed {', '.join(map(repr, BALANCES))}")
     require(
-        not (balance == "joint" and extend == "window" and length is not None),
-        "balance='joint' cannot be combined with extend='window' and a length: use balance='hops' "
+        not (balance == "joint" and enlarged),
+        "balance='joint' cannot be combined with extend='window' and a longer length: use balance='hops' "
         "(or extend='prefix', the paper's protocol)",
     )
     return balance
@@ -351,7 +352,7 @@ def check_protocol(
         distractors in allowed_distractors,
         f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, allowed_distractors))}",
     )
-    balance = resolve_balance(balance, extend=extend, length=length)
+    balance = resolve_balance(balance, enlarged=t > target_window)
     core = t + pointer_window + 1
     check_prompt_memory(n, core + added, task=task, extra=chain_table_bytes(core, t, max_hops, balance))
     return t, added, balance

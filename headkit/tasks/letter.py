@@ -138,7 +138,7 @@ def letter_task(
     (a distractor pointer's second symbol is a non-looked-up symbol, possibly its
     own first) or ``"distinct"`` (ours: any other symbol). ``balance``: ``"joint"``
     (the paper's: hop, answer position, answer symbol and digit balanced jointly) or
-    ``"hops"`` (ours); None = ``"joint"``, or ``"hops"`` for ``extend="window"`` with a length.
+    ``"hops"`` (ours); None = ``"joint"``, or ``"hops"`` when ``extend="window"`` enlarges the window.
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """

@@ -159,7 +159,7 @@ def number_task(
     to an earlier position of the prompt) or ``"uniform"`` (ours: any jump
     ``1..max_pointer``). ``balance``: ``"joint"`` (the paper's: hop, answer position
     and answer letter balanced jointly) or ``"hops"`` (ours: hops balanced, chains
-    uniform); None = ``"joint"``, or ``"hops"`` for ``extend="window"`` with a length.
+    uniform); None = ``"joint"``, or ``"hops"`` when ``extend="window"`` enlarges the window.
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
     """

@@ -173,3 +173,13 @@ def test_requests_that_cannot_fit_are_refused_up_front(build):
 def test_bad_protocol_parameters_name_themselves(build, kwargs, words):
     with pytest.raises(HeadkitError, match=words):
         build(4, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("task", ["number", "letter"])
+def test_at_the_trained_length_both_protocols_give_the_trained_prompts(task):
+    build, _ = BUILDERS[task]
+    base = build(30, seed=11)
+    for extend in ("prefix", "window"):
+        same = build(30, seed=11, length=17, extend=extend)
+        assert torch.equal(same.tokens, base.tokens) and torch.equal(same.corrupted.tokens, base.corrupted.tokens)
+        assert same.params["balance"] == "joint"
