@@ -1,10 +1,10 @@
 """Tree path-finding (SPEC 2.4, Backward-chaining; Brinkmann et al. 2024).
 
-A prompt describes a random binary tree of ``n_nodes`` nodes with random labels
-``0..n_nodes-1`` as a shuffled edge list, one edge ``A >B ,`` (parent ``A``, child
-``B``) per edge, then ``|``, the goal node, ``:``, the root, and then the path from
-the root to the goal as ``>X >Y ... >goal``. Padding ``PAD`` fills every prompt to
-the same length. Example, 4 nodes::
+A prompt describes a binary tree of ``n_nodes`` nodes with random labels
+``0..n_nodes-1`` as an edge list, one edge ``A >B ,`` (parent ``A``, child ``B``) per
+edge, then ``|``, the goal node, ``:``, the root, and then the path from the root to
+the goal as ``>X >Y ... >goal``. Padding ``PAD`` fills every prompt to the same
+length. Example, 4 nodes::
 
     3 >0 , 0 >2 , 3 >1 , | 2 : 3 >0 >2 PAD
 
@@ -12,20 +12,29 @@ Scored positions (``targets``): the root and every path token that has a next pa
 token, each predicting that next path token; IGNORE on the prompt, on the last
 path token and on pads. ``answer_pos`` is the root position and ``answers`` the
 first step ``>X``: the hardest step, since the model must chain backwards from the
-goal through the whole edge list. ``hops`` is the goal's depth (the path length).
+goal through the whole edge list. ``hops`` is the path length.
 
-Trees grow by attaching node ``i = 1..n_nodes-1`` to a uniform random earlier node
-that has fewer than two children; node 0 is the root. The goal is a uniform
-non-root node.
+``generator="brinkmann"`` (default; Brinkmann et al.'s repository
+``abhay-sheshadri/backward-chaining-circuits``, ``src/tree_generation/gen.py``:
+``sample_tree_graph_secondary_path``; ``dataset.py``): the root-goal path is built
+first, its length balanced over ``1..n_nodes-1`` (the paper draws it uniformly);
+then a second path from the root, of length uniform in ``1..n_nodes-1-L``; every
+other node attaches to a uniform node with fewer than two children, never the goal,
+so the goal is always a leaf. Half the prompts of a batch list their edges in
+reverse topological order (the paper's even seeds, ``order="backward"``), the
+others shuffled. Twin: the leaf the second path ends in (the paper's "second
+goal"), in the other root subtree; a tree that is a single line has none, and its
+twin (ours) swaps the labels of the root's child and grandchild. Prompts are
+``4 * n_nodes`` tokens; 16 nodes by default, as in the paper.
 
-Corrupted twin (ours): the same tree and prompt up to ``|``, with another goal in
-the *other* subtree of the root, so its first step differs. A tree whose root has
-one child has no such goal; such trees are redrawn (for that prompt) until the root
-has two children, so every tree here has a two-child root and the longest possible
-path has ``n_nodes - 2`` steps; prompts are ``4 * n_nodes - 1`` tokens long.
+``generator="random"`` (ours, headkit's first generator): trees grow by attaching
+node ``i = 1..n_nodes-1`` to a uniform earlier node with fewer than two children;
+the goal is a uniform non-root node; edges shuffled; the twin's goal is in the other
+subtree of the root, and trees whose root has one child are redrawn, so the longest
+path has ``n_nodes - 2`` steps and prompts are ``4 * n_nodes - 1`` tokens long.
 
 Positions: ``"edges_start"`` (0), ``"goal"``, ``"root"`` [batch], ``"path"``
-[batch, n_nodes - 2] (positions of the path tokens, -1 padded).
+[batch, longest path] (positions of the path tokens, -1 padded).
 """
 
 from __future__ import annotations
