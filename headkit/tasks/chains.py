@@ -13,7 +13,14 @@ is a count table: ``counts[r, c]`` is the number of valid ways to finish a chain
 from position ``c`` with ``r`` hops left. Each next landing ``c'`` is then drawn with
 weight ``counts[r - 1, c']`` among the positions reachable from ``c``, which makes
 every complete chain equally likely. ``counts[h, q] == 0`` means ``h`` hops are
-impossible with these windows, which the builders check before any work.
+impossible with these windows, which the builders check before any work. With a
+fixed last landing (``sample_chains(..., ends=)``, the paper's generator: answer
+position drawn first) the table is split by end (`chain_counts_to`), and
+`joint_balanced` draws (hop, answer position, answer value) as the paper balances them.
+
+The length protocols: `resolve_length` (``extend="prefix"``, PosSym-2026's tokens
+added in front, or ``"window"``, ours), `prepend` (the prefix, positions shifted),
+and `check_protocol` (the checks both builders share, memory included).
 
 The parts both builders share live here too: the layout and hop-range checks
 (`check_layout`, `check_hop_range`), -1 padding of chains to ``max_hops + 1``

@@ -7,31 +7,33 @@ token whose first symbol is ``y``"; the chain continues until it reaches a
 (symbol, digit) token, which is the answer, predicted at the query position. One
 hop: ``a4 b3 c2 d1 fc`` -> ``c2``.
 
-Layout and chains are those of the number task (`headkit.tasks.chains`): positions
-strictly decrease, intermediate landings in the pointer window, the last in the
-target window, drawn uniformly among valid chains, hop counts balanced. There is
-no jump limit: a pointer names content, not an offset.
+Layout, chains, balance and length protocol are those of the number task
+(`headkit.tasks.chains`), with no jump limit: a pointer names content, not an
+offset. ``balance="joint"`` balances hop, answer position, answer symbol and answer
+digit jointly, as the paper's generator does (``jcalataiut-cli/CENIA``,
+``Position_symbolic_dynamics/code/src/data/symbolic_dataset.py``).
 
-(ours) Unique lookups: the ``h`` symbols ``y_1..y_h`` looked up along the chain
-are distinct and each occurs exactly once as a first symbol in the prompt (at its
-chain position). All other tokens, the query included, take their first symbol from
-the remaining ``n_symbols - h`` symbols, so ``n_symbols >= max_hops + 2`` (the
-looked-up symbols plus at least two others for the query and the distractors).
-Distractor pointers ``(x, z)`` have ``z != x``; distractor targets a random digit.
+Unique lookups (the paper's): the ``h`` symbols ``y_1..y_h`` looked up along the
+chain are distinct and each occurs exactly once as a first symbol in the prompt (at
+its chain position). All other tokens, the query and any prefix included, take their
+first symbol from the remaining ``n_symbols - h`` symbols, so
+``n_symbols >= max_hops + 2``. ``distractors="paper"``: a distractor pointer's second
+symbol is one of those remaining symbols, possibly its own first (``(x, x)``);
+``distractors="distinct"`` (ours, headkit's first generator): any symbol but ``x``.
+Distractor targets have a random digit.
 
-(ours) Default ``n_symbols=24``: a quick trial trained well at 24 symbols and
-stalled at 32. The paper used 8 symbols a-h; with 8 symbols the looked-up symbols
-can still be unique here, but the other 16 - h context tokens must share the
-remaining 8 - h first symbols, so a prompt of length 17 cannot have all first
-symbols distinct.
+Defaults are the paper's vocabulary: 8 symbols a-h, digits 1-8, 128 tokens.
+(ours) Training's letter default keeps ``n_symbols=24``: a quick trial trained well
+at 24 symbols and stalled at 32.
 
 Corrupted twin (ours): the same prompt with the answer token's digit changed to
 another digit (``c2`` -> ``c5``): same chain, same lookups, different answer. (A
 re-routed twin would have to re-pick which symbols are unique, changing many
 tokens at once.)
 
-Length extension (ours): ``length`` sets ``T = length - P - 1``, adding distractor
-targets; the pointer window is unchanged.
+Length (``length``, the total): ``extend="prefix"`` (PosSym-2026's protocol,
+default) puts (symbol, digit) tokens with never-looked-up symbols in front of an
+unchanged prompt; ``extend="window"`` (ours) sets ``T = length - P - 1``.
 """
 
 from __future__ import annotations

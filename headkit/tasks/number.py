@@ -8,16 +8,22 @@ is an integer. The answer is the letter where the chain lands, predicted at the
 query position (the only scored position). One hop, in letters:
 ``a z b y c x d w 5`` -> ``y``.
 
-(ours) The chain positions strictly decrease, every intermediate landing is in the
-pointer window, the last landing in the target window, and every jump is in
-``1..max_pointer``. Chains are drawn uniformly among all valid chains of their hop
-count (see `headkit.tasks.chains`); hop counts are balanced. Every other token is a
-random distractor: a uniform letter in the target window, a uniform integer
-``1..max_pointer`` in the pointer window.
+As in the paper's generator (``jcalataiut-cli/CENIA``,
+``Position_symbolic_dynamics/code/src/data/dataset.py``): the chain positions
+strictly decrease, every intermediate landing is in the pointer window, the last
+landing in the target window; ``balance="joint"`` balances hop, answer position and
+answer letter jointly (the paper's triples), the chain then uniform among those
+ending there; ``distractors="paper"``: a distractor integer at position ``k`` points
+to a uniform earlier position ``0..k-1`` (value ``1..min(k, max_pointer)``), target
+distractors are uniform letters. Headkit's own: every jump is in ``1..max_pointer``
+(16: never binding at 17 tokens); ``balance="hops"`` (hops balanced, chains uniform
+among all valid chains) and ``distractors="uniform"`` (``1..max_pointer``
+anywhere) are the options of headkit's first generator.
 
-Length extension (ours): ``length`` (if given) sets ``T = length - P - 1`` and keeps
-the pointer window and the jump range, so a model trained at 17 tokens can be
-tested at 33, 65, 129, 257 with pointer values it has seen.
+Length (``length``, the total): ``extend="prefix"`` (PosSym-2026's protocol,
+default) puts ``length - (T + P + 1)`` uniform letters in front of an unchanged
+prompt; ``extend="window"`` (ours) sets ``T = length - P - 1`` and redraws the
+chain over the enlarged window (`headkit.tasks.chains.resolve_length`).
 
 Corrupted twin (ours): the same distractors with a *re-routed* chain of the same hop
 count: a fresh uniform chain whose first landing (so the query value) differs from
