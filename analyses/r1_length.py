@@ -3,23 +3,29 @@ number-task accuracy collapses soon after the trained length.
 
 The number task points by *offset* ("jump back j positions"), the letter task by
 *content* ("go to the token whose first symbol is y"). Both models are trained
-on 17-token prompts (SPEC 2.3) and then evaluated on longer ones, made by
-extending the distractor (target) window while the pointers stay in the trained
-range (SPEC 2.3, ours). A content lookup does not care how many distractors sit
-in between; an offset lookup has to pick one rotary angle among ever more
-nearby ones (R4 measures exactly that).
+on 17-token prompts (SPEC 2.3) and then evaluated on longer ones. The paper's
+protocol (PosSym-2026 Fig. 5, ``extend="prefix"``, the first column): symbols are
+added *before* the prompt, whose last 17 tokens stay a training-distribution
+prompt; the x-axis is the number of tokens added (+0, +46, +96, +296, +996).
+headkit's harder variant (``extend="window"``, the second column) redraws the
+chain over an enlarged target window of the same total length. A content lookup
+does not care how many distractors sit in between; an offset lookup has to pick
+one rotary angle among ever more nearby ones (R4 measures exactly that).
 
 Steps:
 
 1. Train each task once into ``RUNS/number`` and ``RUNS/letter`` (the runs R1-R4
    share; see `shared_run_config`), or reuse / resume them when present.
-2. Load the final checkpoint of each run and score exact-match accuracy at the
-   answer position on ``n`` fresh prompts per length (`headkit.evaluation.evaluate`;
-   default lengths 17, 33, 65, 129, 257), overall and per hop.
+2. Load the final checkpoint of each run, let its rotary tables reach the longest
+   prompt (`headkit.models.extend_context`: no parameters change), and score
+   exact-match accuracy at the answer position on ``n`` fresh prompts per length
+   (`headkit.evaluation.evaluate`; default +0, +46, +96, +296, +996 tokens added,
+   with each protocol of ``extends``), overall and per hop.
 
-Table columns: those of `evaluate` -- ``task, length, hop, n, accuracy`` (``hop``
-is an int, or ``"all"`` for the row pooling every hop). Figure:
-``accuracy_by_length`` (`headkit.plots.accuracy_by_length_figure`).
+Table columns: those of `evaluate` -- ``task, extend, length, added, hop, n,
+accuracy`` (``hop`` is an int, or ``"all"`` for the row pooling every hop).
+Figures: ``accuracy_prefix`` and ``accuracy_window``, one per protocol
+(`headkit.plots.accuracy_by_length_figure`; x = total length = 17 + added).
 
 This module also holds what R1-R4 share: the training config of the shared
 runs, training them on demand, loading their final models, the command line
@@ -45,7 +51,7 @@ from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_fig
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
-from headkit.models import ModelConfig
+from headkit.models import DEFAULT_N_CTX, ModelConfig, extend_context
 from headkit.plots import accuracy_by_length_figure, write_figure
 from headkit.runs import open_checkpoint, train_or_reuse
 from headkit.tasks.base import TaskSpec
@@ -173,10 +179,15 @@ def write_analysis(
 # --- R1 -----------------------------------------------------------------------------------
 
 
+PAPER_ADDED = (0, 46, 96, 296, 996)  # PosSym-2026 Fig. 5 (+4,996 too, beyond these models' reach)
+EXTENDS = ("prefix", "window")
+
+
 @dataclass(frozen=True)
 class LengthConfig:
     runs: str = str(DEFAULT_RUNS)  # folder of the shared runs (RUNS/number, RUNS/letter)
-    lengths: tuple[int, ...] = (17, 33, 65, 129, 257)  # prompt lengths evaluated (17 = trained)
+    added: tuple[int, ...] = PAPER_ADDED  # tokens added to the trained 17 (0 = trained length)
+    extends: tuple[str, ...] = EXTENDS  # protocols: "prefix" (the paper's), "window" (headkit's)
     n: int = 512  # prompts per length and task
     seed: int = 12345  # seed of the evaluation prompts
     train_steps: int = DEFAULT_STEPS  # updates of the shared runs
@@ -184,40 +195,65 @@ class LengthConfig:
 
 
 def quick_config() -> LengthConfig:
-    return LengthConfig(lengths=(17, 33), n=32, train_steps=4, tiny=True)
+    return LengthConfig(added=(0, 16), n=32, train_steps=4, tiny=True)
+
+
+TRAINED_LENGTH = 17
+
+
+def check_added(cfg: LengthConfig) -> None:
+    """Refuse added-token counts and protocols R1 cannot evaluate, before any training."""
+    reach = DEFAULT_N_CTX - TRAINED_LENGTH
+    if not cfg.added:
+        raise HeadkitError("added is empty: give at least one number of added tokens")
+    for value in cfg.added:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= reach:
+            raise HeadkitError(f"added {value!r} is out of range: allowed 0..{reach} (prompts up to {DEFAULT_N_CTX})")
+    if len(set(cfg.added)) != len(cfg.added):
+        raise HeadkitError(f"added {cfg.added} repeats a value: give each once")
+    if not cfg.extends or any(e not in EXTENDS for e in cfg.extends) or len(set(cfg.extends)) != len(cfg.extends):
+        raise HeadkitError(f"extends={cfg.extends!r} is not supported: give distinct values among {EXTENDS}")
+    if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
+        raise HeadkitError(f"n={cfg.n!r} must be a positive integer (prompts per length)")
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
-    """Overall accuracy per task and length, and the last length each task keeps >= 90%."""
+    """Overall accuracy per protocol, task and tokens added, and the most added at >= 90%."""
     overall = table[table["hop"].astype(str) == ALL_HOPS]
-    accuracy = {
-        task: {str(int(r.length)): round(float(r.accuracy), 4) for r in group.itertuples()}
-        for task, group in overall.groupby("task", sort=False)
-    }
-    above = {
-        task: int(group.loc[group["accuracy"] >= 0.9, "length"].max()) if (group["accuracy"] >= 0.9).any() else None
-        for task, group in overall.groupby("task", sort=False)
-    }
-    return {"accuracy": accuracy, "longest_length_at_90pct": above}
+    accuracy: dict[str, dict] = {}
+    above: dict[str, dict] = {}
+    for (extend, task), group in overall.groupby(["extend", "task"], sort=False):
+        accuracy.setdefault(extend, {})[task] = {
+            f"+{int(r.added)}": round(float(r.accuracy), 4) for r in group.itertuples()
+        }
+        kept = group.loc[group["accuracy"] >= 0.9, "added"]
+        above.setdefault(extend, {})[task] = int(kept.max()) if len(kept) else None
+    return {"accuracy": accuracy, "most_added_at_90pct": above}
 
 
 def main(cfg: LengthConfig, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
-    """Accuracy by length of both shared models; writes ``figures/r1_length/`` (module docstring)."""
-    check_lengths(cfg.lengths, steps=cfg.train_steps, tiny=cfg.tiny)
-    if not isinstance(cfg.n, int) or cfg.n < 1:
-        raise HeadkitError(f"n={cfg.n!r} must be a positive integer (prompts per length)")
+    """Accuracy by tokens added of both shared models, each protocol; writes ``figures/r1_length/``."""
+    check_added(cfg)
     timer = Timer()
     frames = []
+    longest = TRAINED_LENGTH + max(cfg.added)
     for task, run_dir in shared_runs(cfg.runs, steps=cfg.train_steps, tiny=cfg.tiny).items():
         model, spec = final_model(run_dir)
-        frames.append(evaluate(model, spec, lengths=list(cfg.lengths), n=cfg.n, seed=cfg.seed, progress=True))
+        extend_context(model, longest)  # rotary tables only: the weights are the trained ones
+        for extend in cfg.extends:
+            frames.append(
+                evaluate(model, spec, added=list(cfg.added), extend=extend, n=cfg.n, seed=cfg.seed, progress=True)
+            )
     table = pd.concat(frames, ignore_index=True)
     summary = {**summarize(table), "elapsed_s": timer()}
-    figure = accuracy_by_length_figure(table, title="R1: accuracy vs prompt length (trained at 17)")
-    write_analysis(
-        output_dir(NAME, out), cfg=cfg, table=table, summary=summary,
-        figures={"accuracy_by_length": figure}, png=png,
-    )  # fmt: skip
+    figures = {
+        f"accuracy_{extend}": accuracy_by_length_figure(
+            table[table["extend"] == extend],
+            title=f"R1 ({extend} protocol): accuracy vs prompt length = 17 + tokens added",
+        )
+        for extend in cfg.extends
+    }
+    write_analysis(output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures, png=png)
     return table
 
 

@@ -93,7 +93,7 @@ class R6Config:
     def train_config(self) -> TrainConfig:
         model = ModelConfig(n_layers=self.n_layers, d_model=self.d_model, n_heads=1,
                             d_vocab=2 * self.n_nodes + 4, n_ctx=4 * self.n_nodes - 1)
-        return TrainConfig(task=TaskSpec("tree", {"n_nodes": self.n_nodes}), model=model, steps=self.steps,
+        return TrainConfig(task=TaskSpec("tree", {"n_nodes": self.n_nodes, "generator": "random"}), model=model, steps=self.steps,
                            batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
                            eval_every=self.eval_every, eval_n=self.eval_n, seed=self.seed)
 
@@ -173,7 +173,7 @@ def path_accuracy(model: HookedTransformer, batch: TaskBatch) -> float:
 def main(cfg: R6Config, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
     """Train, measure accuracy and attention by tree level, write figures/r6_tree/; return the table."""
     timer = Timer()
-    test = tree_task(cfg.eval_n, seed=10_000 + cfg.seed, n_nodes=cfg.n_nodes)
+    test = tree_task(cfg.eval_n, seed=10_000 + cfg.seed, n_nodes=cfg.n_nodes, generator="random")
     deep = test.select(test.hops >= cfg.min_depth)
     if deep.n == 0:  # checked before any training
         raise HeadkitError(

@@ -12,7 +12,11 @@ would otherwise fail with an unclear shape error), and returns a tidy DataFrame:
 column    meaning
 ========  ==============================================================
 task      the task name (``TaskSpec.name``)
+extend    how prompts were lengthened: ``"prefix"`` (PosSym-2026's
+          protocol: tokens added in front of an unchanged prompt) or
+          ``"window"`` (ours: the chain redrawn over an enlarged window)
 length    prompt length in tokens
+added     tokens added to the trained length (``length - trained length``)
 hop       number of hops of the prompts in this row (an int), or the
           string ``"all"`` for the row that pools every prompt of the length
 n         number of prompts in the row
@@ -21,8 +25,17 @@ accuracy  fraction of those prompts whose argmax at ``answer_pos`` equals
 ========  ==============================================================
 
 Tasks without hops (copy, induction, tree) get only the ``"all"`` rows. Length
-extrapolation follows the builder's ``length`` parameter (SPEC 2.3: the number and
-letter tasks extend the distractor window, keeping pointers in the trained range).
+extrapolation follows the builder's ``length`` and ``extend`` parameters. PosSym-2026
+(SPEC 2.3, Fig. 5) lengthens a prompt by adding symbols *before* the window that
+holds the target, so the last 17 tokens stay a training-distribution prompt, and
+plots accuracy against the tokens added (+46, +96, +296, +996, +4,996): that is
+``extend="prefix"``, the default; ``added=`` takes those numbers directly.
+``extend="window"`` is headkit's harder variant that redraws the chain over an
+enlarged target window.
+
+Before any prompt is built, `evaluate` refuses a length beyond the model's
+context, a repeated length, and a request whose prompts or activations cannot fit
+in memory (`estimate_bytes`).
 """
 
 from __future__ import annotations
@@ -43,11 +56,12 @@ from transformer_lens import HookedTransformer
 from headkit.checks import check_finite
 from headkit.errors import HeadkitError
 from headkit.models import check_fits_context
-from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
+from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, TaskSpec, check_memory
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("task", "length", "hop", "n", "accuracy")
+COLUMNS = ("task", "extend", "length", "added", "hop", "n", "accuracy")
+EXTENDS = ("prefix", "window")
 ALL_HOPS = "all"  # value of the hop column in the row pooling every hop
 
 
@@ -126,15 +140,42 @@ def score_batch(model: HookedTransformer, batch: TaskBatch, *, batch_size: int =
     )
 
 
-def _rows(task: str, score: BatchScore, length: int) -> list[dict]:
+def _rows(task: str, score: BatchScore, *, extend: str, length: int, added: int) -> list[dict]:
+    key = {"task": task, "extend": extend, "length": length, "added": added}
     rows = [
-        {"task": task, "length": length, "hop": hop, "n": int((score.hops == hop).sum()), "accuracy": acc}
+        {**key, "hop": hop, "n": int((score.hops == hop).sum()), "accuracy": acc}
         for hop, acc in score.accuracy_by_hop().items()
     ]
-    rows.append(
-        {"task": task, "length": length, "hop": ALL_HOPS, "n": int(score.correct.numel()), "accuracy": score.accuracy}
-    )
+    rows.append({**key, "hop": ALL_HOPS, "n": int(score.correct.numel()), "accuracy": score.accuracy})
     return rows
+
+
+def estimate_bytes(model: HookedTransformer, *, n: int, length: int, batch_size: int) -> int:
+    """Rough peak memory of evaluating ``n`` prompts of ``length`` tokens in chunks of ``batch_size``.
+
+    The prompts (all built at once, with their twins) plus one chunk's forward pass:
+    the residual-stream activations and the attention scores and pattern.
+    """
+    cfg = model.cfg
+    chunk = min(n, batch_size)
+    element = torch.finfo(cfg.dtype).bits // 8
+    prompts = n * length * 8 * TENSORS_PER_POSITION
+    activations = chunk * length * (8 * cfg.d_model + 2 * (cfg.d_mlp or 0) + 4 * cfg.d_vocab) * element
+    attention = 3 * chunk * cfg.n_heads * length * length * element
+    return prompts + activations + attention
+
+
+def _check_lengths(values: Sequence[int], *, name: str, one: str, low: int) -> list[int]:
+    values = list(values)
+    if not values:
+        raise HeadkitError(f"{name} is empty: give at least one value")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise HeadkitError(f"{one} {value!r} must be an integer >= {low}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise HeadkitError(f"{name} repeats {', '.join(map(str, repeated))}: give each value once")
+    return values
 
 
 def evaluate(
@@ -142,6 +183,8 @@ def evaluate(
     task: TaskSpec,
     *,
     lengths: Sequence[int] | None = None,
+    added: Sequence[int] | None = None,
+    extend: str = "prefix",
     n: int = 512,
     seed: int = 12345,
     batch_size: int = 256,
@@ -149,50 +192,68 @@ def evaluate(
 ) -> pd.DataFrame:
     """Exact-match accuracy of ``model`` on ``n`` fresh prompts per length, by hop.
 
-    ``lengths=None`` evaluates at the task's own (trained) length only. Every
-    length is checked against ``model.cfg.n_ctx`` before any prompt is built or
-    any forward pass is run. The same ``seed`` gives the same prompts at a length.
-    Returns one row per (length, hop) and one ``hop="all"`` row per length, with
-    the columns ``task, length, hop, n, accuracy`` (module docstring).
+    ``lengths`` (total prompt lengths) or ``added`` (tokens added to the trained
+    length, PosSym-2026's x-axis: 0, 46, 96, 296, 996, 4996), not both; neither
+    evaluates at the task's own (trained) length only. ``extend`` is how longer
+    prompts are made: ``"prefix"`` (the paper's protocol, default) or ``"window"``
+    (module docstring). Every length is checked against ``model.cfg.n_ctx``,
+    repeats and memory are refused, all before any prompt is built or any forward
+    pass is run. The same ``seed`` gives the same prompts at a length. Returns one
+    row per (length, hop) and one ``hop="all"`` row per length, with the columns
+    ``task, extend, length, added, hop, n, accuracy`` (module docstring).
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise HeadkitError(f"n={n!r} must be a positive integer (prompts per length)")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
-    if lengths is not None:
-        lengths = list(lengths)
-        if not lengths:
-            raise HeadkitError("lengths is empty: give at least one prompt length")
-        for length in lengths:
-            if not isinstance(length, int) or length < 1:
-                raise HeadkitError(f"length {length!r} must be a positive integer")
-            check_fits_context(model, length, what="evaluation")
+    if extend not in EXTENDS:
+        raise HeadkitError(f"extend={extend!r} is not supported: allowed {', '.join(map(repr, EXTENDS))}")
+    if lengths is not None and added is not None:
+        raise HeadkitError("give lengths or added, not both")
     builder = task.builder()  # an unknown task name fails here, before any work
-    if lengths is not None and "length" not in inspect.signature(builder).parameters:
-        raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it with lengths=None")
-    overrides = [{}] if lengths is None else [{"length": length} for length in lengths]
+    accepted = inspect.signature(builder).parameters
+    trained = task.build(1, seed=0).length
+    if lengths is None and added is None:
+        lengths = [trained]
+    elif added is not None:
+        lengths = [trained + a for a in _check_lengths(added, name="added", one="added token count", low=0)]
+    else:
+        lengths = _check_lengths(lengths, name="lengths", one="length", low=1)
+    if lengths != [trained] and "length" not in accepted:
+        raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it at its own length only")
+    if extend != "prefix" and "extend" not in accepted:
+        raise HeadkitError(f"task {task.name!r} has no extend parameter: leave extend='prefix'")
+    for length in lengths:
+        check_fits_context(model, length, what="evaluation")
+        check_memory(
+            estimate_bytes(model, n=n, length=length, batch_size=batch_size),
+            what=f"evaluating {n} prompts of length {length}",
+        )
     rows: list[dict] = []
-    for override in tqdm(overrides, desc=f"evaluate {task.name}", disable=not progress):
+    for length in tqdm(lengths, desc=f"evaluate {task.name}", disable=not progress):
+        override: dict = {} if length == trained and "length" not in task.params else {"length": length}
+        if override and "extend" in accepted:
+            override["extend"] = extend
         batch = task.build(n, seed=seed, **override)
         check_batch_fits(model, batch)
         score = score_batch(model, batch, batch_size=batch_size)
-        logger.info("%s length %d: accuracy %.4f", task.name, batch.length, score.accuracy)
-        rows.extend(_rows(task.name, score, batch.length))
+        logger.info("%s length %d (%s): accuracy %.4f", task.name, batch.length, extend, score.accuracy)
+        rows.extend(_rows(task.name, score, extend=extend, length=batch.length, added=batch.length - trained))
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """`evaluate`'s tidy rows, wide: one row per (task, length), columns ``hop1``.. and ``all``.
+    """`evaluate`'s tidy rows, wide: one row per (task, extend, length, added), columns ``hop1``.. and ``all``.
 
     For printing; the tidy frame is what gets written as CSV.
     """
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    required = ("task", "length", "hop", "n", "accuracy")  # extend and added are optional (older tables)
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise HeadkitError(f"accuracy frame lacks columns {', '.join(missing)}: expected {', '.join(COLUMNS)}")
     label = frame["hop"].map(lambda h: ALL_HOPS if str(h) == ALL_HOPS else f"hop{int(h)}")
-    wide = frame.assign(hop=label).pivot_table(
-        index=["task", "length"], columns="hop", values="accuracy", sort=False
-    )
+    index = [c for c in ("task", "extend", "length", "added") if c in frame.columns]
+    wide = frame.assign(hop=label).pivot_table(index=index, columns="hop", values="accuracy", sort=False)
     hop_columns = sorted((c for c in wide.columns if c != ALL_HOPS), key=lambda c: int(c[3:]))
     wide = wide[hop_columns + [ALL_HOPS]]
     wide.columns.name = None

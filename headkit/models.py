@@ -20,6 +20,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
 
+# Default context (GPT-J's n_positions): the rotary tables of a default model cover
+# PosSym-2026's longest usual test (17 + 996 added tokens) and more. They hold no
+# parameters; TransformerLens ignores a saved table of another size on loading.
+DEFAULT_N_CTX = 2048
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -49,7 +54,7 @@ class ModelConfig:
     d_model: int = 64  # residual stream width
     n_heads: int = 1  # attention heads per layer (the papers use one)
     d_vocab: int = 128  # vocabulary size (a task's `len(batch.vocab)`)
-    n_ctx: int = 512  # longest sequence the rotary tables cover
+    n_ctx: int = DEFAULT_N_CTX  # longest sequence the rotary tables cover
     rotary_dim: int | None = None  # dims per head that rotate; None = the whole head
     d_mlp: int | None = None  # MLP width; None = 4 * d_model as in GPT-J
     attn_only: bool = False  # drop the MLPs (copy and induction experiments)
@@ -133,7 +138,7 @@ def gptj_model(
     d_model: int = 64,
     n_heads: int = 1,
     d_vocab: int = 128,
-    n_ctx: int = 512,
+    n_ctx: int = DEFAULT_N_CTX,
     *,
     rotary_dim: int | None = None,
     d_mlp: int | None = None,
@@ -187,3 +192,24 @@ def check_fits_context(model: HookedTransformer, length: int, *, what: str = "se
             f"{what} length {length} exceeds the model's context n_ctx={n_ctx}: "
             f"allowed lengths are 1..{n_ctx}"
         )
+
+
+def extend_context(model: HookedTransformer, n_ctx: int) -> HookedTransformer:
+    """Let a rotary ``model`` take sequences up to ``n_ctx`` tokens, in place; returns it.
+
+    Rotary tables hold no parameters: TransformerLens computes them from the position
+    alone and grows them on demand up to ``cfg.n_ctx``, so raising ``cfg.n_ctx`` makes
+    the model compute exactly what the same weights built with the larger ``n_ctx``
+    compute. For models trained with a short ``n_ctx`` (e.g. 257) to be tested with
+    PosSym-2026's +996 added tokens. Models with learned position embeddings cannot grow.
+    """
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise HeadkitError(f"n_ctx={n_ctx!r} must be a positive integer")
+    if model.cfg.positional_embedding_type != "rotary":
+        raise HeadkitError(
+            f"only rotary models can extend their context: this model's position embedding is "
+            f"{model.cfg.positional_embedding_type!r}"
+        )
+    if n_ctx > model.cfg.n_ctx:
+        model.cfg.n_ctx = n_ctx
+    return model

@@ -91,7 +91,7 @@ def test_r5_config_rejects_bad_values():
 
 def test_r6_regions_match_the_builders_path():
     """level_j edges lead to the path node j levels above the goal, read off the path tokens."""
-    batch = tree_task(40, seed=3, n_nodes=7)
+    batch = tree_task(40, seed=3, n_nodes=7, generator="random")
     regions, names = r6_tree.key_regions(batch, min_depth=3)
     n_nodes, root = 7, int(batch.positions["root"][0])
     for b in range(batch.n):
@@ -109,7 +109,7 @@ def test_r6_regions_match_the_builders_path():
 
 
 def test_r6_attention_shares_match_a_slow_loop():
-    batch = tree_task(12, seed=1, n_nodes=6)
+    batch = tree_task(12, seed=1, n_nodes=6, generator="random")
     batch = batch.select(batch.hops >= 2)
     model = gptj_model(n_layers=2, d_model=16, n_heads=1, d_vocab=len(batch.vocab), n_ctx=batch.length, seed=0)
     table = r6_tree.attention_by_region(model, batch, min_depth=2)

@@ -69,8 +69,12 @@ def test_shared_runs_are_reused_and_checked(runs):
 
 
 def test_bad_input_is_refused_before_training(tmp_path):
-    with pytest.raises(HeadkitError, match="length 300 is out of range: allowed 17..257"):
-        r1_length.main(r1_length.LengthConfig(runs=str(tmp_path / "r"), lengths=(17, 300)), out=tmp_path / "o")
+    with pytest.raises(HeadkitError, match="added 5000 is out of range: allowed 0..2031"):
+        r1_length.main(r1_length.LengthConfig(runs=str(tmp_path / "r"), added=(0, 5000)), out=tmp_path / "o")
+    with pytest.raises(HeadkitError, match="repeats"):
+        r1_length.main(r1_length.LengthConfig(runs=str(tmp_path / "r"), added=(0, 46, 46)), out=tmp_path / "o")
+    with pytest.raises(HeadkitError, match="extends="):
+        r1_length.main(r1_length.LengthConfig(runs=str(tmp_path / "r"), extends=("middle",)), out=tmp_path / "o")
     with pytest.raises(HeadkitError, match="length 129 .*17..65"):
         r4_discrepancy.main(
             r4_discrepancy.DiscrepancyConfig(runs=str(tmp_path / "r"), lengths=(17, 129), tiny=True, train_steps=4),
@@ -90,19 +94,25 @@ def test_r1_smoke_matches_explicit_accuracy(runs, tmp_path):
     cfg = r1_length.quick_config()
     cfg = r1_length.LengthConfig(**{**cfg.__dict__, "runs": str(runs)})
     table = r1_length.main(cfg, out=tmp_path, png=False)
-    assert list(table.columns) == ["task", "length", "hop", "n", "accuracy"]
-    summary = _outputs(tmp_path, table, ["accuracy_by_length"])
+    assert list(table.columns) == ["task", "extend", "length", "added", "hop", "n", "accuracy"]
+    summary = _outputs(tmp_path, table, ["accuracy_prefix", "accuracy_window"])
+    assert cfg.added == (0, 16) and cfg.extends == ("prefix", "window")
     for task in r1_length.TASKS:
         model, spec = r1_length.final_model(runs / task)
-        for length in cfg.lengths:
-            batch = spec.build(cfg.n, seed=cfg.seed, length=length)
-            expected = _accuracy(model, batch).mean().item()
-            row = table[(table.task == task) & (table.length == length) & (table.hop.astype(str) == "all")]
-            assert row.accuracy.item() == pytest.approx(expected)
-            assert summary["accuracy"][task][str(length)] == pytest.approx(expected, abs=1e-4)
-            for hop in range(1, 5):
-                row = table[(table.task == task) & (table.length == length) & (table.hop.astype(str) == str(hop))]
-                assert row.n.item() == int((batch.hops == hop).sum())
+        for extend in cfg.extends:
+            for added in cfg.added:
+                length = 17 + added
+                batch = spec.build(cfg.n, seed=cfg.seed, length=length, extend=extend)
+                if extend == "prefix":  # the paper's: an unchanged 17-token prompt at the end
+                    assert torch.equal(batch.tokens[:, added:], spec.build(cfg.n, seed=cfg.seed).tokens)
+                expected = _accuracy(model, batch).mean().item()
+                pick = (table.task == task) & (table.extend == extend) & (table.added == added)
+                row = table[pick & (table.hop.astype(str) == "all")]
+                assert row.length.item() == length and row.accuracy.item() == pytest.approx(expected)
+                assert summary["accuracy"][extend][task][f"+{added}"] == pytest.approx(expected, abs=1e-4)
+                for hop in range(1, 5):
+                    row = table[pick & (table.hop.astype(str) == str(hop))]
+                    assert row.n.item() == int((batch.hops == hop).sum())
 
 
 # --- R2 -------------------------------------------------------------------------------

@@ -126,8 +126,75 @@ def test_tasks_without_hops_get_only_the_pooled_row(tiny_gptj):
 def test_accuracy_table_is_wide_by_hop(model):
     frame = evaluate(model, NUMBER, lengths=[9, 13], n=16)
     wide = accuracy_table(frame)
-    assert list(wide.columns) == ["task", "length", "hop1", "hop2", "hop3", "hop4", "all"]
+    assert list(wide.columns) == ["task", "extend", "length", "added", "hop1", "hop2", "hop3", "hop4", "all"]
+    assert wide["added"].tolist() == [0, 4] and wide["extend"].tolist() == ["prefix", "prefix"]
     assert wide["length"].tolist() == [9, 13]
     assert wide.loc[1, "hop3"] == frame[(frame.length == 13) & (frame.hop == 3)]["accuracy"].item()
     # the CSV round trip (hop read back as strings) gives the same table
     pd.testing.assert_frame_equal(accuracy_table(frame.astype({"hop": str})), wide)
+
+
+def slow_accuracy_of(model, batch):
+    """Fraction of prompts of ``batch`` whose argmax at answer_pos is the answer, one prompt at a time."""
+    hits = 0
+    for i in range(batch.n):
+        with torch.no_grad():
+            logits = model(batch.tokens[i : i + 1], return_type="logits")[0]
+        hits += int(logits[int(batch.answer_pos[i])].argmax()) == int(batch.answers[i])
+    return hits / batch.n
+
+
+@pytest.mark.parametrize("extend", ["prefix", "window"])
+def test_extend_modes_score_the_builders_prompts(model, extend):
+    frame = evaluate(model, NUMBER, lengths=[9, 20], extend=extend, n=20, seed=5, batch_size=6)
+    assert set(frame["extend"]) == {extend} and frame["added"].tolist() == [0] * 5 + [11] * 5
+    for length in (9, 20):
+        override = {} if length == 9 else {"length": length, "extend": extend}
+        batch = NUMBER.build(20, seed=5, **override)
+        got = frame[(frame.length == length) & (frame.hop == "all")]["accuracy"].item()
+        assert got == pytest.approx(slow_accuracy_of(model, batch), abs=1e-12)
+
+
+def test_prefix_is_the_default_and_added_equals_lengths(model):
+    by_added = evaluate(model, NUMBER, added=[0, 4, 11], n=12, seed=2)
+    by_length = evaluate(model, NUMBER, lengths=[9, 13, 20], n=12, seed=2)
+    pd.testing.assert_frame_equal(by_added, by_length)
+    # the prefix protocol's prompts end with a trained-length prompt: tokens differ only in front
+    a = NUMBER.build(12, seed=2, length=20)
+    w = NUMBER.build(12, seed=2, length=20, extend="window")
+    assert (a.answer_pos == 19).all() and (w.answer_pos == 19).all()
+    assert (a.positions["answer_source"] >= 11).all()  # the answer lies in the last 9 tokens
+    assert (w.positions["answer_source"] < 11).any()  # the window protocol puts it anywhere
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"lengths": [9, 13, 9]}, "lengths repeats 9"),
+        ({"added": [0, 46, 46]}, "added repeats 46"),
+        ({"added": [-1]}, "added token count -1"),
+        ({"lengths": [9], "added": [0]}, "not both"),
+        ({"extend": "middle"}, "extend='middle'"),
+    ],
+)
+def test_repeats_and_bad_protocol_arguments_are_refused(model, kwargs, words):
+    with pytest.raises(HeadkitError, match=words):
+        evaluate(model, NUMBER, n=4, **kwargs)
+
+
+def test_requests_that_cannot_fit_in_memory_are_refused_before_any_work(model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append("forward"))
+    monkeypatch.setattr(TaskSpec, "build", lambda self, n, **k: calls.append(("build", n)) or NUMBER_BUILD(self, n, **k))
+    with pytest.raises(HeadkitError, match="GiB of memory"):
+        evaluate(model, NUMBER, n=10**9)
+    assert calls == [("build", 1)]  # only the one-prompt probe of the trained length
+
+
+NUMBER_BUILD = TaskSpec.build
+
+
+def test_extend_window_needs_a_task_that_has_it(tiny_gptj):
+    m = tiny_gptj(d_vocab=5, n_ctx=16, n_layers=1, attn_only=True)
+    with pytest.raises(HeadkitError, match="task 'copy' has no extend parameter"):
+        evaluate(m, TaskSpec("copy", {"vocab_size": 5}), lengths=[6, 10], extend="window", n=4)

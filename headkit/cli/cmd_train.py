@@ -4,9 +4,11 @@
   (``--preset cpu``, the default, or ``paper``) with the options given overriding
   the preset; ``--resume`` continues the run in DIR (its ``run.json`` supplies the
   config; only ``--steps`` and ``--device`` may change it).
-- ``eval DIR --lengths 17,33,65,129 --out FILE.csv`` scores the latest checkpoint
-  of a run (or one checkpoint directory) with `headkit.evaluation.evaluate`,
-  writes the tidy CSV and prints the accuracy table.
+- ``eval DIR --added 0,46,96,296,996 --out FILE.csv`` (or ``--lengths``) scores the
+  latest checkpoint of a run (or one checkpoint directory) with
+  `headkit.evaluation.evaluate`, longer prompts made as ``--extend`` says (``prefix``,
+  the paper's protocol, by default; ``window``), writes the tidy CSV and prints the
+  accuracy table. ``--n-ctx`` lets a run trained with a short context reach longer prompts.
 - ``info DIR`` prints a run's config, its checkpoints, its last metrics and whether
   it is complete (`headkit.runs.run_status`).
 """
@@ -41,10 +43,6 @@ def _int_at_least(text: str, low: int) -> int:
 
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
 
 
 def positive_float(text: str) -> float:
@@ -104,21 +102,44 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distinct_int_list(text: str | None, *, name: str, low: int) -> list[int] | None:
+    """``--lengths`` / ``--added``: integers, each at most once (a repeat would duplicate rows)."""
+    if text is None:
+        return None
+    values = parse_int_list(text, name=name, low=low)
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise HeadkitError(f"{name} repeats {', '.join(map(str, repeated))}: give each value once")
+    return values
+
+
 def _eval(args: argparse.Namespace) -> int:
-    lengths = None if args.lengths is None else parse_int_list(args.lengths, name="--lengths")
+    lengths = _distinct_int_list(args.lengths, name="--lengths", low=1)
+    added = _distinct_int_list(args.added, name="--added", low=0)
+    if lengths is not None and added is not None:
+        raise HeadkitError("give --lengths or --added, not both")
     out = None if args.out is None else check_output_path(args.out, inputs=[args.run])
     from headkit.checkpoints import load_checkpoint
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
+    from headkit.models import extend_context
 
     use_threads(args.threads)
     ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
-    frame = evaluate(ckpt.model, ckpt.task, lengths=lengths, n=args.n, seed=args.seed, progress=not args.no_progress)
+    if args.n_ctx is not None:
+        extend_context(ckpt.model, args.n_ctx)
+    frame = evaluate(
+        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n=args.n, seed=args.seed,
+        progress=not args.no_progress,
+    )
     if out is not None:
         write_csv(out, frame)
-    print(f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.n} prompts per length:")
+    print(
+        f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.n} prompts per length, "
+        f"longer prompts made by extend={args.extend}:"
+    )
     print(accuracy_table(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         print(f"wrote {len(frame)} rows to {out}")
@@ -171,10 +192,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("eval", help="accuracy of a trained model by length and hop")
     p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint directory")
-    p.add_argument("--lengths", help="prompt lengths, e.g. 17,33,65,129 (default: the trained length)")
+    p.add_argument("--lengths", help="total prompt lengths, e.g. 17,63,113 (default: the trained length)")
+    p.add_argument(
+        "--added", help="tokens added to the trained length, e.g. 0,46,96,296,996 (PosSym-2026's x-axis)"
+    )
+    p.add_argument(
+        "--extend", choices=["prefix", "window"], default="prefix",
+        help="how longer prompts are made: prefix = tokens added before an unchanged prompt (the paper's, "
+        "default); window = the chain redrawn over an enlarged window (headkit's)",
+    )
+    p.add_argument(
+        "--n-ctx", type=positive_int,
+        help="let the model take prompts up to this length (rotary tables only; for runs trained with a short n_ctx)",
+    )
     p.add_argument("--n", type=positive_int, default=512, help="prompts per length (default 512)")
     p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
-    p.add_argument("--out", help="CSV file to write (columns task,length,hop,n,accuracy)")
+    p.add_argument("--out", help="CSV file to write (columns task,extend,length,added,hop,n,accuracy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(p)
     p.set_defaults(func=_eval)

@@ -22,6 +22,7 @@ Conventions shared by all tasks (read these before writing a builder or a loss):
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -233,3 +234,38 @@ def require_int(name: str, value: Any, *, low: int, high: int | None = None) -> 
     if value < low or (high is not None and value > high):
         raise HeadkitError(f"{name}={value} is out of range: allowed {allowed}")
     return value
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use: ``MemAvailable`` (Linux), else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: do not refuse
+
+
+def check_memory(nbytes: int, *, what: str) -> None:
+    """Refuse, before any work, a request whose tensors need more than the available memory."""
+    free = available_memory()
+    if nbytes > free:
+        raise HeadkitError(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but only {free / 2**30:.1f} GiB "
+            f"is available: ask for fewer or shorter prompts"
+        )
+
+
+# int64 tensors of one prompt position a chain builder holds at its peak (tokens, targets
+# and their twins, the random draws, the prefix, concatenation copies)
+TENSORS_PER_POSITION = 12
+
+
+def check_prompt_memory(n: int, length: int, *, task: str, extra: int = 0) -> None:
+    """Refuse ``n`` prompts of ``length`` tokens whose tensors cannot fit (``extra`` bytes more)."""
+    check_memory(n * length * 8 * TENSORS_PER_POSITION + extra, what=f"{n} {task} prompts of length {length}")

@@ -13,7 +13,14 @@ is a count table: ``counts[r, c]`` is the number of valid ways to finish a chain
 from position ``c`` with ``r`` hops left. Each next landing ``c'`` is then drawn with
 weight ``counts[r - 1, c']`` among the positions reachable from ``c``, which makes
 every complete chain equally likely. ``counts[h, q] == 0`` means ``h`` hops are
-impossible with these windows, which the builders check before any work.
+impossible with these windows, which the builders check before any work. With a
+fixed last landing (``sample_chains(..., ends=)``, the paper's generator: answer
+position drawn first) the table is split by end (`chain_counts_to`), and
+`joint_balanced` draws (hop, answer position, answer value) as the paper balances them.
+
+The length protocols: `resolve_length` (``extend="prefix"``, PosSym-2026's tokens
+added in front, or ``"window"``, ours), `prepend` (the prefix, positions shifted),
+and `check_protocol` (the checks both builders share, memory included).
 
 The parts both builders share live here too: the layout and hop-range checks
 (`check_layout`, `check_hop_range`), -1 padding of chains to ``max_hops + 1``
@@ -23,13 +30,14 @@ scored at the query only (`chain_batch`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, require, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, require, require_int
 
 
 def balanced_hops(n: int, min_hops: int, max_hops: int, gen: torch.Generator) -> Int[Tensor, " batch"]:
@@ -88,20 +96,24 @@ def sample_chains(
     max_jump: int | None,
     gen: torch.Generator,
     avoid_first: Int[Tensor, " batch"] | None = None,
+    ends: Int[Tensor, " batch"] | None = None,
 ) -> Int[Tensor, "batch hops_plus_1"]:
     """One uniform random chain per prompt: ``[q, c_1, ..., c_h, -1, ...]``.
 
     The width is ``max(hops) + 1``. ``avoid_first`` (optional) is a first landing
     each prompt should not use; it is avoided whenever another first landing exists.
-    Every ``hops`` value must be feasible (``chain_counts(...)[h, q] > 0``).
+    ``ends`` (optional) fixes each chain's last landing ``c_h``: the chain is then
+    uniform among the valid chains with that end (for an unbounded jump, the
+    intermediate landings are a uniform subset of the pointer window, as in
+    PosSym-2026's generator; `chain_counts_to`). Every ``hops`` value (and
+    (hop, end) pair) must be feasible (``chain_counts(...)[h, q] > 0``).
     """
     n = hops.shape[0]
     max_hops = int(hops.max()) if n else 0
     query = target_window + pointer_window
     to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
-    counts = chain_counts(
-        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
-    )
+    layout = dict(target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops)
+    counts = chain_counts(**layout) if ends is None else chain_counts_to(**layout)
     chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
     chain[:, 0] = query
     for h in hops.unique().tolist():
@@ -111,8 +123,12 @@ def sample_chains(
             left = h - step  # hops still to take after this landing
             if left == 0:
                 weights = to_target[here]  # [rows, pos]
-            else:
+                if ends is not None:  # land on the given end
+                    weights = torch.nn.functional.one_hot(ends[rows], to_target.shape[0]).double()
+            elif ends is None:
                 weights = to_pointer[here] * counts[left][None, :]  # [rows, pos]
+            else:
+                weights = to_pointer[here] * counts[left][:, ends[rows]].T  # [rows, pos]
             if step == 1 and avoid_first is not None:
                 masked = weights.clone()
                 masked[torch.arange(rows.shape[0]), avoid_first[rows]] = 0.0
@@ -196,3 +212,162 @@ def chain_batch(
         corrupted=corrupted,
         params=params,
     )
+
+
+# --- the paper's generator: answers balanced jointly, chains conditioned on their end -----
+
+
+def chain_counts_to(
+    *, target_window: int, pointer_window: int, max_jump: int | None, max_hops: int
+) -> Float[Tensor, "hops_plus_1 pos target"]:
+    """``counts[r, c, a]``: valid chain endings from ``c`` with ``r`` hops left that land on ``a``.
+
+    Like `chain_counts`, split by the answer position ``a`` (the last landing, in
+    the target window). Row 0 is unused. Memory is ``(max_hops+1) * L * T`` floats.
+    """
+    to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
+    counts = torch.zeros(max_hops + 1, to_target.shape[0], target_window, dtype=torch.float64)
+    if max_hops >= 1:
+        counts[1] = to_target[:, :target_window]
+    for r in range(2, max_hops + 1):
+        counts[r] = to_pointer @ counts[r - 1]
+    return counts
+
+
+def joint_balanced(
+    n: int,
+    *,
+    feasible: Bool[Tensor, "hops target"],
+    min_hops: int,
+    n_values: int,
+    gen: torch.Generator,
+) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """``(hops, answer_pos, value)`` balanced jointly, as PosSym-2026's generators do.
+
+    The paper lists every (answer position, answer value, hop) triple, repeats the
+    list ``n // M`` times and adds ``n % M`` distinct triples at random. Here the
+    hops are balanced first (counts differ by at most one, also in a small batch),
+    then within each hop ``h`` every feasible (position ``a`` with
+    ``feasible[h - min_hops, a]``, value ``0..n_values-1``) pair appears equally
+    often, distinct pairs at random filling the remainder; the batch is shuffled.
+    Over ``n`` a multiple of ``M`` this is exactly the paper's balance.
+    """
+    hops = balanced_hops(n, min_hops, min_hops + feasible.shape[0] - 1, gen).sort().values
+    answer_pos = torch.empty(n, dtype=torch.long)
+    value = torch.empty(n, dtype=torch.long)
+    for k in range(feasible.shape[0]):
+        rows = (hops == min_hops + k).nonzero().squeeze(-1)
+        positions = feasible[k].nonzero().squeeze(-1)
+        m = positions.shape[0] * n_values
+        full, rest = divmod(rows.shape[0], m)
+        index = torch.cat([torch.arange(m).repeat(full), torch.randperm(m, generator=gen)[:rest]])
+        answer_pos[rows], value[rows] = positions[index // n_values], index % n_values
+    order = torch.randperm(n, generator=gen)
+    return hops[order], answer_pos[order], value[order]
+
+
+def prepend(batch: TaskBatch, prefix: Int[Tensor, "batch added"], *, params: Mapping[str, Any]) -> TaskBatch:
+    """``batch`` with ``prefix`` tokens put in front of every prompt (and of its twin).
+
+    The length-extrapolation protocol of PosSym-2026: the original prompt stays the
+    last tokens, unchanged; every named position moves right by ``added``
+    (-1 padding stays -1); the prefix is never scored.
+    """
+    added = prefix.shape[1]
+
+    def shift(t: Tensor) -> Tensor:
+        return torch.where(t >= 0, t + added, t)
+
+    def one(b: TaskBatch, corrupted: TaskBatch | None) -> TaskBatch:
+        return dataclasses.replace(
+            b,
+            tokens=torch.cat([prefix, b.tokens], dim=1),
+            targets=torch.cat([torch.full_like(prefix, IGNORE), b.targets], dim=1),
+            answer_pos=b.answer_pos + added,
+            positions={k: shift(v) for k, v in b.positions.items()},
+            corrupted=corrupted,
+            params=params,
+        )
+
+    twin = None if batch.corrupted is None else one(batch.corrupted, None)
+    return one(batch, twin)
+
+
+EXTENDS = ("prefix", "window")
+
+
+def resolve_length(
+    *, length: int | None, extend: str, target_window: int, pointer_window: int
+) -> tuple[int, int]:
+    """``(T, added)``: the target window and the prefix size that make a prompt ``length`` long.
+
+    ``extend="prefix"`` (PosSym-2026): the prompt keeps its ``T + P + 1`` tokens and
+    ``added = length - (T + P + 1)`` tokens go in front. ``extend="window"`` (ours):
+    ``T = length - P - 1`` and nothing is added. ``length=None``: the trained layout.
+    """
+    require(extend in EXTENDS, f"extend={extend!r} is not supported: allowed {', '.join(map(repr, EXTENDS))}")
+    if length is None or extend == "window":
+        return check_layout(1, target_window=target_window, pointer_window=pointer_window, length=length), 0
+    require_int("target_window", target_window, low=1)
+    core = target_window + pointer_window + 1
+    require_int("length", length, low=core)
+    return target_window, length - core
+
+
+BALANCES = ("joint", "hops")
+
+
+def resolve_balance(balance: str | None, *, enlarged: bool) -> str:
+    """``balance=None`` -> ``"joint"`` (the paper's), or ``"hops"`` when the window protocol enlarged ``T``.
+
+    Joint balance over an enlarged window would need a ``(hops, L, T)`` count table
+    (gigabytes at ``L`` ~ 1,000), and the window protocol is headkit's own anyway.
+    At the trained length both protocols give the same prompts.
+    """
+    if balance is None:
+        return "hops" if enlarged else "joint"
+    require(balance in BALANCES, f"balance={balance!r} is not supported: allowed {', '.join(map(repr, BALANCES))}")
+    require(
+        not (balance == "joint" and enlarged),
+        "balance='joint' cannot be combined with extend='window' and a longer length: use balance='hops' "
+        "(or extend='prefix', the paper's protocol)",
+    )
+    return balance
+
+
+def check_protocol(
+    n: int,
+    *,
+    task: str,
+    target_window: int,
+    pointer_window: int,
+    max_hops: int,
+    length: int | None,
+    extend: str,
+    distractors: str,
+    allowed_distractors: tuple[str, ...],
+    balance: str | None,
+) -> tuple[int, int, str]:
+    """The checks the number and letter builders share; returns ``(T, added, balance)``.
+
+    ``n``, the length protocol, the distractor and balance options, and the memory
+    the prompts and chain tables need (call `check_hop_range` first: ``max_hops`` is trusted).
+    """
+    require_int("n", n, low=1)
+    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
+    require(
+        distractors in allowed_distractors,
+        f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, allowed_distractors))}",
+    )
+    balance = resolve_balance(balance, enlarged=t > target_window)
+    core = t + pointer_window + 1
+    check_prompt_memory(n, core + added, task=task, extra=chain_table_bytes(core, t, max_hops, balance))
+    return t, added, balance
+
+
+def chain_table_bytes(length: int, target_window: int, max_hops: int, balance: str) -> int:
+    """Bytes of the chain count tables for a prompt of ``length`` (`chain_counts`, `chain_counts_to`)."""
+    square = 5 * 8 * length * length  # _moves: jump, reach, two float64 matrices
+    if balance == "joint":
+        return square + 8 * (max_hops + 1) * length * target_window
+    return square

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
 
 
 def copy_vocab(vocab_size: int) -> Vocab:
@@ -32,6 +32,7 @@ def copy_task(n: int, *, seed: int, length: int = 32, vocab_size: int = 16) -> T
     require_int("n", n, low=1)
     require_int("length", length, low=2)
     require_int("vocab_size", vocab_size, low=2)  # the twin needs a second symbol
+    check_prompt_memory(n, length, task="copy")
     gen = make_generator(seed)
     vocab = copy_vocab(vocab_size)
     tokens = torch.randint(0, vocab_size, (n, length), generator=gen)

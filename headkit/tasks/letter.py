@@ -7,31 +7,33 @@ token whose first symbol is ``y``"; the chain continues until it reaches a
 (symbol, digit) token, which is the answer, predicted at the query position. One
 hop: ``a4 b3 c2 d1 fc`` -> ``c2``.
 
-Layout and chains are those of the number task (`headkit.tasks.chains`): positions
-strictly decrease, intermediate landings in the pointer window, the last in the
-target window, drawn uniformly among valid chains, hop counts balanced. There is
-no jump limit: a pointer names content, not an offset.
+Layout, chains, balance and length protocol are those of the number task
+(`headkit.tasks.chains`), with no jump limit: a pointer names content, not an
+offset. ``balance="joint"`` balances hop, answer position, answer symbol and answer
+digit jointly, as the paper's generator does (``jcalataiut-cli/CENIA``,
+``Position_symbolic_dynamics/code/src/data/symbolic_dataset.py``).
 
-(ours) Unique lookups: the ``h`` symbols ``y_1..y_h`` looked up along the chain
-are distinct and each occurs exactly once as a first symbol in the prompt (at its
-chain position). All other tokens, the query included, take their first symbol from
-the remaining ``n_symbols - h`` symbols, so ``n_symbols >= max_hops + 2`` (the
-looked-up symbols plus at least two others for the query and the distractors).
-Distractor pointers ``(x, z)`` have ``z != x``; distractor targets a random digit.
+Unique lookups (the paper's): the ``h`` symbols ``y_1..y_h`` looked up along the
+chain are distinct and each occurs exactly once as a first symbol in the prompt (at
+its chain position). All other tokens, the query and any prefix included, take their
+first symbol from the remaining ``n_symbols - h`` symbols, so
+``n_symbols >= max_hops + 2``. ``distractors="paper"``: a distractor pointer's second
+symbol is one of those remaining symbols, possibly its own first (``(x, x)``);
+``distractors="distinct"`` (ours, headkit's first generator): any symbol but ``x``.
+Distractor targets have a random digit.
 
-(ours) Default ``n_symbols=24``: a quick trial trained well at 24 symbols and
-stalled at 32. The paper used 8 symbols a-h; with 8 symbols the looked-up symbols
-can still be unique here, but the other 16 - h context tokens must share the
-remaining 8 - h first symbols, so a prompt of length 17 cannot have all first
-symbols distinct.
+Defaults are the paper's vocabulary: 8 symbols a-h, digits 1-8, 128 tokens.
+(ours) Training's letter default keeps ``n_symbols=24``: a quick trial trained well
+at 24 symbols and stalled at 32.
 
 Corrupted twin (ours): the same prompt with the answer token's digit changed to
 another digit (``c2`` -> ``c5``): same chain, same lookups, different answer. (A
 re-routed twin would have to re-pick which symbols are unique, changing many
 tokens at once.)
 
-Length extension (ours): ``length`` sets ``T = length - P - 1``, adding distractor
-targets; the pointer window is unchanged.
+Length (``length``, the total): ``extend="prefix"`` (PosSym-2026's protocol,
+default) puts (symbol, digit) tokens with never-looked-up symbols in front of an
+unchanged prompt; ``extend="window"`` (ours) sets ``T = length - P - 1``.
 """
 
 from __future__ import annotations
@@ -40,14 +42,19 @@ import string
 
 import torch
 
+from torch import Tensor
+
 from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
 from headkit.tasks.chains import (
     balanced_hops,
     chain_batch,
+    chain_counts_to,
     chain_ends,
     check_hop_range,
-    check_layout,
+    check_protocol,
+    joint_balanced,
     pad_chains,
+    prepend,
     sample_chains,
 )
 
@@ -68,6 +75,9 @@ def letter_vocab(n_symbols: int, n_digits: int) -> Vocab:
     return Vocab(tuple(targets + pointers))
 
 
+DISTRACTORS = ("paper", "distinct")
+
+
 def _check(
     n: int,
     *,
@@ -78,9 +88,11 @@ def _check(
     n_symbols: int,
     n_digits: int,
     length: int | None,
-) -> int:
-    """Validate every parameter before any work; returns the target window size ``T``."""
-    t = check_layout(n, target_window=target_window, pointer_window=pointer_window, length=length)
+    extend: str,
+    distractors: str,
+    balance: str | None,
+) -> tuple[int, int, str]:
+    """Validate every parameter before any work; returns ``(T, added, balance)``."""
     require_int("n_digits", n_digits, low=2, high=MAX_DIGITS)  # the twin needs a second digit
     check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
     require_int("n_symbols", n_symbols, low=2, high=MAX_SYMBOLS)
@@ -90,7 +102,17 @@ def _check(
         f"(the {max_hops} looked-up symbols must be unique first symbols, and the query and "
         f"distractors need at least 2 other symbols)",
     )
-    return t
+    return check_protocol(
+        n, task="letter", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
+        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
+    )
+
+
+def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """[batch, k] symbols drawn uniformly among each prompt's non-looked-up ones ``perm[:, h:]``."""
+    s = perm.shape[1]
+    pick = (torch.rand(*shape, generator=gen) * (s - hops)[:, None]).long()  # [batch, k]
+    return perm.gather(1, hops[:, None] + pick)
 
 
 def letter_task(
@@ -101,13 +123,24 @@ def letter_task(
     pointer_window: int = 8,
     min_hops: int = 1,
     max_hops: int = 4,
-    n_symbols: int = 24,
+    n_symbols: int = 8,
     n_digits: int = 8,
     length: int | None = None,
+    extend: str = "prefix",
+    distractors: str = "paper",
+    balance: str | None = None,
 ) -> TaskBatch:
     """``n`` letter-task prompts (SPEC 2.2), with a changed-digit corrupted twin.
 
-    ``length`` (optional) replaces ``target_window`` by ``length - pointer_window - 1``.
+    Defaults are the paper's: symbols a-h, digits 1-8 (128 tokens). ``length``
+    (optional) is the total prompt length: ``extend="prefix"`` (the paper's protocol)
+    puts ``length - (T + P + 1)`` random (symbol, digit) tokens, whose symbols are
+    never looked up, in front of an unchanged prompt; ``extend="window"`` (ours) sets
+    ``target_window`` to ``length - pointer_window - 1``. ``distractors``: ``"paper"``
+    (a distractor pointer's second symbol is a non-looked-up symbol, possibly its
+    own first) or ``"distinct"`` (ours: any other symbol). ``balance``: ``"joint"``
+    (the paper's: hop, answer position, answer symbol and digit balanced jointly) or
+    ``"hops"`` (ours); None = ``"joint"``, or ``"hops"`` when ``extend="window"`` enlarges the window.
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """
@@ -119,30 +152,47 @@ def letter_task(
         n_symbols=n_symbols,
         n_digits=n_digits,
         length=length,
+        extend=extend,
+        distractors=distractors,
+        balance=balance,
     )
-    t = _check(n, **params)
+    t, added, balance = _check(n, **params)
+    params["balance"] = balance
     gen = make_generator(seed)
     p, s, d = pointer_window, n_symbols, n_digits
     vocab = letter_vocab(s, d)
     n_target_ids = s * d
-    hops = balanced_hops(n, min_hops, max_hops, gen)
-    chain = sample_chains(hops, target_window=t, pointer_window=p, max_jump=None, gen=gen)
+    rows = torch.arange(n)
+    layout = dict(target_window=t, pointer_window=p, max_jump=None)
+    if balance == "joint":
+        counts = chain_counts_to(**layout, max_hops=max_hops)
+        feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
+        hops, ends, values = joint_balanced(n, feasible=feasible, min_hops=min_hops, n_values=s * d, gen=gen)
+        chain = sample_chains(hops, **layout, gen=gen, ends=ends)
+    else:
+        hops = balanced_hops(n, min_hops, max_hops, gen)
+        chain = sample_chains(hops, **layout, gen=gen)
     chain = pad_chains(chain, max_hops)
 
     # symbols: a random permutation per prompt; y_1..y_h = perm[:, :h] are looked up,
     # every other first symbol is drawn from perm[:, h:]
     perm = torch.rand(n, s, generator=gen).argsort(dim=1)  # [batch, n_symbols]
+    if balance == "joint":  # the answer's symbol is the last one looked up, y_h
+        at = (perm == (values // d)[:, None]).int().argmax(1)
+        last = hops - 1
+        perm[rows, at], perm[rows, last] = perm[rows, last], perm[rows, at]
     length_ = t + p + 1
-    pick = (torch.rand(n, length_, generator=gen) * (s - hops)[:, None]).long()  # [batch, pos]
-    first = perm.gather(1, hops[:, None] + pick)  # [batch, pos]: first symbol of every token
-    second = (first + torch.randint(1, s, (n, length_), generator=gen)) % s  # != first
+    first = _other_symbols(perm, hops, (n, length_), gen)  # [batch, pos]: first symbol of every token
+    if distractors == "paper":
+        second = _other_symbols(perm, hops, (n, length_), gen)
+    else:
+        second = (first + torch.randint(1, s, (n, length_), generator=gen)) % s  # != first
     digit = torch.randint(0, d, (n, length_), generator=gen)
     is_target = torch.arange(length_) < t
     tokens = torch.where(is_target[None, :], first * d + digit, n_target_ids + first * s + second)
 
     # the chain: token at c_i (i < h) is the pointer (first symbol, y_{i+1}); the token at
     # c_i (i >= 1) has first symbol y_i
-    rows = torch.arange(n)
     for i in range(max_hops):
         on = hops > i
         r, c, c_next = rows[on], chain[on, i], chain[on, i + 1]
@@ -150,6 +200,8 @@ def letter_task(
         first[r, c_next] = y_next
         tokens[r, c] = n_target_ids + first[r, c] * s + y_next
     source = chain_ends(chain, hops)  # [batch]
+    if balance == "joint":
+        digit[rows, source] = values % d
     tokens[rows, source] = first[rows, source] * d + digit[rows, source]
     answers = tokens[rows, source]
 
@@ -163,6 +215,12 @@ def letter_task(
     twin = chain_batch(
         "letter", twin_tokens, answers=twin_answers, wrong_answers=answers.clone(), corrupted=None, **shared
     )
-    return chain_batch(
+    batch = chain_batch(
         "letter", tokens, answers=answers, wrong_answers=twin_answers.clone(), corrupted=twin, **shared
     )
+    if not added:
+        return batch
+    # the paper's length protocol: (symbol, digit) tokens in front, symbols never looked up
+    prefix_symbols = _other_symbols(perm, hops, (n, added), gen)
+    prefix = prefix_symbols * d + torch.randint(0, d, (n, added), generator=gen)
+    return prepend(batch, prefix, params=params)

@@ -8,16 +8,22 @@ is an integer. The answer is the letter where the chain lands, predicted at the
 query position (the only scored position). One hop, in letters:
 ``a z b y c x d w 5`` -> ``y``.
 
-(ours) The chain positions strictly decrease, every intermediate landing is in the
-pointer window, the last landing in the target window, and every jump is in
-``1..max_pointer``. Chains are drawn uniformly among all valid chains of their hop
-count (see `headkit.tasks.chains`); hop counts are balanced. Every other token is a
-random distractor: a uniform letter in the target window, a uniform integer
-``1..max_pointer`` in the pointer window.
+As in the paper's generator (``jcalataiut-cli/CENIA``,
+``Position_symbolic_dynamics/code/src/data/dataset.py``): the chain positions
+strictly decrease, every intermediate landing is in the pointer window, the last
+landing in the target window; ``balance="joint"`` balances hop, answer position and
+answer letter jointly (the paper's triples), the chain then uniform among those
+ending there; ``distractors="paper"``: a distractor integer at position ``k`` points
+to a uniform earlier position ``0..k-1`` (value ``1..min(k, max_pointer)``), target
+distractors are uniform letters. Headkit's own: every jump is in ``1..max_pointer``
+(16: never binding at 17 tokens); ``balance="hops"`` (hops balanced, chains uniform
+among all valid chains) and ``distractors="uniform"`` (``1..max_pointer``
+anywhere) are the options of headkit's first generator.
 
-Length extension (ours): ``length`` (if given) sets ``T = length - P - 1`` and keeps
-the pointer window and the jump range, so a model trained at 17 tokens can be
-tested at 33, 65, 129, 257 with pointer values it has seen.
+Length (``length``, the total): ``extend="prefix"`` (PosSym-2026's protocol,
+default) puts ``length - (T + P + 1)`` uniform letters in front of an unchanged
+prompt; ``extend="window"`` (ours) sets ``T = length - P - 1`` and redraws the
+chain over the enlarged window (`headkit.tasks.chains.resolve_length`).
 
 Corrupted twin (ours): the same distractors with a *re-routed* chain of the same hop
 count: a fresh uniform chain whose first landing (so the query value) differs from
@@ -40,10 +46,13 @@ from headkit.tasks.chains import (
     balanced_hops,
     chain_batch,
     chain_counts,
+    chain_counts_to,
     chain_ends,
     check_hop_range,
-    check_layout,
+    check_protocol,
+    joint_balanced,
     pad_chains,
+    prepend,
     sample_chains,
 )
 
@@ -60,6 +69,9 @@ def number_vocab(n_letters: int, max_pointer: int) -> Vocab:
     return Vocab(LETTER_NAMES[:n_letters] + tuple(str(j) for j in range(1, max_pointer + 1)))
 
 
+DISTRACTORS = ("paper", "uniform")
+
+
 def _check(
     n: int,
     *,
@@ -70,12 +82,18 @@ def _check(
     n_letters: int,
     max_pointer: int,
     length: int | None,
-) -> int:
-    """Validate every parameter before any work; returns the target window size ``T``."""
-    t = check_layout(n, target_window=target_window, pointer_window=pointer_window, length=length)
+    extend: str,
+    distractors: str,
+    balance: str | None,
+) -> tuple[int, int, str]:
+    """Validate every parameter before any work; returns ``(T, added, balance)``."""
     require_int("n_letters", n_letters, low=2, high=MAX_LETTERS)
     require_int("max_pointer", max_pointer, low=1)
     check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
+    t, added, balance = check_protocol(
+        n, task="number", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
+        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
+    )
     counts = chain_counts(
         target_window=t, pointer_window=pointer_window, max_jump=max_pointer, max_hops=max_hops
     )
@@ -87,7 +105,7 @@ def _check(
             f"target_window={t}: no chain of {h} jumps of 1..{max_pointer} ends in the target window; "
             f"raise max_pointer or change the hop range min_hops..max_hops",
         )
-    return t
+    return t, added, balance
 
 
 def _answers(
@@ -111,6 +129,18 @@ def _write_chain(
         tokens[rows[on], chain[on, i]] = n_letters + jump - 1
 
 
+def _integers(
+    n: int, *, target_window: int, pointer_window: int, max_pointer: int, distractors: str, gen: torch.Generator
+) -> Int[Tensor, "batch pointer_plus_1"]:
+    """Distractor jumps (1-based) for the pointer window and the query."""
+    if distractors == "uniform":
+        return torch.randint(0, max_pointer, (n, pointer_window + 1), generator=gen) + 1
+    # the paper's: the integer at position k points to a uniform earlier position 0..k-1
+    pos = torch.arange(target_window, target_window + pointer_window + 1)
+    top = pos.clamp(max=max_pointer)  # [pointer+1]: largest jump allowed there
+    return 1 + (torch.rand(n, pos.shape[0], generator=gen) * top).long().clamp(max=top - 1)
+
+
 def number_task(
     n: int,
     *,
@@ -122,10 +152,20 @@ def number_task(
     n_letters: int = 120,
     max_pointer: int = 16,
     length: int | None = None,
+    extend: str = "prefix",
+    distractors: str = "paper",
+    balance: str | None = None,
 ) -> TaskBatch:
     """``n`` number-task prompts (SPEC 2.1), with a re-routed corrupted twin.
 
-    ``length`` (optional) replaces ``target_window`` by ``length - pointer_window - 1``.
+    ``length`` (optional) is the total prompt length. ``extend="prefix"`` (the
+    paper's length protocol) puts ``length - (T + P + 1)`` random letters in front of
+    an unchanged prompt; ``extend="window"`` (ours) sets ``target_window`` to
+    ``length - pointer_window - 1``. ``distractors``: ``"paper"`` (an integer points
+    to an earlier position of the prompt) or ``"uniform"`` (ours: any jump
+    ``1..max_pointer``). ``balance``: ``"joint"`` (the paper's: hop, answer position
+    and answer letter balanced jointly) or ``"hops"`` (ours: hops balanced, chains
+    uniform); None = ``"joint"``, or ``"hops"`` when ``extend="window"`` enlarges the window.
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
     """
@@ -137,25 +177,38 @@ def number_task(
         n_letters=n_letters,
         max_pointer=max_pointer,
         length=length,
+        extend=extend,
+        distractors=distractors,
+        balance=balance,
     )
-    t = _check(n, **params)
+    t, added, balance = _check(n, **params)
+    params["balance"] = balance
     gen = make_generator(seed)
     p = pointer_window
     vocab = number_vocab(n_letters, max_pointer)
-    hops = balanced_hops(n, min_hops, max_hops, gen)
+    layout = dict(target_window=t, pointer_window=p, max_jump=max_pointer)
+    if balance == "joint":
+        counts = chain_counts_to(**layout, max_hops=max_hops)
+        feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
+        hops, ends, values = joint_balanced(n, feasible=feasible, min_hops=min_hops, n_values=n_letters, gen=gen)
+    else:
+        hops = balanced_hops(n, min_hops, max_hops, gen)
 
-    # distractors: letters in the target window, integers 1..max_pointer in the pointer window and query
+    # distractors: letters in the target window, integers in the pointer window and query
     letters = torch.randint(0, n_letters, (n, t), generator=gen)
-    integers = n_letters + torch.randint(0, max_pointer, (n, p + 1), generator=gen)
+    integers = n_letters - 1 + _integers(n, target_window=t, pointer_window=p, max_pointer=max_pointer,
+                                         distractors=distractors, gen=gen)
     tokens = torch.cat([letters, integers], dim=1)  # [batch, T+P+1]
 
     def sample(avoid_first: Tensor | None) -> Tensor:
-        chain = sample_chains(
-            hops, target_window=t, pointer_window=p, max_jump=max_pointer, gen=gen, avoid_first=avoid_first
-        )
+        chain = sample_chains(hops, **layout, gen=gen, avoid_first=avoid_first)
         return pad_chains(chain, max_hops)
 
-    chain = sample(None)
+    if balance == "joint":
+        chain = pad_chains(sample_chains(hops, **layout, gen=gen, ends=ends), max_hops)
+        tokens[torch.arange(n), ends] = values
+    else:
+        chain = sample(None)
     _write_chain(tokens, chain, hops, n_letters)
     answers = _answers(tokens, chain, hops)
 
@@ -175,7 +228,11 @@ def number_task(
         "number", twin_tokens, chain=twin_chain, answers=twin_answers, wrong_answers=answers.clone(),
         corrupted=None, **shared,
     )
-    return chain_batch(
+    batch = chain_batch(
         "number", tokens, chain=chain, answers=answers, wrong_answers=twin_answers.clone(),
         corrupted=twin, **shared,
     )
+    if not added:
+        return batch
+    # the paper's length protocol: random letters in front of the unchanged prompt
+    return prepend(batch, torch.randint(0, n_letters, (n, added), generator=gen), params=params)

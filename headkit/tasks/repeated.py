@@ -31,7 +31,7 @@ import dataclasses
 import torch
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
 
 
 def repeated_vocab(vocab_size: int) -> Vocab:
@@ -47,6 +47,8 @@ def repeated_tokens_task(
     require_int("vocab_size", vocab_size, low=half_length + 1)  # L distinct tokens + the twin's r'
     if not isinstance(bos, bool):
         raise HeadkitError(f"bos must be True or False, got {bos!r}")
+    # the prompts, plus one random permutation of the vocabulary per prompt
+    check_prompt_memory(n, 2 * half_length + 1, task="induction", extra=3 * 8 * n * vocab_size)
     gen = make_generator(seed)
     vocab = repeated_vocab(vocab_size)
     big_l = half_length

@@ -1,10 +1,10 @@
 """Tree path-finding (SPEC 2.4, Backward-chaining; Brinkmann et al. 2024).
 
-A prompt describes a random binary tree of ``n_nodes`` nodes with random labels
-``0..n_nodes-1`` as a shuffled edge list, one edge ``A >B ,`` (parent ``A``, child
-``B``) per edge, then ``|``, the goal node, ``:``, the root, and then the path from
-the root to the goal as ``>X >Y ... >goal``. Padding ``PAD`` fills every prompt to
-the same length. Example, 4 nodes::
+A prompt describes a binary tree of ``n_nodes`` nodes with random labels
+``0..n_nodes-1`` as an edge list, one edge ``A >B ,`` (parent ``A``, child ``B``) per
+edge, then ``|``, the goal node, ``:``, the root, and then the path from the root to
+the goal as ``>X >Y ... >goal``. Padding ``PAD`` fills every prompt to the same
+length. Example, 4 nodes::
 
     3 >0 , 0 >2 , 3 >1 , | 2 : 3 >0 >2 PAD
 
@@ -12,20 +12,29 @@ Scored positions (``targets``): the root and every path token that has a next pa
 token, each predicting that next path token; IGNORE on the prompt, on the last
 path token and on pads. ``answer_pos`` is the root position and ``answers`` the
 first step ``>X``: the hardest step, since the model must chain backwards from the
-goal through the whole edge list. ``hops`` is the goal's depth (the path length).
+goal through the whole edge list. ``hops`` is the path length.
 
-Trees grow by attaching node ``i = 1..n_nodes-1`` to a uniform random earlier node
-that has fewer than two children; node 0 is the root. The goal is a uniform
-non-root node.
+``generator="brinkmann"`` (default; Brinkmann et al.'s repository
+``abhay-sheshadri/backward-chaining-circuits``, ``src/tree_generation/gen.py``:
+``sample_tree_graph_secondary_path``; ``dataset.py``): the root-goal path is built
+first, its length balanced over ``1..n_nodes-1`` (the paper draws it uniformly);
+then a second path from the root, of length uniform in ``1..n_nodes-1-L``; every
+other node attaches to a uniform node with fewer than two children, never the goal,
+so the goal is always a leaf. Half the prompts of a batch list their edges in
+reverse topological order (the paper's even seeds, ``order="backward"``), the
+others shuffled. Twin: the leaf the second path ends in (the paper's "second
+goal"), in the other root subtree; a tree that is a single line has none, and its
+twin (ours) swaps the labels of the root's child and grandchild. Prompts are
+``4 * n_nodes`` tokens; 16 nodes by default, as in the paper.
 
-Corrupted twin (ours): the same tree and prompt up to ``|``, with another goal in
-the *other* subtree of the root, so its first step differs. A tree whose root has
-one child has no such goal; such trees are redrawn (for that prompt) until the root
-has two children, so every tree here has a two-child root and the longest possible
-path has ``n_nodes - 2`` steps; prompts are ``4 * n_nodes - 1`` tokens long.
+``generator="random"`` (ours, headkit's first generator): trees grow by attaching
+node ``i = 1..n_nodes-1`` to a uniform earlier node with fewer than two children;
+the goal is a uniform non-root node; edges shuffled; the twin's goal is in the other
+subtree of the root, and trees whose root has one child are redrawn, so the longest
+path has ``n_nodes - 2`` steps and prompts are ``4 * n_nodes - 1`` tokens long.
 
 Positions: ``"edges_start"`` (0), ``"goal"``, ``"root"`` [batch], ``"path"``
-[batch, n_nodes - 2] (positions of the path tokens, -1 padded).
+[batch, longest path] (positions of the path tokens, -1 padded).
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, make_generator, require_int
+from headkit.errors import HeadkitError
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
+from headkit.tasks.chains import balanced_hops
 
 MAX_NODES = 128  # nothing breaks above; prompts are 4 * n_nodes - 1 tokens long
 
@@ -92,68 +103,129 @@ def _paths(parent: Tensor, depth: Tensor, goal: Tensor, width: int) -> Int[Tenso
     return path
 
 
-def tree_task(n: int, *, seed: int, n_nodes: int = 10) -> TaskBatch:
-    """``n`` tree path-finding prompts (SPEC 2.4) with an other-subtree corrupted twin."""
+def _brinkmann_trees(
+    n: int, n_nodes: int, gen: torch.Generator
+) -> tuple[Int[Tensor, "batch node"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """``(parent, goal, second_goal)`` built as Brinkmann et al.'s generator builds them.
+
+    Node 0 is the root; nodes ``1..L`` are the root-goal path (``L`` balanced over
+    ``1..n_nodes-1``), goal ``L``; then a second path from the root of length uniform
+    in ``1..n_nodes-1-L`` (none when ``L = n_nodes-1``); every other node attaches to a
+    uniform node that has fewer than two children, never the goal, so the goal is a
+    leaf. ``second_goal`` is the leaf the second path ends in (-1 when there is none).
+    """
+    rows = torch.arange(n)
+    path = balanced_hops(n, 1, n_nodes - 1, gen)  # [batch]
+    room = n_nodes - 1 - path
+    second = torch.where(room > 0, 1 + (torch.rand(n, generator=gen) * room).long().clamp(max=room - 1), 0)
+    parent = torch.full((n, n_nodes), -1, dtype=torch.long)
+    n_children = torch.zeros(n, n_nodes, dtype=torch.long)
+    dest = torch.where(second > 0, path + second, -1)
+    for i in range(1, n_nodes):
+        free = (n_children[:, :i] < 2) & (torch.arange(i)[None, :] != path[:, None])  # [batch, i]
+        free[:, 0] |= ~free.any(1)  # rows that use a fixed parent below: keep multinomial valid
+        drawn = torch.multinomial(free.double(), 1, generator=gen).squeeze(-1)
+        on_path = i <= path
+        first_second = i == path + 1
+        on_second = (i > path + 1) & (i <= path + second)
+        p = torch.where(on_path | on_second, i - 1, torch.where(first_second & (second > 0), 0, drawn))
+        moved = ~(on_path | on_second | first_second) & (p == dest)
+        dest = torch.where(moved, i, dest)
+        parent[:, i] = p
+        n_children[rows, p] += 1
+    return parent, path, dest
+
+
+def _edge_order(parent: Tensor, depth: Tensor, reverse: Tensor, gen: torch.Generator) -> Int[Tensor, "batch edge"]:
+    """Children ``1..N-1`` in edge-list order: random, or (``reverse`` rows) reverse topological.
+
+    A topological edge order lists an edge only after the edge into its parent;
+    reversing one (deeper parents first, ties random) gives Brinkmann et al.'s
+    ``"backward"`` order.
+    """
+    n, n_nodes = parent.shape
+    random_order = torch.rand(n, n_nodes - 1, generator=gen).argsort(dim=1) + 1
+    tie = torch.rand(n, n_nodes - 1, generator=gen)
+    parent_depth = depth.gather(1, parent[:, 1:]).double()  # [batch, edge]
+    backward = (-(parent_depth + 0.5 * tie)).argsort(dim=1) + 1
+    return torch.where(reverse[:, None], backward, random_order)
+
+
+GENERATORS = ("brinkmann", "random")
+
+
+def tree_task(n: int, *, seed: int, n_nodes: int = 16, generator: str = "brinkmann") -> TaskBatch:
+    """``n`` tree path-finding prompts (SPEC 2.4), with a corrupted twin.
+
+    ``generator="brinkmann"`` (the paper's, default): path first, goal a leaf, half
+    the edge lists in reverse topological order (module docstring).
+    ``generator="random"`` (ours, headkit's first generator): grown trees, any
+    non-root goal, shuffled edges, prompts one token shorter.
+    """
     require_int("n", n, low=1)
     require_int("n_nodes", n_nodes, low=3, high=MAX_NODES)
+    if generator not in GENERATORS:
+        raise HeadkitError(f"generator={generator!r} is not supported: allowed {', '.join(map(repr, GENERATORS))}")
+    # prompts of 4 * n_nodes tokens, plus about ten [batch, node] tables (parents, labels, ...)
+    check_prompt_memory(n, 4 * n_nodes, task="tree", extra=10 * 8 * n * n_nodes)
     gen = make_generator(seed)
     vocab = tree_vocab(n_nodes)
     big = n_nodes  # id of ">0"
     comma, colon, bar, pad = (vocab.id(s) for s in (",", ":", "|", "PAD"))
-    max_depth = n_nodes - 2
     rows = torch.arange(n)
 
-    parent = _random_trees(n, n_nodes, gen)
-    depth, branch = _depth_and_branch(parent)
-    label = torch.rand(n, n_nodes, generator=gen).argsort(dim=1)  # [batch, node] -> label
-    goal = 1 + torch.randint(0, n_nodes - 1, (n,), generator=gen)
-    other = (branch != branch[rows, goal][:, None]) & (branch >= 0)  # [batch, node]
-    twin_goal = torch.multinomial(other.double(), 1, generator=gen).squeeze(-1)
+    if generator == "random":
+        max_depth = n_nodes - 2
+        parent = _random_trees(n, n_nodes, gen)
+        depth, branch = _depth_and_branch(parent)
+        label = torch.rand(n, n_nodes, generator=gen).argsort(dim=1)  # [batch, node] -> label
+        goal = 1 + torch.randint(0, n_nodes - 1, (n,), generator=gen)
+        other = (branch != branch[rows, goal][:, None]) & (branch >= 0)  # [batch, node]
+        twin_goal = torch.multinomial(other.double(), 1, generator=gen).squeeze(-1)
+        twin_label = label
+        child = torch.rand(n, n_nodes - 1, generator=gen).argsort(dim=1) + 1  # [batch, edge]
+    else:
+        max_depth = n_nodes - 1
+        parent, goal, second_goal = _brinkmann_trees(n, n_nodes, gen)
+        depth, _ = _depth_and_branch(parent)
+        label = torch.rand(n, n_nodes, generator=gen).argsort(dim=1)
+        # twin: the second path's leaf (Brinkmann et al.'s second goal); a tree that is one
+        # line has none: its twin swaps the labels of the root's child and grandchild
+        line = second_goal < 0
+        twin_goal = torch.where(line, goal, second_goal)
+        twin_label = label.clone()
+        twin_label[line, 1], twin_label[line, 2] = label[line, 2], label[line, 1]
+        reverse = torch.zeros(n, dtype=torch.bool)
+        reverse[torch.randperm(n, generator=gen)[: n // 2]] = True
+        child = _edge_order(parent, depth, reverse, gen)
+    params = dict(n_nodes=n_nodes, generator=generator)
 
-    # shuffled edge list: child c contributes [label(parent c), >label(c), ","]
-    child = torch.rand(n, n_nodes - 1, generator=gen).argsort(dim=1) + 1  # [batch, edge]
-    edges = torch.stack(
-        [
-            label.gather(1, parent.gather(1, child)),
-            big + label.gather(1, child),
-            torch.full_like(child, comma),
-        ],
-        dim=2,
-    )  # [batch, edge, 3]
-    edges = edges.reshape(n, 3 * (n_nodes - 1))  # [batch, edge*3]
-    n_edge_tokens = edges.shape[1]
-    goal_pos, root_pos = n_edge_tokens + 1, n_edge_tokens + 3
-    params = dict(n_nodes=n_nodes)
-
-    def build(g: Tensor, wrong: Tensor | None) -> TaskBatch:
+    def build(g: Tensor, lab: Tensor, wrong: Tensor | None) -> TaskBatch:
+        # edge list: child c contributes [label(parent c), >label(c), ","]
+        edges = torch.stack(
+            [lab.gather(1, parent.gather(1, child)), big + lab.gather(1, child), torch.full_like(child, comma)],
+            dim=2,
+        ).reshape(n, 3 * (n_nodes - 1))  # [batch, edge*3]
+        goal_pos, root_pos = edges.shape[1] + 1, edges.shape[1] + 3
         path = _paths(parent, depth, g, max_depth)  # [batch, step] nodes
         on_path = path >= 0
-        path_tokens = torch.where(on_path, big + label.gather(1, path.clamp(min=0)), pad)
+        path_tokens = torch.where(on_path, big + lab.gather(1, path.clamp(min=0)), pad)
         tokens = torch.cat(
-            [
-                edges,
-                torch.full((n, 1), bar),
-                label[rows, g][:, None],
-                torch.full((n, 1), colon),
-                label[:, :1],
-                path_tokens,
-            ],
+            [edges, torch.full((n, 1), bar), lab[rows, g][:, None], torch.full((n, 1), colon), lab[:, :1], path_tokens],
             dim=1,
         )  # [batch, length]
-        hops = on_path.sum(1)
         targets = torch.full_like(tokens, IGNORE)
         # position root_pos + k predicts path token k, for k < hops
         targets[:, root_pos : root_pos + max_depth] = torch.where(on_path, path_tokens, IGNORE)
         step = torch.arange(max_depth)
-        answers = path_tokens[:, 0]
         return TaskBatch(
             task="tree",
             tokens=tokens,
             targets=targets,
-            answers=answers,
+            answers=path_tokens[:, 0],
             answer_pos=torch.full((n,), root_pos, dtype=torch.long),
             vocab=vocab,
-            hops=hops,
+            hops=on_path.sum(1),
             wrong_answers=wrong,
             positions={
                 "edges_start": torch.zeros(n, dtype=torch.long),
@@ -164,7 +236,7 @@ def tree_task(n: int, *, seed: int, n_nodes: int = 10) -> TaskBatch:
             params=params,
         )
 
-    twin = build(twin_goal, None)
-    clean = build(goal, twin.answers.clone())
+    twin = build(twin_goal, twin_label, None)
+    clean = build(goal, label, twin.answers.clone())
     twin = dataclasses.replace(twin, wrong_answers=clean.answers.clone())
     return dataclasses.replace(clean, corrupted=twin)

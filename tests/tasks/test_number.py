@@ -163,7 +163,9 @@ def test_chains_are_uniform_over_all_valid_chains():
     # brute force: every 2-hop chain q=6 -> pointer (3..5) -> target (0..2) with jumps <= 3
     valid = [(6, a, b) for a in (3, 4, 5) for b in (0, 1, 2) if 6 - a <= 3 and a - b <= 3]
     assert len(valid) == 6
-    batch = number_task(6000, seed=11, target_window=3, pointer_window=3, max_pointer=3, min_hops=2, max_hops=2)
+    batch = number_task(
+        6000, seed=11, target_window=3, pointer_window=3, max_pointer=3, min_hops=2, max_hops=2, balance="hops"
+    )
     seen = {}
     for chain in batch.positions["chain"].tolist():
         seen[tuple(chain)] = seen.get(tuple(chain), 0) + 1
