@@ -671,6 +671,12 @@ def train(
         return _loop(cfg, state, run_dir, device, progress=progress)
 
 
+def _diverged(state: _State, what: str, lr: float) -> HeadkitError:
+    """The one-line error of a run whose loss or weights stopped being finite."""
+    kept = "no checkpoint was written" if state.last_saved is None else f"the last good checkpoint is step {state.last_saved}"
+    return HeadkitError(f"training diverged: {what} (lr={lr:.3g}); {kept}; lower the learning rate")
+
+
 def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device, *, progress: bool) -> TrainResult:
     """Steps 3-5 of the module docstring, from ``state`` to ``cfg.steps``."""
     eval_batch = cfg.task.build(cfg.eval_n, seed=eval_seed(cfg))
@@ -691,6 +697,8 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
             write_config()
 
     def record(losses: list[float], lr: float) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in state.model.parameters()):  # an update made NaN/inf
+            raise _diverged(state, f"an update at step {state.step} made weights non-finite", lr)
         score = score_batch(scorer, eval_batch)
         state.rows.append(_metrics_row(state.step, losses, score, lr, state.elapsed))
         if run_dir is not None and wrote_config:
@@ -722,11 +730,7 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
                     f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"
                 ) from None
             if not math.isfinite(loss):
-                kept = "no checkpoint was written" if state.last_saved is None else f"the last good checkpoint is step {state.last_saved}"
-                raise HeadkitError(
-                    f"training diverged: the loss is {loss} at step {step} (lr={lr:.3g}); {kept}; "
-                    "lower the learning rate"
-                )
+                raise _diverged(state, f"the loss is {loss} at step {step}", lr)
             losses.append(loss)
             state.step = step
             shown["loss"] = f"{np.mean(losses):.3f}"  # mean train loss since the last evaluation

@@ -12,6 +12,7 @@ command that loaded the model first would fail with another message.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import torch
 from headkit.checkpoints import checkpoint_dir, save_checkpoint
 from headkit.models import ModelConfig, model_from_config
 from headkit.tasks import TaskSpec
+from headkit.training import default_config
 
 SCRIPT = Path(sys.executable).with_name("headkit")
 TASK = TaskSpec("number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 6})
@@ -66,7 +68,8 @@ def good_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("good") / "run"
     cfg = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=len(TASK.build(1, seed=0).vocab), n_ctx=32)
     save_checkpoint(checkpoint_dir(run, 1), model_from_config(cfg, seed=0), model_config=cfg, step=1, task=TASK)
-    (run / "run.json").write_text('{"marker": "run.json"}\n')
+    # a real run.json: a checkpoint is checked against its run's task (issue 9)
+    (run / "run.json").write_text(json.dumps(default_config("number", task=TASK, model=cfg, steps=1).to_dict()) + "\n")
     (run / "metrics.csv").write_text("step,loss\n1,1.0\n")
     return run
 

@@ -315,7 +315,7 @@ def test_torchrun_patch_writes_the_one_process_csv_once(run_dir, tmp_path, capsy
     done = _torchrun("-m", "headkit", "--", *args, "--out", str(out), cwd=tmp_path)  # "--": see docs
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == single.read_bytes()
-    assert done.stdout.count(f"written to {out}") == 1  # only rank 0 prints
+    assert done.stdout.count(f"rows to {out}") == 1  # only rank 0 prints ("wrote N rows to OUT")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["single.csv", "two_ranks.csv"]  # no stray temp files
 
 
@@ -354,5 +354,5 @@ def test_torchrun_a_failing_rank_gives_one_error_and_no_file(run_dir, tmp_path):
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("headkit: error:")]
     assert errors == ["headkit: error: rank 1 of 2 failed (patching z, cell 2 of 6): injected failure"]
-    assert "written to" not in done.stdout
+    assert "rows to" not in done.stdout
     assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -201,7 +201,7 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
 
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     done = headkit(*TRAIN, "--steps", "40", "--lr", "1e9", "--checkpoint-steps", "1", "--out", str(tmp_path / "run"))
-    assert_one_line_error(done, "training diverged: the loss is")
+    assert_one_line_error(done, "training diverged: ")  # a non-finite loss, or weights found non-finite at an evaluation
     assert "the last good checkpoint is step 1" in done.stderr
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
     load_checkpoint(checkpoint_dir(tmp_path / "run", 1))  # finite, loads
@@ -216,7 +216,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(tmp_p
     with torch.no_grad():
         model.transformer.h[1].attn.v_proj.weight[0, 0] = float("nan")
     path = save_checkpoint(tmp_path / "c", model, model_config=cfg.model, step=0)
-    with pytest.raises(HeadkitError, match=r"tensor blocks\.1\.attn\.W_V has 1 non-finite value"):
+    with pytest.raises(HeadkitError, match=r"tensor transformer\.h\.1\.attn\.v_proj\.weight holds 1 non-finite value"):
         load_checkpoint(path)
 
 

@@ -224,20 +224,16 @@ def _discrepancy(args: argparse.Namespace) -> int:
     out = _check_out(args)
     lengths = parse_int_list(args.lengths, name="--lengths", low=2)
     parsed = None if args.heads is None else parse_heads(args.heads)
-    _check_task_name(args.task)
-    from headkit.scores.discrepancy import discrepancy
-
-    _check_count("--n-prompts", args.n_prompts)
-    out = _check_out(args)
-    lengths = parse_int_list(args.lengths, name="--lengths", low=2)
-    use_threads(args.threads)
-    parsed = None if args.heads is None else parse_heads(args.heads)
     if (args.run_dir is None) == (args.model is None):
         raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    if args.run_dir is not None:
+        _check_task_name(args.task)
+    use_threads(args.threads)
+    from headkit.scores.discrepancy import discrepancy
+
     if args.model is not None:
         model, task, what = _model_and_suite(args)
     else:
-        _check_task_name(args.task)
         ckpt = _latest(args.run_dir)
         model, task = ckpt.model, _task_of(ckpt, args.task)
         what = f"the {task.name} model at step {ckpt.step}"
