@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the type
     from torch import Tensor
     from transformer_lens import HookedTransformer
 
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, NonFiniteError
 
 Head = tuple[int, int]  # (layer, head)
 HeadInput = tuple[int, int, str]  # (layer, head, "q" | "k" | "v"): a head's query, key or value input
@@ -186,7 +186,7 @@ def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor)
 
 
 def check_finite(values: Tensor, *, where: str) -> Tensor:
-    """``values`` unchanged if every entry is finite; else a HeadkitError naming ``where``.
+    """``values`` unchanged if every entry is finite; else a `NonFiniteError` naming ``where``.
 
     Used on logits and metric values: a model with NaN or infinite outputs (a
     diverged run, non-finite weights) would otherwise give normal-looking numbers
@@ -198,7 +198,7 @@ def check_finite(values: Tensor, *, where: str) -> Tensor:
     n_nan = int(values.isnan().sum())
     n_inf = int((~finite).sum()) - n_nan
     found = ", ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
-    raise HeadkitError(
+    raise NonFiniteError(
         f"{where} is not finite ({found} of {values.numel()} values): the model's output is broken "
         "(diverged training or non-finite weights?), so any number computed from it would mean nothing"
     )

@@ -10,3 +10,7 @@ from __future__ import annotations
 class HeadkitError(ValueError):
     """Bad input from the user: the message says what is wrong and what is allowed."""
 
+
+
+class NonFiniteError(HeadkitError):
+    """A model's outputs or a metric came out NaN or infinite (`headkit.checks.check_finite`)."""

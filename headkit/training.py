@@ -70,7 +70,7 @@ from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_device
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, NonFiniteError
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
@@ -697,9 +697,10 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
             write_config()
 
     def record(losses: list[float], lr: float) -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in state.model.parameters()):  # an update made NaN/inf
-            raise _diverged(state, f"an update at step {state.step} made weights non-finite", lr)
-        score = score_batch(scorer, eval_batch)
+        try:
+            score = score_batch(scorer, eval_batch)
+        except NonFiniteError:  # an update made the weights (or the logits they give) NaN/inf
+            raise _diverged(state, f"the held-out logits are not finite after step {state.step}", lr) from None
         state.rows.append(_metrics_row(state.step, losses, score, lr, state.elapsed))
         if run_dir is not None and wrote_config:
             write_csv(run_dir / METRICS_FILE, pd.DataFrame(state.rows))

@@ -201,10 +201,24 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
 
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     done = headkit(*TRAIN, "--steps", "40", "--lr", "1e9", "--checkpoint-steps", "1", "--out", str(tmp_path / "run"))
-    assert_one_line_error(done, "training diverged: ")  # a non-finite loss, or weights found non-finite at an evaluation
-    assert "the last good checkpoint is step 1" in done.stderr
-    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
-    load_checkpoint(checkpoint_dir(tmp_path / "run", 1))  # finite, loads
+    # a non-finite loss, or held-out logits found non-finite at an evaluation (here: after the first update)
+    assert_one_line_error(done, "training diverged: ")
+    saved = [s for s, _ in list_checkpoints(tmp_path / "run")] if (tmp_path / "run").exists() else []
+    if saved:  # only checkpoints whose held-out logits were finite are kept, and named
+        assert f"the last good checkpoint is step {saved[-1]}" in done.stderr
+        for step in saved:
+            load_checkpoint(checkpoint_dir(tmp_path / "run", step))  # finite, loads
+    else:
+        assert "no checkpoint was written" in done.stderr
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint(tmp_path):
+    # warm-up to lr 1e4: steps 1-2 stay finite (checkpoint at 2), a later update diverges
+    cfg = tiny(lr=1e4, warmup_steps=20, steps=20, checkpoint_steps=(2,), eval_every=2)
+    with pytest.raises(HeadkitError, match=r"training diverged: .*the last good checkpoint is step 2; lower"):
+        train(cfg, out_dir=tmp_path / "run")
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    load_checkpoint(checkpoint_dir(tmp_path / "run", 2))  # finite, loads
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path):
