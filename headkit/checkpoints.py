@@ -54,6 +54,8 @@ from transformers import GPTJForCausalLM
 
 from headkit.errors import HeadkitError
 from headkit.io import honour_umask
+# run-directory layout (torch-free, for `headkit info`): re-exported here
+from headkit.runs import _check_step, checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
 from headkit.tasks.base import TaskSpec
 
@@ -65,7 +67,6 @@ META_FILE = "meta.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 FORMAT_VERSION = 2  # 1: HookedTransformer state dict; 2: Hugging Face GPT-J directory
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # config.json fields that must agree with the model_config in meta.json
 _SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "rotary_dim", "n_inner", "activation_function")
 
@@ -86,39 +87,6 @@ class Checkpoint:
 
 
 # --- run directories -----------------------------------------------------------------
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise HeadkitError(f"step={step!r} must be a non-negative integer")
-    return step
-
-
-def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    """RUN/checkpoints/step_{step:07d}."""
-    return Path(run_dir) / "checkpoints" / f"step_{_check_step(step):07d}"
-
-
-def step_of_dir(path: str | os.PathLike) -> int | None:
-    """The step a ``step_NNNNNNN`` directory name stands for (None for other names)."""
-    match = _STEP_DIR.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, directory) of every checkpoint of a run, sorted by step."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise HeadkitError(f"run directory {run} does not exist")
-    folder = run / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        step = step_of_dir(path)
-        if step is not None and path.is_dir():
-            found.append((step, path))
-    return sorted(found)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path:

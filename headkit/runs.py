@@ -29,10 +29,13 @@ What this module decides for every command:
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
+import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +230,69 @@ class RunLock:
             self._fd = None
 
 
+# --- layout, torch-free (``headkit info`` answers without importing torch) ------------------
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise HeadkitError(f"step={step!r} must be a non-negative integer")
+    return step
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """RUN/checkpoints/step_{step:07d}."""
+    return Path(run_dir) / "checkpoints" / f"step_{_check_step(step):07d}"
+
+
+def step_of_dir(path: str | os.PathLike) -> int | None:
+    """The step a ``step_NNNNNNN`` directory name stands for (None for other names)."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, directory) of every checkpoint of a run, sorted by step."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise HeadkitError(f"run directory {run} does not exist")
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        step = step_of_dir(path)
+        if step is not None and path.is_dir():
+            found.append((step, path))
+    return sorted(found)
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` as plain JSON (the TrainConfig's fields), read without torch; a clear error
+    if it is absent or not a JSON object with a task and a step count."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise HeadkitError(f"{run_dir} is not a headkit run directory: {RUN_FILE} is missing")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data["task"]["name"], str) or not isinstance(data["steps"], int):
+            raise TypeError("not a training config")
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise HeadkitError(f"{path} is corrupted: {exc}") from None
+    return data
+
+
+def last_metrics_row(run_dir: str | os.PathLike) -> dict[str, str] | None:
+    """The last row of ``metrics.csv`` as text fields (None without rows or file), read without pandas."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows[-1] if rows else None
+
+
 @dataclass(frozen=True)
 class RunStatus:
     """Where a run stands (for ``headkit info``)."""
@@ -258,14 +324,12 @@ class RunStatus:
 
 
 def run_status(run_dir: str | os.PathLike) -> RunStatus:
-    from headkit.checkpoints import list_checkpoints
-    from headkit.training import read_metrics, read_run_config
-
-    cfg = read_run_config(run_dir)
-    metrics = read_metrics(run_dir) if (Path(run_dir) / METRICS_FILE).is_file() else None
-    last = None if metrics is None or not len(metrics) else int(metrics["step"].iloc[-1])
+    """Where a run stands, read from its files without importing torch."""
+    planned = read_run_json(run_dir)["steps"]
+    row = last_metrics_row(run_dir)
+    last = None if row is None else int(float(row["step"]))
     steps = tuple(step for step, _ in list_checkpoints(run_dir))
-    return RunStatus(checkpoint_steps=steps, last_metrics_step=last, planned_steps=cfg.steps)
+    return RunStatus(checkpoint_steps=steps, last_metrics_step=last, planned_steps=planned)
 
 
 def train_or_reuse(

@@ -14,6 +14,7 @@ They used to take 13-18 s because building the parser imported torch. Two pins:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +81,29 @@ def test_parser_and_argument_errors_import_nothing_heavy(argv, tmp_path):
     loaded = done.stdout.splitlines()[-1]
     assert loaded.startswith("HEAVY:"), done.stdout
     assert loaded == "HEAVY:", f"headkit {' '.join(argv)} imported {loaded[6:]}"
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    """A run directory's files as training writes them (run.json, metrics.csv, checkpoint folders)."""
+    from headkit.training import default_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000002").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps(default_config("copy", steps=4).to_dict()))
+    (run / "metrics.csv").write_text("step,train_loss,accuracy\n0,,0.1\n2,3.5,0.25\n4,3.1,0.5\n")
+    return run
+
+
+def test_info_reads_a_run_without_heavy_imports_and_fast(run_files):
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), "info", str(run_files)],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "task copy, 4 steps planned" in done.stdout and "last metrics (step 4)" in done.stdout
+    assert "incomplete: last checkpoint at step 2 of 4, metrics reach step 4" in done.stdout
+    assert done.stdout.splitlines()[-1] == "HEAVY:", done.stdout
+    bare = _best_of_three([sys.executable, "-c", "pass"])
+    took = _best_of_three([str(SCRIPT), "info", str(run_files)])
+    assert took < RATIO * bare + SLACK_S, f"headkit info: {took:.2f} s vs bare python {bare:.2f} s"

@@ -147,30 +147,36 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from headkit.checkpoints import list_checkpoints
-    from headkit.runs import run_status
-    from headkit.training import read_metrics, read_run_config
+    """Reads the run's files as JSON and CSV: no torch, TransformerLens or pandas (answers in < 1 s)."""
+    from headkit.runs import last_metrics_row, list_checkpoints, read_run_json, run_status
 
     run = Path(args.run)
-    cfg = read_run_config(run)
+    cfg = read_run_json(run)
     found = list_checkpoints(run)
-    metrics = read_metrics(run)
+    last = last_metrics_row(run)
     status = run_status(run)
-    print(f"run {run}: task {cfg.task.name}, {cfg.steps} steps planned")
+    print(f"run {run}: task {cfg['task']['name']}, {cfg['steps']} steps planned")
     print("config:")
-    print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    print(json.dumps(cfg, indent=2, sort_keys=True))
     if found:
         print("checkpoints: " + ", ".join(f"step {step}" for step, _ in found))
     else:
         print("checkpoints: none")
-    if len(metrics):
-        last = metrics.iloc[-1]
-        print(f"last metrics (step {int(last['step'])}):")
-        print(metrics.iloc[[-1]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if last is not None:
+        print(f"last metrics (step {int(float(last['step']))}):")
+        print("  " + ", ".join(f"{key} {_short(value)}" for key, value in last.items()))
     else:
         print("metrics: none yet")
     print(f"status: {status.describe()}")
     return 0
+
+
+def _short(text: str) -> str:
+    """A metrics field as printed by ``info``: numbers to 4 significant digits."""
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text or "-"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
