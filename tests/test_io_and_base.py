@@ -72,3 +72,15 @@ def test_batch_select_and_shapes():
             answer_pos=batch.answer_pos,
             vocab=batch.vocab,
         )
+
+
+def test_batch_shape_errors_are_headkit_errors():
+    # the command line turns HeadkitError into one line; a plain ValueError would be a traceback
+    from headkit.errors import HeadkitError
+
+    batch = _batch()
+    with pytest.raises(HeadkitError, match="targets shape"):
+        TaskBatch(
+            task="toy", tokens=batch.tokens, targets=batch.targets[:, :-1], answers=batch.answers,
+            answer_pos=batch.answer_pos, vocab=batch.vocab,
+        )  # fmt: skip

@@ -81,7 +81,7 @@ DETECTION_PATTERNS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
 
 

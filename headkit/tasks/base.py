@@ -110,13 +110,13 @@ class TaskBatch:
     def __post_init__(self) -> None:
         b, p = self.tokens.shape
         if self.targets.shape != (b, p):
-            raise ValueError(f"targets shape {tuple(self.targets.shape)} != tokens shape {(b, p)}")
+            raise HeadkitError(f"targets shape {tuple(self.targets.shape)} != tokens shape {(b, p)}")
         for name in ("answers", "answer_pos", "hops", "wrong_answers"):
             t = getattr(self, name)
             if t is not None and t.shape != (b,):
-                raise ValueError(f"{name} shape {tuple(t.shape)} != ({b},)")
+                raise HeadkitError(f"{name} shape {tuple(t.shape)} != ({b},)")
         if self.corrupted is not None and self.corrupted.tokens.shape != self.tokens.shape:
-            raise ValueError(
+            raise HeadkitError(
                 f"corrupted tokens shape {tuple(self.corrupted.tokens.shape)} != {(b, p)}"
             )
 

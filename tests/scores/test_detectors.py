@@ -201,3 +201,14 @@ def test_default_half_length_fits_small_vocab_and_context(tiny_gptj):
     assert len(df) == small.cfg.n_heads
     with pytest.raises(HeadkitError, match="half_length >= 2"):
         default_half_length(small, vocab_range=(0, 2), bos=False)
+
+
+def test_batch_size_true_is_refused(tiny_gptj):
+    # bool is an int subclass: True must not pass as batch_size=1
+    from headkit.errors import HeadkitError
+    from headkit.scores.detectors import previous_token_scores
+
+    model = tiny_gptj()
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
+    with pytest.raises(HeadkitError, match="batch_size=True"):
+        previous_token_scores(model, tokens, batch_size=True)
