@@ -48,6 +48,7 @@ import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
+from headkit.cli.cmd_demo import DEMO_CHECKPOINTS
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
@@ -69,7 +70,7 @@ DEFAULT_STEPS = 2000
 LETTER_CURRICULUM_EVERY = 250  # hop k is first trained at update 250 (k - 1) + 1
 # checkpoints of the shared runs (the final step is always saved too): dense early,
 # where accuracy and head roles change fastest; 12 in all. R3 tracks the heads over them.
-CHECKPOINT_STEPS = (100, 200, 300, 400, 600, 800, 1000, 1200, 1400, 1600, 1800)
+CHECKPOINT_STEPS = DEMO_CHECKPOINTS  # the demo's: its runs are these runs (`headkit demo --out RUNS`)
 # --quick / tests: a tiny model trained for a few steps, so every script runs in seconds
 TINY_MODEL = dict(n_layers=2, d_model=16, n_heads=1, n_ctx=65)
 
