@@ -202,3 +202,21 @@ def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(
     assert "R1 against" not in capsys.readouterr().out  # the paper has no window curve
     assert main([*demo[:-5], "--added", "0,2100", "--no-progress"]) == 2
     one_line_error(capsys, "--added 2100 exceeds the number model's context n_ctx=2048")
+
+
+def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo, tmp_path, capsys, monkeypatch):
+    """Two processes, one per run: the checkpoints equal those of a serial demo, byte for byte."""
+    from headkit.cli import cmd_demo
+
+    monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:1])  # train only
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    base = ["demo", "--steps-scale", "0.002", "--n", "8", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "par")]) == 0
+    assert "in parallel (2 processes" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "ser"), "--serial"]) == 0
+    assert "in parallel" not in capsys.readouterr().out
+    for task in ("number", "letter"):
+        par = sorted((tmp_path / "par" / task).rglob("model.safetensors"))
+        ser = sorted((tmp_path / "ser" / task).rglob("model.safetensors"))
+        assert len(par) == len(ser) == 4
+        assert [p.read_bytes() for p in par] == [p.read_bytes() for p in ser]

@@ -72,6 +72,7 @@ class DemoContext:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> result table
     files: list[Path] = field(default_factory=list)  # files written, to list at the end
     preset: str = "cpu"  # training preset (headkit.training.PRESETS)
+    parallel: bool = True  # train both runs at once (one process each) when two cores are idle
 
 
 def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> TrainConfig:
@@ -101,13 +102,55 @@ def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> 
     )
 
 
+def _train_in_child(cfg_data: dict, run_dir: str) -> float:
+    """Worker of `train_in_parallel`: one run on one torch thread; returns its wall seconds."""
+    import torch
+
+    from headkit.runs import train_or_reuse
+    from headkit.training import TrainConfig
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train_or_reuse(TrainConfig.from_dict(cfg_data), run_dir, progress=False)
+    return time.perf_counter() - started
+
+
+def train_in_parallel(configs: dict[str, TrainConfig], out: Path) -> dict[str, float]:
+    """Train the runs that are not complete yet at the same time, one process and one
+    torch thread each (the demo's models are too small to use two threads well, but two
+    runs fill two cores); returns task -> wall seconds. Training is deterministic on
+    the CPU, so a run trained here equals one trained alone, bit for bit."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from headkit.runs import run_status
+
+    todo = {
+        task: cfg for task, cfg in configs.items()
+        if not ((out / task / "run.json").exists() and run_status(out / task).complete)
+    }  # fmt: skip
+    if len(todo) < 2:
+        return {}
+    print(f"training {', '.join(todo)} in parallel ({len(todo)} processes, 1 thread each)")
+    with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {task: pool.submit(_train_in_child, cfg.to_dict(), str(out / task)) for task, cfg in todo.items()}
+        return {task: future.result() for task, future in futures.items()}
+
+
 def step_train(ctx: DemoContext) -> None:
-    """Train (or reuse, or resume) the number and letter models."""
+    """Train (or reuse, or resume) the number and letter models: at once (one process
+    per run) when the machine has a core per run, else (or with ``--serial``) in turn."""
+    import os
+
     from headkit.runs import existing_run, train_or_reuse
 
     ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale, preset=ctx.preset) for task in DEMO_TASKS}
     for task, cfg in ctx.configs.items():  # refuse foreign runs before any training
         existing_run(ctx.out / task, cfg)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if ctx.parallel and cores >= len(ctx.configs):  # under load too: two processes get two shares of the CPUs
+        for task, seconds in train_in_parallel(ctx.configs, ctx.out).items():
+            print(f"{task}: trained in a child process in {seconds:.0f} s")
     for task, cfg in ctx.configs.items():
         run_dir = ctx.out / task
         started = time.perf_counter()
@@ -290,6 +333,7 @@ def _demo(args: argparse.Namespace) -> int:
         n=args.n,
         progress=not args.no_progress,
         preset=args.preset,
+        parallel=not args.serial,
     )
     check_output_path(ctx.out, directory=True)  # writable, not inside a run's own files or a checkpoint
     for task in DEMO_TASKS:  # every check before any training
@@ -342,5 +386,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, default=512, help="evaluation prompts per length (default 512)")
     p.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="training preset (default cpu; paper is for a GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--serial", action="store_true",
+        help="train the two models one after the other (default: at once, one process each, given two cores)",
+    )  # fmt: skip
     add_threads_argument(p)
     p.set_defaults(func=_demo)
