@@ -287,8 +287,7 @@ _PAPER_TRAIN = dict(
 )
 _PAPER: dict[str, tuple[dict, dict, dict]] = {
     "number": ({}, _PAPER_MODEL, _PAPER_TRAIN),
-    # TODO(paper vocabulary): the paper's letter vocabulary option of headkit/tasks/letter.py
-    # (added in another branch) should be set here; 8 symbols x 8 digits is the closest today.
+    # the paper's letter vocabulary: symbols a-h x digits 1-8 (128 tokens), the builder's defaults
     "letter": ({"n_symbols": 8, "n_digits": 8}, _PAPER_MODEL, _PAPER_TRAIN),
 }
 
