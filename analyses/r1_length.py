@@ -24,6 +24,10 @@ Steps:
 
 Table columns: those of `evaluate` -- ``task, extend, length, added, hop, n,
 accuracy`` (``hop`` is an int, or ``"all"`` for the row pooling every hop).
+``paper_comparison.csv`` (`headkit.paper.r1_comparison`): ``task, added, paper``
+(Fig. 5B, read to +-0.02), ``headkit`` (prefix protocol), ``verdict`` (within the
+reading error plus two binomial standard errors, or higher/lower by how much) and
+``headkit_window`` (the window protocol, which the paper does not measure).
 Figures: ``accuracy_prefix`` and ``accuracy_window``, one per protocol
 (`headkit.plots.accuracy_by_length_figure`; x = total length = 17 + added).
 
@@ -48,10 +52,12 @@ import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
+from headkit.cli.cmd_demo import DEMO_CHECKPOINTS
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
 from headkit.models import DEFAULT_N_CTX, ModelConfig, extend_context
+from headkit.paper import R1_ADDED, r1_comparison
 from headkit.plots import accuracy_by_length_figure, write_figure
 from headkit.runs import open_checkpoint, train_or_reuse
 from headkit.tasks.base import TaskSpec
@@ -69,7 +75,7 @@ DEFAULT_STEPS = 2000
 LETTER_CURRICULUM_EVERY = 250  # hop k is first trained at update 250 (k - 1) + 1
 # checkpoints of the shared runs (the final step is always saved too): dense early,
 # where accuracy and head roles change fastest; 12 in all. R3 tracks the heads over them.
-CHECKPOINT_STEPS = (100, 200, 300, 400, 600, 800, 1000, 1200, 1400, 1600, 1800)
+CHECKPOINT_STEPS = DEMO_CHECKPOINTS  # the demo's: its runs are these runs (`headkit demo --out RUNS`)
 # --quick / tests: a tiny model trained for a few steps, so every script runs in seconds
 TINY_MODEL = dict(n_layers=2, d_model=16, n_heads=1, n_ctx=65)
 
@@ -88,9 +94,10 @@ def shared_run_config(task: str, *, steps: int = DEFAULT_STEPS, tiny: bool = Fal
     """The training config of the run of ``task`` that R1-R4 share.
 
     SPEC 2.3's CPU recipe (`headkit.training.default_config`: 6 layers, d_model 64,
-    one head per layer, n_ctx 257; the letter task with 24 symbols, lr 3e-3 and a
+    one head per layer, n_ctx 2048; the letter task with 24 symbols, lr 3e-3 and a
     hop curriculum, one hop more every 250 updates), 2000 updates, a metrics
-    row every 50 updates and 12 checkpoints. ``tiny``
+    row every 50 updates and 12 checkpoints: exactly ``headkit demo``'s runs
+    (`headkit.cli.cmd_demo.demo_config`), so ``--runs DEMO_OUT`` reuses them. ``tiny``
     swaps in a 2-layer, d_model-16 model with n_ctx 65 and small batches (smoke runs).
     """
     if task not in TASKS:
@@ -179,7 +186,7 @@ def write_analysis(
 # --- R1 -----------------------------------------------------------------------------------
 
 
-PAPER_ADDED = (0, 46, 96, 296, 996)  # PosSym-2026 Fig. 5 (+4,996 too, beyond these models' reach)
+PAPER_ADDED = R1_ADDED  # PosSym-2026 Fig. 5B (+4,996 too, beyond these models' n_ctx 2,048)
 EXTENDS = ("prefix", "window")
 
 
@@ -245,7 +252,15 @@ def main(cfg: LengthConfig, *, out: str | Path | None = None, png: bool = True) 
                 evaluate(model, spec, added=list(cfg.added), extend=extend, n=cfg.n, seed=cfg.seed, progress=True)
             )
     table = pd.concat(frames, ignore_index=True)
-    summary = {**summarize(table), "elapsed_s": timer()}
+    comparison = r1_comparison(table)
+    summary = {
+        **summarize(table),
+        "paper_vs_headkit": [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in comparison.to_dict("records")
+        ],
+        "elapsed_s": timer(),
+    }
     figures = {
         f"accuracy_{extend}": accuracy_by_length_figure(
             table[table["extend"] == extend],
@@ -253,7 +268,10 @@ def main(cfg: LengthConfig, *, out: str | Path | None = None, png: bool = True) 
         )
         for extend in cfg.extends
     }
-    write_analysis(output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures, png=png)
+    write_analysis(
+        output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures,
+        tables={"paper_comparison": comparison}, png=png,
+    )  # fmt: skip
     return table
 
 

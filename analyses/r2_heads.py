@@ -16,6 +16,17 @@ Two measurements per trained model (the shared runs of `analyses.r1_length`):
    accuracy on every hop, a head used only from the second hop on should cost
    accuracy on hops >= 2 only.
 
+Against the paper (``paper_comparison.csv``): PosSym-2026's pure heads at
+gamma = 0.1 and 0.05 (``pure_paper_0.1`` / ``pure_paper_0.05`` of
+`classify_heads`: residual swap, tau 1e-4, mean scores near a corner) counted per
+kind, with their layers, beside the paper's counts (`headkit.paper.R2_PURE`:
+number 4 positional L0-L3 + 8 symbolic L4-L11, letter 11 symbolic L1-L11 at 0.1;
+2 + 7 and 11 at 0.05) and a verdict. The paper's models have 12 one-head layers,
+the cpu preset's 6, so counts are compared by layout (positional early, symbolic
+late), not by number. Which heads each hop needs (``needed_by_hop`` in the
+summary: mean ablation costs more than 10 points on that hop) is headkit's own
+evidence: the paper has no ablations.
+
 Table columns (one row per task and head): ``task, layer, head,
 positional_score, symbolic_score, signal, label, purity, pure`` (from
 `classify_heads`), ``baseline, ablated, delta`` (accuracy over all prompts
@@ -48,7 +59,8 @@ from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablation_sweep_by_hop
 from headkit.interventions.metrics import accuracy
 from headkit.plots import head_scores_figure
-from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads
+from headkit.paper import R2_LAYERS, R2_PURE, count_verdict, layer_span
+from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, PAPER_GAMMAS, classify_heads, paper_column
 from headkit.tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -133,6 +145,39 @@ def ablation_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+NEEDED = -0.1  # a head is needed by a hop when ablating it costs more than 10 points there
+
+
+def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's pure heads (both gammas) per task and kind: paper's count and layers,
+    headkit's count and layers, verdict (`headkit.paper.count_verdict`)."""
+    rows = []
+    for task, part in table.groupby("task", sort=False):
+        for gamma in PAPER_GAMMAS:
+            for kind in ("positional", "symbolic"):
+                layers = part.loc[part[paper_column(gamma)] == kind, "layer"].tolist()
+                paper = R2_PURE[gamma][task][kind]
+                rows.append(dict(
+                    task=task, gamma=gamma, kind=kind, paper=paper,
+                    paper_layers=R2_LAYERS[task][kind] if gamma == 0.1 else "",
+                    headkit=len(layers), headkit_layers=layer_span(layers), n_layers=int(part["layer"].max()) + 1,
+                    verdict=count_verdict(len(layers), paper),
+                ))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def needed_by_hop(table: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """Task -> hop -> heads whose mean ablation costs more than 10 points on that hop."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task, part in table.groupby("task", sort=False):
+        hops = [c for c in part.columns if c.startswith("delta_hop") and part[c].notna().any()]
+        out[task] = {
+            c[len("delta_"):]: [f"L{r.layer}H{r.head}" for r in part.itertuples() if getattr(r, c) < NEEDED]
+            for c in hops
+        }
+    return out
+
+
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Per task: layers by label, the baseline accuracy and the heads whose ablation costs > 10 points."""
     out: dict[str, Any] = {}
@@ -161,8 +206,17 @@ def main(cfg: HeadsConfig, *, out: str | Path | None = None, png: bool = True) -
     hops = sorted((c for c in table.columns if c.startswith("delta_hop")), key=lambda c: int(c[9:]))
     table = table[COLUMNS + hops]
     figures["ablation"] = ablation_figure(table)
-    summary = {**summarize(table), "elapsed_s": timer()}
-    write_analysis(output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures, png=png)
+    comparison = paper_comparison(table)
+    summary = {
+        **summarize(table),
+        "paper_vs_headkit": comparison.to_dict("records"),
+        "needed_by_hop (headkit's own evidence: the paper has no ablations)": needed_by_hop(table),
+        "elapsed_s": timer(),
+    }
+    write_analysis(
+        output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures,
+        tables={"paper_comparison": comparison}, png=png,
+    )  # fmt: skip
     return table
 
 

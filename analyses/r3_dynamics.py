@@ -20,6 +20,15 @@ is first trained at update ``250 (k - 1) + 1``; a hop cannot emerge before it
 is trained, which pushes the letter hops apart by construction. The summary
 records each hop's introduction step next to its emergence step.
 
+Against the paper (``paper_comparison.csv``): the step at which each hop first
+reaches 0.9 (`headkit.paper.R3_STEP_AT_90`: number ~1,950 / 2,700 / 3,200 /
+3,350 for hops 1-4, letter ~2,650-2,700 for all hops together, of 6,750 updates)
+beside headkit's, both also as a fraction of the run, since the cpu preset runs
+2,000 updates of a smaller model: orders and shapes are compared, not steps. The
+summary's ``shape`` says whether the number hops emerge in hop order and how far
+apart the first and last hop emerge, per task. ``pure_over_training.csv``: the
+paper's pure heads (gamma 0.1) per kind at every checkpoint.
+
 Table columns (one row per task, checkpoint step and head): ``task`` then
 `track_heads`'s ``step, layer, head, positional_score, symbolic_score, signal,
 label, purity, pure, n_prompts, accuracy, accuracy_hop1 .. accuracy_hopK``.
@@ -47,7 +56,9 @@ from plotly.subplots import make_subplots
 from analyses.common import Timer, output_dir
 from analyses.r1_length import DEFAULT_RUNS, DEFAULT_STEPS, run_script, shared_runs, write_analysis
 from headkit.errors import HeadkitError
+from headkit.paper import R3_PAPER_STEPS, R3_STEP_AT_90
 from headkit.scores.dynamics import track_heads
+from headkit.scores.positional_symbolic import paper_column
 from headkit.training import curriculum_overrides, read_metrics, read_run_config
 
 log = logging.getLogger(__name__)
@@ -126,6 +137,49 @@ def settled(heads: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
+def paper_comparison(summary: dict[str, Any], steps: dict[str, int]) -> pd.DataFrame:
+    """Per task and hop: the paper's step at 0.9 and headkit's, each also as a fraction of its run."""
+    rows = []
+    for task, paper_steps in R3_STEP_AT_90.items():
+        if task not in summary:
+            continue
+        emerged = summary[task]["emerged_at_step"]
+        for hop, paper in paper_steps.items():
+            ours = emerged.get(str(hop))
+            rows.append(dict(
+                task=task, hop=hop, paper_step=paper, paper_fraction=round(paper / R3_PAPER_STEPS, 3),
+                headkit_step=ours, headkit_fraction=None if ours is None else round(ours / steps[task], 3),
+                first_trained_at=summary[task]["hop_first_trained_at_step"].get(str(hop)),
+            ))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def shape(comparison: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per task: do hops emerge in hop order, and the spread (last - first emergence) as a
+    fraction of the run, for the paper and for headkit."""
+    out = {}
+    for task, part in comparison.groupby("task", sort=False):
+        part = part.sort_values("hop")
+        ours = part["headkit_fraction"].tolist()
+        done = all(v is not None and v == v for v in ours)
+        out[task] = {
+            "paper_in_hop_order": bool(part["paper_fraction"].is_monotonic_increasing),
+            "paper_spread_fraction": round(float(part["paper_fraction"].max() - part["paper_fraction"].min()), 3),
+            "headkit_in_hop_order": bool(pd.Series(ours).is_monotonic_increasing) if done else None,
+            "headkit_spread_fraction": round(float(max(ours) - min(ours)), 3) if done else None,
+        }
+    return out
+
+
+def pure_over_training(heads: pd.DataFrame, *, gamma: float = 0.1) -> pd.DataFrame:
+    """The paper's pure heads (``pure_paper_<gamma>``) per task, checkpoint and kind."""
+    column = paper_column(gamma)
+    counts = heads.groupby(["task", "step"], sort=False)[column].value_counts().unstack(fill_value=0)
+    counts = counts.reindex(columns=["positional", "symbolic"], fill_value=0).reset_index()
+    counts.columns.name = None
+    return counts.assign(gamma=gamma)[["task", "step", "gamma", "positional", "symbolic"]]
+
+
 def accuracy_figure(accuracy: pd.DataFrame) -> go.Figure:
     """Held-out accuracy per hop against training step, one panel per task."""
     tasks = list(dict.fromkeys(accuracy["task"]))
@@ -186,7 +240,8 @@ def main(cfg: DynamicsConfig, *, out: str | Path | None = None, png: bool = True
     check_config(cfg)
     timer = Timer()
     head_frames, accuracy_frames, summary = [], [], {}
-    for task, run_dir in shared_runs(cfg.runs, steps=cfg.train_steps, tiny=cfg.tiny).items():
+    runs = shared_runs(cfg.runs, steps=cfg.train_steps, tiny=cfg.tiny)
+    for task, run_dir in runs.items():
         heads = track_heads(run_dir, n_prompts=cfg.n_prompts, seed=cfg.seed, eval_n=cfg.eval_n)
         head_frames.append(heads.assign(task=task))
         accuracy = accuracy_long(task, read_metrics(run_dir))
@@ -202,10 +257,18 @@ def main(cfg: DynamicsConfig, *, out: str | Path | None = None, png: bool = True
     table = table[["task", *[c for c in table.columns if c != "task"]]]
     accuracy = pd.concat(accuracy_frames, ignore_index=True)
     figures = {"accuracy_by_hop": accuracy_figure(accuracy), "head_roles": roles_figure(table)}
+    comparison = paper_comparison(summary, {task: read_run_config(run).steps for task, run in runs.items()})
+    pure = pure_over_training(table)
+    summary["paper_vs_headkit"] = comparison.to_dict("records")
+    summary["shape"] = shape(comparison)
+    summary["paper_pure_heads_over_training"] = {
+        task: {int(r.step): {"positional": int(r.positional), "symbolic": int(r.symbolic)} for r in part.itertuples()}
+        for task, part in pure.groupby("task", sort=False)
+    }
     summary["elapsed_s"] = timer()
     write_analysis(
         output_dir(NAME, out), cfg=cfg, table=table, summary=summary, figures=figures,
-        tables={"accuracy": accuracy}, png=png,
+        tables={"accuracy": accuracy, "paper_comparison": comparison, "pure_over_training": pure}, png=png,
     )  # fmt: skip
     return table
 

@@ -2,8 +2,13 @@
 of symbolic heads does not.
 
 Discrepancy ``Δ(n)`` of a head (`headkit.scores.discrepancy.discrepancy`): at the
-query (last) position, the largest attention logit minus the second largest,
-averaged over prompts of length ``n``. PosSym-2026's argument: a positional
+query (last) position, the largest attention logit minus the second largest.
+The paper's Δ(n) is the maximum over inputs of length ``n`` (Thm 3.2; column
+``discrepancy_max``); headkit also reports the mean over prompts
+(``discrepancy``). The paper gives bounds, not measurements (Thm 3.2, Fig. 5A):
+a positional head's Δ(n) is O(1/n²), a symbolic head's stays bounded away from 0;
+``paper_comparison.csv`` puts each bound beside headkit's measured log-log slopes
+(max and mean) per label, with a verdict. PosSym-2026's argument: a positional
 (index) head must single out one rotary offset among ``n`` ever closer ones, so
 its Δ shrinks like O(1/n²); a symbolic (retrieval) head matches content and
 keeps Δ bounded away from 0.
@@ -12,15 +17,16 @@ Steps, for each shared trained model (`analyses.r1_length`):
 
 1. Label every head as R2 does (`analyses.r2_heads.classify`, same prompts and
    settings by default) -- the colour of its curve.
-2. Δ(n) of every head on ``n`` prompts per length (default lengths 17, 33, 65,
-   129, 257; longer prompts extend the distractor window, SPEC 2.3).
+2. Δ(n) of every head on ``n`` prompts per length (default 17 plus the paper's
+   0, 46, 96, 296, 996 tokens added: 17, 63, 113, 313, 1013; longer prompts are
+   made with the task's default protocol, the paper's prefix).
 3. Per head, the trend: ``ratio`` = Δ(longest) / Δ(17) and ``slope`` = the
    least-squares slope of log Δ against log n (the theory's positional heads:
    about -2; symbolic heads: about 0).
 
 Table columns (one row per task, head and length): ``task, layer, head, label,
-purity, length, discrepancy, discrepancy_std, n_prompts``. ``trends.csv``:
-``task, layer, head, label, purity, delta_first, delta_last, ratio, slope``.
+purity, length, discrepancy, discrepancy_std, n_prompts, discrepancy_max``. ``trends.csv``:
+``task, layer, head, label, purity, delta_first, delta_last, ratio, slope, slope_max``.
 Figure: ``discrepancy`` (Δ against length per head, log-log, coloured by label).
 """
 
@@ -45,6 +51,7 @@ from analyses.r1_length import (
     DEFAULT_RUNS, DEFAULT_STEPS, check_lengths, final_model, run_script, shared_runs, write_analysis,
 )  # fmt: skip
 from analyses.r2_heads import HeadsConfig, classify
+from headkit.paper import R1_ADDED
 from headkit.errors import HeadkitError
 from headkit.plots import model_description
 from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
@@ -53,7 +60,7 @@ log = logging.getLogger(__name__)
 
 NAME = "r4_discrepancy"
 COLUMNS = ["task", "layer", "head", "label", "purity", *DISCREPANCY_COLUMNS[2:]]
-TREND_COLUMNS = ["task", "layer", "head", "label", "purity", "delta_first", "delta_last", "ratio", "slope"]
+TREND_COLUMNS = ["task", "layer", "head", "label", "purity", "delta_first", "delta_last", "ratio", "slope", "slope_max"]
 LABEL_COLOURS = {"positional": "#d62728", "symbolic": "#1f77b4", "mixed": "#9467bd", "inactive": "#7f7f7f"}
 LABEL_DASH = {"positional": "solid", "symbolic": "solid", "mixed": "dash", "inactive": "dot"}
 
@@ -61,7 +68,7 @@ LABEL_DASH = {"positional": "solid", "symbolic": "solid", "mixed": "dash", "inac
 @dataclass(frozen=True)
 class DiscrepancyConfig:
     runs: str = str(DEFAULT_RUNS)  # folder of the shared runs (RUNS/number, RUNS/letter)
-    lengths: tuple[int, ...] = (17, 33, 65, 129, 257)  # prompt lengths
+    lengths: tuple[int, ...] = tuple(17 + a for a in R1_ADDED)  # prompt lengths: the paper's x-axis
     n: int = 128  # prompts per length
     seed: int = 0  # seed of the Δ prompts
     n_classify: int = HeadsConfig.n_prompts  # prompts of the head labels (as R2)
@@ -84,22 +91,50 @@ def check_config(cfg: DiscrepancyConfig) -> None:
             raise HeadkitError(f"{name}={value!r} must be an integer >= 2")
 
 
+def loglog_slope(lengths: np.ndarray, delta: np.ndarray) -> float:
+    """Least-squares slope of log Δ against log n over the positive Δ (NaN with fewer than 2)."""
+    positive = delta > 0
+    if positive.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(lengths[positive]), np.log(delta[positive]), 1)[0])
+
+
 def trends(table: pd.DataFrame) -> pd.DataFrame:
-    """Per head: Δ at the shortest and longest length, their ratio and the log-log slope."""
+    """Per head: mean Δ at the shortest and longest length, their ratio, and the log-log
+    slope of the mean Δ (``slope``) and of the paper's maximum Δ (``slope_max``)."""
     rows = []
     for (task, layer, head), part in table.groupby(["task", "layer", "head"], sort=False):
         part = part.sort_values("length")
+        lengths = part["length"].to_numpy()
         delta = part["discrepancy"].to_numpy()
-        positive = delta > 0
-        slope = (
-            float(np.polyfit(np.log(part["length"].to_numpy()[positive]), np.log(delta[positive]), 1)[0])
-            if positive.sum() >= 2
-            else float("nan")
-        )
         first, last = float(delta[0]), float(delta[-1])
         rows.append((task, layer, head, part["label"].iloc[0], part["purity"].iloc[0], first, last,
-                     last / first if first > 0 else float("nan"), slope))  # fmt: skip
+                     last / first if first > 0 else float("nan"), loglog_slope(lengths, delta),
+                     loglog_slope(lengths, part["discrepancy_max"].to_numpy())))  # fmt: skip
     return pd.DataFrame(rows, columns=TREND_COLUMNS)
+
+
+PAPER_BOUND = {"positional": "Δ(n) = O(1/n²): slope <= -2", "symbolic": "Δ(n) >= c > 0: slope ~ 0"}
+
+
+def paper_comparison(trend: pd.DataFrame) -> pd.DataFrame:
+    """Per task and label (positional, symbolic): the paper's bound beside headkit's median
+    log-log slopes of the maximum and mean Δ, and a verdict: a positional head's maximum Δ
+    must fall at least like 1/n² (slope <= -2 + 0.5 allowed for a 5-point fit), a
+    symbolic head's must not fall towards 0 (slope >= -0.5)."""
+    rows = []
+    for task, part in trend.groupby("task", sort=False):
+        for label, bound in PAPER_BOUND.items():
+            chosen = part[part["label"] == label]
+            if chosen.empty:
+                rows.append(dict(task=task, label=label, paper=bound, heads=0, slope_max=None, slope_mean=None,
+                                 verdict="no such head"))  # fmt: skip
+                continue
+            slope_max, slope_mean = float(chosen["slope_max"].median()), float(chosen["slope"].median())
+            ok = slope_max <= -1.5 if label == "positional" else slope_max >= -0.5
+            rows.append(dict(task=task, label=label, paper=bound, heads=len(chosen), slope_max=round(slope_max, 3),
+                             slope_mean=round(slope_mean, 3), verdict="consistent" if ok else "not consistent"))  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -165,7 +200,8 @@ def summarize(trend: pd.DataFrame) -> dict[str, Any]:
     for task, part in trend.groupby("task", sort=False):
         out[task] = {
             f"L{r.layer}H{r.head}": {"label": r.label, "ratio_last_to_first": round(float(r.ratio), 4),
-                                     "loglog_slope": round(float(r.slope), 3)}  # fmt: skip
+                                     "loglog_slope": round(float(r.slope), 3),
+                                     "loglog_slope_max": round(float(r.slope_max), 3)}  # fmt: skip
             for r in part.itertuples()
         }
         for label in ("positional", "symbolic"):
@@ -188,10 +224,12 @@ def main(cfg: DiscrepancyConfig, *, out: str | Path | None = None, png: bool = T
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
     about = "; ".join(f"{task}: {desc}" for task, desc in models.items())
     trend = trends(table)
-    summary = {**summarize(trend), "elapsed_s": timer()}
+    comparison = paper_comparison(trend)
+    summary = {**summarize(trend), "paper_vs_headkit": comparison.to_dict("records"), "elapsed_s": timer()}
     write_analysis(
         output_dir(NAME, out), cfg=cfg, table=table, summary=summary,
-        figures={"discrepancy": discrepancy_figure(table, about=about)}, tables={"trends": trend}, png=png,
+        figures={"discrepancy": discrepancy_figure(table, about=about)},
+        tables={"trends": trend, "paper_comparison": comparison}, png=png,
     )  # fmt: skip
     return table
 

@@ -5,10 +5,12 @@ models, then write the R1-R3 tables with the paper's values side by side.
    `headkit.training.default_config(task, preset="paper")` (12 layers, 1 head,
    d_model 128, dropout 0.1, batch 64, 6,750 updates, bf16 autocast on CUDA), a
    checkpoint every ``--checkpoint-every`` updates.
-2. R1: accuracy at the trained length plus 0, 46, 96, 296, 996 tokens
-   (`headkit.evaluation.evaluate`, the task's own length extension) vs Fig. 5B.
-3. R2: heads per label of the final model (`headkit.scores.positional_symbolic.classify_heads`,
-   headkit's defaults) vs the paper's pure-head counts at gamma = 0.1.
+2. R1: accuracy at the trained length plus 0, 46, 96, 296, 996 tokens added
+   *before* the prompt (`headkit.evaluation.evaluate`, ``extend="prefix"``: the
+   paper's protocol) vs Fig. 5B (`headkit.paper.r1_comparison`).
+3. R2: the paper's pure heads of the final model (`classify_heads`: residual swap,
+   tau 1e-4; pure when s_pos >= 1 - gamma and s_sym <= gamma, or mirrored) vs the
+   paper's counts at gamma = 0.1 and 0.05 (`headkit.paper.R2_PURE`).
 4. R3: first step at which each hop reaches 0.9 held-out accuracy (from
    ``metrics.csv``) vs the paper's steps.
 
@@ -33,17 +35,14 @@ import torch
 
 from headkit.evaluation import evaluate
 from headkit.io import write_csv
+from headkit.paper import R1_ADDED, R2_PURE, R3_STEP_AT_90, count_verdict, layer_span, r1_comparison
 from headkit.runs import open_checkpoint, train_or_reuse
-from headkit.scores.positional_symbolic import classify_heads
+from headkit.scores.positional_symbolic import PAPER_GAMMAS, classify_heads, paper_column
 from headkit.training import TrainConfig, default_config, read_metrics
 
 TASKS = ("number", "letter")
-TRAINED_LENGTH = 17
-ADDED = (0, 46, 96, 296, 996)  # tokens added to the trained length (Fig. 5B)
-# PosSym-2026, read from Fig. 5B and the text (+-0.02)
-PAPER_R1 = {"number": (1.0, 0.88, 0.74, 0.47, 0.20), "letter": (1.0, 1.0, 1.0, 0.99, 0.87)}
-PAPER_R2 = {"number": {"positional": 4, "symbolic": 8}, "letter": {"positional": 0, "symbolic": 11}}  # gamma 0.1
-PAPER_R3 = {"number": {"1": 1950, "2": 2700, "3": 3200, "4": 3350}, "letter": {"all": 2675}}  # letter: 2650-2700
+ADDED = R1_ADDED  # tokens added before the trained 17 (Fig. 5B)
+PAPER_R3 = {"number": {str(h): s for h, s in R3_STEP_AT_90["number"].items()}, "letter": {"all": 2675}}  # 2650-2700
 
 
 def run_config(task: str, *, tiny: bool, checkpoint_every: int, device: str) -> TrainConfig:
@@ -57,18 +56,12 @@ def run_config(task: str, *, tiny: bool, checkpoint_every: int, device: str) -> 
 
 
 def r1_table(runs: dict[str, Path], *, n: int, device: str) -> pd.DataFrame:
-    rows = []
+    frames = []
     for task, run in runs.items():
         ckpt = open_checkpoint(run, device=device)
-        lengths = [TRAINED_LENGTH + a for a in ADDED if TRAINED_LENGTH + a <= ckpt.model.cfg.n_ctx]
-        table = evaluate(ckpt.model, ckpt.task, lengths=lengths, n=n, seed=12345, progress=False)
-        pooled = table[table["hop"] == "all"].set_index("length")["accuracy"]
-        for added, paper in zip(ADDED, PAPER_R1[task]):
-            length = TRAINED_LENGTH + added
-            ours = float(pooled[length]) if length in pooled.index else float("nan")
-            rows.append(dict(task=task, added=added, length=length, paper=paper, headkit=ours,
-                             verdict="matches" if abs(ours - paper) <= 0.05 else "differs"))  # fmt: skip
-    return pd.DataFrame(rows)
+        for extend in ("prefix", "window"):  # the paper's protocol; headkit's harder one beside it
+            frames.append(evaluate(ckpt.model, ckpt.task, added=list(ADDED), extend=extend, n=n, seed=12345))
+    return r1_comparison(pd.concat(frames, ignore_index=True))
 
 
 def r2_table(runs: dict[str, Path], *, n: int, device: str) -> pd.DataFrame:
@@ -76,13 +69,12 @@ def r2_table(runs: dict[str, Path], *, n: int, device: str) -> pd.DataFrame:
     for task, run in runs.items():
         ckpt = open_checkpoint(run, device=device)
         heads = classify_heads(ckpt.model, ckpt.task.build(n, seed=0).tokens.to(ckpt.model.cfg.device))
-        pure = heads[heads["pure"]]
-        for label in ("positional", "symbolic"):
-            ours = int((pure["label"] == label).sum())
-            layers = ",".join(f"L{layer}" for layer in sorted(pure.loc[pure["label"] == label, "layer"]))
-            paper = PAPER_R2[task][label]
-            rows.append(dict(task=task, label=label, paper=paper, headkit=ours, layers=layers,
-                             verdict="matches" if ours == paper else "differs"))  # fmt: skip
+        for gamma in PAPER_GAMMAS:
+            for label in ("positional", "symbolic"):
+                layers = heads.loc[heads[paper_column(gamma)] == label, "layer"].tolist()
+                paper = R2_PURE[gamma][task][label]
+                rows.append(dict(task=task, gamma=gamma, label=label, paper=paper, headkit=len(layers),
+                                 layers=layer_span(layers), verdict=count_verdict(len(layers), paper)))  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -396,10 +396,10 @@ def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
     run = run_of_checkpoint(folder)
     if run is None:
         return
-    from headkit.training import read_run_config
+    from headkit.training import read_run_config, resolved_task
 
-    run_task = read_run_config(run).task
-    if task is None or task.to_dict() != run_task.to_dict():
+    run_task = read_run_config(run).task  # resolved in full (TrainConfig); so is the checkpoint's below
+    if task is None or resolved_task(task).to_dict() != run_task.to_dict():
         found = "no task" if task is None else f"task {task.to_dict()}"
         raise HeadkitError(
             f"checkpoint {folder} holds {found} but its run {run} trains task {run_task.to_dict()}: "

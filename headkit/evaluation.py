@@ -231,7 +231,7 @@ def evaluate(
         )
     rows: list[dict] = []
     for length in tqdm(lengths, desc=f"evaluate {task.name}", disable=not progress):
-        override: dict = {} if length == trained and "length" not in task.params else {"length": length}
+        override: dict = {} if length == trained and task.params.get("length") is None else {"length": length}
         if override and "extend" in accepted:
             override["extend"] = extend
         batch = task.build(n, seed=seed, **override)

@@ -74,7 +74,7 @@ from headkit.errors import HeadkitError, NonFiniteError
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
-from headkit.models import ModelConfig
+from headkit.models import DEFAULT_N_CTX, ModelConfig
 from headkit.runs import METRICS_FILE, RUN_FILE
 from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
 
@@ -111,11 +111,33 @@ SCHEDULES: dict[str, Callable[[int, "TrainConfig"], float]] = {
 }
 
 
+def resolved_task(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with every builder parameter filled in: the ``params`` a batch of it records.
+
+    A run's ``run.json`` then names the task in full (``{"max_hops": 4, "n_letters": 120,
+    ...}``, not ``{}``), so changing a builder default later does not change what an
+    old run means. A parameter whose builder default is ``None`` and that ``spec``
+    leaves unset stays ``None``: it is decided per call (``length``: the trained
+    length; ``balance``: joint, or hops when the window protocol enlarges the target
+    window), so recording one call's choice would break the others. Unknown
+    parameters are refused by name first.
+    """
+    import inspect
+
+    from headkit.checkpoints import check_task_params
+
+    check_task_params(spec)
+    signature = inspect.signature(spec.builder()).parameters
+    auto = {k for k, p in signature.items() if p.default is None and spec.params.get(k) is None}
+    built = spec.build(1, seed=0).params
+    return TaskSpec(spec.name, {k: (None if k in auto else v) for k, v in built.items()})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (stored as ``run.json``)."""
 
-    task: TaskSpec  # task name + builder parameters (trained length = the builder's default)
+    task: TaskSpec  # task name + builder parameters, resolved in full (`resolved_task`)
     model: ModelConfig  # model sizes; d_vocab must equal the task's vocabulary size
     steps: int = 1500  # optimizer updates in total
     batch_size: int = 128  # prompts per update, each batch freshly generated
@@ -138,6 +160,7 @@ class TrainConfig:
             raise HeadkitError(f"task must be a TaskSpec, got {type(self.task).__name__}")
         if not isinstance(self.model, ModelConfig):
             raise HeadkitError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        object.__setattr__(self, "task", resolved_task(self.task))
         for name in ("steps", "batch_size", "eval_every", "eval_n"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("warmup_steps", self.warmup_steps, low=0)
@@ -227,12 +250,12 @@ class TrainResult:
 _CPU: dict[str, tuple[dict, dict, dict]] = {
     "number": (
         {},
-        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=257),
+        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=DEFAULT_N_CTX),
         dict(steps=2000, lr=1e-3, warmup_steps=200),
     ),
     "letter": (
         {"n_symbols": 24},
-        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=257),
+        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=DEFAULT_N_CTX),
         dict(steps=2000, lr=3e-3, warmup_steps=200, curriculum_every=250),  # 93.9% at 1500, 96.9% at 1600
     ),
     "tree": (
@@ -257,15 +280,14 @@ _CPU: dict[str, tuple[dict, dict, dict]] = {
 # batch 64, 750 warm-up, 432,000 training sequences (6,750 updates), no curriculum.
 # Code copy (Position_symbolic_dynamics/code, schemas.py + multihop_exp.py): lr 1e-4,
 # AdamW betas (0.95, 0.999), weight decay 1e-4, linear decay after warm-up, exact GELU.
-_PAPER_MODEL = dict(n_layers=12, d_model=128, n_heads=1, n_ctx=1024, act_fn="gelu")
+_PAPER_MODEL = dict(n_layers=12, d_model=128, n_heads=1, n_ctx=DEFAULT_N_CTX, act_fn="gelu")
 _PAPER_TRAIN = dict(
     steps=432_000 // 64, batch_size=64, lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-4,
     warmup_steps=750, schedule="linear", dropout=0.1, grad_clip=1.0, eval_every=250,
 )
 _PAPER: dict[str, tuple[dict, dict, dict]] = {
     "number": ({}, _PAPER_MODEL, _PAPER_TRAIN),
-    # TODO(paper vocabulary): the paper's letter vocabulary option of headkit/tasks/letter.py
-    # (added in another branch) should be set here; 8 symbols x 8 digits is the closest today.
+    # the paper's letter vocabulary: symbols a-h x digits 1-8 (128 tokens), the builder's defaults
     "letter": ({"n_symbols": 8, "n_digits": 8}, _PAPER_MODEL, _PAPER_TRAIN),
 }
 
@@ -276,10 +298,11 @@ def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> Tr
     """A preset's config for a task (``cpu``, the default, or ``paper``); ``overrides``
     replace `TrainConfig` fields.
 
-    The model's ``d_vocab`` is the task's vocabulary size and its ``n_ctx`` covers
-    the demo's longest evaluation length (257 for number/letter under ``cpu``,
-    1024 under ``paper``: the paper adds up to 996 tokens; otherwise twice the
-    task's length). Overriding ``task`` (a TaskSpec) re-derives ``d_vocab`` unless
+    The model's ``d_vocab`` is the task's vocabulary size and its ``n_ctx`` is
+    at least `headkit.models.DEFAULT_N_CTX` (2,048; PosSym-2026 adds up to 996
+    tokens to its 17-token prompts), or twice the task's length if that is more:
+    in GPT-J ``n_ctx`` sizes only the rotary table (Hugging Face's
+    ``n_positions``) and TransformerLens's causal mask, no parameter. Overriding ``task`` (a TaskSpec) re-derives ``d_vocab`` unless
     ``model`` is overridden too.
     """
     if preset not in PRESETS:
@@ -289,10 +312,11 @@ def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> Tr
         raise HeadkitError(f"unknown task {task!r} for preset {preset!r}: allowed {', '.join(table)}")
     params, model_sizes, settings = table[task]
     spec = overrides.pop("task", None) or TaskSpec(task, dict(params))
+    spec = resolved_task(spec)  # unknown parameters refused by name, before the probe below
     model = overrides.pop("model", None)
     if model is None:
         probe = spec.build(1, seed=0)
-        sizes = {"n_ctx": max(257, 2 * probe.length), **model_sizes}
+        sizes = {"n_ctx": max(DEFAULT_N_CTX, 2 * probe.length), **model_sizes}
         model = ModelConfig(d_vocab=len(probe.vocab), **sizes)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)

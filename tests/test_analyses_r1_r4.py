@@ -260,9 +260,60 @@ def test_r4_trend_slope_of_a_known_power_law():
             "purity": 1.0,
             "length": lengths * 2,
             "discrepancy": [3.0 / n**2 for n in lengths] + [2.0] * 5,
+            "discrepancy_max": [5.0 / n for n in lengths] + [4.0] * 5,  # the paper's Δ(n): max over inputs
         }
     )
     trend = r4_discrepancy.trends(table).set_index("layer")
-    assert trend.loc[0, "slope"] == pytest.approx(-2.0)
+    assert trend.loc[0, "slope"] == pytest.approx(-2.0) and trend.loc[0, "slope_max"] == pytest.approx(-1.0)
     assert trend.loc[0, "ratio"] == pytest.approx((17 / 257) ** 2)
     assert trend.loc[1, "slope"] == pytest.approx(0.0, abs=1e-12) and trend.loc[1, "ratio"] == 1.0
+    assert trend.loc[1, "slope_max"] == pytest.approx(0.0, abs=1e-12)
+    # against the paper's bounds (Thm 3.2): the positional maximum falls only like 1/n -> not O(1/n²)
+    comparison = r4_discrepancy.paper_comparison(trend.reset_index()).set_index("label")
+    assert comparison.loc["positional", "verdict"] == "not consistent"
+    assert comparison.loc["positional", "slope_max"] == pytest.approx(-1.0)
+    assert comparison.loc["symbolic", "verdict"] == "consistent"
+    steep = table.assign(discrepancy_max=[9.0 / n**2 for n in lengths] + [4.0] * 5)
+    again = r4_discrepancy.paper_comparison(r4_discrepancy.trends(steep)).set_index("label")
+    assert again.loc["positional", "verdict"] == "consistent"
+
+
+def test_r1_to_r3_paper_tables_on_hand_made_inputs(runs, tmp_path):
+    """R1's paper_comparison.csv is written; R2 counts the paper's pure heads per kind and
+    gamma; R3 puts the paper's step at 0.9 beside headkit's, as fractions of each run."""
+    from headkit.paper import R1_ACCURACY, R2_PURE
+
+    r1_length.main(dataclasses.replace(r1_length.quick_config(), runs=str(runs)), out=tmp_path / "r1", png=False)
+    r1 = pd.read_csv(tmp_path / "r1" / "paper_comparison.csv")
+    assert r1[["task", "added"]].values.tolist() == [["number", 0], ["letter", 0]]  # quick: +0 and +16 (not in Fig. 5B)
+    assert r1["paper"].tolist() == [R1_ACCURACY["number"][0], R1_ACCURACY["letter"][0]]
+
+    heads = pd.DataFrame({
+        "task": ["number"] * 6, "layer": range(6), "head": 0,
+        "pure_paper_0.1": ["positional", "positional", "neither", "symbolic", "symbolic", "symbolic"],
+        "pure_paper_0.05": ["positional", "neither", "neither", "neither", "symbolic", "symbolic"],
+        "delta_hop1": [-0.5, 0.0, 0.0, 0.0, 0.0, -0.2], "delta_hop2": [-0.5, -0.3, 0.0, 0.0, 0.0, 0.0],
+    })  # fmt: skip
+    table = r2_heads.paper_comparison(heads).set_index(["gamma", "kind"])
+    assert table.loc[(0.1, "positional"), "headkit"] == 2 and table.loc[(0.1, "positional"), "headkit_layers"] == "L0-L1"
+    assert table.loc[(0.1, "positional"), "paper"] == 4 and table.loc[(0.1, "positional"), "paper_layers"] == "L0-L3"
+    assert table.loc[(0.1, "positional"), "verdict"] == f"{R2_PURE[0.1]['number']['positional'] - 2} fewer"
+    assert table.loc[(0.05, "symbolic"), "headkit"] == 2 and table.loc[(0.05, "symbolic"), "headkit_layers"] == "L4-L5"
+    assert r2_heads.needed_by_hop(heads)["number"] == {"hop1": ["L0H0", "L5H0"], "hop2": ["L0H0", "L1H0"]}
+
+    summary = {
+        "number": {"emerged_at_step": {"1": 500, "2": 700, "3": 900, "4": 1000},
+                   "hop_first_trained_at_step": {str(h): 1 for h in range(1, 5)}},
+        "letter": {"emerged_at_step": {"1": 800, "2": 800, "3": None, "4": 900},
+                   "hop_first_trained_at_step": {str(h): 1 for h in range(1, 5)}},
+    }  # fmt: skip
+    comparison = r3_dynamics.paper_comparison(summary, {"number": 2000, "letter": 2000})
+    number = comparison[comparison.task == "number"]
+    assert number["paper_step"].tolist() == [1950, 2700, 3200, 3350]
+    assert number["headkit_fraction"].tolist() == [0.25, 0.35, 0.45, 0.5]
+    shape = r3_dynamics.shape(comparison)
+    assert shape["number"]["headkit_in_hop_order"] and shape["number"]["paper_in_hop_order"]
+    assert shape["number"]["headkit_spread_fraction"] == 0.25
+    assert shape["letter"]["headkit_in_hop_order"] is None  # hop 3 never reached 0.9
+    pure = r3_dynamics.pure_over_training(heads.assign(step=100))
+    assert pure[["positional", "symbolic"]].values.tolist() == [[2, 3]]

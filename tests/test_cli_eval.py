@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.cli import main
 from headkit.evaluation import COLUMNS, evaluate
 from headkit.models import extend_context
+from headkit.training import default_config, train
 
 TRAIN = ["train", "--task", "number", "--steps", "2", "--batch-size", "8", "--eval-every", "2", "--no-progress"]
 
@@ -62,7 +64,22 @@ def test_added_with_both_protocols_writes_length_added_and_extend(number_run, tm
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
 
-def test_n_ctx_lets_a_short_context_run_reach_the_papers_lengths(number_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A number run whose model was trained with n_ctx=257 (the default is now 2,048)."""
+    cfg = default_config("number", steps=2, batch_size=8, eval_every=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_ctx=257))
+    run = tmp_path_factory.mktemp("cli_eval_short") / "number"
+    train(cfg, out_dir=run, progress=False)
+    return run
+
+
+def test_default_run_reaches_the_papers_lengths(number_run):
+    assert load_checkpoint(list_checkpoints(number_run)[-1][1]).model.cfg.n_ctx >= 17 + 996
+
+
+def test_n_ctx_lets_a_short_context_run_reach_the_papers_lengths(short_run, tmp_path, capsys):
+    number_run = short_run
     assert load_checkpoint(list_checkpoints(number_run)[-1][1]).model.cfg.n_ctx == 257
     assert main(["eval", str(number_run), "--added", "296", "--n", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -214,7 +214,7 @@ def test_unavailable_devices_are_refused(run, tmp_path, argv, device):
     "options,words",
     [
         (["--lengths", "17,5"], "--lengths 5: the number task cannot build prompts of it: length=5 is out of range"),
-        (["--lengths", "17,999"], "--lengths 999 exceeds the number model's context"),
+        (["--lengths", "17,2049"], "--lengths 2049 exceeds the number model's context n_ctx=2048"),
         (["--steps-scale", "0"], "--steps-scale"),
         (["--n", "0"], "--n"),
     ],

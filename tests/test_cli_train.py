@@ -83,7 +83,7 @@ def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
     "argv, words",
     [
         (["eval", "{run}", "--lengths", "17,x"], "--lengths: 'x' is not an integer"),
-        (["eval", "{run}", "--lengths", "17,300"], "evaluation length 300 exceeds the model's context n_ctx=257"),
+        (["eval", "{run}", "--lengths", "17,2100"], "evaluation length 2100 exceeds the model's context n_ctx=2048"),
         (["eval", "{tmp}/missing"], "does not exist"),
         (["info", "{tmp}/missing"], "is not a headkit run directory"),
         (["train", "--task", "chess", "--out", "{tmp}/x"], "invalid choice: 'chess'"),
@@ -91,7 +91,7 @@ def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
         (["train", "--out", "{tmp}/x"], "--task is required for a new run"),
         (["train", "--task", "copy", "--out", "{run}"], "already holds a run"),
         (["train", "--task", "copy", "--checkpoint-steps", "2,999", "--out", "{tmp}/x"], "checkpoint step 999"),
-        (["demo", "--out", "{tmp}/d", "--lengths", "17,999"], "--lengths 999 exceeds the number model's context"),
+        (["demo", "--out", "{tmp}/d", "--lengths", "17,2049"], "--lengths 2049 exceeds the number model's context"),
         (["demo", "--out", "{tmp}/d", "--steps-scale", "-1"], "must be a positive number"),
     ],
 )
@@ -173,3 +173,50 @@ def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
     other = [a if a != "0.002" else "0.003" for a in demo]
     assert main(other) == 2  # another config in the same directory
     one_line_error(capsys, "holds a number run with another config (differs in steps")
+
+
+def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(small_demo, tmp_path, capsys, monkeypatch):
+    """Default evaluation = tokens added before the prompt (PosSym-2026 Fig. 5B); the R1
+    table carries the paper's value, headkit's and a verdict. ``--extend window`` too."""
+    from headkit.cli import cmd_demo
+    from headkit.paper import R1_ACCURACY, verdict
+
+    monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:2])  # train + evaluate only
+    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--added", "0,46", "--n", "8", "--no-progress"]
+    assert main(demo) == 0
+    out = capsys.readouterr().out
+    assert "R1 against PosSym-2026 Fig. 5B" in out
+    frame = pd.read_csv(tmp_path / "accuracy.csv")
+    assert set(frame["extend"]) == {"prefix"} and set(frame["added"]) == {0, 46}
+    assert set(frame["length"]) == {17, 63}
+    pooled = frame[frame["hop"] == "all"]
+    for task in ("number", "letter"):  # every printed row: the paper's value, the measured one, the verdict
+        for added in (0, 46):
+            measured = float(pooled[(pooled["task"] == task) & (pooled["added"] == added)]["accuracy"].iloc[0])
+            paper = R1_ACCURACY[task][added]
+            line = next(l for l in out.splitlines() if l.split()[:2] == [task, str(added)])
+            assert f"{paper:.3f}" in line and f"{measured:.3f}" in line and verdict(measured, paper, n=8).split()[0] in line
+    assert main([*demo, "--extend", "window"]) == 0  # models reused; the window protocol
+    window = pd.read_csv(tmp_path / "accuracy.csv")
+    assert set(window["extend"]) == {"window"} and set(window["length"]) == {17, 63}
+    assert "R1 against" not in capsys.readouterr().out  # the paper has no window curve
+    assert main([*demo[:-5], "--added", "0,2100", "--no-progress"]) == 2
+    one_line_error(capsys, "--added 2100 exceeds the number model's context n_ctx=2048")
+
+
+def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo, tmp_path, capsys, monkeypatch):
+    """Two processes, one per run: the checkpoints equal those of a serial demo, byte for byte."""
+    from headkit.cli import cmd_demo
+
+    monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:1])  # train only
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    base = ["demo", "--steps-scale", "0.002", "--n", "8", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "par")]) == 0
+    assert "in parallel (2 processes" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "ser"), "--serial"]) == 0
+    assert "in parallel" not in capsys.readouterr().out
+    for task in ("number", "letter"):
+        par = sorted((tmp_path / "par" / task).rglob("model.safetensors"))
+        ser = sorted((tmp_path / "ser" / task).rglob("model.safetensors"))
+        assert len(par) == len(ser) == 4
+        assert [p.read_bytes() for p in par] == [p.read_bytes() for p in ser]

@@ -85,7 +85,7 @@ def test_default_config_matches_its_task(task):
     cfg = default_config(task)
     probe = cfg.task.build(2, seed=0)
     assert cfg.model.d_vocab == len(probe.vocab)
-    assert cfg.model.n_ctx >= max(257, probe.length)  # covers the demo's longest length
+    assert cfg.model.n_ctx >= max(2048, probe.length)  # issue 7: rotary tables for the paper's +996 and beyond
     if task in ("number", "letter"):
         assert cfg.model.n_layers == 6 and cfg.model.d_model == 64 and cfg.model.n_heads == 1
 
@@ -279,3 +279,34 @@ def test_a_run_interrupted_before_its_first_checkpoint_resumes_from_step_0(tmp_p
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4]
+
+
+@pytest.mark.parametrize("task", ["number", "letter", "copy"])
+def test_run_json_records_the_tasks_full_parameters(task, tmp_path):
+    """run.json names every builder parameter (issue 8), not only the preset's overrides:
+    reference = the builder's own keyword defaults (inspect), overridden by the preset's."""
+    import inspect
+    import json
+
+    from headkit.tasks import BUILDERS
+
+    cfg = default_config(task, steps=1, batch_size=4, eval_n=4, eval_every=1, warmup_steps=0)
+    train(cfg, out_dir=tmp_path / "run", progress=False)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["task"]["params"]
+    signature = inspect.signature(BUILDERS[task]).parameters
+    defaults = {k: p.default for k, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "seed"}
+    preset = {"letter": {"n_symbols": 24}}.get(task, {})
+    assert set(recorded) == set(defaults)  # every parameter, no more
+    if task != "copy":  # decided per call (window protocol -> hop balance): recorded as "auto"
+        assert recorded["balance"] is None and recorded["length"] is None
+    expected = {k: v for k, v in {**defaults, **preset}.items() if v is not None}  # None: resolved by the builder
+    assert {k: recorded[k] for k in expected} == expected
+    same = TaskSpec(task, recorded).build(8, seed=3).tokens, TaskSpec(task, preset).build(8, seed=3).tokens
+    assert torch.equal(*same)  # the recorded parameters mean what the defaults meant
+    assert "max_hops" in recorded if task != "copy" else "vocab_size" in recorded
+    assert read_run_config(tmp_path / "run").task == cfg.task  # read back unchanged
+
+
+def test_unknown_task_parameter_is_refused_when_the_config_is_made():
+    with pytest.raises(HeadkitError, match="has no parameter colour"):
+        default_config("number", task=TaskSpec("number", {"colour": 1}))

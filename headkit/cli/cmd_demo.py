@@ -1,9 +1,13 @@
 """``headkit demo``: positional vs symbolic heads (PosSym-2026), end to end on a CPU.
 
 Trains the default number-task and letter-task models (`headkit.training.default_config`)
-into ``OUT/number`` and ``OUT/letter``, evaluates both at lengths up to about 16x
-the trained length (17, 33, 65, 129, 257 by default), writes ``OUT/accuracy.csv``
-(columns ``task, length, hop, n, accuracy``) and prints the accuracy table. Then it
+into ``OUT/number`` and ``OUT/letter``, evaluates both with PosSym-2026's length
+protocol (Fig. 5B: +0, +46, +96, +296, +996 tokens added *before* the 17-token
+prompt, ``extend="prefix"``; ``--extend window`` is headkit's harder variant,
+``--lengths`` gives total lengths instead), writes ``OUT/accuracy.csv`` (columns
+``task, extend, length, added, hop, n, accuracy``), prints the accuracy table and,
+for the paper's protocol, the R1 table beside the paper's numbers with a verdict
+(`headkit.paper.r1_comparison`). Then it
 classifies every head (``OUT/heads_<task>.csv``, `classify_heads`), mean-ablates
 every head and measures the accuracy drop per hop (``OUT/ablation_<task>.csv``,
 `ablation_sweep_by_hop`) and writes ``OUT/report.html``, one self-contained page
@@ -43,9 +47,13 @@ if TYPE_CHECKING:  # the heavy modules load when the demo runs, not for `headkit
 logger = logging.getLogger(__name__)
 
 DEMO_TASKS = ("number", "letter")
-DEMO_LENGTHS = (17, 33, 65, 129, 257)
+DEMO_ADDED = (0, 46, 96, 296, 996)  # PosSym-2026 Fig. 5B's x-axis: tokens added
 ACCURACY_FILE = "accuracy.csv"
-_CHECKPOINT_FRACTIONS = (1 / 3, 2 / 3)  # intermediate checkpoints, so an interrupted demo resumes
+# intermediate checkpoints (at steps_scale 1; the final step is always saved): an interrupted demo
+# resumes, and analyses R3 (head roles over training) reads them; dense early, where roles change fastest
+DEMO_CHECKPOINTS = (100, 200, 300, 400, 600, 800, 1000, 1200, 1400, 1600, 1800)
+DEMO_EVAL_EVERY = 50  # a metrics row (accuracy per hop) every 50 updates: R3's step at 90 %
+REPORT_CHECKPOINTS = 4  # checkpoints the report's head-roles-over-training section classifies
 
 
 @dataclass
@@ -54,7 +62,9 @@ class DemoContext:
 
     out: Path  # demo directory
     steps_scale: float  # multiplier of every schedule length
-    lengths: tuple[int, ...]  # evaluation lengths
+    lengths: tuple[int, ...] | None  # total evaluation lengths, or None: use ``added``
+    added: tuple[int, ...] | None  # tokens added to the trained length (the paper's x-axis)
+    extend: str  # "prefix" (the paper's protocol) or "window" (headkit's variant)
     n: int  # evaluation prompts per length
     progress: bool  # show progress bars
     configs: dict[str, TrainConfig] = field(default_factory=dict)  # task -> its training config
@@ -62,10 +72,14 @@ class DemoContext:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> result table
     files: list[Path] = field(default_factory=list)  # files written, to list at the end
     preset: str = "cpu"  # training preset (headkit.training.PRESETS)
+    parallel: bool = True  # train both runs at once (one process each) when two cores are idle
 
 
 def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> TrainConfig:
-    """The demo's training config of a task: the preset's, every schedule length scaled."""
+    """The demo's training config of a task: the preset's, a metrics row every
+    `DEMO_EVAL_EVERY` updates and checkpoints at `DEMO_CHECKPOINTS` (in proportion
+    to the preset's steps), every schedule length scaled. These are the runs
+    analyses R1-R4 read (``analyses/r1_length.py``: ``--runs OUT``)."""
     from headkit.training import default_config
 
     if not (math.isfinite(steps_scale) and steps_scale > 0):
@@ -76,24 +90,67 @@ def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> 
         return max(1, round(value * steps_scale))
 
     steps = scale(base.steps)
-    checkpoints = tuple(sorted({max(1, round(steps * f)) for f in _CHECKPOINT_FRACTIONS} - {steps}))
+    fractions = [s / 2000 for s in DEMO_CHECKPOINTS]  # DEMO_CHECKPOINTS are for a 2,000-update run
+    checkpoints = tuple(sorted({max(1, round(steps * f)) for f in fractions if round(steps * f) < steps}))
     return dataclasses.replace(
         base,
         steps=steps,
         warmup_steps=min(scale(base.warmup_steps), steps) if base.warmup_steps else 0,
-        eval_every=scale(base.eval_every),
+        eval_every=scale(DEMO_EVAL_EVERY * base.steps / 2000),
         curriculum_every=None if base.curriculum_every is None else scale(base.curriculum_every),
         checkpoint_steps=checkpoints,
     )
 
 
+def _train_in_child(cfg_data: dict, run_dir: str) -> float:
+    """Worker of `train_in_parallel`: one run on one torch thread; returns its wall seconds."""
+    import torch
+
+    from headkit.runs import train_or_reuse
+    from headkit.training import TrainConfig
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train_or_reuse(TrainConfig.from_dict(cfg_data), run_dir, progress=False)
+    return time.perf_counter() - started
+
+
+def train_in_parallel(configs: dict[str, TrainConfig], out: Path) -> dict[str, float]:
+    """Train the runs that are not complete yet at the same time, one process and one
+    torch thread each (the demo's models are too small to use two threads well, but two
+    runs fill two cores); returns task -> wall seconds. Training is deterministic on
+    the CPU, so a run trained here equals one trained alone, bit for bit."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from headkit.runs import run_status
+
+    todo = {
+        task: cfg for task, cfg in configs.items()
+        if not ((out / task / "run.json").exists() and run_status(out / task).complete)
+    }  # fmt: skip
+    if len(todo) < 2:
+        return {}
+    print(f"training {', '.join(todo)} in parallel ({len(todo)} processes, 1 thread each)")
+    with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {task: pool.submit(_train_in_child, cfg.to_dict(), str(out / task)) for task, cfg in todo.items()}
+        return {task: future.result() for task, future in futures.items()}
+
+
 def step_train(ctx: DemoContext) -> None:
-    """Train (or reuse, or resume) the number and letter models."""
+    """Train (or reuse, or resume) the number and letter models: at once (one process
+    per run) when the machine has a core per run, else (or with ``--serial``) in turn."""
+    import os
+
     from headkit.runs import existing_run, train_or_reuse
 
     ctx.configs = {task: demo_config(task, steps_scale=ctx.steps_scale, preset=ctx.preset) for task in DEMO_TASKS}
     for task, cfg in ctx.configs.items():  # refuse foreign runs before any training
         existing_run(ctx.out / task, cfg)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if ctx.parallel and cores >= len(ctx.configs):  # under load too: two processes get two shares of the CPUs
+        for task, seconds in train_in_parallel(ctx.configs, ctx.out).items():
+            print(f"{task}: trained in a child process in {seconds:.0f} s")
     for task, cfg in ctx.configs.items():
         run_dir = ctx.out / task
         started = time.perf_counter()
@@ -113,14 +170,35 @@ def step_evaluate(ctx: DemoContext) -> None:
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
 
-    frames = [
-        evaluate(ctx.models[task], cfg.task, lengths=ctx.lengths, n=ctx.n, progress=ctx.progress)
-        for task, cfg in ctx.configs.items()
-    ]
+    from headkit.models import extend_context
+    from headkit.paper import r1_comparison
+
+    longest = max(ctx.lengths) if ctx.lengths else None
+    frames = []
+    for task, cfg in ctx.configs.items():
+        model = ctx.models[task]
+        trained = cfg.task.build(1, seed=0).length
+        top = longest if longest is not None else trained + max(ctx.added)
+        if top > model.cfg.n_ctx:  # a model trained before n_ctx became 2,048: rotary tables only
+            extend_context(model, top)
+        frames.append(
+            evaluate(
+                model, cfg.task, lengths=ctx.lengths, added=ctx.added, extend=ctx.extend, n=ctx.n,
+                progress=ctx.progress,
+            )  # fmt: skip
+        )
     ctx.tables["accuracy"] = pd.concat(frames, ignore_index=True)
     ctx.files.append(write_csv(ctx.out / ACCURACY_FILE, ctx.tables["accuracy"]))
-    print(f"\naccuracy by task, length and hop ({ctx.n} prompts per length; trained at length 17):")
+    print(f"\naccuracy by task, length and hop ({ctx.n} prompts per length, {ctx.extend} protocol; trained at length 17):")
     print(accuracy_table(ctx.tables["accuracy"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    r1 = r1_comparison(ctx.tables["accuracy"])
+    if not r1.empty:
+        ctx.tables["r1"] = r1
+        print(
+            "\nR1 against PosSym-2026 Fig. 5B (accuracy vs tokens added, prefix protocol; paper read to +-0.02, "
+            "verdict allows that plus 2 binomial SE; the paper's model is 12 layers x 6,750 updates, this one the cpu preset):"
+        )
+        print(r1.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 DEMO_PROMPT_SEED = 2024  # prompts of the classification and ablation steps (disjoint from training seeds)
@@ -205,7 +283,11 @@ def step_report(ctx: DemoContext) -> None:
     for task, cfg in ctx.configs.items():
         model, length = ctx.models[task], cfg.task.build(1, seed=0).length
         named = f"{task} {models[task]}, step {cfg.steps}"
-        dynamics = track_heads(ctx.out / task, n_prompts=CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED, progress=False)
+        every = max(1, len(cfg.checkpoint_steps) // (REPORT_CHECKPOINTS - 1))
+        steps = sorted({*cfg.checkpoint_steps[every - 1 :: every][: REPORT_CHECKPOINTS - 1], cfg.steps})
+        dynamics = track_heads(
+            ctx.out / task, n_prompts=CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED, steps=steps, progress=False
+        )
         bar.update(1)
         batch = cfg.task.build(PATCH_PROMPTS, seed=DEMO_PROMPT_SEED + 2)
         patching = patching_section(model, batch, about=named)
@@ -238,29 +320,38 @@ DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 
 
 def _demo(args: argparse.Namespace) -> int:
-    lengths = tuple(parse_int_list(args.lengths, name="--lengths"))
+    lengths = None if args.lengths is None else tuple(parse_int_list(args.lengths, name="--lengths"))
+    added = None if lengths is not None else tuple(parse_int_list(args.added, name="--added", low=0))
+    if added is not None and len(set(added)) != len(added):
+        raise HeadkitError(f"--added {args.added} repeats a value: give each once")
     ctx = DemoContext(
         out=Path(args.out),
         steps_scale=args.steps_scale,
         lengths=lengths,
+        added=added,
+        extend=args.extend,
         n=args.n,
         progress=not args.no_progress,
         preset=args.preset,
+        parallel=not args.serial,
     )
     check_output_path(ctx.out, directory=True)  # writable, not inside a run's own files or a checkpoint
     for task in DEMO_TASKS:  # every check before any training
         cfg = demo_config(task, steps_scale=ctx.steps_scale, preset=ctx.preset)
-        too_long = [length for length in lengths if length > cfg.model.n_ctx]
+        trained = cfg.task.build(1, seed=0).length
+        option, values = ("--lengths", lengths) if lengths is not None else ("--added", added)
+        totals = lengths if lengths is not None else tuple(trained + a for a in added)
+        too_long = [(v, t) for v, t in zip(values, totals) if t > cfg.model.n_ctx]
         if too_long:
             raise HeadkitError(
-                f"--lengths {too_long[0]} exceeds the {task} model's context n_ctx={cfg.model.n_ctx}: "
+                f"{option} {too_long[0][0]} exceeds the {task} model's context n_ctx={cfg.model.n_ctx}: "
                 f"allowed lengths are 1..{cfg.model.n_ctx}"
             )
-        for length in lengths:  # the task's own limits (e.g. a minimum length): one prompt each
+        for value, length in zip(values, totals):  # the task's own limits (e.g. a minimum length): one prompt each
             try:
-                cfg.task.build(1, seed=0, length=length)
+                cfg.task.build(1, seed=0, length=length, extend=args.extend)
             except HeadkitError as exc:
-                raise HeadkitError(f"--lengths {length}: the {task} task cannot build prompts of it: {exc}") from None
+                raise HeadkitError(f"{option} {value}: the {task} task cannot build prompts of it: {exc}") from None
     use_threads(args.threads)
     from headkit.runs import RunLock
 
@@ -283,10 +374,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="headkit-demo", help="demo directory (default ./headkit-demo)")
     p.add_argument("--steps-scale", type=positive_float, default=1.0, help="scale every schedule length (default 1)")
     p.add_argument(
-        "--lengths", default=",".join(map(str, DEMO_LENGTHS)), help="evaluation lengths (default 17,33,65,129,257)"
+        "--added",
+        default=",".join(map(str, DEMO_ADDED)),
+        help="tokens added to the trained 17, the paper's x-axis (default 0,46,96,296,996)",
     )
+    p.add_argument("--lengths", default=None, help="total evaluation lengths instead of --added, e.g. 17,33,65")
+    p.add_argument(
+        "--extend", choices=["prefix", "window"], default="prefix",
+        help="how longer prompts are made: prefix (PosSym-2026's, default) or window (headkit's harder variant)",
+    )  # fmt: skip
     p.add_argument("--n", type=positive_int, default=512, help="evaluation prompts per length (default 512)")
     p.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="training preset (default cpu; paper is for a GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--serial", action="store_true",
+        help="train the two models one after the other (default: at once, one process each, given two cores)",
+    )  # fmt: skip
     add_threads_argument(p)
     p.set_defaults(func=_demo)

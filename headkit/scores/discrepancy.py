@@ -38,7 +38,7 @@ from headkit.tasks.base import TaskBatch
 
 log = logging.getLogger(__name__)
 
-DISCREPANCY_COLUMNS = ["layer", "head", "length", "discrepancy", "discrepancy_std", "n_prompts"]
+DISCREPANCY_COLUMNS = ["layer", "head", "length", "discrepancy", "discrepancy_std", "n_prompts", "discrepancy_max"]
 
 
 class TaskLike(Protocol):
@@ -105,7 +105,9 @@ def discrepancy(
     Returns:
         One row per (layer, head, length): ``layer, head, length, discrepancy``
         (mean Δ over prompts), ``discrepancy_std`` (their standard deviation,
-        0 for one prompt), ``n_prompts``.
+        0 for one prompt), ``n_prompts`` and ``discrepancy_max`` (the largest Δ
+        over the prompts: PosSym-2026's Δ(n) is a maximum over inputs of length n,
+        Thm 3.2; the mean is headkit's typical-input view).
     """
     if not callable(getattr(task, "build", None)):
         raise HeadkitError(
@@ -130,9 +132,9 @@ def discrepancy(
                 f"task built prompts of length {tokens.shape[1]} when asked for {length}"
             )
         gaps = top_gap(last_row_logits(model, tokens, head_list, batch_size=batch_size))  # [batch, unit]
-        mean = gaps.mean(0)
+        mean, top = gaps.mean(0), gaps.max(0).values
         std = gaps.std(0, unbiased=True) if gaps.shape[0] > 1 else torch.zeros_like(mean)
         log.info("discrepancy at length %d: %d prompts", length, gaps.shape[0])
         for k, (layer, head) in enumerate(head_list):
-            rows.append((layer, head, length, float(mean[k]), float(std[k]), int(gaps.shape[0])))
+            rows.append((layer, head, length, float(mean[k]), float(std[k]), int(gaps.shape[0]), float(top[k])))
     return pd.DataFrame(rows, columns=DISCREPANCY_COLUMNS)

@@ -66,6 +66,7 @@ def test_matches_explicit_cache_computation(tiny_gptj):
                 row = df[(df.layer == layer) & (df["head"] == head) & (df.length == length)].iloc[0]
                 assert row.discrepancy == pytest.approx(gap.mean().item(), abs=1e-5)
                 assert row.discrepancy_std == pytest.approx(gap.std().item(), abs=1e-5)
+                assert row.discrepancy_max == pytest.approx(gap.max().item(), abs=1e-5)  # the paper's Δ(n)
                 assert row.n_prompts == 6
 
 
