@@ -149,14 +149,19 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 class HFLogits:
     """A `GPTJForCausalLM` seen through the small part of the HookedTransformer API
     that `headkit.evaluation.score_batch` uses: ``model(tokens, return_type="logits")``,
-    ``cfg.device/n_ctx/d_vocab``, ``training``, ``train()``, ``eval()``.
+    ``cfg.device/n_ctx/d_vocab`` (and the sizes `estimate_bytes` reads), ``training``, ``train()``, ``eval()``.
     """
 
     def __init__(self, model: GPTJForCausalLM) -> None:
         self.model = model
         config = model.config
         device = next(model.parameters()).device
-        self.cfg = SimpleNamespace(device=device, n_ctx=config.n_positions, d_vocab=config.vocab_size)
+        self.cfg = SimpleNamespace(
+            device=device, n_ctx=config.n_positions, d_vocab=config.vocab_size,
+            # what headkit.evaluation.estimate_bytes reads
+            d_model=config.n_embd, d_mlp=config.n_inner or 4 * config.n_embd, n_heads=config.n_head,
+            dtype=next(model.parameters()).dtype,
+        )  # fmt: skip
 
     @property
     def training(self) -> bool:

@@ -220,3 +220,19 @@ def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo
         ser = sorted((tmp_path / "ser" / task).rglob("model.safetensors"))
         assert len(par) == len(ser) == 4
         assert [p.read_bytes() for p in par] == [p.read_bytes() for p in ser]
+
+
+def test_demo_scores_accuracy_on_the_runs_hf_model_exactly_as_transformerlens(copy_run):
+    # the demo evaluates with the run's own Hugging Face model (SDPA, faster at long lengths);
+    # the accuracy table must equal the one TransformerLens's forward gives
+    from headkit.cli.cmd_demo import _fast_scorer
+    from headkit.gptj_hf import HFLogits
+
+    ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
+    scorer = _fast_scorer(copy_run, ckpt.model, 16)
+    assert isinstance(scorer, HFLogits)
+    fast = evaluate(scorer, ckpt.task, lengths=[8, 16], n=32)
+    slow = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=32)
+    assert fast.equals(slow)
+    # a length the HF model's rotary table cannot take falls back to the HookedTransformer
+    assert _fast_scorer(copy_run, ckpt.model, scorer.cfg.n_ctx + 1) is ckpt.model
