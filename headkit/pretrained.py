@@ -37,6 +37,7 @@ reads both).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import tempfile
@@ -51,6 +52,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
 from headkit.loading import (
+    Processing,
     WeightFiles,
     _buffers,
     _target_device,
@@ -390,12 +392,13 @@ def load_pretrained(
     """
     torch_dtype = resolve_dtype(dtype)
     device_name = _target_device(device, n_devices)
-    processing = dict(
+    opts = Processing(
         fold_ln=bool(fold_ln),
         center_writing_weights=bool(center_writing_weights),
         center_unembed=bool(center_unembed),
         fold_value_biases=bool(fold_value_biases),
     )
+    processing = dataclasses.asdict(opts)  # keyword arguments of load_gptj and ProcessWeights
     directory = resolve_checkpoint_dir(name_or_dir)
     architecture = architecture_of(read_hf_config(directory), directory / "config.json")
     if architecture == "GPTJForCausalLM":
@@ -405,14 +408,14 @@ def load_pretrained(
     weights = open_weight_files(directory)
     cfg = tl_config(
         directory, hf_config, dtype=torch_dtype, device=device_name, n_devices=n_devices,
-        fold_ln=processing["fold_ln"], model_name=Path(str(name_or_dir)).name,
+        fold_ln=opts.fold_ln, model_name=Path(str(name_or_dir)).name,
     )
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
     tokenizer = _tokenizer(directory)
 
     model, target = meta_model(cfg)
     expected = model.state_dict()
-    work_dtype = torch.float32 if any(processing.values()) else torch_dtype
+    work_dtype = torch.float32 if opts.needed else torch_dtype
 
     state: dict[str, Tensor] = {}
     for component in tqdm(list(_components(cfg.n_layers)), desc=f"loading {architecture}", leave=False):
