@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
     from torch import Tensor
@@ -132,6 +132,44 @@ def parse_int_list(text: str, *, name: str, low: int = 1) -> list[int]:
     return values
 
 
+# --------------------------------------------------------------------------- numbers
+
+
+def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
+    """``value`` if it is an integer in ``low..high`` (``high`` None: no top); else a HeadkitError.
+
+    The one integer check of headkit (builder parameters, counts, batch sizes,
+    steps): ``bool`` is refused (``True`` is not a count), and the message names the
+    parameter, its value and the allowed range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HeadkitError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f"{low} or more"
+        raise HeadkitError(f"{name}={value} is out of range: allowed {allowed}")
+    return value
+
+
+def check_optional_int(name: str, value: Any, *, low: int = 1) -> int | None:
+    """`check_int` that also lets ``None`` through (e.g. ``batch_size=None``: automatic)."""
+    return None if value is None else check_int(name, value, low=low)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise HeadkitError(f"{name}={value!r} must be a positive number")
+    return float(value)
+
+
+def check_length(length: int, n_ctx: int, *, name: str = "length") -> int:
+    """A prompt length the model's context holds: ``1..n_ctx``; else a HeadkitError naming ``name``."""
+    if length > n_ctx:
+        raise HeadkitError(
+            f"{name} {length} exceeds the model's context n_ctx={n_ctx}: allowed lengths are 1..{n_ctx}"
+        )
+    return length
+
+
 TOKEN_DTYPES = ("torch.int64", "torch.int32")  # integer dtypes that hold any vocabulary id safely
 
 
@@ -158,11 +196,7 @@ def check_tokens(model: HookedTransformer, tokens: Tensor, *, name: str = "token
     batch, pos = tokens.shape
     if batch == 0 or pos == 0:
         raise HeadkitError(f"{name} is empty (shape {tuple(tokens.shape)}): give at least one prompt")
-    if pos > model.cfg.n_ctx:
-        raise HeadkitError(
-            f"{name} length {pos} exceeds the model's context n_ctx={model.cfg.n_ctx}: "
-            f"allowed lengths are 1..{model.cfg.n_ctx}"
-        )
+    check_length(pos, model.cfg.n_ctx, name=f"{name} length")
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= model.cfg.d_vocab:
         bad = (tokens < 0) | (tokens >= model.cfg.d_vocab)
