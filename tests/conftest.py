@@ -8,14 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# jaxtyping's runtime shape checks on every annotated headkit function (issue 11): a
-# tensor whose shape disagrees with its annotation, or with another argument's named
-# dimensions, fails the test that passed it. The hook must be installed before headkit
-# is first imported.
-from jaxtyping import install_import_hook
-
-_typecheck = install_import_hook("headkit", "beartype.beartype")
-
 import pytest
 import torch
 
