@@ -8,8 +8,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest
-import torch
+import sys
+
+# jaxtyping's runtime shape checks on every tensor annotation of headkit (issue 11): a
+# tensor whose shape disagrees with its ``Float[Tensor, "batch pos"]``-style annotation,
+# or whose named dimensions disagree with another argument's, fails the test that passed
+# it (tests/shapecheck.py says how). Installed before headkit is first imported.
+sys.path.insert(0, os.path.dirname(__file__))
+from jaxtyping import install_import_hook  # noqa: E402
+
+_shape_checks = install_import_hook("headkit", "shapecheck.check_shapes")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # One intra-op thread: tiny models gain nothing from more, and on a shared 2-core
 # machine two threads made the suite ~8x slower (issue 11).
