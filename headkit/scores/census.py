@@ -41,14 +41,7 @@ from transformer_lens import HookedTransformer
 from headkit.checks import check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.circuits import TARGET_CIRCUITS, composition_scores, copying_scores
-from headkit.scores.detectors import (
-    DETECTION_PATTERNS,
-    default_half_length,
-    detector_scores,
-    induction_scores_from_tokens,
-    repeated_random_tokens,
-    resolve_vocab_range,
-)
+from headkit.scores.detectors import DETECTION_PATTERNS, detector_scores, induction_prompts, induction_scores_from_tokens
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS as HEAD_CLASSIFY_COLUMNS
 from headkit.scores.positional_symbolic import classify_heads
 
@@ -122,21 +115,13 @@ def head_census(
         )
     if tokens is not None:
         check_tokens(model, tokens)
-    vocab_range = resolve_vocab_range(model, vocab_range)
-    if half_length is None:
-        half_length = default_half_length(model, vocab_range=vocab_range, bos=bos_id is not None)
-    random_tokens = repeated_random_tokens(
-        n_random, half_length=half_length, vocab_range=vocab_range, seed=seed, bos_id=bos_id
+    random_tokens, half_length = induction_prompts(
+        model, n=n_random, seed=seed, half_length=half_length, vocab_range=vocab_range, bos_id=bos_id
     )
-    # checks of both prompt sets run inside these calls before their first forward
     induction = induction_scores_from_tokens(
-        model,
-        random_tokens.to(model.cfg.device),
-        half_length=half_length,
-        threshold=induction_threshold,
-        batch_size=batch_size,
+        model, random_tokens, half_length=half_length, threshold=induction_threshold, batch_size=batch_size
     )
-    detector_tokens = tokens if tokens is not None else random_tokens.to(model.cfg.device)
+    detector_tokens = tokens if tokens is not None else random_tokens
     detectors = detector_scores(
         model,
         detector_tokens,
