@@ -204,7 +204,7 @@ def capture(
     heads: Sequence[Sequence[int]],
     *,
     site: str = "pattern",
-    query_pos: int | Int[Tensor, " batch"] | None = -1,
+    query_pos: int | Tensor | None = -1,  # a [batch] tensor of ints; shape and dtype checked here
     reduce: Reduce | None = None,
     batch_size: int = 64,
     desc: str = "capture",

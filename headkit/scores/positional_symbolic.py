@@ -56,23 +56,11 @@ from transformer_lens import HookedTransformer
 
 from headkit.errors import HeadkitError
 from headkit.scores.capture import head_reader
-from headkit.scores.swap_engine import run_swaps
+from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
 from headkit.scores.swap_plan import prepare_swaps
 
 
-SCORE_COLUMNS = [
-    "prompt",
-    "layer",
-    "head",
-    "query_pos",
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "n_pairs",
-    "n_signal_pairs",
-    "finite",
-    "swap",
-]
+SCORE_COLUMNS = ["prompt", "layer", "head", "query_pos", *METRIC_COLUMNS]
 PAPER_GAMMAS = (0.1, 0.05)  # PosSym-2026 reports pure heads at these gammas
 
 

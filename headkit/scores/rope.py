@@ -44,23 +44,10 @@ from transformer_lens import HookedTransformer
 from headkit.checks import Head, check_int, check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
-from headkit.scores.swap_engine import run_swaps
+from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
 from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, prepare_swaps
 
-ROPE_COLUMNS = [
-    "prompt",
-    "layer",
-    "head",
-    "component",
-    "frequency",
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "n_pairs",
-    "n_signal_pairs",
-    "finite",
-    "swap",
-]
+ROPE_COLUMNS = ["prompt", "layer", "head", "component", "frequency", *METRIC_COLUMNS]
 USE_COLUMNS = ["layer", "head", "component", "theta", "value"]
 
 

@@ -52,6 +52,8 @@ from headkit.scores.swap_plan import (  # noqa: F401  (re-exported: the engine's
 log = logging.getLogger(__name__)
 
 ROW_SUM_TOLERANCE = 1e-2  # an attention row summing further from 1 was not a finite softmax
+# the columns a swap-metric table has for each unit (after its own key columns)
+METRIC_COLUMNS = ["positional_score", "symbolic_score", "signal", "n_pairs", "n_signal_pairs", "finite", "swap"]
 
 
 # ---------------------------------------------------------------------------

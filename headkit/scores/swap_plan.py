@@ -40,7 +40,7 @@ class SwapOptions:
     """Options of the swap metric, checked on creation (those that need no model or prompts)."""
 
     swap: str = DEFAULT_SWAP  # "residual" (the paper's: swap rows of hook_resid_pre, rerun block l) or "tokens"
-    query_pos: int | Int[Tensor, " batch"] = -1  # the query position scored (default last), or one per prompt
+    query_pos: int | Tensor = -1  # the query position scored (default last), or one per prompt [batch]
     tau: float = DEFAULT_TAU  # temperature of the pair weights softmax(|d_i - d_j| / tau) (paper: 1e-4)
     skip_identical: bool = False  # headkit's variant: drop pairs whose swap changes nothing
     block_size: int = 1  # size of the default key blocks, which tile 0..query_pos-1
