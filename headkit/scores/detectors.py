@@ -139,9 +139,20 @@ def detector_scores(
     )  # fmt: skip  [batch, unit, detector]
     rows = []
     for k, name in enumerate(detectors):
-        scores = fractions[:, :, k].mean(0)  # [unit]: heads in (layer, head) order
-        rows += [(layer, head, name, score) for (layer, head), score in zip(heads, scores.tolist())]
+        scores = mean_over_prompts(fractions[:, :, k], n_heads=model.cfg.n_heads)  # heads in (layer, head) order
+        rows += [(layer, head, name, score) for (layer, head), score in zip(heads, scores)]
     return pd.DataFrame(rows, columns=DETECTOR_COLUMNS)
+
+
+def mean_over_prompts(values: Float[Tensor, "batch unit"], *, n_heads: int) -> list[float]:
+    """Mean over prompts of every unit (all heads, layer by layer), one layer's block at a time.
+
+    A float32 mean depends on the memory layout it reduces; averaging each layer's
+    contiguous ``[batch, head]`` block keeps the scores bit for bit those of a
+    per-layer reduction (headkit's detectors before `headkit.scores.capture`).
+    """
+    blocks = values.split(n_heads, dim=1)  # per layer: [batch, head]
+    return [score for block in blocks for score in block.contiguous().mean(0).tolist()]
 
 
 def previous_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
@@ -323,7 +334,7 @@ def induction_scores_from_tokens(
         model, tokens, heads, query_pos=None, batch_size=batch_size, desc="induction",
         reduce=partial(induction_stripe, offset=offset, half_length=half_length),
     )  # fmt: skip  [batch, unit]
-    scores = stripes.mean(0).tolist()  # [unit]: heads in (layer, head) order
+    scores = mean_over_prompts(stripes, n_heads=model.cfg.n_heads)  # heads in (layer, head) order
     return pd.DataFrame(
         [(layer, head, score, score > threshold) for (layer, head), score in zip(heads, scores)],
         columns=INDUCTION_COLUMNS,
