@@ -44,7 +44,8 @@ HookList = list[tuple[str, Callable[..., None]]]
 # (layer, query_pos or None for every query, store) -> temporary hooks that put the
 # layer's values [batch, unit_of_layer, ...] into store[layer]
 LayerHooks = Callable[[int, int | None, dict[int, Tensor]], HookList]
-# a layer's values [batch, unit_of_layer, ...] and the chunk's tokens [batch, pos] -> smaller values [batch, unit_of_layer, ...]
+# reduce(values, tokens=chunk): a layer's values [batch, unit_of_layer, ...] and the
+# chunk's tokens [batch, pos] -> smaller values [batch, unit_of_layer, ...]
 Reduce = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -123,7 +124,9 @@ def query_chunks(
 # readers and the forwards that run them
 
 
-def head_reader(heads: Sequence[Head], *, site: str = "pattern", reduce: Callable[[Tensor], Tensor] | None = None) -> RowReader:
+def head_reader(
+    heads: Sequence[Head], *, site: str = "pattern", reduce: Callable[[Tensor], Tensor] | None = None
+) -> RowReader:
     """``site`` values of ``heads``: the query's row ``[batch, unit_of_layer, key_pos]``
     (query None: ``[batch, unit_of_layer, query_pos, key_pos]``), then ``reduce`` if given."""
     hook_name = SITES[site]

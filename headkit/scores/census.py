@@ -41,7 +41,12 @@ from transformer_lens import HookedTransformer
 from headkit.checks import check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.circuits import TARGET_CIRCUITS, composition_scores, copying_scores
-from headkit.scores.detectors import DETECTION_PATTERNS, detector_scores, induction_prompts, induction_scores_from_tokens
+from headkit.scores.detectors import (
+    DETECTION_PATTERNS,
+    detector_scores,
+    induction_prompts,
+    induction_scores_from_tokens,
+)
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS as HEAD_CLASSIFY_COLUMNS
 from headkit.scores.positional_symbolic import classify_heads
 

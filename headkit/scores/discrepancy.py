@@ -49,7 +49,8 @@ def last_row_logits(
     model: HookedTransformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[Head], *, batch_size: int
 ) -> Float[Tensor, "batch unit key_pos"]:
     """Pre-softmax attention logits of ``heads`` at the last position, in chunks (float32, on the CPU)."""
-    return capture(model, tokens, heads, site="logits", query_pos=-1, batch_size=batch_size, desc="logits").float().cpu()
+    logits = capture(model, tokens, heads, site="logits", query_pos=-1, batch_size=batch_size, desc="logits")
+    return logits.float().cpu()
 
 
 def top_gap(logits: Float[Tensor, "... key_pos"]) -> Float[Tensor, "..."]:
