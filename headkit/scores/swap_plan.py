@@ -16,7 +16,15 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_int, check_optional_int, check_position, check_positive_float, check_tokens
+from headkit.checks import (
+    Head,
+    check_int,
+    check_optional_int,
+    check_position,
+    check_positive_float,
+    check_seed,
+    check_tokens,
+)
 from headkit.errors import HeadkitError
 from headkit.scores.capture import resolve_heads, resolve_query_positions
 
@@ -57,8 +65,7 @@ class SwapOptions:
         check_int("batch_size", self.batch_size)
         check_flag("skip_identical", self.skip_identical)
         check_optional_int("max_pairs", self.max_pairs)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise HeadkitError(f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> SwapOptions:
@@ -196,8 +203,7 @@ def make_plan(
 ) -> SwapPlan:
     """Check the swap options against prompts ``tokens`` [batch, pos] and plan the swaps."""
     check_optional_int("max_pairs", max_pairs)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HeadkitError(f"seed={seed!r} must be an integer")
+    check_seed(seed)
     q, block_pos = resolve_blocks(tokens.shape[1], query_pos=query_pos, block_size=block_size, blocks=blocks)
     pairs = plan_swaps(tokens.shape[0], block_pos.shape[0], max_pairs=max_pairs, seed=seed)
     return SwapPlan(query_pos=q, blocks=block_pos, pairs=pairs)
