@@ -43,11 +43,9 @@ from headkit.errors import HeadkitError
 from headkit.scores.circuits import TARGET_CIRCUITS, composition_scores, copying_scores
 from headkit.scores.detectors import (
     DETECTION_PATTERNS,
-    default_half_length,
     detector_scores,
+    induction_prompts,
     induction_scores_from_tokens,
-    repeated_random_tokens,
-    resolve_vocab_range,
 )
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS as HEAD_CLASSIFY_COLUMNS
 from headkit.scores.positional_symbolic import classify_heads
@@ -97,7 +95,7 @@ def head_census(
     composition_kinds: Sequence[str] = ("q", "k", "v"),
     classify_options: Mapping[str, Any] | None = None,
     batch_size: int = 64,
-) -> pd.DataFrame:
+) -> pd.DataFrame:  # long for its 13 documented options; the body is ~30 lines
     """One row per (layer, head) with every score as a column (``CENSUS_COLUMNS``).
 
     Args:
@@ -122,21 +120,13 @@ def head_census(
         )
     if tokens is not None:
         check_tokens(model, tokens)
-    vocab_range = resolve_vocab_range(model, vocab_range)
-    if half_length is None:
-        half_length = default_half_length(model, vocab_range=vocab_range, bos=bos_id is not None)
-    random_tokens = repeated_random_tokens(
-        n_random, half_length=half_length, vocab_range=vocab_range, seed=seed, bos_id=bos_id
+    random_tokens, half_length = induction_prompts(
+        model, n=n_random, seed=seed, half_length=half_length, vocab_range=vocab_range, bos_id=bos_id
     )
-    # checks of both prompt sets run inside these calls before their first forward
     induction = induction_scores_from_tokens(
-        model,
-        random_tokens.to(model.cfg.device),
-        half_length=half_length,
-        threshold=induction_threshold,
-        batch_size=batch_size,
+        model, random_tokens, half_length=half_length, threshold=induction_threshold, batch_size=batch_size
     )
-    detector_tokens = tokens if tokens is not None else random_tokens.to(model.cfg.device)
+    detector_tokens = tokens if tokens is not None else random_tokens
     detectors = detector_scores(
         model,
         detector_tokens,

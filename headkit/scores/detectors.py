@@ -20,8 +20,9 @@ attention to ``k == q`` *before* both sums, so the score becomes a fraction of t
 remaining attention. Scores are averaged over prompts with equal weight (each prompt
 is normalised by its own attention sum, as ``detect_head`` does for a list of
 prompts). Here all prompts of a batch are scored in one forward pass per
-``batch_size`` prompts, reading each layer's pattern in a temporary hook, so no
-attention pattern is kept in memory after its layer.
+``batch_size`` prompts (`headkit.scores.capture.capture`), reducing each layer's
+pattern in a temporary hook, so no attention pattern is kept in memory after its
+layer.
 
 `induction_scores` is the other classic induction test (Olsson et al. 2022): on
 ``[BOS?, r_1 … r_L, r_1 … r_L]`` the second copy of ``r_j`` can only be predicted by
@@ -34,18 +35,17 @@ occurrence of its token (query offset ``L + j`` → key offset ``j + 1``); heads
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
-from headkit.checks import check_tokens
+from headkit.checks import check_int, check_tokens
 from headkit.errors import HeadkitError
+from headkit.scores.capture import capture, resolve_heads
 
 DETECTOR_COLUMNS = ["layer", "head", "detector", "score"]
 INDUCTION_COLUMNS = ["layer", "head", "induction_score", "is_induction"]
@@ -80,21 +80,15 @@ DETECTION_PATTERNS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
-
-
-def _score_hook(
+def detector_fractions(
     pattern: Float[Tensor, "batch head_index query_pos key_pos"],
-    hook: HookPoint,
+    tokens: Int[Tensor, "batch query_pos"],
     *,
-    detections: Mapping[str, Bool[Tensor, "batch query_pos key_pos"]],
+    detectors: Sequence[str],
     exclude_bos: bool,
     exclude_current_token: bool,
-    out: dict[str, list[Tensor]],
-) -> None:
-    """Per-prompt detector scores of every head of this layer, appended to ``out``."""
+) -> Float[Tensor, "batch head_index detector"]:
+    """Per-prompt fraction of each head's attention on each detector's pattern."""
     attn = pattern.float()
     if exclude_bos or exclude_current_token:
         attn = attn.clone()
@@ -103,9 +97,11 @@ def _score_hook(
     if exclude_current_token:
         attn.diagonal(dim1=-2, dim2=-1).zero_()
     total = attn.sum(dim=(-2, -1))  # [batch, head_index]
-    for name, mask in detections.items():
-        hit = torch.einsum("bhqk,bqk->bh", attn, mask.to(attn.dtype))
-        out[name].append(hit / total)
+    hits = []
+    for name in detectors:
+        mask = DETECTION_PATTERNS[name](tokens.to(attn.device))  # [batch, q, k]
+        hits.append(torch.einsum("bhqk,bqk->bh", attn, mask.to(attn.dtype)) / total)
+    return torch.stack(hits, -1)
 
 
 def detector_scores(
@@ -130,97 +126,54 @@ def detector_scores(
             f"unknown detector(s) {unknown or list(detectors)}: allowed {', '.join(DETECTION_PATTERNS)}"
         )
     check_tokens(model, tokens)
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     if tokens.shape[1] < 2:
         raise HeadkitError(
             f"tokens have length {tokens.shape[1]}: detectors need prompts of 2..{model.cfg.n_ctx} tokens"
         )
-    tokens = tokens.to(model.cfg.device)
-    n_layers = model.cfg.n_layers
-    per_layer: list[dict[str, list[Tensor]]] = [{d: [] for d in detectors} for _ in range(n_layers)]
-    starts = range(0, tokens.shape[0], batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc="detectors", disable=len(starts) == 1, leave=False):
-            chunk = tokens[start : start + batch_size]
-            detections = {d: DETECTION_PATTERNS[d](chunk) for d in detectors}
-            hooks = [
-                (
-                    f"blocks.{layer}.attn.hook_pattern",
-                    partial(
-                        _score_hook,
-                        detections=detections,
-                        exclude_bos=exclude_bos,
-                        exclude_current_token=exclude_current_token,
-                        out=per_layer[layer],
-                    ),
-                )
-                for layer in range(n_layers)
-            ]
-            model.run_with_hooks(chunk, fwd_hooks=hooks, return_type=None)
+    heads = resolve_heads(model, None)
+    fractions = capture(
+        model, tokens, heads, query_pos=None, batch_size=batch_size, desc="detectors",
+        reduce=partial(detector_fractions, detectors=list(detectors), exclude_bos=exclude_bos,
+                       exclude_current_token=exclude_current_token),
+    )  # fmt: skip  [batch, unit, detector]
     rows = []
-    for name in detectors:
-        for layer in range(n_layers):
-            scores = torch.cat(per_layer[layer][name]).mean(0)  # [head_index]
-            for head, score in enumerate(scores.tolist()):
-                rows.append((layer, head, name, score))
+    for k, name in enumerate(detectors):
+        scores = mean_over_prompts(fractions[:, :, k], n_heads=model.cfg.n_heads)  # heads in (layer, head) order
+        rows += [(layer, head, name, score) for (layer, head), score in zip(heads, scores)]
     return pd.DataFrame(rows, columns=DETECTOR_COLUMNS)
 
 
-def previous_token_scores(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    exclude_bos: bool = False,
-    exclude_current_token: bool = False,
-    batch_size: int = 64,
-) -> pd.DataFrame:
-    """Fraction of each head's attention on the previous token (``layer, head, detector, score``)."""
-    return detector_scores(
-        model,
-        tokens,
-        detectors=("previous_token",),
-        exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token,
-        batch_size=batch_size,
-    )
+def mean_over_prompts(values: Float[Tensor, "batch unit"], *, n_heads: int) -> list[float]:
+    """Mean over prompts of every unit (all heads, layer by layer), one layer's block at a time.
+
+    A float32 mean depends on the memory layout it reduces; averaging each layer's
+    contiguous ``[batch, head]`` block keeps the scores bit for bit those of a
+    per-layer reduction (headkit's detectors before `headkit.scores.capture`).
+    """
+    blocks = values.split(n_heads, dim=1)  # per layer: [batch, head]
+    return [score for block in blocks for score in block.contiguous().mean(0).tolist()]
 
 
-def duplicate_token_scores(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    exclude_bos: bool = False,
-    exclude_current_token: bool = False,
-    batch_size: int = 64,
-) -> pd.DataFrame:
-    """Fraction of each head's attention on earlier copies of the current token."""
-    return detector_scores(
-        model,
-        tokens,
-        detectors=("duplicate_token",),
-        exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token,
-        batch_size=batch_size,
-    )
+def previous_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+    """Fraction of each head's attention on the previous token (``layer, head, detector, score``).
+
+    ``options``: `detector_scores`' ``exclude_bos``, ``exclude_current_token``, ``batch_size``.
+    """
+    return detector_scores(model, tokens, detectors=("previous_token",), **options)
+
+
+def duplicate_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+    """Fraction of each head's attention on earlier copies of the current token (options as `previous_token_scores`)."""
+    return detector_scores(model, tokens, detectors=("duplicate_token",), **options)
 
 
 def induction_pattern_scores(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    exclude_bos: bool = False,
-    exclude_current_token: bool = False,
-    batch_size: int = 64,
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any
 ) -> pd.DataFrame:
-    """Fraction of each head's attention on tokens right after earlier copies of the current one."""
-    return detector_scores(
-        model,
-        tokens,
-        detectors=("induction_pattern",),
-        exclude_bos=exclude_bos,
-        exclude_current_token=exclude_current_token,
-        batch_size=batch_size,
-    )
+    """Fraction of each head's attention on tokens right after earlier copies of the current one
+    (options as `previous_token_scores`)."""
+    return detector_scores(model, tokens, detectors=("induction_pattern",), **options)
 
 
 DEFAULT_HALF_LENGTH = 20  # Olsson et al.-style repeated sequences; shortened when they do not fit
@@ -269,10 +222,8 @@ def repeated_random_tokens(
     from headkit.tasks import repeated_tokens_task
 
     low, high = vocab_range
-    if not isinstance(n, int) or n < 1:
-        raise HeadkitError(f"n={n!r} prompts: must be a positive integer")
-    if not isinstance(half_length, int) or half_length < 2:
-        raise HeadkitError(f"half_length={half_length!r} must be an integer >= 2")
+    check_int("n", n)
+    check_int("half_length", half_length, low=2)
     if high - low <= half_length:
         raise HeadkitError(
             f"vocab_range {low}..{high - 1} has {high - low} ids: need more than "
@@ -287,38 +238,19 @@ def repeated_random_tokens(
     return tokens
 
 
-def _induction_stripe_hook(
-    pattern: Float[Tensor, "batch head_index query_pos key_pos"],
-    hook: HookPoint,
-    *,
-    offset: int,
-    half_length: int,
-    out: list[Tensor],
-) -> None:
-    """Mean attention from query ``offset+L+j`` to key ``offset+j+1`` for j in 0..L-1."""
-    stripe = pattern.float().diagonal(offset=-(half_length - 1), dim1=-2, dim2=-1)
-    # stripe[..., i] is pattern[q=i+L-1, k=i]; keep keys offset+1 .. offset+L
-    out.append(stripe[..., offset + 1 : offset + 1 + half_length].mean(-1))  # [batch, head_index]
-
-
-def induction_scores(
+def induction_prompts(
     model: HookedTransformer,
     *,
-    half_length: int | None = None,
     n: int = 64,
     seed: int = 0,
+    half_length: int | None = None,
     vocab_range: tuple[int, int] | None = None,
     bos_id: int | None = None,
-    threshold: float = 0.4,
-    batch_size: int = 64,
-) -> pd.DataFrame:
-    """Induction score of every head on repeated random tokens.
+) -> tuple[Int[Tensor, "n pos"], int]:
+    """`repeated_random_tokens` for ``model`` (on its device) and their ``half_length``, checked.
 
-    Prompts come from `repeated_random_tokens` with ids in ``vocab_range``
-    (``(low, high)``, high exclusive; default the whole model vocabulary) and an
-    optional leading ``bos_id``. ``half_length=None`` means `default_half_length`
-    (20, shortened to fit a small vocabulary or context). Returns ``layer, head,
-    induction_score, is_induction`` with ``is_induction = induction_score > threshold``.
+    ``vocab_range=None``: the whole vocabulary; ``half_length=None``: `default_half_length`.
+    The prompts of `induction_scores` and `headkit.scores.census.head_census`.
     """
     low, high = resolve_vocab_range(model, vocab_range)
     d_vocab = model.cfg.d_vocab
@@ -332,15 +264,45 @@ def induction_scores(
             f"half_length={half_length} makes prompts of {offset + 2 * half_length} tokens, beyond "
             f"n_ctx={model.cfg.n_ctx}: allowed half_length 2..{(model.cfg.n_ctx - offset) // 2}"
         )
+    tokens = repeated_random_tokens(n, half_length=half_length, vocab_range=(low, high), seed=seed, bos_id=bos_id)
+    return tokens.to(model.cfg.device), half_length
+
+
+def induction_scores(
+    model: HookedTransformer,
+    *,
+    threshold: float = 0.4,
+    batch_size: int = 64,
+    **prompts: Any,
+) -> pd.DataFrame:
+    """Induction score of every head on repeated random tokens.
+
+    ``prompts`` are `induction_prompts`' options: ``n=64`` prompts, ``seed=0``,
+    ids in ``vocab_range`` (``(low, high)``, high exclusive; default the whole model
+    vocabulary), an optional leading ``bos_id``, ``half_length=None`` (20, shortened
+    to fit a small vocabulary or context: `default_half_length`). Returns ``layer,
+    head, induction_score, is_induction`` with ``is_induction = induction_score > threshold``.
+    """
     if not 0.0 <= threshold <= 1.0:
         raise HeadkitError(f"threshold={threshold} is out of range: allowed 0..1")
-    _check_batch_size(batch_size)
-    tokens = repeated_random_tokens(
-        n, half_length=half_length, vocab_range=(low, high), seed=seed, bos_id=bos_id
-    ).to(model.cfg.device)
+    check_int("batch_size", batch_size)
+    tokens, half_length = induction_prompts(model, **prompts)
     return induction_scores_from_tokens(
         model, tokens, half_length=half_length, threshold=threshold, batch_size=batch_size
     )
+
+
+def induction_stripe(
+    pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+    tokens: Int[Tensor, "batch query_pos"],
+    *,
+    offset: int,
+    half_length: int,
+) -> Float[Tensor, "batch head_index"]:
+    """Mean attention from query ``offset+L+j`` to key ``offset+j+1`` for j in 0..L-1."""
+    stripe = pattern.float().diagonal(offset=-(half_length - 1), dim1=-2, dim2=-1)
+    # stripe[..., i] is pattern[q=i+L-1, k=i]; keep keys offset+1 .. offset+L
+    return stripe[..., offset + 1 : offset + 1 + half_length].mean(-1)  # [batch, head_index]
 
 
 def induction_scores_from_tokens(
@@ -354,7 +316,7 @@ def induction_scores_from_tokens(
     """`induction_scores` on given repeated-token prompts whose last ``2*half_length``
     tokens are two copies of the same sequence (a prefix such as BOS may come first)."""
     check_tokens(model, tokens)
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     pos = tokens.shape[1]
     offset = pos - 2 * half_length
     if half_length < 2 or offset < 0:
@@ -367,27 +329,13 @@ def induction_scores_from_tokens(
         raise HeadkitError(
             f"prompt {bad}: the last {2 * half_length} tokens are not two copies of one sequence"
         )
-    n_layers = model.cfg.n_layers
-    per_layer: list[list[Tensor]] = [[] for _ in range(n_layers)]
-    starts = range(0, tokens.shape[0], batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc="induction", disable=len(starts) == 1, leave=False):
-            hooks = [
-                (
-                    f"blocks.{layer}.attn.hook_pattern",
-                    partial(
-                        _induction_stripe_hook,
-                        offset=offset,
-                        half_length=half_length,
-                        out=per_layer[layer],
-                    ),
-                )
-                for layer in range(n_layers)
-            ]
-            model.run_with_hooks(tokens[start : start + batch_size], fwd_hooks=hooks, return_type=None)
-    rows = []
-    for layer in range(n_layers):
-        scores = torch.cat(per_layer[layer]).mean(0)  # [head_index]
-        for head, score in enumerate(scores.tolist()):
-            rows.append((layer, head, score, score > threshold))
-    return pd.DataFrame(rows, columns=INDUCTION_COLUMNS)
+    heads = resolve_heads(model, None)
+    stripes = capture(
+        model, tokens, heads, query_pos=None, batch_size=batch_size, desc="induction",
+        reduce=partial(induction_stripe, offset=offset, half_length=half_length),
+    )  # fmt: skip  [batch, unit]
+    scores = mean_over_prompts(stripes, n_heads=model.cfg.n_heads)  # heads in (layer, head) order
+    return pd.DataFrame(
+        [(layer, head, score, score > threshold) for (layer, head), score in zip(heads, scores)],
+        columns=INDUCTION_COLUMNS,
+    )

@@ -20,20 +20,17 @@ specification, built fresh at each length with the same seed.
 from __future__ import annotations
 
 import logging
-from functools import partial
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_tokens
+from headkit.checks import Head, check_int, check_length, check_tokens
 from headkit.errors import HeadkitError
-from headkit.models import check_fits_context
-from headkit.scores.positional_symbolic import check_positive_int, resolve_heads
+from headkit.scores.capture import capture, resolve_heads
 from headkit.tasks.base import TaskBatch
 
 log = logging.getLogger(__name__)
@@ -41,6 +38,7 @@ log = logging.getLogger(__name__)
 DISCREPANCY_COLUMNS = ["layer", "head", "length", "discrepancy", "discrepancy_std", "n_prompts", "discrepancy_max"]
 
 
+@runtime_checkable
 class TaskLike(Protocol):
     """What `discrepancy` needs of a task: `headkit.tasks.TaskSpec` has it."""
 
@@ -48,31 +46,11 @@ class TaskLike(Protocol):
 
 
 def last_row_logits(
-    model: HookedTransformer, tokens: Tensor, heads: Sequence[Head], *, batch_size: int
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[Head], *, batch_size: int
 ) -> Float[Tensor, "batch unit key_pos"]:
-    """Pre-softmax attention logits of ``heads`` at the last position, in chunks."""
-    layers = sorted({l for l, _ in heads})
-    by_layer = {l: [h for ll, h in heads if ll == l] for l in layers}
-    chunks = []
-    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="logits", disable=None, leave=False):
-        store: dict[int, Tensor] = {}
-
-        def keep(scores: Tensor, hook: Any, *, layer: int) -> None:
-            # scores: [batch, head_index, query_pos, key_pos]
-            store[layer] = scores[:, by_layer[layer], -1, :].detach().float().cpu()
-
-        hooks = [
-            (f"blocks.{l}.attn.hook_attn_scores", partial(keep, layer=l))
-            for l in layers
-        ]
-        with torch.no_grad():
-            model.run_with_hooks(
-                tokens[start : start + batch_size].to(model.cfg.device), fwd_hooks=hooks,
-                return_type=None, stop_at_layer=layers[-1] + 1,
-            )
-        per_head = {(l, h): store[l][:, k] for l in layers for k, h in enumerate(by_layer[l])}
-        chunks.append(torch.stack([per_head[lh] for lh in heads], dim=1))  # [chunk, unit, key]
-    return torch.cat(chunks)
+    """Pre-softmax attention logits of ``heads`` at the last position, in chunks (float32, on the CPU)."""
+    logits = capture(model, tokens, heads, site="logits", query_pos=-1, batch_size=batch_size, desc="logits")
+    return logits.float().cpu()
 
 
 def top_gap(logits: Float[Tensor, "... key_pos"]) -> Float[Tensor, "..."]:
@@ -119,9 +97,9 @@ def discrepancy(
     for length in lengths:
         if isinstance(length, bool) or not isinstance(length, int) or length < 2:
             raise HeadkitError(f"length {length!r} is not allowed: lengths are integers 2..{model.cfg.n_ctx}")
-        check_fits_context(model, length, what="prompt")
-    check_positive_int("n", n)
-    batch_size = check_positive_int("batch_size", batch_size)
+        check_length(length, model.cfg.n_ctx, name="prompt length")
+    check_int("n", n)
+    batch_size = check_int("batch_size", batch_size)
     head_list = resolve_heads(model, heads)
     rows = []
     for length in lengths:

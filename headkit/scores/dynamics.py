@@ -36,9 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.checkpoints import list_checkpoints, load_checkpoint
+from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
-from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, check_positive_int, classify_heads
+from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads
 from headkit.tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def track_heads(
         device: where to load the models (None = TransformerLens's default).
         progress: show a progress bar over checkpoints.
     """
-    check_positive_int("n_prompts", n_prompts)
-    check_positive_int("eval_n", eval_n)
+    check_int("n_prompts", n_prompts)
+    check_int("eval_n", eval_n)
     chosen = select_checkpoints(run_dir, steps)
     options = dict(classify_options or {})
     frames = []

@@ -45,8 +45,7 @@ rows that are not finite distributions give ``finite = False``, NaN scores and a
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,33 +54,13 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_heads, check_tokens
 from headkit.errors import HeadkitError
-from headkit.scores.swap_engine import (
-    RowReader,
-    check_positive_float,
-    check_positive_int,
-    check_swap,
-    grouped_swap_metric,
-    heads_by_layer,
-    plan_groups,
-)
+from headkit.scores.capture import head_reader
+from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
+from headkit.scores.swap_plan import prepare_swaps
 
-log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = [
-    "prompt",
-    "layer",
-    "head",
-    "query_pos",
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "n_pairs",
-    "n_signal_pairs",
-    "finite",
-    "swap",
-]
+SCORE_COLUMNS = ["prompt", "layer", "head", "query_pos", *METRIC_COLUMNS]
 PAPER_GAMMAS = (0.1, 0.05)  # PosSym-2026 reports pure heads at these gammas
 
 
@@ -107,44 +86,9 @@ CLASSIFY_COLUMNS = [
 LABELS = ("inactive", "mixed", "positional", "symbolic")
 PAPER_LABELS = ("positional", "symbolic", "neither")
 
-DEFAULT_SWAP = "residual"
-DEFAULT_TAU = 1e-4
-DEFAULT_BATCH_SIZE = 512
 DEFAULT_MARGIN = 0.2
 DEFAULT_MIN_SIGNAL = 0.1
 DEFAULT_PURITY = 0.8
-
-
-def resolve_heads(model: HookedTransformer, heads: Sequence[Sequence[int]] | None) -> list[Head]:
-    """All heads of the model, or the given (layer, head) pairs checked and sorted."""
-    if heads is None:
-        return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    checked = check_heads(model, heads)
-    if not checked:
-        raise HeadkitError("heads is empty: give at least one (layer, head) pair, or None for all")
-    return sorted(set(checked))
-
-
-def check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise HeadkitError(f"{name}={value!r} must be True or False")
-    return value
-
-
-def pattern_reader(heads: Sequence[Head]) -> RowReader:
-    """Post-softmax attention rows of ``heads`` (sorted) at the query: ``hook_pattern``."""
-    by_layer = heads_by_layer(heads)
-
-    def hooks(layer: int, query_pos: int, store: dict[int, Tensor]) -> list:
-        index = by_layer[layer]
-
-        def keep(pattern: Tensor, hook: Any) -> None:
-            # pattern: [batch, head_index, query_pos, key_pos] -> [batch, unit, key_pos]
-            store[layer] = pattern[:, index, query_pos, :].detach()
-
-        return [(f"blocks.{layer}.attn.hook_pattern", keep)]
-
-    return RowReader(layers=tuple(by_layer), hooks=hooks)
 
 
 # ---------------------------------------------------------------------------
@@ -152,62 +96,42 @@ def pattern_reader(heads: Sequence[Head]) -> RowReader:
 
 
 def positional_symbolic_scores(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    swap: str = DEFAULT_SWAP,
-    query_pos: int | Int[Tensor, " batch"] = -1,
-    tau: float = DEFAULT_TAU,
-    skip_identical: bool = False,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-    max_pairs: int | None = None,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    heads: Sequence[Sequence[int]] | None = None,
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any
 ) -> pd.DataFrame:
     """Swap-metric scores of each head on each prompt (module docstring).
 
     Args:
         tokens: prompts [batch, pos], all of one length.
-        swap: ``"residual"`` (the paper's: swap rows of ``blocks.{l}.hook_resid_pre``
-            and rerun block ``l``; refused for models with absolute position
-            embeddings) or ``"tokens"`` (swap input tokens, rerun the model).
-        query_pos: the query position scored (default last), or one per prompt [batch].
-        tau: temperature of the pair weights ``softmax(|d_i - d_j| / tau)`` (paper: 1e-4).
-        skip_identical: headkit's variant: drop pairs whose swap changes nothing.
-        block_size: size of the default key blocks, which tile ``0..query_pos-1``.
-        blocks: explicit key blocks (lists of positions before the query, equal size).
-        max_pairs: sample at most this many pairs per prompt (seeded); None = all.
-        seed: seed of the pair sampling.
-        batch_size: swapped inputs per forward pass.
-        heads: (layer, head) pairs; None = every head.
+        options: the swap metric's options, `headkit.scores.swap_plan.SwapOptions`
+            (all checked before any forward pass):
+
+            - ``swap="residual"`` (the paper's: swap rows of ``blocks.{l}.hook_resid_pre``
+              and rerun block ``l``; refused for models with absolute position
+              embeddings) or ``"tokens"`` (swap input tokens, rerun the model);
+            - ``query_pos=-1``: the query position scored, or one per prompt [batch];
+            - ``tau=1e-4``: temperature of the pair weights ``softmax(|d_i - d_j| / tau)``;
+            - ``skip_identical=False``: headkit's variant, drop pairs whose swap changes nothing;
+            - ``block_size=1``: size of the default key blocks, which tile ``0..query_pos-1``;
+            - ``blocks=None``: explicit key blocks (lists of positions before the query, equal size);
+            - ``max_pairs=None``: sample at most this many pairs per prompt (seeded); None = all;
+            - ``seed=0``: seed of the pair sampling;
+            - ``batch_size=512``: swapped inputs per forward pass;
+            - ``heads=None``: (layer, head) pairs; None = every head.
 
     Returns:
         One row per (prompt, layer, head) with columns ``SCORE_COLUMNS``: ``prompt,
         layer, head, query_pos, positional_score, symbolic_score, signal, n_pairs,
         n_signal_pairs, finite, swap``.
     """
-    tokens = check_tokens(model, tokens)
-    head_list = resolve_heads(model, heads)
-    swap = check_swap(model, swap)
-    tau = check_positive_float("tau", tau)
-    batch_size = check_positive_int("batch_size", batch_size)
-    skip_identical = check_flag("skip_identical", skip_identical)
-    queries, groups = plan_groups(
-        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks, max_pairs=max_pairs, seed=seed
-    )
-    scores = grouped_swap_metric(
-        model, pattern_reader(head_list), tokens, groups,
-        n_units=len(head_list), unit_names=[f"{l}.{h}" for l, h in head_list],
-        swap=swap, tau=tau, batch_size=batch_size, skip_identical=skip_identical,
-    )  # fmt: skip
-    batch, n_units = tokens.shape[0], len(head_list)
+    run = prepare_swaps(model, tokens, options)
+    head_list, swap = run.heads, run.options.swap
+    scores = run_swaps(model, run, head_reader(head_list), unit_names=[f"{l}.{h}" for l, h in head_list])
+    batch, n_units = run.tokens.shape[0], len(head_list)
     table = {
         "prompt": torch.arange(batch)[:, None].expand(batch, n_units),
         "layer": torch.tensor([l for l, _ in head_list]).expand(batch, -1),
         "head": torch.tensor([h for _, h in head_list]).expand(batch, -1),
-        "query_pos": queries[:, None].expand(batch, n_units),
+        "query_pos": run.queries[:, None].expand(batch, n_units),
         **scores,
     }
     frame = {c: table[c].reshape(-1).numpy() for c in SCORE_COLUMNS if c != "swap"}

@@ -41,41 +41,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_tokens
+from headkit.checks import Head, check_int, check_tokens
 from headkit.errors import HeadkitError
-from headkit.scores.positional_symbolic import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SWAP,
-    DEFAULT_TAU,
-    check_flag,
-    resolve_heads,
-)
-from headkit.scores.swap_engine import (
-    RowReader,
-    check_positive_float,
-    check_positive_int,
-    check_swap,
-    grouped_swap_metric,
-    heads_by_layer,
-    model_rows,
-    plan_groups,
-    resolve_query_positions,
-)
+from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
+from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
+from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, prepare_swaps
 
-ROPE_COLUMNS = [
-    "prompt",
-    "layer",
-    "head",
-    "component",
-    "frequency",
-    "positional_score",
-    "symbolic_score",
-    "signal",
-    "n_pairs",
-    "n_signal_pairs",
-    "finite",
-    "swap",
-]
+ROPE_COLUMNS = ["prompt", "layer", "head", "component", "frequency", *METRIC_COLUMNS]
 USE_COLUMNS = ["layer", "head", "component", "theta", "value"]
 
 
@@ -187,47 +159,25 @@ def component_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: i
     return rows
 
 
-def rope_frequency_scores(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    swap: str = DEFAULT_SWAP,
-    query_pos: int | Int[Tensor, " batch"] = -1,
-    tau: float = DEFAULT_TAU,
-    skip_identical: bool = False,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-    max_pairs: int | None = None,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    heads: Sequence[Sequence[int]] | None = None,
-) -> pd.DataFrame:
+def rope_frequency_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
     """Swap-metric scores of each rotary frequency component of each head, per prompt.
 
-    Options as in `positional_symbolic_scores`. Returns one row per (prompt, layer,
-    head, component) with columns ``ROPE_COLUMNS``: ``prompt, layer, head,
-    component`` (``f0``.. fastest first, then ``nope``), ``frequency`` (θ in radians
-    per position; NaN for ``nope``), ``positional_score, symbolic_score, signal,
-    n_pairs, n_signal_pairs, finite, swap``. Average over prompts with
-    `average_over_prompts`.
+    ``options`` as in `positional_symbolic_scores` (`headkit.scores.swap_plan.SwapOptions`).
+    Returns one row per (prompt, layer, head, component) with columns
+    ``ROPE_COLUMNS``: ``prompt, layer, head, component`` (``f0``.. fastest first,
+    then ``nope``), ``frequency`` (θ in radians per position; NaN for ``nope``),
+    ``positional_score, symbolic_score, signal, n_pairs, n_signal_pairs, finite,
+    swap``. Average over prompts with `average_over_prompts`.
     """
-    tokens = check_tokens(model, tokens)
-    head_list = resolve_heads(model, heads)
     names, membership, thetas = rotary_components(model)
-    swap = check_swap(model, swap)
-    tau = check_positive_float("tau", tau)
-    batch_size = check_positive_int("batch_size", batch_size)
-    skip_identical = check_flag("skip_identical", skip_identical)
-    _, groups = plan_groups(
-        tokens, query_pos=query_pos, block_size=block_size, blocks=blocks, max_pairs=max_pairs, seed=seed
-    )
+    run = prepare_swaps(model, tokens, options)
+    head_list, swap = run.heads, run.options.swap
     n_heads, n_comp = len(head_list), len(names)
-    scores = grouped_swap_metric(
-        model, component_reader(model, head_list, membership), tokens, groups,
-        n_units=n_heads * n_comp, unit_names=[f"{l}.{h}:{c}" for l, h in head_list for c in names],
-        swap=swap, tau=tau, batch_size=batch_size, skip_identical=skip_identical,
+    scores = run_swaps(
+        model, run, component_reader(model, head_list, membership),
+        unit_names=[f"{l}.{h}:{c}" for l, h in head_list for c in names],
     )  # fmt: skip
-    batch = tokens.shape[0]
+    batch = run.tokens.shape[0]
     table = pd.DataFrame(
         {
             "prompt": torch.arange(batch).repeat_interleave(n_heads * n_comp).numpy(),
@@ -280,21 +230,17 @@ def rope_frequency_use(
     tokens = check_tokens(model, tokens)
     head_list = resolve_heads(model, heads)
     names, membership, thetas = rotary_components(model)
-    batch_size = check_positive_int("batch_size", batch_size)
-    queries = resolve_query_positions(tokens, query_pos)
+    batch_size = check_int("batch_size", batch_size)
     n_heads, n_comp = len(head_list), len(names)
     reader = logit_reader(model, head_list, membership)
     parts = torch.full((tokens.shape[0], n_heads, n_comp), math.nan, dtype=torch.float64)
-    for q in queries.unique().tolist():
-        idx = (queries == q).nonzero().squeeze(1)
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            logits, _ = model_rows(model, reader, tokens[chunk.to(tokens.device)], q)  # [n, head*comp, key]
-            logits = logits.double().cpu().reshape(len(chunk), n_heads, n_comp, -1)
-            best = logits.sum(2).argmax(-1)  # [n, head]: key of the largest logit
-            at_best = logits.gather(-1, best[:, :, None, None].expand(-1, -1, n_comp, 1))[..., 0]
-            ok = torch.isfinite(logits).all(-1).all(-1, keepdim=True)  # [n, head, 1]
-            parts[chunk] = torch.where(ok, at_best, torch.full_like(at_best, math.nan))
+    for chunk, q in query_chunks(tokens, query_pos, batch_size=batch_size):
+        logits, _ = model_rows(model, reader, tokens[chunk.to(tokens.device)], q)  # [n, head*comp, key]
+        logits = logits.double().cpu().reshape(len(chunk), n_heads, n_comp, -1)
+        best = logits.sum(2).argmax(-1)  # [n, head]: key of the largest logit
+        at_best = logits.gather(-1, best[:, :, None, None].expand(-1, -1, n_comp, 1))[..., 0]
+        ok = torch.isfinite(logits).all(-1).all(-1, keepdim=True)  # [n, head, 1]
+        parts[chunk] = torch.where(ok, at_best, torch.full_like(at_best, math.nan))
     bad = torch.isnan(parts).any(-1)  # [batch, head]
     if bad.any():
         named = [f"{l}.{h}" for (l, h), b in zip(head_list, bad.any(0).tolist()) if b]

@@ -1,8 +1,10 @@
-"""The swap metric's engine: swap plans, swapped inputs, attention rows, pair scores.
+"""The swap metric's engine: swapped inputs, their attention rows, pair scores.
 
 Shared by `headkit.scores.positional_symbolic` (one attention row per head) and
-`headkit.scores.rope` (one row per head and rotary frequency). What is read is a
-`RowReader`: per layer, temporary hooks that store the query's attention rows.
+`headkit.scores.rope` (one row per head and rotary frequency). The plans (which
+pairs, which query) come from `headkit.scores.swap_plan`; what is read is a
+`headkit.scores.capture.RowReader`: per layer, temporary hooks that store the
+query's attention rows, run by `capture.model_rows` and `capture.block_rows`.
 Where the swap happens is ``swap``:
 
 - ``"residual"`` (PosSym-2026's code, ``get_attention_weights.py``): run the model
@@ -26,8 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
@@ -37,217 +37,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_position
 from headkit.distributed import map_cells
-from headkit.errors import HeadkitError
+from headkit.scores.capture import RowReader, block_rows, model_rows
+from headkit.scores.swap_plan import (  # noqa: F401  (re-exported: the engine's former home of the plans)
+    RELATIVE_POSITION_TYPES,
+    SWAP_MODES,
+    SwapPlan,
+    SwapRun,
+    check_swap,
+    make_plan,
+    plan_groups,
+)
 
 log = logging.getLogger(__name__)
 
-SWAP_MODES = ("residual", "tokens")
-# position encodings that leave no absolute position in the residual stream
-RELATIVE_POSITION_TYPES = ("rotary", "alibi")
 ROW_SUM_TOLERANCE = 1e-2  # an attention row summing further from 1 was not a finite softmax
-
-HookList = list[tuple[str, Callable[..., None]]]
-# (layer, query_pos, store) -> temporary hooks that put the layer's rows
-# [batch, unit_of_layer, key_pos] into store[layer]
-LayerHooks = Callable[[int, int, dict[int, Tensor]], HookList]
-
-
-@dataclass(frozen=True)
-class RowReader:
-    """Which attention rows to read: the layers, and the hooks that read each one.
-
-    Units come out layer by layer (ascending), in the order each layer's hooks store them.
-    """
-
-    layers: tuple[int, ...]  # ascending
-    hooks: LayerHooks
-
-
-@dataclass(frozen=True)
-class SwapPlan:
-    """Which key blocks get swapped, for every prompt of one query position."""
-
-    query_pos: int  # resolved (non-negative) query position
-    blocks: Int[Tensor, "n_blocks block_size"]  # key positions of each block
-    pairs: Int[Tensor, "batch n_pairs 2"]  # block indices (i, j), i < j, per prompt
-
-
-class _BlockDone(Exception):
-    """Raised by the last hook of a lone block run: the attention pattern is all we need."""
-
-
-# ---------------------------------------------------------------------------
-# input checks
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HeadkitError(f"{name}={value!r} must be a positive integer (1 or more)")
-    return value
-
-
-def check_positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise HeadkitError(f"{name}={value!r} must be a positive number")
-    return float(value)
-
-
-def check_swap(model: HookedTransformer, swap: Any) -> str:
-    """``swap`` checked against the model: ``"residual"`` needs relative positions."""
-    if swap not in SWAP_MODES:
-        raise HeadkitError(f"swap={swap!r} is not known: allowed {', '.join(map(repr, SWAP_MODES))}")
-    kind = model.cfg.positional_embedding_type
-    if swap == "residual" and kind not in RELATIVE_POSITION_TYPES:
-        raise HeadkitError(
-            f"swap='residual' needs a residual stream without absolute positions (rotary or "
-            f"ALiBi models); this model's positional embeddings are {kind!r}, so exchanging two "
-            f"residual rows would move their positions with their content: use swap='tokens'"
-        )
-    return swap
-
-
-def heads_by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
-    """The heads of every layer named in ``heads``: layers ascending, heads in the given order."""
-    layers = sorted({l for l, _ in heads})
-    return {l: [h for ll, h in heads if ll == l] for l in layers}
-
-
-def resolve_query_positions(tokens: Tensor, query_pos: int | Tensor) -> Int[Tensor, " batch"]:
-    """One resolved (non-negative) query position per prompt, from an int or a [batch] tensor."""
-    batch, length = tokens.shape
-    if isinstance(query_pos, Tensor):
-        if query_pos.shape != (batch,) or query_pos.dtype.is_floating_point or query_pos.dtype == torch.bool:
-            raise HeadkitError(
-                f"query_pos tensor must hold one integer position per prompt, shape ({batch},); "
-                f"got shape {tuple(query_pos.shape)} and dtype {query_pos.dtype}"
-            )
-        values = query_pos.detach().cpu().long()
-        resolved = {int(v): check_position(length, int(v), name="query_pos") for v in values.unique()}
-        return torch.tensor([resolved[int(v)] for v in values], dtype=torch.long)
-    if isinstance(query_pos, bool) or not isinstance(query_pos, int):
-        raise HeadkitError(f"query_pos={query_pos!r} must be an integer or a [batch] tensor of integers")
-    return torch.full((batch,), check_position(length, query_pos, name="query_pos"), dtype=torch.long)
-
-
-def resolve_blocks(
-    length: int,
-    *,
-    query_pos: int,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-) -> tuple[int, Int[Tensor, "n_blocks block_size"]]:
-    """The resolved query position and the key blocks, checked.
-
-    Default blocks tile the keys before the query, ``0..q-1``, in runs of
-    ``block_size``, which must divide ``q``. Explicit ``blocks`` are lists of key
-    positions before the query, disjoint and of equal size.
-    """
-    q = check_position(length, query_pos, name="query_pos")
-    if q < 2:
-        raise HeadkitError(
-            f"query_pos {query_pos} leaves {q} key(s) before it in prompts of length {length}: "
-            f"need at least 2 to swap; allowed query positions are 2..{length - 1} "
-            f"(or {-length + 2}..-1)"
-        )
-    if blocks is None:
-        size = check_positive_int("block_size", block_size)
-        if q % size:
-            allowed = [s for s in range(1, q // 2 + 1) if q % s == 0]
-            raise HeadkitError(
-                f"block_size={size} does not divide the {q} keys before query position {q}: "
-                f"allowed block sizes {', '.join(map(str, allowed))}"
-            )
-        if q // size < 2:
-            raise HeadkitError(
-                f"block_size={size} makes only {q // size} block of the {q} keys before the "
-                f"query: need at least 2 blocks (block_size at most {q // 2})"
-            )
-        return q, torch.arange(q).reshape(q // size, size)  # [n_blocks, block_size]
-    if block_size != 1:
-        raise HeadkitError("give either blocks or block_size, not both (blocks fix their own size)")
-    lists = [list(b) for b in blocks]
-    if len(lists) < 2:
-        raise HeadkitError(f"blocks: got {len(lists)} block(s), need at least 2 to swap")
-    size = len(lists[0])
-    seen: dict[int, int] = {}
-    for i, block in enumerate(lists):
-        if len(block) != size or size == 0:
-            raise HeadkitError(
-                f"blocks: block {i} has {len(block)} positions but block 0 has {size}: "
-                "swapped blocks must be non-empty and of equal size"
-            )
-        for p in block:
-            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < q:
-                raise HeadkitError(
-                    f"blocks: block {i} has position {p!r}: allowed key positions are "
-                    f"0..{q - 1} (before query position {q})"
-                )
-            if p in seen:
-                raise HeadkitError(f"blocks: position {p} is in block {seen[p]} and block {i}")
-            seen[p] = i
-    return q, torch.tensor(lists, dtype=torch.long)  # [n_blocks, block_size]
-
-
-def plan_swaps(
-    n_prompts: int,
-    n_blocks: int,
-    *,
-    max_pairs: int | None,
-    seed: int,
-) -> Int[Tensor, "batch n_pairs 2"]:
-    """Block pairs (i < j) per prompt: all of them, or ``max_pairs`` sampled per prompt."""
-    all_pairs = torch.combinations(torch.arange(n_blocks), r=2)  # [n_all, 2]
-    n_all = all_pairs.shape[0]
-    if max_pairs is None or max_pairs >= n_all:
-        return all_pairs.expand(n_prompts, n_all, 2)
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.stack([torch.randperm(n_all, generator=gen)[:max_pairs] for _ in range(n_prompts)])
-    return all_pairs[picks]  # [batch, max_pairs, 2]
-
-
-def make_plan(
-    tokens: Tensor,
-    *,
-    query_pos: int = -1,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-    max_pairs: int | None = None,
-    seed: int = 0,
-) -> SwapPlan:
-    """Check the swap options against prompts ``tokens`` [batch, pos] and plan the swaps."""
-    if max_pairs is not None:
-        check_positive_int("max_pairs", max_pairs)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HeadkitError(f"seed={seed!r} must be an integer")
-    q, block_pos = resolve_blocks(tokens.shape[1], query_pos=query_pos, block_size=block_size, blocks=blocks)
-    pairs = plan_swaps(tokens.shape[0], block_pos.shape[0], max_pairs=max_pairs, seed=seed)
-    return SwapPlan(query_pos=q, blocks=block_pos, pairs=pairs)
-
-
-def plan_groups(
-    tokens: Tensor,
-    *,
-    query_pos: int | Tensor,
-    block_size: int = 1,
-    blocks: Sequence[Sequence[int]] | None = None,
-    max_pairs: int | None = None,
-    seed: int = 0,
-) -> tuple[Int[Tensor, " batch"], list[tuple[Int[Tensor, " n"], SwapPlan]]]:
-    """Per-prompt query positions, and (prompt indices, plan) for each distinct one.
-
-    Every plan is made (and checked) before any forward pass.
-    """
-    queries = resolve_query_positions(tokens, query_pos)
-    groups = []
-    for q in queries.unique().tolist():
-        idx = (queries == q).nonzero().squeeze(1)  # prompts with this query position
-        plan = make_plan(
-            tokens[idx], query_pos=q, block_size=block_size, blocks=blocks, max_pairs=max_pairs, seed=seed
-        )
-        groups.append((idx, plan))
-    return queries, groups
+# the columns a swap-metric table has for each unit (after its own key columns)
+METRIC_COLUMNS = ["positional_score", "symbolic_score", "signal", "n_pairs", "n_signal_pairs", "finite", "swap"]
 
 
 # ---------------------------------------------------------------------------
@@ -299,59 +105,6 @@ def reduce_rows(
     """Block means of rows and whether each row was finite, on the CPU."""
     rows = rows.float()
     return block_means(rows, blocks).cpu(), rows_ok(rows).cpu()
-
-
-def model_rows(
-    model: HookedTransformer,
-    reader: RowReader,
-    tokens: Int[Tensor, "batch pos"],
-    query_pos: int,
-    *,
-    keep_resid: bool = False,
-) -> tuple[Float[Tensor, "batch unit key_pos"], dict[int, Tensor]]:
-    """The reader's rows on ``tokens`` (forward stopped after the last layer read).
-
-    With ``keep_resid``, also each read layer's input ``blocks.{l}.hook_resid_pre``.
-    """
-    store: dict[int, Tensor] = {}
-    resid: dict[int, Tensor] = {}
-
-    def keep(x: Tensor, hook: Any, *, layer: int) -> None:
-        resid[layer] = x.detach()  # [batch, pos, d_model]
-
-    hooks = [h for l in reader.layers for h in reader.hooks(l, query_pos, store)]
-    if keep_resid:
-        hooks += [(f"blocks.{l}.hook_resid_pre", partial(keep, layer=l)) for l in reader.layers]
-    with torch.no_grad():
-        model.run_with_hooks(
-            tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None, stop_at_layer=max(reader.layers) + 1
-        )
-    return torch.cat([store[l] for l in reader.layers], dim=1), resid  # [batch, unit, key_pos]
-
-
-def block_rows(
-    model: HookedTransformer,
-    reader: RowReader,
-    layer: int,
-    resid: Float[Tensor, "n pos d_model"],
-    query_pos: int,
-) -> Float[Tensor, "n unit_of_layer key_pos"]:
-    """The reader's rows of one layer when ``blocks[layer]`` alone runs on ``resid``.
-
-    Positions are the original ``0..pos-1``; the block stops after its attention pattern.
-    """
-    store: dict[int, Tensor] = {}
-
-    def done(pattern: Tensor, hook: Any) -> None:
-        raise _BlockDone
-
-    hooks = reader.hooks(layer, query_pos, store) + [(f"blocks.{layer}.attn.hook_pattern", done)]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        try:
-            model.blocks[layer](resid)
-        except _BlockDone:
-            pass
-    return store[layer]
 
 
 # ---------------------------------------------------------------------------
@@ -566,3 +319,15 @@ def grouped_swap_metric(
             stacklevel=3,
         )
     return out
+
+
+def run_swaps(
+    model: HookedTransformer, run: SwapRun, reader: RowReader, *, unit_names: Sequence[str]
+) -> dict[str, Tensor]:
+    """`grouped_swap_metric` of a prepared run (`headkit.scores.swap_plan.prepare_swaps`):
+    [batch, unit] tensors, unit ``u`` named ``unit_names[u]``."""
+    opts = run.options
+    return grouped_swap_metric(
+        model, reader, run.tokens, run.groups, n_units=len(unit_names), unit_names=unit_names,
+        swap=opts.swap, tau=opts.tau, batch_size=opts.batch_size, skip_identical=opts.skip_identical,
+    )  # fmt: skip

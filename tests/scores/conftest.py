@@ -129,3 +129,24 @@ def no_hooks_left() -> Callable[[HookedTransformer], bool]:
         return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
     return check
+
+
+@pytest.fixture
+def refused_before_forward(no_hooks_left) -> Callable[..., str]:
+    """``refused_before_forward(model, fn, *args, **kwargs)``: the message of the
+    `HeadkitError` ``fn`` raises, asserting that no forward pass started and no hook is left."""
+    from headkit.errors import HeadkitError
+
+    def run(model: HookedTransformer, fn: Callable[..., object], *args: object, **kwargs: object) -> str:
+        calls: list[int] = []
+        handle = model.embed.register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
+            with pytest.raises(HeadkitError) as err:
+                fn(*args, **kwargs)
+        finally:
+            handle.remove()
+        assert not calls, "a forward pass started before the error"
+        assert no_hooks_left(model)
+        return str(err.value)
+
+    return run

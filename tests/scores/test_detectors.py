@@ -210,5 +210,5 @@ def test_batch_size_true_is_refused(tiny_gptj):
 
     model = tiny_gptj()
     tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
-    with pytest.raises(HeadkitError, match="batch_size=True"):
+    with pytest.raises(HeadkitError, match="batch_size must be an integer, got True"):
         previous_token_scores(model, tokens, batch_size=True)
