@@ -109,38 +109,19 @@ def _noise(clean: T, corrupted: T) -> tuple[T, T]:
 DIRECTIONS: dict[str, Callable[[T, T], tuple[T, T]]] = dict(zip(sites.DIRECTIONS, (_denoise, _noise)))
 
 
-def _patches(
-    model: HookedTransformer,
-    site: str,
-    *,
-    by_position: bool,
-    length: int,
-    heads: Sequence[tuple[int, int]] | None,
-    layers: Sequence[int] | None,
-) -> list[Patch]:
-    """Every patch of the sweep, ordered by layer, head, position."""
-    spec = SITES[site]
-    positions: list[int | slice] = list(range(length)) if by_position else [slice(None)]
-    if heads is not None:
-        units = sorted(check_heads(model, heads))
-    else:
-        chosen = range(model.cfg.n_layers) if layers is None else sorted({check_layer(model, l) for l in layers})
-        per_layer = range(site_heads(model, site)) if spec.per_head else [ALL]
-        units = [(layer, head) for layer in chosen for head in per_layer]
-    return [Patch(layer, head, pos) for layer, head in units for pos in positions]
-
-
-def _check_inputs(
+def _checked_patches(
     model: HookedTransformer,
     clean_tokens: Tensor,
     corrupted_tokens: Tensor,
     site: str,
     *,
     direction: str,
+    by_position: bool,
     heads: Sequence[tuple[int, int]] | None,
     layers: Sequence[int] | None,
     batch_size: int | None,
-) -> None:
+) -> list[Patch]:
+    """Every patch of the sweep, ordered by layer, head, position; bad input raises before any work."""
     spec = check_site(model, site)
     if direction not in DIRECTIONS:
         raise HeadkitError(f"unknown direction {direction!r}: allowed {', '.join(DIRECTIONS)}")
@@ -151,17 +132,21 @@ def _check_inputs(
         if not spec.per_head:
             raise HeadkitError(f"heads= applies to head sites only; {site!r} is a layer site: use layers=")
         n = site_heads(model, site)
-        for layer, head in check_heads(model, heads):
+        units = sorted(check_heads(model, heads))
+        for layer, head in units:
             if head >= n:
                 raise HeadkitError(f"head {layer}.{head}: site {site!r} has heads 0..{n - 1} per layer")
         if not heads:
             raise HeadkitError("heads is empty: give at least one (layer, head)")
-    if layers is not None:
-        if not layers:
+    else:
+        if layers is not None and not layers:
             raise HeadkitError("layers is empty: give at least one layer")
-        for layer in layers:
-            check_layer(model, layer)
+        chosen = range(model.cfg.n_layers) if layers is None else sorted({check_layer(model, l) for l in layers})
+        per_layer = range(site_heads(model, site)) if spec.per_head else [ALL]
+        units = [(layer, head) for layer in chosen for head in per_layer]
     check_optional_int("batch_size", batch_size)
+    positions: list[int | slice] = list(range(clean_tokens.shape[1])) if by_position else [slice(None)]
+    return [Patch(layer, head, pos) for layer, head in units for pos in positions]
 
 
 def activation_patching(
@@ -186,16 +171,13 @@ def activation_patching(
     `auto_batch_size`, sized for CPU caches; larger is faster on a GPU, smaller saves
     memory). Columns and formulas: see the module docstring.
     """
-    _check_inputs(
-        model, clean_tokens, corrupted_tokens, site,
-        direction=direction, heads=heads, layers=layers, batch_size=batch_size,
+    patches = _checked_patches(
+        model, clean_tokens, corrupted_tokens, site, direction=direction,
+        by_position=by_position, heads=heads, layers=layers, batch_size=batch_size,
     )  # fmt: skip
     device = model.cfg.device
     clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
     base_tokens, source_tokens = DIRECTIONS[direction](clean_tokens, corrupted_tokens)
-    patches = _patches(
-        model, site, by_position=by_position, length=clean_tokens.shape[1], heads=heads, layers=layers
-    )
     names = sorted({SITES[site].hook_name(p.layer) for p in patches})
 
     with torch.no_grad():  # the clean run first: a metric without a scalar fails before the sweep

@@ -286,7 +286,7 @@ def _path_patched_logits(
     # original output, MLPs and LayerNorms recomputed; record the receivers' inputs
     freeze = [
         (
-            f"blocks.{layer}.attn.hook_z",
+            hook_name("z", layer),
             partial(_freeze_z, clean=runs.clean_z[layer], new=runs.corrupted_z[layer], senders=mask[layer]),
         )
         for layer in range(start, n_layers)
