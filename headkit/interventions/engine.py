@@ -246,8 +246,6 @@ def sweep_patches(
     the cache with the patches written in (`layer_output`) and the model run from
     layer ``l + 1`` on.
     """
-    spec = SITES[site]
-    batch = tokens.shape[0]
     by_layer: dict[int, list[int]] = {}
     for i, patch in enumerate(patches):
         by_layer.setdefault(patch.layer, []).append(i)
@@ -258,7 +256,6 @@ def sweep_patches(
 
     with torch.no_grad():
         # what each patched layer reads, from one pass
-        restart = Restart.of(model, tokens)
         read = ("resid_pre", "z", "attn_out", "mlp_out")[: 4 if after_attention else 1]
         _, cache = model.run_with_cache(
             tokens,
@@ -266,28 +263,41 @@ def sweep_patches(
             stop_at_layer=max(by_layer) + 1,
             return_cache_object=False,
         )
+        run = _PatchRun(model, site, patches, sources, cache, Restart.of(model, tokens), after_attention, evaluate)
+        return run_chunks(run, chunks, len(patches), desc=f"patching {site}", progress=progress, device=tokens.device)
 
-        def run_chunk(chunk: tuple[int, list[int]]) -> list[Tensor]:
-            layer, ids = chunk
-            k, name = len(ids), spec.hook_name(layer)
 
-            def write(act: Tensor) -> None:
-                for copy, i in zip(act.unflatten(0, (k, batch)), ids):  # [batch, ...] views of [k*batch, ...]
-                    spec.write(copy, sources[name], patches[i])
+@dataclass(frozen=True)
+class _PatchRun:
+    """One pass of `sweep_patches`: ``k`` patches of one layer as ``k`` stacked copies."""
 
-            def write_hook(act: Tensor, hook: object) -> Tensor:
-                write(act)
-                return act
+    model: HookedTransformer
+    site: str
+    patches: Sequence[Patch]
+    sources: Mapping[str, Tensor]
+    cache: Mapping[str, Tensor]  # the base run's resid_pre (and z, attn_out, mlp_out) of each layer
+    restart: Restart
+    after_attention: bool  # rebuild the layer's output from the cache (`layer_output`)
+    evaluate: Callable[[Tensor], Tensor]
 
-            if after_attention:
-                resid = layer_output(model, layer, site, cache, k, write)  # [k*batch, pos, d_model]
-                logits = run_from(model, resid, layer=layer + 1, copies=k, restart=restart)
-            else:
-                resid = stack(cache[hook_name("resid_pre", layer)], k)  # [k*batch, pos, d_model]
-                logits = run_from(
-                    model, resid, layer=layer, copies=k, restart=restart, hooks=[(name, write_hook)]
-                )
-            runs = [f"the run with {describe(site, patches[i])} replaced" for i in ids]
-            return evaluate_copies(logits, runs, evaluate)
+    def __call__(self, chunk: tuple[int, list[int]]) -> list[Tensor]:
+        (layer, ids), model, site = chunk, self.model, self.site
+        k, name = len(ids), hook_name(site, layer)
 
-        return run_chunks(run_chunk, chunks, len(patches), desc=f"patching {site}", progress=progress, device=tokens.device)
+        def write(act: Tensor) -> None:
+            for copy, i in zip(act.unflatten(0, (k, -1)), ids):  # [batch, ...] views of [k*batch, ...]
+                SITES[site].write(copy, self.sources[name], self.patches[i])
+
+        def write_hook(act: Tensor, hook: object) -> Tensor:
+            write(act)
+            return act
+
+        if self.after_attention:
+            resid = layer_output(model, layer, site, self.cache, k, write)  # [k*batch, pos, d_model]
+            logits = run_from(model, resid, layer=layer + 1, copies=k, restart=self.restart)
+        else:
+            resid = stack(self.cache[hook_name("resid_pre", layer)], k)  # [k*batch, pos, d_model]
+            hooks = [(name, write_hook)]
+            logits = run_from(model, resid, layer=layer, copies=k, restart=self.restart, hooks=hooks)
+        runs = [f"the run with {describe(site, self.patches[i])} replaced" for i in ids]
+        return evaluate_copies(logits, runs, self.evaluate)

@@ -349,6 +349,14 @@ def path_patching(
     return value
 
 
+def _default_senders(model: HookedTransformer, receivers: Receivers) -> list[Head]:
+    """Every head in a layer before the first head receiver, or every head for ``"final"``."""
+    last = model.cfg.n_layers if receivers.final else receivers.first_layer
+    if last == 0:
+        raise HeadkitError(f"receivers {receivers.label()} are in layer 0: no earlier heads can send to them")
+    return [(layer, head) for layer in range(last) for head in range(model.cfg.n_heads)]
+
+
 def path_patching_sweep(
     model: HookedTransformer,
     clean_tokens: Int[Tensor, "batch pos"],
@@ -378,14 +386,7 @@ def path_patching_sweep(
     """
     _check_pair(model, clean_tokens, corrupted_tokens)
     checked = check_receivers(model, receivers)
-    if senders is None:
-        last = model.cfg.n_layers if checked.final else checked.first_layer
-        if last == 0:
-            raise HeadkitError(
-                f"receivers {checked.label()} are in layer 0: no earlier heads can send to them"
-            )
-        senders = [(layer, head) for layer in range(last) for head in range(model.cfg.n_heads)]
-    heads = check_senders(model, senders, checked)
+    heads = check_senders(model, _default_senders(model, checked) if senders is None else senders, checked)
     if not heads:
         raise HeadkitError("no sender heads given: pass at least one (layer, head)")
     check_optional_int("batch_size", batch_size)
