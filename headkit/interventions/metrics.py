@@ -35,7 +35,7 @@ metric value, naming the run it came from.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable
 
 from jaxtyping import Float
 
@@ -44,7 +44,6 @@ from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # torch and the tasks are imported when a metric is built or run, so that
     # the command line can read METRICS' names cheaply
-    import pandas as pd
     from torch import Tensor
 
     from headkit.tasks.base import TaskBatch
@@ -52,7 +51,6 @@ if TYPE_CHECKING:  # torch and the tasks are imported when a metric is built or 
 logger = logging.getLogger(__name__)
 
 Metric = Callable[["Tensor"], "Tensor"]  # logits [batch, pos, d_vocab] -> scalar tensor (0-dim)
-Values = TypeVar("Values", "Tensor", "pd.Series")
 
 
 def check_scalar(value: object, *, where: str) -> Tensor:
@@ -235,19 +233,20 @@ def run_value(metric: Metric, logits: Tensor, *, run: str) -> Tensor:
     return check_scalar(metric(logits), where=f"metric on {run}")
 
 
-def normalise(values: Values, *, base: float, source: float) -> Values:
+def normalise(values: Float[Tensor, " n"], *, base: float, source: float) -> Float[Tensor, " n"]:
     """``(values - base) / (source - base)``: 0 = the base run, 1 = the source run.
 
     One normaliser for activation patching (base = the run patched into) and path
-    patching (base = clean, source = corrupted). ``values`` is a tensor or a pandas
-    Series; when ``source == base`` the ratio is undefined: every entry is NaN and a
-    warning is logged.
+    patching (base = clean, source = corrupted). When ``source == base`` the ratio
+    is undefined: every entry is NaN and a warning is logged.
     """
+    import torch
+
     if source == base:
         logger.warning(
             "the clean and corrupted runs give the same metric (%g): with equal metrics the "
             "normalised effects are NaN",
             base,
         )
-        return values * float("nan")
+        return torch.full_like(values, float("nan"))
     return (values - base) / (source - base)

@@ -412,6 +412,7 @@ def path_patching_sweep(
             "value": values,
         }
     )
-    df["normalised"] = normalise_values(df["value"], base=clean, source=corrupted) if normalise else float("nan")
+    value = torch.tensor(df["value"].to_numpy(), dtype=torch.float64)
+    df["normalised"] = normalise_values(value, base=clean, source=corrupted).numpy() if normalise else float("nan")
     df.attrs.update(clean=clean, corrupted=corrupted, receivers=checked.label())
     return df[list(COLUMNS)]
