@@ -157,7 +157,7 @@ def activation_patching(
     *,
     site: str = "z",
     by_position: bool = False,
-    direction: str = "denoise",
+    direction: str = sites.DEFAULT_DIRECTION,
     heads: Sequence[tuple[int, int]] | None = None,
     layers: Sequence[int] | None = None,
     batch_size: int | None = None,
