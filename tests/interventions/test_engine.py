@@ -10,47 +10,35 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
 from headkit.errors import HeadkitError, NonFiniteError
 from headkit.interventions import engine
 from headkit.interventions.engine import Restart, layer_output, resumes_after_attention, sweep_patches
 from headkit.interventions.sites import ALL, SITES, Patch, available_sites, check_site, hook_name, site_heads
-from headkit.models import gptj_model
 
 VOCAB, BATCH, POS = 30, 3, 6
 
 
-def _model(**overrides) -> HookedTransformer:
-    kwargs = dict(
-        n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=VOCAB, n_ctx=16,
-        act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=0,
-    )  # fmt: skip
-    model = HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides}))
-    model.eval()
-    return model
-
-
 # every block layout and position scheme headkit meets (its own GPT-J-style models, the
-# paper and pretrained models' sequential blocks, attention-only, grouped-query)
+# paper and pretrained models' sequential blocks, attention-only, grouped-query): overrides
+# of the tiny model of conftest.py
 ARCHITECTURES = {
-    "gptj_parallel_rotary": lambda: gptj_model(n_layers=3, d_model=16, n_heads=2, d_vocab=VOCAB, n_ctx=16, seed=0),
-    "gptj_attn_only": lambda: gptj_model(n_layers=3, d_model=16, n_heads=2, d_vocab=VOCAB, n_ctx=16, attn_only=True),
-    "sequential_absolute": _model,
-    "sequential_rotary": lambda: _model(positional_embedding_type="rotary", rotary_dim=8),
-    "sequential_shortformer": lambda: _model(positional_embedding_type="shortformer"),
-    "attn_only_shortformer": lambda: _model(attn_only=True, d_mlp=None, positional_embedding_type="shortformer"),
-    "gqa": lambda: _model(n_heads=4, d_head=4, n_key_value_heads=2),
-    "gqa_parallel": lambda: _model(n_heads=4, d_head=4, n_key_value_heads=2, parallel_attn_mlp=True),
-    "rms_gated": lambda: _model(normalization_type="RMS", gated_mlp=True, act_fn="silu"),
-    "ln_pre_folded": lambda: _model(normalization_type="LNPre"),
-    "no_norm": lambda: _model(normalization_type=None),
+    "gptj_parallel_rotary": dict(gptj=True),
+    "gptj_attn_only": dict(gptj=True, attn_only=True),
+    "sequential_absolute": {},
+    "sequential_rotary": dict(positional_embedding_type="rotary", rotary_dim=8),
+    "sequential_shortformer": dict(positional_embedding_type="shortformer"),
+    "attn_only_shortformer": dict(attn_only=True, d_mlp=None, positional_embedding_type="shortformer"),
+    "gqa": dict(n_heads=4, d_head=4, n_key_value_heads=2),
+    "gqa_parallel": dict(n_heads=4, d_head=4, n_key_value_heads=2, parallel_attn_mlp=True),
+    "rms_gated": dict(normalization_type="RMS", gated_mlp=True, act_fn="silu"),
+    "ln_pre_folded": dict(normalization_type="LNPre"),
+    "no_norm": dict(normalization_type=None),
 }
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def arch(request):
-    return request.param, ARCHITECTURES[request.param]()
+def arch(request, build_model):
+    return request.param, build_model(n_layers=3, **ARCHITECTURES[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +90,8 @@ def test_stacked_copies_equal_one_forward_per_patch(arch, pair, site):
 
 
 @pytest.mark.parametrize("site", ["z", "q", "pattern", "resid_pre"])  # rebuilt layer and rerun layer
-def test_chunk_sizes_give_the_same_results(pair, site):
-    model = ARCHITECTURES["sequential_shortformer"]()
+def test_chunk_sizes_give_the_same_results(build_model, pair, site):
+    model = build_model(n_layers=3, **ARCHITECTURES["sequential_shortformer"])
     clean, corrupted = pair
     with torch.no_grad():
         _, sources = model.run_with_cache(clean, return_cache_object=False)
@@ -149,9 +137,9 @@ def test_layer_output_equals_the_block_s_own_forward(arch, pair):
             torch.testing.assert_close(got[1], unpatched, atol=1e-5, rtol=1e-5, msg=f"{name} {site} layer {layer}")
 
 
-def test_rebuilding_is_off_where_the_block_differs():
+def test_rebuilding_is_off_where_the_block_differs(build_model):
     for flags in (dict(use_attn_result=True), dict(use_hook_mlp_in=True), dict(use_normalization_before_and_after=True, normalization_type="RMS")):
-        assert not resumes_after_attention(_model(**flags), "z"), flags
+        assert not resumes_after_attention(build_model(**flags), "z"), flags
 
 
 def test_run_from_a_cached_layer_equals_the_full_forward(arch, pair):
@@ -177,8 +165,8 @@ def test_chunk_and_run_chunks_keep_the_order():
     ]  # fmt: skip
 
 
-def test_copies_per_pass_and_the_auto_default():
-    model = _model()
+def test_copies_per_pass_and_the_auto_default(build_model):
+    model = build_model()
     tokens = torch.zeros(4, 8, dtype=torch.long)
     assert engine.copies_per_pass(model, tokens, 9) == 2  # 9 rows hold two copies of 4 prompts
     assert engine.copies_per_pass(model, tokens, 1) == 1  # at least one copy

@@ -15,32 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import headkit
 from headkit.errors import HeadkitError
 from headkit.interventions import ablation, activation_patching, attribution, path_patching, sites
 from headkit.interventions.sites import ALL, SITES, Patch, available_sites, check_site, hook_name, site_heads
-from headkit.models import gptj_model
 
 VOCAB, BATCH, POS = 30, 2, 5
 
 
-def _config_model(**overrides) -> HookedTransformer:
-    kwargs = dict(
-        n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=VOCAB, n_ctx=16,
-        act_fn="gelu", normalization_type="LN", seed=0,
-    )  # fmt: skip
-    model = HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides}))
-    model.eval()
-    return model
-
-
-MODELS = {
-    "gptj": lambda: gptj_model(n_layers=2, d_model=16, n_heads=4, d_vocab=VOCAB, n_ctx=16, seed=0),
-    "sequential": _config_model,
-    "attn_only": lambda: _config_model(attn_only=True, d_mlp=None),
-    "gqa": lambda: _config_model(n_key_value_heads=2),
+MODELS = {  # overrides of the tiny model of conftest.py
+    "gptj": dict(gptj=True, n_heads=4),
+    "sequential": dict(n_heads=4, d_head=4),
+    "attn_only": dict(n_heads=4, d_head=4, attn_only=True, d_mlp=None),
+    "gqa": dict(n_heads=4, d_head=4, n_key_value_heads=2),
 }
 # what the model does not have, and the words the refusal must give
 MISSING = {
@@ -52,8 +40,8 @@ MISSING = {
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
-def named_model(request):
-    return request.param, MODELS[request.param]()
+def named_model(request, build_model):
+    return request.param, build_model(**MODELS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +80,8 @@ def test_each_site_fires_with_its_shape_or_is_refused_with_the_reason(named_mode
             assert act.shape == (BATCH, POS, cfg.d_model)
 
 
-def test_unknown_site_lists_the_model_s_sites():
-    model = MODELS["attn_only"]()
+def test_unknown_site_lists_the_model_s_sites(build_model):
+    model = build_model(**MODELS["attn_only"])
     with pytest.raises(HeadkitError, match=r"unknown site 'mlp_in': allowed z, q, k, v, pattern, resid_pre, attn_out$"):
         check_site(model, "mlp_in")
 
