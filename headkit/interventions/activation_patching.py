@@ -73,7 +73,6 @@ from headkit.interventions.engine import (  # noqa: F401  (re-exported: the engi
     AUTO_ELEMENTS,
     RESUME_AFTER_ATTENTION,
     auto_batch_size,
-    layer_output as _layer_output,
     resumes_after_attention,
     sweep_patches,
 )

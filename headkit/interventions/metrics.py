@@ -230,7 +230,7 @@ def run_value(metric: Metric, logits: Tensor, *, run: str) -> Tensor:
     non-finite value as "metric on {run}" (e.g. ``run="the clean run"``).
     """
     check_finite(logits, where=f"the logits of {run}")
-    return check_scalar(metric(logits), where=f"metric on {run}")
+    return scalar_metric(metric, where=f"metric on {run}")(logits)
 
 
 def normalise(values: Float[Tensor, " n"], *, base: float, source: float) -> Float[Tensor, " n"]:
