@@ -17,7 +17,7 @@ path patching) runs the same way:
 4. The logits are split back into copies; each copy's logits must be finite
    before its metric is taken (`evaluate_copies`).
 
-`sweep_patches` is this engine for `Patch` es at one `~headkit.interventions.sites`
+`sweep_patches` is this engine for patches (`headkit.interventions.sites.Patch`) at one
 site (activation patching; ablation sweeps, whose patches write the
 replacement). Path patching builds its own hooks (frozen heads, recorded
 receivers) on the same `run_from`, `chunk` and `evaluate_copies`.
