@@ -11,5 +11,14 @@
 - `path_patching` and `attribution`: path patching (IOI App. B) and its
   first-order estimate.
 
+Shared by them:
+
+- `sites`: every site (head and layer), its hook name, its head axis, how a
+  patch writes into it and which models have it; the names the command line
+  offers (ablation methods, directions). Imports no torch.
+- `engine`: the one stacked forward (restart at a layer from the cached
+  residual, ``k`` copies along the batch axis, memory-bounded passes split
+  across ranks, finite logits per copy).
+
 Each module is imported on its own; this package file imports nothing.
 """

@@ -23,7 +23,8 @@ length (mean and resample replace position ``t`` by the reference's position
 return types). `ablation_sweep` ablates each head alone (or a set together) and
 tabulates a metric; `ablation_sweep_by_hop` breaks a per-prompt metric down by
 the task's hop count. Single-head sweeps run through the activation patching
-engine (`sweep_patches`): an ablation is a patch whose source is the replacement.
+engine (`headkit.interventions.engine.sweep_patches`): an ablation is a patch whose
+source is the replacement.
 
 Sweep columns:
 
@@ -48,9 +49,10 @@ et al. 2023), i.e. the head redistributes its attention over the other keys.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -58,10 +60,20 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_finite, check_heads, check_layer, check_position, check_seed, check_tokens
+from headkit.checks import (
+    Head,
+    check_finite,
+    check_heads,
+    check_layer,
+    check_optional_int,
+    check_position,
+    check_seed,
+    check_tokens,
+)
 from headkit.errors import HeadkitError
-from headkit.interventions.activation_patching import Patch, sweep_patches
-from headkit.interventions.metrics import Metric, answer_logprob, check_scalar, logit_diff
+from headkit.interventions.engine import sweep_patches
+from headkit.interventions.metrics import Metric, check_scalar, default_metric, scalar_metric
+from headkit.interventions.sites import ABLATION_METHODS, DEFAULT_ABLATION_METHOD, Patch, hook_name
 from headkit.tasks.base import TaskBatch, make_generator
 
 logger = logging.getLogger(__name__)
@@ -73,10 +85,6 @@ SET = -1  # layer and head columns of a set of heads ablated together
 Replacement = dict[str, Tensor]  # hook_z name -> replacement z [batch or 1, pos, head_index, d_head]
 
 
-def _z_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
 # --- what replaces z: one function per method ----------------------------------------
 
 
@@ -84,14 +92,14 @@ def _zero(model: HookedTransformer, tokens: Tensor, layers: list[int], reference
     """Zeros, broadcast over the batch."""
     cfg = model.cfg
     shape = (1, tokens.shape[1], cfg.n_heads, cfg.d_head)  # [1, pos, head_index, d_head]
-    return {_z_name(l): torch.zeros(shape, dtype=cfg.dtype, device=cfg.device) for l in layers}
+    return {hook_name("z", l): torch.zeros(shape, dtype=cfg.dtype, device=cfg.device) for l in layers}
 
 
 def _reference_z(model: HookedTransformer, reference: Tensor, layers: list[int]) -> Replacement:
     with torch.no_grad():
         _, cache = model.run_with_cache(
             reference.to(model.cfg.device),
-            names_filter=[_z_name(l) for l in layers],
+            names_filter=[hook_name("z", l) for l in layers],
             stop_at_layer=max(layers) + 1,
             return_cache_object=False,
         )
@@ -130,11 +138,10 @@ def _resample(model: HookedTransformer, tokens: Tensor, layers: list[int], refer
     return {name: z[donors] for name, z in _reference_z(model, reference, layers).items()}
 
 
-METHODS: dict[str, Callable[[HookedTransformer, Tensor, list[int], Tensor, int], Replacement]] = {
-    "zero": _zero,
-    "mean": _mean,
-    "resample": _resample,
-}
+# method name (sites.ABLATION_METHODS) -> (model, tokens, layers, reference, seed) -> replacement z
+METHODS: dict[str, Callable[[HookedTransformer, Tensor, list[int], Tensor, int], Replacement]] = dict(
+    zip(ABLATION_METHODS, (_zero, _mean, _resample))
+)
 
 
 # --- checks --------------------------------------------------------------------------
@@ -185,7 +192,7 @@ def ablate(
     tokens: Int[Tensor, "batch pos"],
     heads: Sequence[Sequence[int]],
     *,
-    method: str = "zero",
+    method: str = DEFAULT_ABLATION_METHOD,
     positions: Sequence[int] | None = None,
     reference: Int[Tensor, "ref_batch pos"] | None = None,
     seed: int = 0,
@@ -208,10 +215,10 @@ def ablate(
         z = z.clone()  # never edit a tensor autograd may have saved
         for l, h in checked:
             if l == layer:
-                z[:, index, h] = replacement[_z_name(l)][:, index, h]
+                z[:, index, h] = replacement[hook_name("z", l)][:, index, h]
         return z
 
-    hooks = [(_z_name(l), partial(write, layer=l)) for l in layers]
+    hooks = [(hook_name("z", l), partial(write, layer=l)) for l in layers]
     with model.hooks(fwd_hooks=hooks):
         return model(tokens)
 
@@ -222,7 +229,7 @@ def ablate_metric(
     heads: Sequence[Sequence[int]],
     metric: Metric,
     *,
-    method: str = "zero",
+    method: str = DEFAULT_ABLATION_METHOD,
     positions: Sequence[int] | None = None,
     reference: Int[Tensor, "ref_batch pos"] | None = None,
     seed: int = 0,
@@ -261,8 +268,7 @@ def _sweep(
     )
     if not checked:
         raise HeadkitError("heads is empty: give at least one (layer, head), or None for all heads")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
+    check_optional_int("batch_size", batch_size)
     tokens = batch.tokens.to(model.cfg.device)
     with torch.no_grad():
         baseline = evaluate(check_finite(model(tokens), where="the logits without ablation")).detach()
@@ -279,17 +285,11 @@ def _sweep(
     return baseline, [(l, h, _head_label([(l, h)]), a) for (l, h), a in zip(checked, ablated)]
 
 
-def _default_metric(batch: TaskBatch, *, per_example: bool) -> Metric:
-    """Logit difference where the batch has wrong answers, else the answer's log-probability."""
-    factory = logit_diff if batch.wrong_answers is not None else answer_logprob
-    return factory(batch, per_example=per_example)
-
-
 def ablation_sweep(
     model: HookedTransformer,
     batch: TaskBatch,
     *,
-    method: str = "zero",
+    method: str = DEFAULT_ABLATION_METHOD,
     metric: Metric | None = None,
     heads: Sequence[Sequence[int]] | None = None,
     reference: Int[Tensor, "ref_batch pos"] | None = None,
@@ -305,11 +305,8 @@ def ablation_sweep(
     forward pass (heads of a layer run stacked, see `sweep_patches`). Columns: see
     the module docstring; one row per head, or one row for the set.
     """
-    metric = metric if metric is not None else _default_metric(batch, per_example=False)
-
-    def evaluate(logits: Tensor) -> Tensor:
-        return check_scalar(metric(logits), where="ablation_sweep metric")
-
+    metric = metric if metric is not None else default_metric(batch, per_example=False)
+    evaluate = scalar_metric(metric, where="ablation_sweep metric")
     baseline, rows = _sweep(
         model, batch, evaluate, method=method, heads=heads, reference=reference,
         together=together, positions=positions, seed=seed, batch_size=batch_size,
@@ -322,26 +319,19 @@ def ablation_sweep(
 
 
 def ablation_sweep_by_hop(
-    model: HookedTransformer,
-    batch: TaskBatch,
-    *,
-    method: str = "zero",
-    metric: Metric | None = None,
-    heads: Sequence[Sequence[int]] | None = None,
-    reference: Int[Tensor, "ref_batch pos"] | None = None,
-    together: bool = False,
-    positions: Sequence[int] | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
+    model: HookedTransformer, batch: TaskBatch, *, metric: Metric | None = None, **options: Any
 ) -> pd.DataFrame:
     """`ablation_sweep` with the metric averaged separately over the prompts of each hop count.
 
     ``metric`` must be per-prompt (logits -> [batch]); default `logit_diff` (or
-    `answer_logprob`) with ``per_example=True``. One row per head (or set) and hop.
+    `answer_logprob`) with ``per_example=True``. ``options``: the keyword options of
+    `ablation_sweep` (``method, heads, reference, together, positions, seed,
+    batch_size``), with its defaults. One row per head (or set) and hop.
     """
+    options = _sweep_options(options)  # an unknown option is a TypeError, as in any call
     if batch.hops is None:
         raise HeadkitError(f"this {batch.task!r} batch has no hops: use ablation_sweep")
-    metric = metric if metric is not None else _default_metric(batch, per_example=True)
+    metric = metric if metric is not None else default_metric(batch, per_example=True)
 
     def evaluate(logits: Tensor) -> Tensor:
         values = metric(logits)
@@ -353,10 +343,7 @@ def ablation_sweep_by_hop(
             )
         return check_finite(values, where="ablation_sweep_by_hop: the per-prompt metric values")
 
-    baseline, rows = _sweep(
-        model, batch, evaluate, method=method, heads=heads, reference=reference,
-        together=together, positions=positions, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    baseline, rows = _sweep(model, batch, evaluate, **options)
     hops = batch.hops.to(baseline.device)
     records = []
     for l, h, label, ablated in rows:
@@ -365,6 +352,17 @@ def ablation_sweep_by_hop(
             base, abl = baseline[mask].mean().item(), ablated[mask].mean().item()
             records.append((l, h, label, hop, base, abl, abl - base))
     return pd.DataFrame(records, columns=list(HOP_COLUMNS))
+
+
+def _sweep_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`ablation_sweep`'s keyword options but ``metric``, its defaults filled in.
+
+    The by-hop sweep takes the same options; reading them off `ablation_sweep`'s
+    signature keeps one list of options and defaults for both.
+    """
+    bound = inspect.signature(ablation_sweep).bind(None, None, **options)
+    bound.apply_defaults()
+    return {name: value for name, value in bound.arguments.items() if name not in ("model", "batch", "metric")}
 
 
 # --- attention knockout --------------------------------------------------------------
@@ -411,5 +409,5 @@ def attention_knockout(
             pattern[:, head, query] = row / row.sum(-1, keepdim=True)
         return pattern
 
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", cut)]):
+    with model.hooks(fwd_hooks=[(hook_name("pattern", layer), cut)]):
         return model(tokens.to(model.cfg.device))

@@ -24,7 +24,10 @@ method), so confirm the heads it ranks highest with exact patching. The metric
 must be differentiable: ``accuracy`` is not.
 
 Sites: ``z`` (head output before W_O, the default), ``q``, ``k``, ``v`` (after
-the linear map, before rotary), ``pattern`` (post-softmax attention).
+the linear map, before rotary), ``pattern`` (post-softmax attention): the head
+sites of `headkit.interventions.sites`. Not run through the stacked engine
+(`headkit.interventions.engine`): one forward with gradients covers every head at
+once, so there is nothing to stack.
 """
 
 from __future__ import annotations
@@ -38,17 +41,16 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from headkit.errors import HeadkitError
-from headkit.interventions.metrics import Metric, check_scalar
 from headkit.checks import check_finite, check_token_pair
+from headkit.errors import HeadkitError
+from headkit.interventions import sites
+from headkit.interventions.metrics import Metric, run_value
 
-# site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation)
+# site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation): the
+# head sites of headkit.interventions.sites
 SITES: dict[str, tuple[str, int]] = {
-    "z": ("hook_z", 2),  # [batch, pos, head_index, d_head]
-    "q": ("hook_q", 2),  # [batch, pos, head_index, d_head]
-    "k": ("hook_k", 2),  # [batch, pos, head_index, d_head]
-    "v": ("hook_v", 2),  # [batch, pos, head_index, d_head]
-    "pattern": ("hook_pattern", 1),  # [batch, head_index, query_pos, key_pos]
+    name: (sites.SITES[name].hook.removeprefix("attn."), sites.SITES[name].head_axis)  # type: ignore[misc]
+    for name in sites.HEAD_SITES
 }
 COLUMNS = ("layer", "head", "value")
 
@@ -88,8 +90,8 @@ def attribution_patching(
     check_token_pair(model, clean_tokens, corrupted_tokens)
     device = model.cfg.device
     clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
-    hook, head_axis = SITES[site]
-    names = [f"blocks.{layer}.attn.{hook}" for layer in range(model.cfg.n_layers)]
+    head_axis = SITES[site][1]
+    names = [sites.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
 
     # forward 1: the clean activations
     with torch.no_grad():
@@ -101,8 +103,7 @@ def attribution_patching(
     corrupted: dict[str, Tensor] = {}
     attach = partial(_attach_leaf, leaves=leaves, values=corrupted)
     with torch.enable_grad(), model.hooks(fwd_hooks=[(name, attach) for name in names]):
-        logits = check_finite(model(corrupted_tokens), where="the logits of the corrupted run")
-        value = check_scalar(metric(logits), where="metric on the corrupted run")
+        value = run_value(metric, model(corrupted_tokens), run="the corrupted run")
     if not value.requires_grad:
         raise HeadkitError(
             "the metric is not differentiable (e.g. accuracy): attribution patching needs "

@@ -34,18 +34,23 @@ metric value, naming the run it came from.
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
 from jaxtyping import Float
-from torch import Tensor
 
 from headkit.checks import check_finite
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch
 
-Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> scalar tensor (0-dim)
+if TYPE_CHECKING:  # torch and the tasks are imported when a metric is built or run, so that
+    # the command line can read METRICS' names cheaply
+    from torch import Tensor
+
+    from headkit.tasks.base import TaskBatch
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[["Tensor"], "Tensor"]  # logits [batch, pos, d_vocab] -> scalar tensor (0-dim)
 
 
 def check_scalar(value: object, *, where: str) -> Tensor:
@@ -55,7 +60,9 @@ def check_scalar(value: object, *, where: str) -> Tensor:
     ``where`` (which metric, which run) and what came back instead; a NaN or
     infinite value is refused too.
     """
-    if isinstance(value, Tensor):
+    import torch
+
+    if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise HeadkitError(
                 f"{where}: the metric must return a scalar (a 0-dim or 1-element tensor, or a "
@@ -72,8 +79,10 @@ def check_scalar(value: object, *, where: str) -> Tensor:
 
 def _check_logits(logits: Tensor, batch: TaskBatch, name: str) -> None:
     """Logits must be finite, [batch.n, pos, d_vocab], with every answer position and id inside."""
-    if not isinstance(logits, Tensor) or logits.ndim != 3 or logits.shape[0] != batch.n:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    import torch
+
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[0] != batch.n:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise HeadkitError(
             f"metric {name}: expected logits of shape [batch={batch.n}, pos, d_vocab], got {shape}"
         )
@@ -93,6 +102,8 @@ def _check_logits(logits: Tensor, batch: TaskBatch, name: str) -> None:
 
 def _answer_logits(logits: Float[Tensor, "batch pos d_vocab"], batch: TaskBatch) -> Float[Tensor, "batch d_vocab"]:
     """The logits at each prompt's answer position."""
+    import torch
+
     rows = torch.arange(batch.n, device=logits.device)
     return logits[rows, batch.answer_pos.to(logits.device)]
 
@@ -155,6 +166,10 @@ def loss(batch: TaskBatch, *, per_example: bool = False) -> Metric:
     The mean is over all scored tokens of the batch (as the training loss);
     ``per_example=True`` gives each prompt's mean over its own scored tokens.
     """
+    import torch.nn.functional as F
+
+    from headkit.tasks.base import IGNORE
+
     scored_per_prompt = (batch.targets != IGNORE).sum(-1)  # [batch]
     if int(scored_per_prompt.min()) == 0:
         empty = int((scored_per_prompt == 0).nonzero()[0])
@@ -187,3 +202,51 @@ METRICS: dict[str, Callable[..., Metric]] = {
     "accuracy": accuracy,
     "loss": loss,
 }
+
+
+def default_metric_name(batch: TaskBatch) -> str:
+    """``logit_diff`` where the batch has wrong answers, else ``answer_logprob`` (the default metric)."""
+    return "logit_diff" if batch.wrong_answers is not None else "answer_logprob"
+
+
+def default_metric(batch: TaskBatch, *, per_example: bool) -> Metric:
+    """The default metric of ``batch`` (`default_metric_name`), built with ``per_example``."""
+    return METRICS[default_metric_name(batch)](batch, per_example=per_example)
+
+
+def scalar_metric(metric: Metric, *, where: str) -> Callable[[Tensor], Tensor]:
+    """``metric`` refusing anything but a finite scalar (`check_scalar`, naming ``where``)."""
+
+    def evaluate(logits: Tensor) -> Tensor:
+        return check_scalar(metric(logits), where=where)
+
+    return evaluate
+
+
+def run_value(metric: Metric, logits: Tensor, *, run: str) -> Tensor:
+    """``metric`` of one run's logits as a finite 0-dim tensor.
+
+    Non-finite logits are refused as "the logits of {run}", a non-scalar or
+    non-finite value as "metric on {run}" (e.g. ``run="the clean run"``).
+    """
+    check_finite(logits, where=f"the logits of {run}")
+    return scalar_metric(metric, where=f"metric on {run}")(logits)
+
+
+def normalise(values: Float[Tensor, " n"], *, base: float, source: float) -> Float[Tensor, " n"]:
+    """``(values - base) / (source - base)``: 0 = the base run, 1 = the source run.
+
+    One normaliser for activation patching (base = the run patched into) and path
+    patching (base = clean, source = corrupted). When ``source == base`` the ratio
+    is undefined: every entry is NaN and a warning is logged.
+    """
+    import torch
+
+    if source == base:
+        logger.warning(
+            "the clean and corrupted runs give the same metric (%g): with equal metrics the "
+            "normalised effects are NaN",
+            base,
+        )
+        return torch.full_like(values, float("nan"))
+    return (values - base) / (source - base)

@@ -32,12 +32,12 @@ noising mirror of activation patching's normalisation). The sweep stacks
 ``k`` copies of the prompt batch along the batch axis, copy ``i`` patching
 sender ``i``, and starts each forward at the first layer that differs from the
 clean run (the first sender's layer in step 2, the first receiver's in step 3)
-from the cached clean residual stream.
+from the cached clean residual stream (`headkit.interventions.engine`, the same
+stacked forward as activation patching, with the same ``batch_size`` default).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, Sequence
@@ -54,20 +54,20 @@ from headkit.checks import (
     HeadInput,
     Head,
     Receiver,
-    check_finite,
     check_heads,
+    check_optional_int,
     check_token_pair,
     parse_receiver,  # noqa: F401  (re-exported: parsing lives in headkit.checks, torch-free for the CLI)
     parse_receivers,  # noqa: F401
 )
-from headkit.distributed import map_cells
 from headkit.errors import HeadkitError
-from headkit.interventions.activation_patching import site_heads
-from headkit.interventions.metrics import Metric, check_scalar
+from headkit.interventions import engine
+from headkit.interventions.engine import Restart
+from headkit.interventions.metrics import Metric, normalise as normalise_values, run_value, scalar_metric
+from headkit.interventions.sites import QKV, SITES, hook_name, site_heads
 
-log = logging.getLogger(__name__)
-
-QKV_HOOKS: dict[str, str] = {"q": "hook_q", "k": "hook_k", "v": "hook_v"}
+# receiver kind -> its hook's name inside blocks.{layer}.attn (hook_q, hook_k, hook_v)
+QKV_HOOKS: dict[str, str] = {kind: SITES[kind].hook.removeprefix("attn.") for kind in QKV}
 COLUMNS = ("layer", "head", "value", "normalised")
 
 
@@ -94,7 +94,7 @@ class Receivers:
         """Hook name -> receiver head indices read there, e.g. ``blocks.3.attn.hook_q: [0, 2]``."""
         out: dict[str, list[int]] = {}
         for layer, head, kind in self.heads:
-            out.setdefault(f"blocks.{layer}.attn.{QKV_HOOKS[kind]}", []).append(head)
+            out.setdefault(hook_name(kind, layer), []).append(head)
         return out
 
     def label(self) -> str:
@@ -192,9 +192,7 @@ class _Runs:
     clean_resid: list[Float[Tensor, "batch pos d_model"]]  # resid_pre of each layer
     clean_logits: Float[Tensor, "batch pos d_vocab"]
     corrupted_logits: Float[Tensor, "batch pos d_vocab"]
-    # what a forward restarted mid-model needs besides the residual (None when the model has none):
-    shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None  # shortformer models add it to q and k
-    attention_mask: Int[Tensor, "batch pos"] | None  # padding mask of the clean tokens
+    restart: Restart  # what a forward restarted mid-model needs besides the residual
 
 
 def _cache_runs(
@@ -203,24 +201,22 @@ def _cache_runs(
     corrupted_tokens: Int[Tensor, "batch pos"],
 ) -> _Runs:
     # (1) cache head outputs on the original (clean) and the new (corrupted) input
-    n_layers = model.cfg.n_layers
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    layers = range(model.cfg.n_layers)
+    z_names = [hook_name("z", layer) for layer in layers]
+    resid_names = [hook_name("resid_pre", layer) for layer in layers]
     clean_logits, clean = model.run_with_cache(
         clean_tokens, names_filter=z_names + resid_names, return_cache_object=False
     )
     corrupted_logits, corrupted = model.run_with_cache(
         corrupted_tokens, names_filter=z_names, return_cache_object=False
     )
-    _, _, shortformer_pos_embed, attention_mask = model.input_to_embed(clean_tokens)
     return _Runs(
         clean_z=[clean[name] for name in z_names],
         corrupted_z=[corrupted[name] for name in z_names],
         clean_resid=[clean[name] for name in resid_names],
         clean_logits=clean_logits,
         corrupted_logits=corrupted_logits,
-        shortformer_pos_embed=shortformer_pos_embed,
-        attention_mask=attention_mask,
+        restart=Restart.of(model, clean_tokens),
     )
 
 
@@ -263,22 +259,11 @@ def _run_from(
     *,
     stop_at_layer: int | None = None,
 ) -> Tensor:
-    """Run ``copies`` stacked copies of the clean input from the clean residual at ``layer``.
-
-    A forward started mid-model gets what the embedding step would have passed on
-    besides the residual: the shortformer position embedding (added to the
-    queries' and keys' input in shortformer models) and the attention mask.
-    """
-    resid = runs.clean_resid[layer].repeat(copies, 1, 1)  # [copies * batch, pos, d_model]
-    shortformer, mask = runs.shortformer_pos_embed, runs.attention_mask
-    with model.hooks(fwd_hooks=hooks):
-        return model(
-            resid,
-            start_at_layer=layer,
-            stop_at_layer=stop_at_layer,
-            shortformer_pos_embed=None if shortformer is None else shortformer.repeat(copies, 1, 1),
-            attention_mask=None if mask is None else mask.repeat(copies, 1),
-        )
+    """Run ``copies`` stacked copies of the clean input from the clean residual at ``layer``."""
+    resid = engine.stack(runs.clean_resid[layer], copies)  # [copies * batch, pos, d_model]
+    return engine.run_from(
+        model, resid, layer=layer, copies=copies, restart=runs.restart, hooks=hooks, stop_at_layer=stop_at_layer
+    )
 
 
 def _path_patched_logits(
@@ -301,7 +286,7 @@ def _path_patched_logits(
     # original output, MLPs and LayerNorms recomputed; record the receivers' inputs
     freeze = [
         (
-            f"blocks.{layer}.attn.hook_z",
+            hook_name("z", layer),
             partial(_freeze_z, clean=runs.clean_z[layer], new=runs.corrupted_z[layer], senders=mask[layer]),
         )
         for layer in range(start, n_layers)
@@ -325,19 +310,12 @@ def _metric_values(
     metric: Metric, logits: Float[Tensor, "copy_batch pos d_vocab"], sender_sets: Sequence[Sequence[Head]]
 ) -> list[float]:
     """The metric of each copy's logits; non-finite logits or values are errors naming the senders."""
-    chunks = logits.reshape(len(sender_sets), -1, *logits.shape[1:])  # [copy, batch, pos, d_vocab]
-    values = []
-    for chunk, senders in zip(chunks, sender_sets):
-        where = f"the path-patched run from sender(s) {'+'.join(f'{l}.{h}' for l, h in senders) or 'none'}"
-        check_finite(chunk, where=f"the logits of {where}")
-        values.append(float(check_scalar(metric(chunk), where=f"metric on {where}")))
-    return values
-
-
-def _check_clean(metric: Metric, runs: _Runs) -> float:
-    """The clean metric, after checking the clean logits are finite."""
-    check_finite(runs.clean_logits, where="the logits of the clean run")
-    return float(check_scalar(metric(runs.clean_logits), where="metric on the clean run"))
+    runs = [
+        f"the path-patched run from sender(s) {'+'.join(f'{l}.{h}' for l, h in senders) or 'none'}"
+        for senders in sender_sets
+    ]
+    evaluate = scalar_metric(metric, where="metric on a path-patched run")
+    return [float(value) for value in engine.evaluate_copies(logits, runs, evaluate)]
 
 
 # --------------------------------------------------------------------------- API
@@ -365,10 +343,18 @@ def path_patching(
     device = model.cfg.device
     with torch.no_grad():
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))
-        _check_clean(metric, runs)
+        run_value(metric, runs.clean_logits, run="the clean run")
         logits = _path_patched_logits(model, runs, [heads], checked)
     (value,) = _metric_values(metric, logits, [heads])
     return value
+
+
+def _default_senders(model: HookedTransformer, receivers: Receivers) -> list[Head]:
+    """Every head in a layer before the first head receiver, or every head for ``"final"``."""
+    last = model.cfg.n_layers if receivers.final else receivers.first_layer
+    if last == 0:
+        raise HeadkitError(f"receivers {receivers.label()} are in layer 0: no earlier heads can send to them")
+    return [(layer, head) for layer in range(last) for head in range(model.cfg.n_heads)]
 
 
 def path_patching_sweep(
@@ -380,7 +366,7 @@ def path_patching_sweep(
     *,
     senders: Iterable[Sequence[int]] | None = None,
     normalise: bool = True,
-    batch_size: int | None = 256,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Path patching from each sender head alone to ``receivers``.
@@ -394,43 +380,30 @@ def path_patching_sweep(
     when the clean and corrupted metrics are equal). The clean and corrupted
     metrics are in ``df.attrs["clean"]`` and ``df.attrs["corrupted"]``.
     ``batch_size`` caps the rows (prompts x senders) of one forward pass, at
-    least one sender per pass; None stacks all senders at once (on CPU, passes of
-    a few hundred rows ran fastest: see docs/path_patching.md).
+    least one sender per pass; None: the engine's default for every sweep
+    (`headkit.interventions.engine.auto_batch_size`, sized for CPU caches; larger
+    is faster on a GPU, smaller saves memory).
     """
     _check_pair(model, clean_tokens, corrupted_tokens)
     checked = check_receivers(model, receivers)
-    if senders is None:
-        last = model.cfg.n_layers if checked.final else checked.first_layer
-        if last == 0:
-            raise HeadkitError(
-                f"receivers {checked.label()} are in layer 0: no earlier heads can send to them"
-            )
-        senders = [(layer, head) for layer in range(last) for head in range(model.cfg.n_heads)]
-    heads = check_senders(model, senders, checked)
+    heads = check_senders(model, _default_senders(model, checked) if senders is None else senders, checked)
     if not heads:
         raise HeadkitError("no sender heads given: pass at least one (layer, head)")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer or None")
+    check_optional_int("batch_size", batch_size)
 
-    n_prompts = clean_tokens.shape[0]
-    per_pass = len(heads) if batch_size is None else max(1, batch_size // n_prompts)
-    chunks = [heads[i : i + per_pass] for i in range(0, len(heads), per_pass)]
-    values: list[float] = []
+    chunks = engine.chunk({0: range(len(heads))}, engine.copies_per_pass(model, clean_tokens, batch_size))
     device = model.cfg.device
     with torch.no_grad():
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))
-        clean = _check_clean(metric, runs)
-        check_finite(runs.corrupted_logits, where="the logits of the corrupted run")
-        corrupted = float(check_scalar(metric(runs.corrupted_logits), where="metric on the corrupted run"))
+        clean = run_value(metric, runs.clean_logits, run="the clean run").item()
+        corrupted = run_value(metric, runs.corrupted_logits, run="the corrupted run").item()
 
-        def run_chunk(chunk: list[Head]) -> list[float]:
-            sender_sets = [[head] for head in chunk]
+        def run_chunk(chunk: tuple[int, list[int]]) -> list[float]:
+            sender_sets = [[heads[i]] for i in chunk[1]]
             logits = _path_patched_logits(model, runs, sender_sets, checked)
             return _metric_values(metric, logits, sender_sets)
 
-        # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
-        for done in map_cells(run_chunk, chunks, desc="path patching", progress=progress, leave=False):
-            values += done
+        values = engine.run_chunks(run_chunk, chunks, len(heads), desc="path patching", progress=progress, leave=False)
 
     df = pd.DataFrame(
         {
@@ -439,15 +412,7 @@ def path_patching_sweep(
             "value": values,
         }
     )
-    df["normalised"] = _normalised(df["value"], clean, corrupted) if normalise else float("nan")
+    value = torch.tensor(df["value"].to_numpy(), dtype=torch.float64)
+    df["normalised"] = normalise_values(value, base=clean, source=corrupted).numpy() if normalise else float("nan")
     df.attrs.update(clean=clean, corrupted=corrupted, receivers=checked.label())
     return df[list(COLUMNS)]
-
-
-def _normalised(values: pd.Series, clean: float, corrupted: float) -> pd.Series:
-    if clean == corrupted:
-        log.warning(
-            "clean and corrupted metrics are equal (%.6g): normalised path effects are NaN", clean
-        )
-        return pd.Series(float("nan"), index=values.index)
-    return (values - clean) / (corrupted - clean)

@@ -3,7 +3,31 @@
 from __future__ import annotations
 
 import pytest
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from headkit.models import gptj_model
+
+TINY = dict(
+    n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=30, n_ctx=16,
+    act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=0,
+)  # fmt: skip
+
+
+def tiny_model(gptj: bool = False, **overrides) -> HookedTransformer:
+    """A tiny model built from config in eval mode: `TINY` with ``overrides``, or headkit's
+    GPT-J-style model (``gptj=True``: parallel attention and MLP, rotary) of the same size."""
+    if gptj:
+        keep = ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx", "seed")
+        return gptj_model(**{**{k: TINY[k] for k in keep}, **overrides})
+    model = HookedTransformer(HookedTransformerConfig(**{**TINY, **overrides}))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def build_model():
+    """`tiny_model`, for tests that build models from a table of architecture overrides."""
+    return tiny_model
 
 
 @pytest.fixture

@@ -202,6 +202,15 @@ def test_sweep_by_hop_needs_hops_and_a_per_prompt_metric(model, batch):
 # --- attention knockout ------------------------------------------------------------
 
 
+def test_sweep_by_hop_takes_ablation_sweep_s_options_and_defaults(model, batch, no_forward):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'methd'"):
+        ablation_sweep_by_hop(model, batch, methd="mean")
+    with pytest.raises(HeadkitError, match="unknown ablation method 'median'"):
+        ablation_sweep_by_hop(model, batch, method="median")
+    with pytest.raises(HeadkitError, match="batch_size=0 is out of range"):
+        ablation_sweep_by_hop(model, batch, batch_size=0)
+
+
 def knockout_by_hand(model, tokens, layer, head, query, key, renormalise):
     """Recompute one GPT-J layer (parallel attention + MLP) with the edge cut, then run on."""
     with torch.no_grad():

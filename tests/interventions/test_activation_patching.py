@@ -201,7 +201,8 @@ def no_hooks_left(model) -> bool:
         (dict(direction="sideways"), r"unknown direction 'sideways': allowed denoise, noise"),
         (dict(site="resid_pre", heads=[(0, 0)]), r"heads= applies to head sites only"),
         (dict(heads=[(0, 0)], layers=[0]), r"give heads or layers, not both"),
-        (dict(batch_size=0), r"batch_size=0 must be a positive integer"),
+        (dict(batch_size=0), r"batch_size=0 is out of range: allowed 1 or more"),
+        (dict(batch_size=True), r"batch_size must be an integer, got True"),
     ],
 )
 def test_bad_input_is_refused_before_any_forward(tokens, no_forward, kwargs, message):
@@ -213,7 +214,7 @@ def test_bad_input_is_refused_before_any_forward(tokens, no_forward, kwargs, mes
 
 def test_shapes_must_match(tokens, no_forward):
     clean, corrupted = tokens
-    with pytest.raises(HeadkitError, match=r"clean_tokens shape \(3, 6\) != corrupted_tokens shape \(3, 5\)"):
+    with pytest.raises(HeadkitError, match=r"clean_tokens shape \(3, 6\) and corrupted_tokens shape \(3, 5\) differ"):
         activation_patching(MODELS["gptj"](), clean, corrupted[:, :5], metric)
 
 

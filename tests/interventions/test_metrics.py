@@ -12,8 +12,13 @@ from headkit.interventions.metrics import (
     accuracy,
     answer_logprob,
     check_scalar,
+    default_metric,
+    default_metric_name,
     logit_diff,
     loss,
+    normalise,
+    run_value,
+    scalar_metric,
 )
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab
 
@@ -140,3 +145,42 @@ def test_check_scalar_accepts_scalars():
 def test_check_scalar_refuses_the_rest_naming_where(value, shown):
     with pytest.raises(HeadkitError, match=rf"^my sweep: the metric must return a scalar.*{shown}"):
         check_scalar(value, where="my sweep")
+
+
+# --- the shared helpers: default metric, scalar wrapper, run value, normaliser ---------------
+
+
+def test_default_metric_is_logit_diff_with_wrong_answers_else_answer_logprob():
+    logits = torch.randn(BATCH, POS, VOCAB, generator=torch.Generator().manual_seed(4))
+    for wrong, factory in ((True, logit_diff), (False, answer_logprob)):
+        batch = make_batch(wrong=wrong)
+        assert default_metric_name(batch) == factory.__name__
+        for per_example in (False, True):
+            got = default_metric(batch, per_example=per_example)(logits)
+            assert torch.equal(got, factory(batch, per_example=per_example)(logits))
+
+
+def test_scalar_metric_and_run_value_refuse_what_is_not_a_finite_scalar():
+    logits = torch.randn(BATCH, POS, VOCAB)
+    per_prompt = lambda logits: logits[:, -1, 0]  # noqa: E731
+    assert scalar_metric(lambda logits: logits.sum(), where="x")(logits) == logits.sum()
+    with pytest.raises(HeadkitError, match=r"metric on a run: the metric must return a scalar.*shape \(4,\)"):
+        scalar_metric(per_prompt, where="metric on a run")(logits)
+    assert run_value(lambda logits: logits[0, 0, 0], logits, run="the clean run") == logits[0, 0, 0]
+    with pytest.raises(HeadkitError, match=r"metric on the clean run: the metric must return a scalar"):
+        run_value(per_prompt, logits, run="the clean run")
+    logits[0, 0, 0] = float("inf")
+    with pytest.raises(HeadkitError, match=r"the logits of the clean run is not finite \(1 infinite"):
+        run_value(lambda logits: logits[1, 0, 0], logits, run="the clean run")
+
+
+def test_normalise_and_nan_with_a_warning_when_equal(caplog):
+    import logging
+
+    values = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.equal(normalise(values, base=1.0, source=3.0), torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64))
+    assert torch.equal(normalise(values, base=3.0, source=1.0), torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64))
+    with caplog.at_level(logging.WARNING):
+        nan = normalise(values, base=2.0, source=2.0)
+    assert nan.isnan().all() and nan.dtype == torch.float64
+    assert "give the same metric (2)" in caplog.text
