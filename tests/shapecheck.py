@@ -21,6 +21,7 @@ public functions do for mismatched clean/corrupted prompts, has done its job).
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import re
@@ -29,6 +30,8 @@ import types
 import typing
 from typing import Any, Callable
 
+import jaxtyping
+import torch
 from jaxtyping import AbstractArray, AnnotationError, TypeCheckError
 from jaxtyping import _storage  # the shape-memo stack: one entry per running jaxtyped call
 
@@ -66,6 +69,13 @@ class ParameterShapeError(TypeCheckError, AnnotationError):
     """
 
 
+_FALLBACK = {"Tensor": torch.Tensor, **{name: getattr(jaxtyping, name) for name in dir(jaxtyping) if name[:1].isupper()}}
+# jaxtyping resolves each annotation in the module's globals and reads one it cannot
+# resolve as Any: the modules that import torch lazily (so that the command line starts
+# fast) name Tensor only under TYPE_CHECKING. In the test run it is a builtin, so their
+# tensor annotations are checked too.
+builtins.Tensor = torch.Tensor  # type: ignore[attr-defined]
+
 # Parameter mismatches waiting for the function's verdict: (memo depth, message).
 _pending: list[tuple[int, str]] = []
 
@@ -97,7 +107,8 @@ def check_shapes(fn: Callable[..., Any]) -> Callable[..., Any]:
     mismatch. The return value must always match.
     """
     module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    namespace = dict(vars(module)) if module is not None else {}
+    # modules that import torch lazily name Tensor only under TYPE_CHECKING: supply it
+    namespace = {**_FALLBACK, **(vars(module) if module is not None else {})}
     signature = inspect.signature(fn)
     params = list(signature.parameters.values())
     output = bool(params) and params[-1].kind is inspect.Parameter.KEYWORD_ONLY and _RET.fullmatch(params[-1].name)
