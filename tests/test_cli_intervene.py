@@ -194,10 +194,10 @@ def test_run_dir_without_checkpoints(tmp_path, capsys):
 
 def test_metric_names_of_the_command_line_are_the_library_metrics():
     # the CLI keeps its own tuple so that checking --metric imports no torch
-    from headkit.cli.cmd_intervene import METRIC_NAMES
+    from headkit.cli.args import metric_names
     from headkit.interventions.metrics import METRICS
 
-    assert METRIC_NAMES == tuple(METRICS)
+    assert metric_names() == tuple(METRICS)
 
 
 def test_run_markers_of_the_output_check_are_the_training_constants():
