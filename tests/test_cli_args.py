@@ -66,7 +66,8 @@ def test_a_missing_run_dir_fails_before_torch_is_imported(command, tmp_path):
     )  # fmt: skip
     lines = done.stdout.splitlines()
     assert lines[-2] == "CODE:2", done.stdout + done.stderr
-    assert done.stderr == f"headkit: error: run directory {missing} does not exist (or is not a directory)\n"
+    assert done.stderr.startswith("headkit: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert f"{missing} does not exist" in done.stderr or f"{missing} is not a headkit run directory" in done.stderr
     assert lines[-1] == "HEAVY:", f"headkit {command} imported {lines[-1][6:]} before refusing the run directory"
 
 
@@ -129,9 +130,7 @@ def test_prompt_counts_have_one_canonical_flag_and_hidden_old_spellings():
     ],
 )
 def test_numbers_and_names_are_one_line_errors_at_parse_time(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
 

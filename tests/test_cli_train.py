@@ -87,7 +87,7 @@ def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
         (["eval", "{tmp}/missing"], "does not exist"),
         (["info", "{tmp}/missing"], "is not a headkit run directory"),
         (["train", "--task", "chess", "--out", "{tmp}/x"], "invalid choice: 'chess'"),
-        (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "'zero' is not an integer"),
+        (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "--steps must be an integer, got 'zero'"),
         (["train", "--out", "{tmp}/x"], "--task is required for a new run"),
         (["train", "--task", "copy", "--out", "{run}"], "already holds a run"),
         (["train", "--task", "copy", "--checkpoint-steps", "2,999", "--out", "{tmp}/x"], "checkpoint step 999"),

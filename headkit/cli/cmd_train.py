@@ -117,8 +117,8 @@ def _info(args: argparse.Namespace) -> int:
     """Reads the run's files as JSON and CSV: no torch, TransformerLens or pandas (answers in < 1 s)."""
     from headkit.runs import last_metrics_row, list_checkpoints, read_run_json, run_status
 
-    run = types.check_run_dir(args.run_dir)
-    cfg = read_run_json(run)
+    run = Path(args.run_dir)
+    cfg = read_run_json(run)  # a missing run: "... is not a headkit run directory" (torch-free)
     found = list_checkpoints(run)
     last = last_metrics_row(run)
     status = run_status(run)
