@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 DEMO_TASKS = ("number", "letter")
 DEMO_ADDED = (0, 46, 96, 296, 996)  # PosSym-2026 Fig. 5B's x-axis: tokens added
-EXTEND_MODES = ("prefix", "window")  # "prefix": the paper's protocol; "window": headkit's variant
 ACCURACY_FILE = "accuracy.csv"
 # intermediate checkpoints (at steps_scale 1; the final step is always saved): an interrupted demo
 # resumes, and analyses R3 (head roles over training) reads them; dense early, where roles change fastest
@@ -78,8 +77,10 @@ class DemoOptions:
     def __post_init__(self) -> None:
         check_positive_float("steps_scale", self.steps_scale)
         check_int("n", self.n)
-        if self.extend not in EXTEND_MODES:
-            raise HeadkitError(f"extend={self.extend!r} is unknown: allowed {', '.join(EXTEND_MODES)}")
+        from headkit.evaluation import EXTENDS
+
+        if self.extend not in EXTENDS:
+            raise HeadkitError(f"extend={self.extend!r} is unknown: allowed {', '.join(EXTENDS)}")
         if (self.lengths is None) == (self.added is None):
             raise HeadkitError("give lengths or added, not both")
         option, values = ("--lengths", self.lengths) if self.lengths is not None else ("--added", self.added)
@@ -393,14 +394,16 @@ DEMO_STEPS: list[tuple[str, Step]] = [
 ]
 
 
-def run_demo(out: str | os.PathLike, options: DemoOptions = DemoOptions(), *, say: Say = logger.info) -> DemoResult:
+def run_demo(out: str | os.PathLike, options: DemoOptions | None = None, *, say: Say = logger.info) -> DemoResult:
     """Run every step of `DEMO_STEPS` into ``out`` (one demo at a time there: `headkit.runs.RunLock`).
 
-    Every option is checked first (`check_options`). ``say`` receives what the demo
-    reports: step headers, tables, timings and the files written.
+    ``options`` default to `DemoOptions()` (the paper's protocol, the cpu preset). Every
+    option is checked first (`check_options`). ``say`` receives what the demo reports:
+    step headers, tables, timings and the files written.
     """
     from headkit.runs import RunLock
 
+    options = DemoOptions() if options is None else options
     result = DemoResult(out=check_options(out, options))
     started = time.perf_counter()
     with RunLock(result.out):  # one demo at a time in OUT

@@ -77,6 +77,7 @@ def test_choices_are_the_library_registries():
     from headkit.interventions.metrics import METRICS
     from headkit.tasks import BUILDERS
     from headkit.tasks.natural import SUITES
+    from headkit.evaluation import EXTENDS
     from headkit.training import PRESETS
 
     assert types.task_names() == tuple(BUILDERS)
@@ -87,6 +88,7 @@ def test_choices_are_the_library_registries():
     assert types.directions() == tuple(DIRECTIONS)
     assert types.suite_names() == tuple(SUITES)
     assert types.preset_names() == tuple(PRESETS)
+    assert types.extend_modes() == EXTENDS
     commands = _subcommands()
     offered = {a.dest: tuple(a.choices) for a in commands["patch"]._actions if a.choices}
     assert offered["metric"] == types.metric_names() and offered["site"] == types.site_names()

@@ -15,7 +15,7 @@
   `headkit.checks` (`check_int`, `check_positive_float`), its message naming the
   flag as typed, as one ``headkit: error:`` line.
 - ``choices=`` of ``--task``, ``--metric``, ``--site``, ``--method``,
-  ``--direction``, ``--suite``, ``--preset`` come from the registry lookups below.
+  ``--direction``, ``--suite``, ``--preset``, ``--extend`` come from the registry lookups below.
 
 Nothing here imports torch at module level (``headkit --help`` answers at once;
 tests/test_cli_speed.py): the device check imports it only when ``--device`` is given.
@@ -83,7 +83,9 @@ def preset_names() -> tuple[str, ...]:
     return ("cpu", "paper")
 
 
-EXTEND_MODES = ("prefix", "window")  # `headkit.evaluation.evaluate`'s ``extend``
+def extend_modes() -> tuple[str, ...]:
+    """``--extend``: `headkit.evaluation.EXTENDS`."""
+    return ("prefix", "window")
 
 
 # --------------------------------------------------------------------------- checked values
@@ -230,7 +232,7 @@ def add_compute(parser: argparse.ArgumentParser, *, device_help: str = "torch de
 def add_extend(parser: argparse.ArgumentParser) -> None:
     """``--extend prefix|window``: how an evaluation makes prompts longer than the trained length."""
     parser.add_argument(
-        "--extend", choices=EXTEND_MODES, default="prefix",
+        "--extend", choices=extend_modes(), default="prefix",
         help="how longer prompts are made: prefix = tokens added before an unchanged prompt (PosSym-2026's, "
         "default); window = the chain redrawn over an enlarged window (headkit's harder variant)",
     )  # fmt: skip

@@ -11,17 +11,14 @@ import argparse
 
 from headkit.checks import check_output_path, parse_int_list
 from headkit.cli import args as types
+from headkit.demo import DEMO_ADDED, DemoOptions, run_demo  # torch-free at import: the steps import it
 from headkit.threads import use_threads
-
-DEMO_ADDED = (0, 46, 96, 296, 996)  # = headkit.demo.DEMO_ADDED (that module loads when the demo runs)
 
 
 def _demo(args: argparse.Namespace) -> int:
     lengths = None if args.lengths is None else tuple(parse_int_list(args.lengths, name="--lengths"))
     added = None if lengths is not None else tuple(parse_int_list(args.added, name="--added", low=0))
     check_output_path(args.out, directory=True)  # writable, not inside a run's own files or a checkpoint
-    from headkit.demo import DemoOptions, run_demo
-
     options = DemoOptions(
         steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, n=args.eval_n,
         progress=not args.no_progress, preset=args.preset, parallel=not args.serial, device=args.device,
