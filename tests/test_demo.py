@@ -74,5 +74,5 @@ def test_run_demo_returns_its_tables_and_prints_nothing(small_demo, tmp_path, mo
     written = pd.read_csv(tmp_path / demo.ACCURACY_FILE)
     pd.testing.assert_frame_equal(written, pd.read_csv(io.StringIO(result.accuracy.to_csv(index=False))))
     assert set(result.accuracy["length"]) == {17, 33}
-    assert result.r1 is None  # total lengths: not the paper's protocol, no R1 table
+    assert set(result.r1["added"]) == {0}  # R1 rows only where a length is one of the paper's (17 = +0)
     assert result.heads == {} and result.ablation == {} and result.report is None

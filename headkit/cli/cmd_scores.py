@@ -173,7 +173,6 @@ def _dynamics(args: argparse.Namespace) -> int:
     from headkit.tasks import TaskSpec
 
     task = None if args.task is None else TaskSpec(args.task)
-
     table = track_heads(
         args.run_dir,
         n_prompts=args.n_prompts,
