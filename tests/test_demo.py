@@ -48,21 +48,19 @@ def test_check_options_refuses_lengths_beyond_the_context_before_training(tmp_pa
 
 
 @pytest.fixture
-def small_demo(monkeypatch):
-    """The demo's default configs shrunk to 2-layer d_model 16 models."""
-    from headkit import training
+def tiny_configs(monkeypatch):
+    """`demo_configs` with each model shrunk to 2 layers of d_model 16 (the schedule unchanged)."""
+    real = demo.demo_configs
 
-    real = training.default_config
+    def tiny(options):
+        shrink = {"n_layers": 2, "d_model": 16}
+        return {t: dataclasses.replace(c, model=dataclasses.replace(c.model, **shrink), eval_n=32) for t, c in real(options).items()}
 
-    def shrunk(task, **options):
-        cfg = real(task, **options)
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
-
-    monkeypatch.setattr(training, "default_config", shrunk)
+    monkeypatch.setattr(demo, "demo_configs", tiny)
 
 
 @pytest.mark.slow
-def test_run_demo_returns_its_tables_and_prints_nothing(small_demo, tmp_path, monkeypatch, capsys):
+def test_run_demo_returns_its_tables_and_prints_nothing(tiny_configs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_STEPS", demo.DEMO_STEPS[:2])  # train + evaluate
     said: list[str] = []
     options = demo.DemoOptions(steps_scale=0.002, lengths=(17, 33), added=None, n=8, progress=False, parallel=False)
