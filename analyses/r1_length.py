@@ -52,7 +52,7 @@ import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
-from headkit.cli.cmd_demo import DEMO_CHECKPOINTS
+from headkit.demo import DEMO_CHECKPOINTS
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
@@ -97,7 +97,7 @@ def shared_run_config(task: str, *, steps: int = DEFAULT_STEPS, tiny: bool = Fal
     one head per layer, n_ctx 2048; the letter task with 24 symbols, lr 3e-3 and a
     hop curriculum, one hop more every 250 updates), 2000 updates, a metrics
     row every 50 updates and 12 checkpoints: exactly ``headkit demo``'s runs
-    (`headkit.cli.cmd_demo.demo_config`), so ``--runs DEMO_OUT`` reuses them. ``tiny``
+    (`headkit.demo.demo_config`), so ``--runs DEMO_OUT`` reuses them. ``tiny``
     swaps in a 2-layer, d_model-16 model with n_ctx 65 and small batches (smoke runs).
     """
     if task not in TASKS:

@@ -11,17 +11,16 @@ than one for 1.37x the CPU time; under a load average of ~3-4 they ran 2.5x
 So the command line picks the count itself (`auto_threads`): as many threads as
 there are idle cores, judged from the 1-minute load average
 (``round(cores - load)``), at least 1 and at most torch's own default. On a busy
-machine that is one thread. ``--threads N`` (or ``OMP_NUM_THREADS``) overrides.
+machine that is one thread. ``--threads N`` (or ``OMP_NUM_THREADS``) overrides (the option: `headkit.cli.args.add_compute`).
 The library itself never changes torch's setting; only the CLI does.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
-from headkit.errors import HeadkitError
+from headkit.checks import check_optional_int
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +48,8 @@ def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling
 
 
 def check_threads(value: int | None) -> int | None:
-    """``--threads``: None (automatic) or a positive integer."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise HeadkitError(f"--threads={value!r} must be a positive integer")
-    return value
+    """``--threads``: None (automatic) or a positive integer (`headkit.checks.check_optional_int`)."""
+    return check_optional_int("--threads", value)
 
 
 def use_threads(requested: int | None = None) -> int:
@@ -70,9 +67,3 @@ def use_threads(requested: int | None = None) -> int:
     log.info("torch uses %d CPU thread(s)", threads)
     return threads
 
-
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--threads N`` to a command that computes (read by `use_threads`)."""
-    from headkit.cli.cmd_train import positive_int
-
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)

@@ -78,7 +78,7 @@ def test_gptj_flag_is_an_alias_of_model(model_dir, tmp_path):
     [
         (["patch", "RUN", "--model", "M"], "give exactly one of RUN_DIR (a headkit run) or --model DIR"),
         (["ablate"], "give exactly one of RUN_DIR"),
-        (["patch", "--model", "{dir}", "--suite", "nope"], "--suite 'nope' is unknown: allowed ioi, number"),
+        (["patch", "--model", "{dir}", "--suite", "nope"], "argument --suite: invalid choice: 'nope' (choose from 'ioi', 'number'"),
         (["discrepancy", "--model", "{dir}", "--lengths", "30", "--task", "ioi"], "--task 'ioi' with --model"),
         (["classify", "--model", "{dir}", "--task", "number"], "--task applies to a RUN_DIR, not to --model"),
     ],

@@ -40,7 +40,7 @@ def report(number_run, tmp_path_factory):
 
 def expected_views(seed: int = 1) -> int:
     """Attention views the report shows: two prompts per hop count of its batch (seed 0 + 1)."""
-    from headkit.cli.cmd_report import VIEWS_PER_HOP
+    from headkit.report_sections import VIEWS_PER_HOP
     from headkit.tasks import TaskSpec
 
     hops = TaskSpec("number").build(N, seed=seed).hops
@@ -71,8 +71,7 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit):
-        main(["report", str(tmp_path), "--n", "0"])
+    assert main(["report", str(tmp_path), "--n", "0"]) == 2
 
 
 # --------------------------------------------------------------------------- a real browser

@@ -186,7 +186,7 @@ def test_largest_seed_is_accepted(good_run):
         (["ablate", "{run}", "--heads", "1.0,1.0", "--together"], "head 1.0 is given twice in '1.0,1.0'"),
         (["patch", "{run}", "--heads", "0.1,0.0,0.1"], "head 0.1 is given twice"),
         (["path-patch", "{run}", "--receivers", "1.0.q,1.0.q"], "receiver 1.0.q is given twice"),
-        (["ablate", "{run}", "--metric", "f1"], "unknown metric 'f1'"),
+        (["ablate", "{run}", "--metric", "f1"], "invalid choice: 'f1'"),
     ],
 )
 def test_bad_specs_are_one_line(run, tmp_path, argv, words):

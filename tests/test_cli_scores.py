@@ -77,7 +77,7 @@ def test_discrepancy(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["classify", "RUN", "--n-prompts", "0"], "--n-prompts 0 is out of range: allowed 1 or more"),
+        (["classify", "RUN", "--n-prompts", "0"], "--n-prompts=0 is out of range: allowed 1 or more"),
         (["classify", "MISSING"], "run directory MISSING does not exist"),
         (["classify"], "give exactly one of RUN_DIR"),
         (["classify", "RUN", "--composition", "x"], "allowed a list of q, k, v"),
@@ -86,7 +86,7 @@ def test_discrepancy(run_dir, tmp_path):
         (["discrepancy", "RUN", "--lengths", "17,99"], f"length 99 exceeds the model's context n_ctx={N_CTX}"),
         (["discrepancy", "RUN", "--lengths", "17", "--heads", "5.0"], "layer 5 is out of range: this model has layers 0..1"),
         (["discrepancy", "RUN", "--lengths", "17", "--heads", "1.3"], "head 3 is out of range: this model has heads 0..1"),
-        (["discrepancy", "RUN", "--lengths", "17", "--n-prompts", "0"], "--n-prompts 0 is out of range"),
+        (["discrepancy", "RUN", "--lengths", "17", "--n-prompts", "0"], "--n-prompts=0 is out of range"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, argv, message):

@@ -87,7 +87,7 @@ def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
         (["eval", "{tmp}/missing"], "does not exist"),
         (["info", "{tmp}/missing"], "is not a headkit run directory"),
         (["train", "--task", "chess", "--out", "{tmp}/x"], "invalid choice: 'chess'"),
-        (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "'zero' is not an integer"),
+        (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "--steps must be an integer, got 'zero'"),
         (["train", "--out", "{tmp}/x"], "--task is required for a new run"),
         (["train", "--task", "copy", "--out", "{run}"], "already holds a run"),
         (["train", "--task", "copy", "--checkpoint-steps", "2,999", "--out", "{tmp}/x"], "checkpoint step 999"),
@@ -178,7 +178,7 @@ def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
 def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(small_demo, tmp_path, capsys, monkeypatch):
     """Default evaluation = tokens added before the prompt (PosSym-2026 Fig. 5B); the R1
     table carries the paper's value, headkit's and a verdict. ``--extend window`` too."""
-    from headkit.cli import cmd_demo
+    from headkit import demo as cmd_demo
     from headkit.paper import R1_ACCURACY, verdict
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:2])  # train + evaluate only
@@ -206,7 +206,7 @@ def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(
 
 def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo, tmp_path, capsys, monkeypatch):
     """Two processes, one per run: the checkpoints equal those of a serial demo, byte for byte."""
-    from headkit.cli import cmd_demo
+    from headkit import demo as cmd_demo
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:1])  # train only
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -225,7 +225,7 @@ def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo
 def test_demo_scores_accuracy_on_the_runs_hf_model_exactly_as_transformerlens(copy_run):
     # the demo evaluates with the run's own Hugging Face model (SDPA, faster at long lengths);
     # the accuracy table must equal the one TransformerLens's forward gives
-    from headkit.cli.cmd_demo import _fast_scorer
+    from headkit.demo import _fast_scorer
     from headkit.gptj_hf import HFLogits
 
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])

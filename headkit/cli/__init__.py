@@ -3,7 +3,9 @@
 Each ``headkit/cli/cmd_*.py`` module defines ``register(subparsers)``, which adds
 its sub-commands with ``set_defaults(func=...)``; this module discovers them, so
 adding a command never touches this file. A `HeadkitError` (bad input) becomes a
-one-line ``headkit: error: ...`` message and exit code 2, with no traceback.
+one-line ``headkit: error: ...`` message and exit code 2, with no traceback; so does an
+argparse error (`main` returns the status in both cases, it never raises SystemExit).
+The shared arguments and their checks are `headkit.cli.args`.
 
 Start-up is kept fast (``headkit --help``, argument errors): building the parser
 imports no torch, TransformerLens or pandas (tests/test_cli_speed.py pins it);
@@ -47,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (2 for any bad input, argparse's included)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line already written) or --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -1,20 +1,153 @@
-"""Argument types shared by every ``headkit`` command: seeds and devices.
+"""The arguments every ``headkit`` command shares: one name, one meaning, one check each.
 
-An argparse ``type=`` turns a bad value into one ``headkit CMD: error: argument
---seed: ...`` line with exit code 2, before the command does any work. torch is
-imported only when a ``--device`` is actually given, so ``--help`` stays fast.
+- ``RUN_DIR`` (`add_run`): a run directory of ``headkit train`` or a checkpoint
+  directory; `check_run_dir` refuses a missing one before anything heavy is imported.
+- ``--n-prompts N`` (`add_prompts`): prompts of a score or an intervention;
+  ``--eval-n N`` (`add_eval_prompts`): prompts per length of an accuracy
+  evaluation. The old spellings (``--n``) stay accepted, hidden from ``--help``.
+- ``--out FILE.csv`` (`add_csv_out`): optional wherever a command writes one table
+  (the table is printed either way); `check_csv_out` checks it before any work.
+  Commands that write a *folder* (``train``, ``report``, ``demo``) keep their own
+  ``--out``: required for ``train`` (the run to create), defaulted for the others.
+- ``--device``, ``--no-progress``, ``--threads`` (`add_compute`): on every command
+  that runs a model.
+- Integers and positive numbers (`add_int`, `add_float`): the one check of
+  `headkit.checks` (`check_int`, `check_positive_float`), its message naming the
+  flag as typed, as one ``headkit: error:`` line.
+- ``choices=`` of ``--task``, ``--metric``, ``--site``, ``--method``,
+  ``--direction``, ``--suite``, ``--preset``, ``--extend`` come from the registry lookups below.
+
+Nothing here imports torch at module level (``headkit --help`` answers at once;
+tests/test_cli_speed.py): the device check imports it only when ``--device`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
 
-from headkit.checks import SEED_MAX, check_device, is_number
+from headkit.checks import SEED_MAX, check_device, check_int, check_output_path, check_positive_float, is_number
 from headkit.errors import HeadkitError
+
+# --------------------------------------------------------------------------- registry lookups
+# Every name list the command line offers comes from here. The intervention and task
+# registries cannot all be imported without torch yet, so some are copied; tests/test_cli_args.py
+# pins each copy to its library registry. At merge the lead points them at the torch-free
+# registries (headkit.interventions.sites: SITES, ABLATION_METHODS, DEFAULT_ABLATION_METHOD,
+# DIRECTIONS; headkit.interventions.metrics: METRICS; the task registry of headkit.tasks).
+
+
+def task_names() -> tuple[str, ...]:
+    """Trainable tasks (``--task``): `headkit.tasks.BUILDERS` (torch-free)."""
+    from headkit.tasks import BUILDERS
+
+    return tuple(BUILDERS)
+
+
+def metric_names() -> tuple[str, ...]:
+    """``--metric``: `headkit.interventions.metrics.METRICS`."""
+    return ("logit_diff", "answer_logprob", "accuracy", "loss")
+
+
+def site_names() -> tuple[str, ...]:
+    """``--site``: `headkit.interventions.activation_patching.SITES`."""
+    return ("z", "q", "k", "v", "pattern", "resid_pre", "resid_mid", "attn_out", "mlp_out")
+
+
+def ablation_methods() -> tuple[str, ...]:
+    """``--method``: `headkit.interventions.ablation.METHODS`."""
+    return ("zero", "mean", "resample")
+
+
+def default_ablation_method() -> str:
+    """The library's default method (`ablation_sweep`'s ``method=``), also the CLI's."""
+    return "zero"
+
+
+def directions() -> tuple[str, ...]:
+    """``--direction``: `headkit.interventions.activation_patching.DIRECTIONS`."""
+    return ("denoise", "noise")
+
+
+def suite_names() -> tuple[str, ...]:
+    """``--suite`` of a pretrained model: `headkit.tasks.natural.SUITES`."""
+    return ("ioi", "number", "letter", "induction", "duplicate")
+
+
+def preset_names() -> tuple[str, ...]:
+    """``--preset``: `headkit.training.PRESETS`."""
+    return ("cpu", "paper")
+
+
+def extend_modes() -> tuple[str, ...]:
+    """``--extend``: `headkit.evaluation.EXTENDS`."""
+    return ("prefix", "window")
+
+
+# --------------------------------------------------------------------------- checked values
+
+
+class _Checked(argparse.Action):
+    """Store ``check(flag, text)``; a HeadkitError becomes one usage line naming the flag typed."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, check: Callable[[str, str], Any], **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.check = check
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 (argparse's signature)
+        try:
+            setattr(namespace, self.dest, self.check(option_string or self.dest, values))
+        except HeadkitError as exc:  # argument_name None: the message alone, it names the flag itself
+            raise argparse.ArgumentError(None, str(exc)) from None
+
+
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only ('²' and '1_0' are refused, as in check_int's callers)
+
+
+def to_int(name: str, text: str, *, low: int = 1, high: int | None = None) -> int:
+    """``text`` as an integer in ``low..high`` (`headkit.checks.check_int`)."""
+    return check_int(name, int(text) if _INTEGER.fullmatch(text.strip()) else text, low=low, high=high)
+
+
+def to_positive_float(name: str, text: str) -> float:
+    """``text`` as a finite positive number (`headkit.checks.check_positive_float`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise HeadkitError(f"{name}={text!r} must be a positive number") from None
+    return check_positive_float(name, value if math.isfinite(value) else text)
+
+
+def _add(parser: argparse.ArgumentParser, flags: tuple[str, ...], aliases: tuple[str, ...], **kwargs: Any) -> None:
+    """``flags`` shown in ``--help``; ``aliases`` accepted, hidden, storing into the same place."""
+    action = parser.add_argument(*flags, **kwargs)
+    for alias in aliases:
+        hidden = {**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+        hidden.pop("required", None)
+        parser.add_argument(alias, dest=action.dest, **hidden)
+
+
+def add_int(
+    parser: argparse.ArgumentParser, *flags: str, low: int = 1, high: int | None = None,
+    aliases: tuple[str, ...] = (), **kwargs: Any,
+) -> None:  # fmt: skip
+    """An integer option in ``low..high``, checked by `to_int`."""
+    kwargs.setdefault("metavar", "N")
+    _add(parser, flags, aliases, action=_Checked, check=partial(to_int, low=low, high=high), **kwargs)
+
+
+def add_float(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+    """A finite positive number option, checked by `to_positive_float`."""
+    kwargs.setdefault("metavar", "X")
+    _add(parser, flags, (), action=_Checked, check=to_positive_float, **kwargs)
 
 
 def seed(text: str) -> int:
-    """A seed in 0..2**64-1, written in ASCII digits."""
+    """A seed in 0..2**64-1, written in ASCII digits (an argparse ``type=``)."""
     if not is_number(text.strip()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
     value = int(text)
@@ -24,8 +157,82 @@ def seed(text: str) -> int:
 
 
 def device(text: str) -> str:
-    """A torch device this machine has (`headkit.checks.check_device`)."""
+    """A torch device this machine has (`headkit.checks.check_device`; an argparse ``type=``)."""
     try:
         return check_device(text)
     except HeadkitError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- shared arguments
+
+RUN_HELP = "run directory of `headkit train` (its latest checkpoint) or a checkpoint directory"
+
+
+def add_run(parser: argparse.ArgumentParser, *, optional: bool = False, help: str = RUN_HELP) -> None:
+    """The positional ``RUN_DIR`` (``args.run_dir``); ``optional`` where ``--model DIR`` may replace it."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="?" if optional else None, help=help)
+
+
+def check_run_dir(run_dir: str | None) -> Path | None:
+    """``RUN_DIR`` must be an existing directory: checked before torch is imported (fails at once)."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise HeadkitError(f"run directory {run_dir} does not exist (or is not a directory)")
+    return path
+
+
+def check_run_or_model(args: argparse.Namespace) -> None:
+    """Commands taking RUN_DIR or ``--model DIR``: exactly one, and a RUN_DIR that exists."""
+    if (args.run_dir is None) == (args.model is None):
+        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
+    check_run_dir(args.run_dir)
+
+
+def add_prompts(parser: argparse.ArgumentParser, *, default: int, help: str, aliases: tuple[str, ...] = ()) -> None:
+    """``--n-prompts N`` (``args.n_prompts``): prompts of a score or an intervention."""
+    add_int(parser, "--n-prompts", default=default, aliases=aliases, help=f"{help} (default {default})")
+
+
+def add_eval_prompts(
+    parser: argparse.ArgumentParser, *, default: int, help: str, aliases: tuple[str, ...] = ()
+) -> None:
+    """``--eval-n N`` (``args.eval_n``): prompts per length of an accuracy evaluation."""
+    add_int(parser, "--eval-n", default=default, aliases=aliases, help=f"{help} (default {default})")
+
+
+def add_csv_out(parser: argparse.ArgumentParser, *, columns: str = "") -> None:
+    """``--out FILE.csv``: optional; the command prints its table either way."""
+    shown = f" (columns {columns})" if columns else ""
+    parser.add_argument("--out", default=None, metavar="FILE.csv", help=f"CSV file to write the table to{shown}")
+
+
+def inputs_of(args: argparse.Namespace) -> list[str]:
+    """The existing input paths of a command (RUN_DIR, ``--model``): outputs must not overwrite them."""
+    paths = [getattr(args, "run_dir", None), getattr(args, "model", None)]
+    return [p for p in paths if p is not None and Path(p).exists()]
+
+
+def check_csv_out(args: argparse.Namespace) -> Path | None:
+    """``--out`` writable and not a run's or an input's file, checked before any work (None: not given)."""
+    return None if args.out is None else check_output_path(args.out, inputs=inputs_of(args))
+
+
+def add_compute(parser: argparse.ArgumentParser, *, device_help: str = "torch device, e.g. cpu or cuda") -> None:
+    """``--device``, ``--no-progress`` and ``--threads``: every command that runs a model."""
+    from headkit.threads import THREADS_HELP
+
+    parser.add_argument("--device", type=device, default=None, help=device_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_int(parser, "--threads", default=None, help=THREADS_HELP)
+
+
+def add_extend(parser: argparse.ArgumentParser) -> None:
+    """``--extend prefix|window``: how an evaluation makes prompts longer than the trained length."""
+    parser.add_argument(
+        "--extend", choices=extend_modes(), default="prefix",
+        help="how longer prompts are made: prefix = tokens added before an unchanged prompt (PosSym-2026's, "
+        "default); window = the chain redrawn over an enlarged window (headkit's harder variant)",
+    )  # fmt: skip

@@ -1,14 +1,14 @@
 """``headkit ablate``, ``headkit patch``, ``headkit path-patch``: interventions from the shell.
 
 Each command loads the latest checkpoint of a run directory written by
-``headkit train`` (or a checkpoint directory itself), draws ``--n`` fresh
+``headkit train`` (or a checkpoint directory itself), draws ``--n-prompts`` fresh
 prompts of the run's task with ``--seed`` (clean = the batch, corrupted = its
 twin) -- or, with ``--model DIR``, loads a pretrained model
 (`headkit.pretrained.load_pretrained`) and draws the prompts of a
-natural-language ``--suite`` (`headkit.tasks.natural`) with its own tokenizer -- runs one analysis of `headkit.interventions`, writes its DataFrame as a
-CSV (atomically) when ``--out`` is given and prints a compact table.
+natural-language ``--suite`` (`headkit.tasks.natural`) with its own tokenizer --
+runs one analysis of `headkit.interventions`, writes its DataFrame as a CSV (atomically) when ``--out`` is given and prints a compact table.
 
-- ``ablate RUN_DIR [--method zero|mean|resample] [--heads 0.0,3.0] [--together]
+- ``ablate RUN_DIR [--method zero|mean|resample (default zero, the library's)] [--heads 0.0,3.0] [--together]
   [--by-hop] [--metric M]``: `ablation_sweep` (or `ablation_sweep_by_hop`);
   the reference batch of mean/resample ablation is the prompts themselves.
 - ``patch RUN_DIR [--site z] [--by-position] [--direction denoise|noise]
@@ -19,10 +19,11 @@ CSV (atomically) when ``--out`` is given and prints a compact table.
   both runs two sweeps. The CSV has a ``receivers`` column (``final`` or the
   set, e.g. ``5.0.q+5.0.k``) before ``layer, head, value, normalised``.
 
-``--metric`` is one of `headkit.interventions.metrics.METRICS` (default
+``--metric``, ``--site``, ``--method``, ``--direction`` and ``--suite`` offer the
+names of the library's registries (`headkit.cli.args`). ``--metric`` (default
 ``logit_diff`` where the task has wrong answers, else ``answer_logprob``),
-computed on the clean batch's answers. Every argument is checked (specs parsed,
-``--out`` writable and not a run's own file, seed and device, then heads and
+computed on the clean batch's answers. Every argument is checked (numbers, names, RUN_DIR,
+``--out`` writable and not a run's own file, seed and device before torch is imported; then heads and
 layers against the model) before any forward pass; bad input is one
 ``headkit: error:`` line and exit code 2. A model whose logits or metric come
 out NaN or infinite is an error too, never a table of numbers (see
@@ -34,42 +35,27 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from headkit.checks import FINAL, check_heads, check_output_path, parse_heads, parse_receivers
+from headkit.checks import FINAL, check_heads, parse_heads, parse_receivers
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
-from headkit.threads import add_threads_argument, use_threads
+from headkit.threads import use_threads
 
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-ABLATION_METHODS = ("zero", "mean", "resample")
-DIRECTIONS = ("denoise", "noise")
-METRIC_NAMES = ("logit_diff", "answer_logprob", "accuracy", "loss")  # = headkit.interventions.metrics.METRICS (tested)
-
 
 # --------------------------------------------------------------------------- shared steps
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Checks that need no model: counts, metric name, run directory, output path (seed, device: argparse)."""
-    if args.n < 1:
-        raise HeadkitError(f"--n {args.n} is out of range: allowed 1 or more")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise HeadkitError(f"--batch-size {args.batch_size} is out of range: allowed 1 or more")
-    if args.metric is not None and args.metric not in METRIC_NAMES:
-        raise HeadkitError(f"unknown metric {args.metric!r}: allowed {', '.join(METRIC_NAMES)}")
-    if (args.run_dir is None) == (args.model is None):
-        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
-    if args.run_dir is not None and not Path(args.run_dir).is_dir():
-        raise HeadkitError(f"run directory {args.run_dir} does not exist")
-    if args.out is not None:
-        inputs = [p for p in (args.run_dir, args.model) if p is not None and Path(p).exists()]
-        check_output_path(args.out, inputs=inputs)
+    """Checks that need no model, before torch is imported: RUN_DIR or --model, output path
+    (counts, names, seed, device: argparse, `headkit.cli.args`)."""
+    types.check_run_or_model(args)
+    types.check_csv_out(args)
 
 
 @dataclass(frozen=True)
@@ -87,13 +73,9 @@ def _load_model(args: argparse.Namespace):
     from types import SimpleNamespace
 
     from headkit.pretrained import load_pretrained, require_tokenizer
-    from headkit.tasks.natural import SUITES, build_suite
+    from headkit.tasks.natural import build_suite
 
-    if args.run_dir is not None:
-        raise HeadkitError("give exactly one of RUN_DIR (a headkit run) or --model DIR (a pretrained model)")
-    if args.suite not in SUITES:  # before loading anything
-        raise HeadkitError(f"--suite {args.suite!r} is unknown: allowed {', '.join(SUITES)}")
-    batch = build_suite(args.suite, args.n, seed=args.seed, tokenizer=require_tokenizer(args.model))
+    batch = build_suite(args.suite, args.n_prompts, seed=args.seed, tokenizer=require_tokenizer(args.model))
     model = load_pretrained(args.model, device=args.device)
     batch = batch.to(model.cfg.device)
     return _Pretrained(model=model, path=str(args.model), task=SimpleNamespace(name=args.suite)), batch
@@ -108,7 +90,7 @@ def _load(args: argparse.Namespace):
     ckpt = open_checkpoint(args.run_dir, device=args.device)
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts")
-    batch = ckpt.task.build(args.n, seed=args.seed).to(ckpt.model.cfg.device)
+    batch = ckpt.task.build(args.n_prompts, seed=args.seed).to(ckpt.model.cfg.device)
     log.info("loaded %s (step %d); %d %s prompts", ckpt.path, ckpt.step, batch.n, ckpt.task.name)
     return ckpt, batch
 
@@ -146,8 +128,8 @@ def _heads(model, parsed: list[tuple[int, int]] | None) -> list[tuple[int, int]]
 
 def _ablate(args: argparse.Namespace) -> int:
     _check_args(args)
-    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
+    use_threads(args.threads)
     from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
 
     ckpt, batch = _load(args)
@@ -163,8 +145,8 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _patch(args: argparse.Namespace) -> int:
     _check_args(args)
-    use_threads(args.threads)
     parsed = None if args.heads is None else parse_heads(args.heads)
+    use_threads(args.threads)
     from headkit.interventions.activation_patching import activation_patching, check_site
 
     ckpt, batch = _load(args)
@@ -175,7 +157,7 @@ def _patch(args: argparse.Namespace) -> int:
     frame = activation_patching(
         ckpt.model, batch.tokens, corrupted.tokens, metric, site=args.site,
         by_position=args.by_position, direction=args.direction, heads=heads,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, progress=not args.no_progress,
     )  # fmt: skip
     title = f"activation patching ({args.direction}) of {args.site}, metric {name}, {batch.n} prompts, step {ckpt.step}:"
     return _finish(args, frame, title)
@@ -183,9 +165,9 @@ def _patch(args: argparse.Namespace) -> int:
 
 def _path_patch(args: argparse.Namespace) -> int:
     _check_args(args)
-    use_threads(args.threads)
     receivers = parse_receivers(args.receivers)
     senders = None if args.senders is None else parse_heads(args.senders)
+    use_threads(args.threads)
     import pandas as pd
 
     from headkit.interventions.path_patching import check_receivers, check_senders, path_patching_sweep
@@ -202,7 +184,9 @@ def _path_patch(args: argparse.Namespace) -> int:
     for group in checked:
         frame = path_patching_sweep(
             ckpt.model, batch.tokens, corrupted.tokens, list(group.heads) or FINAL, metric,
-            senders=senders, **({} if args.batch_size is None else {"batch_size": args.batch_size}),
+            senders=senders, progress=not args.no_progress,
+            # the sweep's own batch default unless --batch-size is given (works whether that default is a number or automatic)
+            **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         )  # fmt: skip
         frames.append(frame.assign(receivers=group.label()))
         clean, corrupt = frame.attrs["clean"], frame.attrs["corrupted"]
@@ -219,28 +203,31 @@ def _path_patch(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="run directory of `headkit train` (or a checkpoint)")
+    types.add_run(parser, optional=True)
     parser.add_argument("--model", default=None, help="a pretrained model directory instead of RUN_DIR (its tokenizer builds the prompts)")
-    parser.add_argument("--suite", default="ioi", help="--model prompt suite: ioi, number, letter, induction, duplicate (default ioi)")
     parser.add_argument(
-        "--metric", default=None,
-        help=f"{', '.join(METRIC_NAMES)} (default logit_diff where the task has wrong answers, else answer_logprob)",
+        "--suite", choices=types.suite_names(), default="ioi", help="--model prompt suite (default ioi)"
+    )
+    parser.add_argument(
+        "--metric", choices=types.metric_names(), default=None,
+        help="metric of the clean answers (default logit_diff where the task has wrong answers, else answer_logprob)",
     )  # fmt: skip
-    parser.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
+    types.add_prompts(parser, default=256, help="number of prompts", aliases=("--n",))
     parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
-    parser.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
-    parser.add_argument("--device", type=types.device, default=None, help="e.g. cpu or cuda (default: as saved)")
-    parser.add_argument("--out", default=None, help="CSV file to write")
-    add_threads_argument(parser)
+    types.add_int(parser, "--batch-size", default=None, help="most rows per forward pass (default: automatic)")
+    types.add_csv_out(parser)
+    types.add_compute(parser, device_help="torch device, e.g. cpu or cuda (default: as saved)")
     parser.set_defaults(func=func)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ablate = subparsers.add_parser("ablate", help="ablate heads and measure a metric")
     _common(ablate, _ablate)
+    method = types.default_ablation_method()
     ablate.add_argument(
-        "--method", choices=ABLATION_METHODS, default="mean",
-        help="replace each head's output by zero, its mean over the prompts, or another prompt's (default mean)",
+        "--method", choices=types.ablation_methods(), default=method,
+        help=f"replace each head's output by zero, its mean over the prompts, or another prompt's (default {method}, "
+        "as in the library; the demo and report use mean)",
     )  # fmt: skip
     ablate.add_argument("--heads", default=None, help="LAYER.HEAD list, e.g. 0.0,3.0 (default all)")
     ablate.add_argument("--together", action="store_true", help="ablate the heads as one set")
@@ -248,10 +235,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     patch = subparsers.add_parser("patch", help="activation patching between clean and corrupted prompts")
     _common(patch, _patch)
-    patch.add_argument("--site", default="z", help="z, q, k, v, pattern, resid_pre, attn_out, mlp_out, ...")
+    patch.add_argument("--site", choices=types.site_names(), default="z", help="activation to patch (default z)")
     patch.add_argument("--by-position", action="store_true", help="one row per position too")
     patch.add_argument(
-        "--direction", choices=DIRECTIONS, default="denoise",
+        "--direction", choices=types.directions(), default="denoise",
         help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run (default denoise)",
     )  # fmt: skip
     patch.add_argument("--heads", default=None, help="LAYER.HEAD list (head sites; default all)")

@@ -4,12 +4,12 @@
   (``--preset cpu``, the default, or ``paper``) with the options given overriding
   the preset; ``--resume`` continues the run in DIR (its ``run.json`` supplies the
   config; only ``--steps`` and ``--device`` may change it).
-- ``eval DIR --added 0,46,96,296,996 --out FILE.csv`` (or ``--lengths``) scores the
+- ``eval RUN_DIR --added 0,46,96,296,996 [--eval-n N] [--out FILE.csv]`` (or ``--lengths``) scores the
   latest checkpoint of a run (or one checkpoint directory) with
   `headkit.evaluation.evaluate`, longer prompts made as ``--extend`` says (``prefix``,
   the paper's protocol, by default; ``window``), writes the tidy CSV and prints the
   accuracy table. ``--n-ctx`` lets a run trained with a short context reach longer prompts.
-- ``info DIR`` prints a run's config, its checkpoints, its last metrics and whether
+- ``info RUN_DIR`` prints a run's config, its checkpoints, its last metrics and whether
   it is complete (`headkit.runs.run_status`).
 """
 
@@ -17,43 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from headkit.checks import check_output_path, parse_int_list
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
-from headkit.tasks import BUILDERS
-from headkit.threads import add_threads_argument, use_threads
+from headkit.threads import use_threads
 
 # torch, TransformerLens and the training code are imported inside the commands,
-# so that building the parser (every ``headkit`` call, ``--help`` included) stays fast.
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"{value} must be {low} or more")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
-    return value
-
+# after their arguments are checked, so that ``--help`` and argument errors answer at once.
 
 # command-line option -> TrainConfig field
 _OVERRIDES = {
@@ -66,33 +39,26 @@ _OVERRIDES = {
 }
 
 
-def run_dir_checkpoint(path: Path) -> Path:
-    """A run directory -> its latest checkpoint; a checkpoint directory -> itself."""
-    from headkit.runs import resolve_checkpoint
-
-    return resolve_checkpoint(path)
-
-
 def _train(args: argparse.Namespace) -> int:
     check_output_path(args.out, directory=True)  # writable, not inside another run's files or a checkpoint
-    from headkit.training import default_config, read_run_config, train
-
     given: dict[str, Any] = {
         field: getattr(args, option) for option, field in _OVERRIDES.items() if getattr(args, option) is not None
     }
     if args.checkpoint_steps is not None:
         given["checkpoint_steps"] = tuple(parse_int_list(args.checkpoint_steps, name="--checkpoint-steps"))
+    if args.resume and args.preset is not None:
+        raise HeadkitError("--preset applies to a new run; --resume takes the config from run.json")
+    if not args.resume and args.task is None:
+        raise HeadkitError(f"--task is required for a new run: allowed {', '.join(types.task_names())}")
+    from headkit.training import default_config, read_run_config, train
+
     out = Path(args.out)
     if args.resume:
-        if args.preset is not None:
-            raise HeadkitError("--preset applies to a new run; --resume takes the config from run.json")
         cfg = read_run_config(out)
         if args.task is not None and args.task != cfg.task.name:
             raise HeadkitError(f"--task {args.task} but the run in {out} trains task {cfg.task.name!r}")
         cfg = cfg.from_dict({**cfg.to_dict(), **given})
     else:
-        if args.task is None:
-            raise HeadkitError(f"--task is required for a new run: allowed {', '.join(BUILDERS)}")
         cfg = default_config(args.task, preset=args.preset or "cpu", **given)
     use_threads(args.threads)
     result = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
@@ -118,26 +84,27 @@ def _eval(args: argparse.Namespace) -> int:
     added = _distinct_int_list(args.added, name="--added", low=0)
     if lengths is not None and added is not None:
         raise HeadkitError("give --lengths or --added, not both")
-    out = None if args.out is None else check_output_path(args.out, inputs=[args.run])
-    from headkit.checkpoints import load_checkpoint
+    types.check_run_dir(args.run_dir)
+    out = types.check_csv_out(args)
+    use_threads(args.threads)
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
     from headkit.models import extend_context
+    from headkit.runs import open_checkpoint
 
-    use_threads(args.threads)
-    ckpt = load_checkpoint(run_dir_checkpoint(Path(args.run)))
+    ckpt = open_checkpoint(args.run_dir, device=args.device)
     if ckpt.task is None:
         raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for it")
     if args.n_ctx is not None:
         extend_context(ckpt.model, args.n_ctx)
     frame = evaluate(
-        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n=args.n, seed=args.seed,
+        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n=args.eval_n, seed=args.seed,
         progress=not args.no_progress,
     )
     if out is not None:
         write_csv(out, frame)
     print(
-        f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.n} prompts per length, "
+        f"{ckpt.task.name} model at step {ckpt.step} ({ckpt.path}); accuracy on {args.eval_n} prompts per length, "
         f"longer prompts made by extend={args.extend}:"
     )
     print(accuracy_table(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -150,8 +117,8 @@ def _info(args: argparse.Namespace) -> int:
     """Reads the run's files as JSON and CSV: no torch, TransformerLens or pandas (answers in < 1 s)."""
     from headkit.runs import last_metrics_row, list_checkpoints, read_run_json, run_status
 
-    run = Path(args.run)
-    cfg = read_run_json(run)
+    run = Path(args.run_dir)
+    cfg = read_run_json(run)  # a missing run: "... is not a headkit run directory" (torch-free)
     found = list_checkpoints(run)
     last = last_metrics_row(run)
     status = run_status(run)
@@ -181,43 +148,39 @@ def _short(text: str) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model from scratch on a task")
-    p.add_argument("--task", choices=list(BUILDERS), help="task to train on (required unless --resume)")
+    p.add_argument("--task", choices=types.task_names(), help="task to train on (required unless --resume)")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--steps", type=positive_int, help="optimizer updates in total")
-    p.add_argument("--batch-size", type=positive_int, help="prompts per update")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    types.add_int(p, "--steps", help="optimizer updates in total")
+    types.add_int(p, "--batch-size", help="prompts per update")
+    types.add_float(p, "--lr", help="peak learning rate")
     p.add_argument("--seed", type=types.seed, help="initialisation and data seed, 0..2**64-1")
-    p.add_argument("--eval-every", type=positive_int, help="updates between held-out evaluations")
+    types.add_int(p, "--eval-every", help="updates between held-out evaluations")
     p.add_argument("--checkpoint-steps", help="extra steps to checkpoint at, e.g. 500,1000")
-    p.add_argument("--preset", choices=["cpu", "paper"], help="model and schedule: cpu (default, minutes on a CPU) or paper (PosSym-2026, for a GPU)")
-    p.add_argument("--device", type=types.device, help="torch device: auto (default: cuda if a GPU is present), cpu, cuda")
+    p.add_argument(
+        "--preset", choices=types.preset_names(),
+        help="model and schedule: cpu (default, minutes on a CPU) or paper (PosSym-2026, for a GPU)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_threads_argument(p)
+    types.add_compute(p, device_help="torch device: auto (default: cuda if a GPU is present), cpu, cuda")
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("eval", help="accuracy of a trained model by length and hop")
-    p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint directory")
+    types.add_run(p)
     p.add_argument("--lengths", help="total prompt lengths, e.g. 17,63,113 (default: the trained length)")
     p.add_argument(
         "--added", help="tokens added to the trained length, e.g. 0,46,96,296,996 (PosSym-2026's x-axis)"
     )
-    p.add_argument(
-        "--extend", choices=["prefix", "window"], default="prefix",
-        help="how longer prompts are made: prefix = tokens added before an unchanged prompt (the paper's, "
-        "default); window = the chain redrawn over an enlarged window (headkit's)",
-    )
-    p.add_argument(
-        "--n-ctx", type=positive_int,
+    types.add_extend(p)
+    types.add_int(
+        p, "--n-ctx",
         help="let the model take prompts up to this length (rotary tables only; for runs trained with a short n_ctx)",
-    )
-    p.add_argument("--n", type=positive_int, default=512, help="prompts per length (default 512)")
+    )  # fmt: skip
+    types.add_eval_prompts(p, default=512, help="prompts per length", aliases=("--n",))
     p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
-    p.add_argument("--out", help="CSV file to write (columns task,extend,length,added,hop,n,accuracy)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_threads_argument(p)
+    types.add_csv_out(p, columns="task,extend,length,added,hop,n,accuracy")
+    types.add_compute(p, device_help="torch device, e.g. cpu or cuda (default: the checkpoint's)")
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser("info", help="config, checkpoints and last metrics of a run")
-    p.add_argument("run", help="run directory")
+    types.add_run(p, help="run directory")
     p.set_defaults(func=_info)

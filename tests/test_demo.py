@@ -1,0 +1,76 @@
+"""headkit.demo: the demo pipeline as a library function (`run_demo` -> `DemoResult`).
+
+The command ``headkit demo`` is covered end to end by tests/test_cli_train.py; here the
+module itself: its options are checked on construction, it returns every table it
+writes, and it never prints (what it reports goes to ``say``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pandas as pd
+import pytest
+
+from headkit import demo
+from headkit.errors import HeadkitError
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"lengths": (17, 33), "added": (0,)}, "give lengths or added, not both"),
+        ({"added": (0, 46, 0)}, "--added 0,46,0 repeats a value"),
+        ({"lengths": None, "added": (-1,)}, "--added=-1 is out of range: allowed 0 or more"),
+        ({"lengths": (0,), "added": None}, "--lengths=0 is out of range"),
+        ({"n": 0}, "n=0 is out of range: allowed 1 or more"),
+        ({"n": True}, "n must be an integer, got True"),
+        ({"steps_scale": 0.0}, "steps_scale=0.0 must be a positive number"),
+        ({"extend": "middle"}, "extend='middle' is unknown: allowed prefix, window"),
+    ],
+)
+def test_options_are_checked_on_construction(options, words):
+    with pytest.raises(HeadkitError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        demo.DemoOptions(**options)
+
+
+def test_defaults_are_the_papers_protocol():
+    options = demo.DemoOptions()
+    assert options.added == demo.DEMO_ADDED == (0, 46, 96, 296, 996)
+    assert (options.lengths, options.extend, options.n) == (None, "prefix", 512)
+
+
+def test_check_options_refuses_lengths_beyond_the_context_before_training(tmp_path):
+    with pytest.raises(HeadkitError, match="--added 2100 exceeds the number model's context n_ctx=2048"):
+        demo.check_options(tmp_path, demo.DemoOptions(added=(0, 2100)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_configs(monkeypatch):
+    """`demo_configs` with each model shrunk to 2 layers of d_model 16 (the schedule unchanged)."""
+    real = demo.demo_configs
+
+    def tiny(options):
+        shrink = {"n_layers": 2, "d_model": 16}
+        return {t: dataclasses.replace(c, model=dataclasses.replace(c.model, **shrink), eval_n=32) for t, c in real(options).items()}
+
+    monkeypatch.setattr(demo, "demo_configs", tiny)
+
+
+@pytest.mark.slow
+def test_run_demo_returns_its_tables_and_prints_nothing(tiny_configs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "DEMO_STEPS", demo.DEMO_STEPS[:2])  # train + evaluate
+    said: list[str] = []
+    options = demo.DemoOptions(steps_scale=0.002, lengths=(17, 33), added=None, n=8, progress=False, parallel=False)
+    result = demo.run_demo(tmp_path, options, say=said.append)
+    assert capsys.readouterr().out == ""  # the library never prints
+    assert "== train ==" in said and "== evaluate ==" in said
+    assert sorted(result.configs) == sorted(result.models) == ["letter", "number"]
+    assert result.files == [tmp_path / demo.ACCURACY_FILE]
+    written = pd.read_csv(tmp_path / demo.ACCURACY_FILE)
+    pd.testing.assert_frame_equal(written, pd.read_csv(io.StringIO(result.accuracy.to_csv(index=False))))
+    assert set(result.accuracy["length"]) == {17, 33}
+    assert set(result.r1["added"]) == {0}  # R1 rows only where a length is one of the paper's (17 = +0)
+    assert result.heads == {} and result.ablation == {} and result.report is None
