@@ -34,11 +34,10 @@ from headkit.checks import SEED_MAX, check_device, check_int, check_output_path,
 from headkit.errors import HeadkitError
 
 # --------------------------------------------------------------------------- registry lookups
-# Every name list the command line offers comes from here. The intervention and task
-# registries cannot all be imported without torch yet, so some are copied; tests/test_cli_args.py
-# pins each copy to its library registry. At merge the lead points them at the torch-free
-# registries (headkit.interventions.sites: SITES, ABLATION_METHODS, DEFAULT_ABLATION_METHOD,
-# DIRECTIONS; headkit.interventions.metrics: METRICS; the task registry of headkit.tasks).
+# Every name list the command line offers comes from here, read from the library's
+# registries where those import nothing heavy (tasks, interventions.sites). The metrics,
+# suites, presets and extend modes live in modules that import numpy or torch, so they
+# are copied; tests/test_cli_args.py pins each copy to its registry.
 
 
 def task_names() -> tuple[str, ...]:
@@ -49,28 +48,37 @@ def task_names() -> tuple[str, ...]:
 
 
 def metric_names() -> tuple[str, ...]:
-    """``--metric``: `headkit.interventions.metrics.METRICS`."""
+    """``--metric``: `headkit.interventions.metrics.METRICS` (a copy: that module imports
+    jaxtyping, hence numpy, which ``headkit --help`` must not wait for)."""
     return ("logit_diff", "answer_logprob", "accuracy", "loss")
 
 
 def site_names() -> tuple[str, ...]:
-    """``--site``: `headkit.interventions.activation_patching.SITES`."""
-    return ("z", "q", "k", "v", "pattern", "resid_pre", "resid_mid", "attn_out", "mlp_out")
+    """``--site``: `headkit.interventions.sites.SITES`."""
+    from headkit.interventions.sites import SITES
+
+    return tuple(SITES)
 
 
 def ablation_methods() -> tuple[str, ...]:
-    """``--method``: `headkit.interventions.ablation.METHODS`."""
-    return ("zero", "mean", "resample")
+    """``--method``: `headkit.interventions.sites.ABLATION_METHODS` (= ablation.METHODS)."""
+    from headkit.interventions.sites import ABLATION_METHODS
+
+    return tuple(ABLATION_METHODS)
 
 
 def default_ablation_method() -> str:
     """The library's default method (`ablation_sweep`'s ``method=``), also the CLI's."""
-    return "zero"
+    from headkit.interventions.sites import DEFAULT_ABLATION_METHOD
+
+    return DEFAULT_ABLATION_METHOD
 
 
 def directions() -> tuple[str, ...]:
-    """``--direction``: `headkit.interventions.activation_patching.DIRECTIONS`."""
-    return ("denoise", "noise")
+    """``--direction``: `headkit.interventions.sites.DIRECTIONS`."""
+    from headkit.interventions.sites import DIRECTIONS
+
+    return tuple(DIRECTIONS)
 
 
 def suite_names() -> tuple[str, ...]:

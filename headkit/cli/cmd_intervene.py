@@ -96,9 +96,9 @@ def _load(args: argparse.Namespace):
 
 
 def _metric(args: argparse.Namespace, batch, *, per_example: bool = False):
-    from headkit.interventions.metrics import METRICS
+    from headkit.interventions.metrics import METRICS, default_metric_name
 
-    name = args.metric or ("logit_diff" if batch.wrong_answers is not None else "answer_logprob")
+    name = args.metric or default_metric_name(batch)
     return name, METRICS[name](batch, per_example=per_example)
 
 
