@@ -45,7 +45,9 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator, require, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator
+from headkit.tasks.params import require
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "David", "Michael", "Robert", "Daniel", "Paul", "Mark",
@@ -170,7 +172,7 @@ def ioi_task(
     `TEMPLATES` (4 ABBA + 4 BABA). ``prepend_bos`` puts the tokenizer's BOS token first.
     """
     # 1. check every input before any work
-    require_int("n", n, low=1)
+    check_int("n", n, low=1)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise HeadkitError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     if corruption not in CORRUPTIONS:
