@@ -1,23 +1,27 @@
-"""Atomic file writing: a reader never sees a half-written file.
+"""Atomic file writing: a reader never sees a half-written file; reading stored configs back.
 
 Every file headkit writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory, flushed, and renamed over the target, so a
 crash or an error leaves either the old file or nothing, never a truncated one.
+`stored_fields` turns a stored JSON object back into a config dataclass's arguments,
+refusing fields the dataclass does not have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:  # pandas is imported by write_csv's caller anyway; not at import (CLI start-up)
     import pandas as pd
 
 from headkit.distributed import is_main
+from headkit.errors import HeadkitError
 
 
 @contextlib.contextmanager
@@ -77,3 +81,17 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
+
+
+def stored_fields(cls: type, data: Mapping[str, Any], *, what: str) -> dict[str, Any]:
+    """``data`` (a stored JSON object) as keyword arguments of the dataclass ``cls``.
+
+    A field ``cls`` does not have is refused, naming it: ``unknown {what} fields: ...``.
+    """
+    if not isinstance(data, Mapping):
+        raise HeadkitError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HeadkitError(f"unknown {what} fields: {', '.join(unknown)}")
+    return dict(data)
