@@ -53,7 +53,7 @@ from transformers import GPTJForCausalLM
 
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
-from headkit.io import honour_umask
+from headkit.io import honour_umask, read_json
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
 # run-directory layout (torch-free, for `headkit info`): re-exported here
 from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
@@ -285,12 +285,7 @@ def save_checkpoint(
 
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META_FILE
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found: {folder} is not a headkit checkpoint")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    meta = read_json(path, missing=f"{folder} is not a headkit checkpoint")
     required = ("step", "model_config", "dtype", "metrics", "train_config", "sha256")
     missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
     if missing:
@@ -318,10 +313,7 @@ def _check_config_json(folder: Path, config: ModelConfig) -> None:
     from headkit.gptj_hf import hf_config
 
     path = folder / CONFIG_FILE
-    try:
-        found = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    found = read_json(path, missing=f"{folder} is not a Hugging Face model directory")
     expected = hf_config(config).to_dict()
     for key in _SHAPE_FIELDS:
         if found.get(key) != expected.get(key):

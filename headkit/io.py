@@ -3,8 +3,9 @@
 Every file headkit writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory, flushed, and renamed over the target, so a
 crash or an error leaves either the old file or nothing, never a truncated one.
-`stored_fields` turns a stored JSON object back into a config dataclass's arguments,
-refusing fields the dataclass does not have.
+`read_json` reads a stored JSON file back with a clear error, and `stored_fields`
+turns a stored JSON object into a config dataclass's arguments, refusing fields the
+dataclass does not have.
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, *, missing: str) -> Any:
+    """The JSON value stored in ``path``; a HeadkitError when it is absent (``{path} not found: {missing}``)
+    or not valid JSON (``{path} is not valid JSON: ...``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadkitError(f"{path} not found: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
 
 
 def stored_fields(cls: type, data: Mapping[str, Any], *, what: str) -> dict[str, Any]:

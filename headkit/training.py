@@ -407,7 +407,9 @@ def _diverged(state: _State, what: str, lr: float) -> HeadkitError:
     return HeadkitError(f"training diverged: {what} (lr={lr:.3g}); {kept}; lower the learning rate")
 
 
-def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device, *, progress: bool) -> TrainResult:
+def _loop(  # long: the closures share the run's state (config written yet, progress bar, losses)
+    cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device, *, progress: bool
+) -> TrainResult:
     """Steps 3-5 of the module docstring, from ``state`` to ``cfg.steps``."""
     eval_batch = cfg.task.build(cfg.eval_n, seed=eval_seed(cfg))
     scorer = HFLogits(state.model)
@@ -450,18 +452,7 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
         started = time.perf_counter() - state.elapsed
         while state.step < cfg.steps:
             step = state.step + 1
-            lr = lr_at(cfg, step)
-            batch = training_batch(cfg, step).to(device)
-            try:
-                loss = train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip)
-            except (MemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error):
-                    raise
-                raise HeadkitError(
-                    f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"
-                ) from None
-            if not math.isfinite(loss):
-                raise _diverged(state, f"the loss is {loss} at step {step}", lr)
+            loss, lr = _update(cfg, state, step, device)
             losses.append(loss)
             state.step = step
             shown["loss"] = f"{np.mean(losses):.3f}"  # mean train loss since the last evaluation
@@ -481,6 +472,31 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
     finally:
         bar.close()
         state.model.eval()
+    return _result(cfg, state, run_dir, device)
+
+
+def _update(cfg: TrainConfig, state: _State, step: int, device: torch.device) -> tuple[float, float]:
+    """Update ``step`` (1-based) on its own fresh batch; returns ``(loss, lr)``.
+
+    Running out of memory and a non-finite loss are one-line errors.
+    """
+    lr = lr_at(cfg, step)
+    batch = training_batch(cfg, step).to(device)
+    try:
+        loss = train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip)
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        raise HeadkitError(
+            f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"
+        ) from None
+    if not math.isfinite(loss):
+        raise _diverged(state, f"the loss is {loss} at step {step}", lr)
+    return loss, lr
+
+
+def _result(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device) -> TrainResult:
+    """What `train` returns: the trained model as analyses see it (from its last checkpoint, if written)."""
     if run_dir is not None:
         from headkit.checkpoints import checkpoint_dir, load_checkpoint
 
