@@ -96,8 +96,8 @@ def read_json(path: str | os.PathLike, *, missing: str) -> Any:
         raise HeadkitError(f"{path} is not valid JSON: {error}") from None
 
 
-def stored_fields(cls: type, data: Mapping[str, Any], *, what: str) -> dict[str, Any]:
-    """``data`` (a stored JSON object) as keyword arguments of the dataclass ``cls``.
+def stored_fields(cls: type, data: Any, *, what: str) -> dict[str, Any]:
+    """``data`` (a stored JSON value, which must be an object) as keyword arguments of the dataclass ``cls``.
 
     A field ``cls`` does not have is refused, naming it: ``unknown {what} fields: ...``.
     """
