@@ -35,7 +35,6 @@ config.json) are still read.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -52,12 +51,14 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
+from headkit.checks import check_int
 from headkit.errors import HeadkitError
-from headkit.io import honour_umask
-# run-directory layout (torch-free, for `headkit info`): re-exported here
-from headkit.runs import _check_step, checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
+from headkit.io import honour_umask, read_json
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
-from headkit.tasks.base import TaskSpec
+# run-directory layout (torch-free, for `headkit info`): re-exported here
+from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
+from headkit.tasks.registry import TaskSpec
+from headkit.train_config import TrainConfig, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Checkpoint:
     step: int  # training step at which it was written
     task: TaskSpec | None  # the task trained on, to build fresh prompts
     metrics: dict[str, float]  # e.g. loss, accuracy at that step
-    train_config: dict[str, Any]  # the training settings, as JSON values
+    train_config: TrainConfig | None  # the run's training config (None: saved outside a training run)
     optimizer_state: dict | None  # only with load_checkpoint(..., with_optimizer=True)
     rng_state: dict | None = None  # only with with_optimizer=True, if recorded
 
@@ -224,7 +225,7 @@ def save_checkpoint(
     step: int,
     task: TaskSpec | None = None,
     metrics: Mapping[str, float] | None = None,
-    train_config: Mapping[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
     optimizer_state: Mapping[str, Any] | None = None,
     rng_state: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -233,8 +234,8 @@ def save_checkpoint(
     ``model`` is the `GPTJForCausalLM` training trains, or a HookedTransformer
     that is a GPT-J (converted with `headkit.gptj_hf.hf_state_from_hooked`).
     ``directory`` is usually ``checkpoint_dir(run_dir, step)``. An existing
-    checkpoint there is replaced. Values of ``train_config`` and task
-    parameters that JSON cannot hold are stored as strings.
+    checkpoint there is replaced. Task parameters that JSON cannot hold are
+    stored as strings.
     """
     from headkit.gptj_hf import hf_state, hf_state_from_hooked
 
@@ -242,6 +243,8 @@ def save_checkpoint(
         raise HeadkitError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if task is not None and not isinstance(task, TaskSpec):
         raise HeadkitError(f"task must be a TaskSpec or None, got {type(task).__name__}")
+    if train_config is not None and not isinstance(train_config, TrainConfig):
+        raise HeadkitError(f"train_config must be a TrainConfig or None, got {type(train_config).__name__}")
     from headkit import __version__
 
     if isinstance(model, GPTJForCausalLM):
@@ -255,12 +258,12 @@ def save_checkpoint(
     meta = {
         "format": FORMAT_VERSION,
         "headkit_version": __version__,
-        "step": _check_step(step),
+        "step": check_int("step", step, low=0),
         "model_config": model_config.to_dict(),
         "dtype": dtype,
         "task": None if task is None else task.to_dict(),
         "metrics": _metrics(metrics),
-        "train_config": dict(train_config or {}),
+        "train_config": {} if train_config is None else train_config.to_dict(),
     }
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,12 +285,7 @@ def save_checkpoint(
 
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META_FILE
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found: {folder} is not a headkit checkpoint")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    meta = read_json(path, missing=f"{folder} is not a headkit checkpoint")
     required = ("step", "model_config", "dtype", "metrics", "train_config", "sha256")
     missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
     if missing:
@@ -310,28 +308,12 @@ def _check_file(folder: Path, name: str, meta: dict[str, Any]) -> Path:
     return path
 
 
-def check_task_params(task: TaskSpec) -> None:
-    """Refuse task parameters that the task's builder does not take (one line, naming them)."""
-    signature = inspect.signature(task.builder()).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
-        return
-    allowed = [name for name, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"]
-    unknown = sorted(set(task.params) - set(allowed))
-    if unknown:
-        raise HeadkitError(
-            f"task {task.name!r} has no parameter {', '.join(unknown)}: allowed {', '.join(allowed)}"
-        )
-
-
 def _check_config_json(folder: Path, config: ModelConfig) -> None:
     """config.json must describe the model that meta.json's model_config names."""
     from headkit.gptj_hf import hf_config
 
     path = folder / CONFIG_FILE
-    try:
-        found = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    found = read_json(path, missing=f"{folder} is not a Hugging Face model directory")
     expected = hf_config(config).to_dict()
     for key in _SHAPE_FIELDS:
         if found.get(key) != expected.get(key):
@@ -396,10 +378,8 @@ def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
     run = run_of_checkpoint(folder)
     if run is None:
         return
-    from headkit.training import read_run_config, resolved_task
-
     run_task = read_run_config(run).task  # resolved in full (TrainConfig); so is the checkpoint's below
-    if task is None or resolved_task(task).to_dict() != run_task.to_dict():
+    if task is None or task.resolved().to_dict() != run_task.to_dict():
         found = "no task" if task is None else f"task {task.to_dict()}"
         raise HeadkitError(
             f"checkpoint {folder} holds {found} but its run {run} trains task {run_task.to_dict()}: "
@@ -429,13 +409,11 @@ def load_checkpoint(
     meta_path = folder / META_FILE
     try:
         config = ModelConfig.from_dict(meta["model_config"])
-        task = None if meta.get("task") is None else TaskSpec.from_dict(meta["task"])
-        if task is not None:
-            check_task_params(task)
+        task = None if meta.get("task") is None else TaskSpec.from_dict(meta["task"])  # checked on creation
         dtype = resolve_dtype(meta["dtype"])
-        step = _check_step(meta["step"])
+        step = check_int("step", meta["step"], low=0)
         metrics = {str(k): float(v) for k, v in dict(meta["metrics"]).items()}
-        train_config = dict(meta["train_config"])
+        train_config = TrainConfig.from_dict(meta["train_config"]) if meta["train_config"] else None
     except (HeadkitError, KeyError, TypeError, ValueError) as error:
         raise HeadkitError(f"{meta_path} is invalid: {error}") from None
     _check_place(folder, step, task)
@@ -461,16 +439,9 @@ def load_checkpoint(
         else:
             rng_state = value
     return Checkpoint(
-        path=folder,
-        model=model,
-        model_config=config,
-        step=step,
-        task=task,
-        metrics=metrics,
-        train_config=train_config,
-        optimizer_state=optimizer_state,
-        rng_state=rng_state,
-    )
+        path=folder, model=model, model_config=config, step=step, task=task, metrics=metrics,
+        train_config=train_config, optimizer_state=optimizer_state, rng_state=rng_state,
+    )  # fmt: skip
 
 
 def load_hf_model(directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu") -> GPTJForCausalLM:

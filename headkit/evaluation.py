@@ -40,7 +40,6 @@ in memory (`estimate_bytes`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,15 +52,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from headkit.checks import check_finite
+from headkit.checks import check_finite, check_int, check_length
 from headkit.errors import HeadkitError
-from headkit.models import check_fits_context
-from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, TaskSpec, check_memory
+from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, check_memory
+from headkit.tasks.params import EXTENDS, require_choice
+from headkit.tasks.registry import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("task", "extend", "length", "added", "hop", "n", "accuracy")
-EXTENDS = ("prefix", "window")
 ALL_HOPS = "all"  # value of the hop column in the row pooling every hop
 
 
@@ -89,7 +88,7 @@ class BatchScore:
 
 def check_batch_fits(model: HookedTransformer, batch: TaskBatch) -> None:
     """Refuse a batch whose length or token ids the model cannot take."""
-    check_fits_context(model, batch.length, what=f"{batch.task} prompt")
+    check_length(batch.length, model.cfg.n_ctx, name=f"{batch.task} prompt length")
     if len(batch.vocab) != model.cfg.d_vocab:
         raise HeadkitError(
             f"task {batch.task!r} has a vocabulary of {len(batch.vocab)} tokens but the model's "
@@ -104,8 +103,7 @@ def score_batch(model: HookedTransformer, batch: TaskBatch, *, batch_size: int =
     so it equals the loss of one forward pass over the whole batch.
     """
     check_batch_fits(model, batch)
-    if batch_size < 1:
-        raise HeadkitError(f"batch_size={batch_size} must be a positive integer")
+    check_int("batch_size", batch_size)
     device = model.cfg.device
     was_training = model.training
     model.eval()
@@ -170,12 +168,38 @@ def _check_lengths(values: Sequence[int], *, name: str, one: str, low: int) -> l
     if not values:
         raise HeadkitError(f"{name} is empty: give at least one value")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise HeadkitError(f"{one} {value!r} must be an integer >= {low}")
+        check_int(one, value, low=low)
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise HeadkitError(f"{name} repeats {', '.join(map(str, repeated))}: give each value once")
     return values
+
+
+def _lengths(
+    task: TaskSpec, *, lengths: Sequence[int] | None, added: Sequence[int] | None, extend: str
+) -> tuple[list[int], int]:
+    """``(lengths to evaluate, trained length)``: checked against what the task takes."""
+    trained = task.length
+    if lengths is None and added is None:
+        lengths = [trained]
+    elif added is not None:
+        lengths = [trained + a for a in _check_lengths(added, name="added", one="added token count", low=0)]
+    else:
+        lengths = _check_lengths(lengths, name="lengths", one="length", low=1)
+    if lengths != [trained] and not task.config.accepts("length"):
+        raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it at its own length only")
+    if extend != "prefix" and not task.config.accepts("extend"):
+        raise HeadkitError(f"task {task.name!r} has no extend parameter: leave extend='prefix'")
+    return lengths, trained
+
+
+def _length_override(task: TaskSpec, length: int, *, trained: int, extend: str) -> dict:
+    """The builder overrides that make prompts ``length`` long, checked before any prompt is built."""
+    if length == trained and task.params.get("length") is None:
+        return {}
+    override = {"length": length, **({"extend": extend} if task.config.accepts("extend") else {})}
+    task.replace(**override)  # a length the task's protocol cannot make is refused here, naming it
+    return override
 
 
 def evaluate(
@@ -202,38 +226,21 @@ def evaluate(
     row per (length, hop) and one ``hop="all"`` row per length, with the columns
     ``task, extend, length, added, hop, n, accuracy`` (module docstring).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise HeadkitError(f"n={n!r} must be a positive integer (prompts per length)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise HeadkitError(f"batch_size={batch_size!r} must be a positive integer")
-    if extend not in EXTENDS:
-        raise HeadkitError(f"extend={extend!r} is not supported: allowed {', '.join(map(repr, EXTENDS))}")
+    check_int("n", n)  # prompts per length
+    check_int("batch_size", batch_size)
+    require_choice("extend", extend, EXTENDS)
     if lengths is not None and added is not None:
         raise HeadkitError("give lengths or added, not both")
-    builder = task.builder()  # an unknown task name fails here, before any work
-    accepted = inspect.signature(builder).parameters
-    trained = task.build(1, seed=0).length
-    if lengths is None and added is None:
-        lengths = [trained]
-    elif added is not None:
-        lengths = [trained + a for a in _check_lengths(added, name="added", one="added token count", low=0)]
-    else:
-        lengths = _check_lengths(lengths, name="lengths", one="length", low=1)
-    if lengths != [trained] and "length" not in accepted:
-        raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it at its own length only")
-    if extend != "prefix" and "extend" not in accepted:
-        raise HeadkitError(f"task {task.name!r} has no extend parameter: leave extend='prefix'")
+    lengths, trained = _lengths(task, lengths=lengths, added=added, extend=extend)
+    overrides = [_length_override(task, length, trained=trained, extend=extend) for length in lengths]
     for length in lengths:
-        check_fits_context(model, length, what="evaluation")
+        check_length(length, model.cfg.n_ctx, name="evaluation length")
         check_memory(
             estimate_bytes(model, n=n, length=length, batch_size=batch_size),
             what=f"evaluating {n} prompts of length {length}",
         )
     rows: list[dict] = []
-    for length in tqdm(lengths, desc=f"evaluate {task.name}", disable=not progress):
-        override: dict = {} if length == trained and task.params.get("length") is None else {"length": length}
-        if override and "extend" in accepted:
-            override["extend"] = extend
+    for override in tqdm(overrides, desc=f"evaluate {task.name}", disable=not progress):
         batch = task.build(n, seed=seed, **override)
         check_batch_fits(model, batch)
         score = score_batch(model, batch, batch_size=batch_size)

@@ -1,23 +1,28 @@
-"""Atomic file writing: a reader never sees a half-written file.
+"""Atomic file writing: a reader never sees a half-written file; reading stored configs back.
 
 Every file headkit writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory, flushed, and renamed over the target, so a
 crash or an error leaves either the old file or nothing, never a truncated one.
+`read_json` reads a stored JSON file back with a clear error, and `stored_fields`
+turns a stored JSON object into a config dataclass's arguments, refusing fields the
+dataclass does not have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:  # pandas is imported by write_csv's caller anyway; not at import (CLI start-up)
     import pandas as pd
 
 from headkit.distributed import is_main
+from headkit.errors import HeadkitError
 
 
 @contextlib.contextmanager
@@ -77,3 +82,29 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, *, missing: str) -> Any:
+    """The JSON value stored in ``path``; a HeadkitError when it is absent (``{path} not found: {missing}``)
+    or not valid JSON (``{path} is not valid JSON: ...``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadkitError(f"{path} not found: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+
+
+def stored_fields(cls: type, data: Any, *, what: str) -> dict[str, Any]:
+    """``data`` (a stored JSON value, which must be an object) as keyword arguments of the dataclass ``cls``.
+
+    A field ``cls`` does not have is refused, naming it: ``unknown {what} fields: ...``.
+    """
+    if not isinstance(data, Mapping):
+        raise HeadkitError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HeadkitError(f"unknown {what} fields: {', '.join(unknown)}")
+    return dict(data)

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from headkit.checks import check_int, check_length, check_optional_int
 from headkit.errors import HeadkitError
+from headkit.io import stored_fields
 
 # Default context (GPT-J's n_positions): the rotary tables of a default model cover
 # PosSym-2026's longest usual test (17 + 996 added tokens) and more. They hold no
@@ -63,9 +65,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise HeadkitError(f"{name}={value!r} must be a positive integer")
+            check_int(name, getattr(self, name))
+        for name in ("rotary_dim", "d_mlp", "d_head"):
+            check_optional_int(name, getattr(self, name))
         head = self.head_dim
         if self.d_head is None and self.d_model % self.n_heads:
             raise HeadkitError(
@@ -79,8 +81,6 @@ class ModelConfig:
             )
         if self.act_fn not in ACT_FNS:
             raise HeadkitError(f"act_fn={self.act_fn!r} is not supported: allowed {', '.join(ACT_FNS)}")
-        if self.d_mlp is not None and self.d_mlp < 1:
-            raise HeadkitError(f"d_mlp={self.d_mlp} must be a positive integer")
 
     @property
     def head_dim(self) -> int:
@@ -91,11 +91,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadkitError(f"unknown model config fields: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**stored_fields(cls, data, what="model config"))
 
 
 def gptj_config(
@@ -153,17 +149,8 @@ def gptj_model(
     The same sizes and ``seed`` give the same weights (TransformerLens seeds its
     initialisation from ``cfg.seed``). ``attn_only=True`` drops the MLPs.
     """
-    cfg = ModelConfig(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        rotary_dim=rotary_dim,
-        d_mlp=d_mlp,
-        d_head=d_head,
-        attn_only=attn_only,
-    )
+    sizes = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx)
+    cfg = ModelConfig(**sizes, rotary_dim=rotary_dim, d_mlp=d_mlp, d_head=d_head, attn_only=attn_only)
     return model_from_config(cfg, seed=seed, device=device, dtype=dtype)
 
 
@@ -186,12 +173,7 @@ def check_fits_context(model: HookedTransformer, length: int, *, what: str = "se
     TransformerLens's rotary tables stop at ``n_ctx`` and a longer input fails
     deep inside with an unclear shape error; this names the length instead.
     """
-    n_ctx = model.cfg.n_ctx
-    if length > n_ctx:
-        raise HeadkitError(
-            f"{what} length {length} exceeds the model's context n_ctx={n_ctx}: "
-            f"allowed lengths are 1..{n_ctx}"
-        )
+    check_length(length, model.cfg.n_ctx, name=f"{what} length")
 
 
 def extend_context(model: HookedTransformer, n_ctx: int) -> HookedTransformer:
@@ -203,8 +185,7 @@ def extend_context(model: HookedTransformer, n_ctx: int) -> HookedTransformer:
     compute. For models trained with a short ``n_ctx`` (e.g. 257) to be tested with
     PosSym-2026's +996 added tokens. Models with learned position embeddings cannot grow.
     """
-    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
-        raise HeadkitError(f"n_ctx={n_ctx!r} must be a positive integer")
+    check_int("n_ctx", n_ctx)
     if model.cfg.positional_embedding_type != "rotary":
         raise HeadkitError(
             f"only rotary models can extend their context: this model's position embedding is "

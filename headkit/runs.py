@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headkit.checks import check_int
 from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:
     from headkit.checkpoints import Checkpoint
-    from headkit.training import TrainConfig
+    from headkit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def existing_run(run_dir: str | os.PathLike, cfg: "TrainConfig", *, ignore: tupl
 
     A directory with other files, or a run of another config, is refused.
     """
-    from headkit.training import config_differences, read_run_config
+    from headkit.train_config import config_differences, read_run_config
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
@@ -235,15 +236,9 @@ class RunLock:
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise HeadkitError(f"step={step!r} must be a non-negative integer")
-    return step
-
-
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
     """RUN/checkpoints/step_{step:07d}."""
-    return Path(run_dir) / "checkpoints" / f"step_{_check_step(step):07d}"
+    return Path(run_dir) / "checkpoints" / f"step_{check_int('step', step, low=0):07d}"
 
 
 def step_of_dir(path: str | os.PathLike) -> int | None:

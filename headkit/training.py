@@ -4,7 +4,9 @@ PosSym-2026 (SPEC 2.3) trained `transformers.GPTJForCausalLM` with the Hugging
 Face Trainer; headkit trains the same model class (`headkit.gptj_hf`: its
 dropouts, scaled-dot-product attention) with its own small loop, and every
 analysis then loads a checkpoint through `headkit.load_gptj` into a
-HookedTransformer (`headkit.checkpoints`). The recipe:
+HookedTransformer (`headkit.checkpoints`). What defines a run (`TrainConfig`, its
+presets and learning-rate schedule) lives in `headkit.train_config`, re-exported
+here. The recipe:
 
 1. Online data. Update ``k`` (1-based) trains on a fresh batch built by the task's
    own builder with a seed derived from ``(cfg.seed, k)`` alone, so a resumed run
@@ -50,16 +52,13 @@ config that differs from ``run.json`` in anything but ``steps`` and ``device``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
-import json
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -69,168 +68,32 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
-from headkit.checks import check_device
+from headkit.checks import check_device, check_length
 from headkit.errors import HeadkitError, NonFiniteError
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
-from headkit.models import DEFAULT_N_CTX, ModelConfig
+from headkit.models import ModelConfig
 from headkit.runs import METRICS_FILE, RUN_FILE
-from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
+from headkit.tasks.base import IGNORE, TaskBatch
+
+# the config, its presets and schedule, and reading a run back (re-exported: `from headkit.training import X`)
+from headkit.train_config import (  # noqa: F401
+    METRIC_COLUMNS,
+    PRESETS,
+    SCHEDULES,
+    TrainConfig,
+    config_differences,
+    default_config,
+    lr_at,
+    read_metrics,
+    read_run_config,
+    resolved_task,
+)
 
 logger = logging.getLogger(__name__)
 
-# fixed columns of metrics.csv; tasks with hops add accuracy_hop1 .. accuracy_hopK after accuracy
-METRIC_COLUMNS = ("step", "train_loss", "eval_loss", "accuracy", "lr", "elapsed_s")
-
 _TRAIN_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 0, 1, 2  # seed streams: training batches, held-out batch, dropout
-
-
-# --- learning-rate schedules: (step, cfg) -> multiplier of cfg.lr after warm-up ---
-
-
-def _constant(step: int, cfg: "TrainConfig") -> float:
-    return 1.0
-
-
-def _linear(step: int, cfg: "TrainConfig") -> float:
-    """Linear decay to 0 at the last step (Hugging Face's "linear", the paper's code)."""
-    return max(cfg.steps - step, 0) / max(cfg.steps - cfg.warmup_steps, 1)
-
-
-def _cosine(step: int, cfg: "TrainConfig") -> float:
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-SCHEDULES: dict[str, Callable[[int, "TrainConfig"], float]] = {
-    "constant": _constant,
-    "linear": _linear,
-    "cosine": _cosine,
-}
-
-
-def resolved_task(spec: TaskSpec) -> TaskSpec:
-    """``spec`` with every builder parameter filled in: the ``params`` a batch of it records.
-
-    A run's ``run.json`` then names the task in full (``{"max_hops": 4, "n_letters": 120,
-    ...}``, not ``{}``), so changing a builder default later does not change what an
-    old run means. A parameter whose builder default is ``None`` and that ``spec``
-    leaves unset stays ``None``: it is decided per call (``length``: the trained
-    length; ``balance``: joint, or hops when the window protocol enlarges the target
-    window), so recording one call's choice would break the others. Unknown
-    parameters are refused by name first.
-    """
-    import inspect
-
-    from headkit.checkpoints import check_task_params
-
-    check_task_params(spec)
-    signature = inspect.signature(spec.builder()).parameters
-    auto = {k for k, p in signature.items() if p.default is None and spec.params.get(k) is None}
-    built = spec.build(1, seed=0).params
-    return TaskSpec(spec.name, {k: (None if k in auto else v) for k, v in built.items()})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (stored as ``run.json``)."""
-
-    task: TaskSpec  # task name + builder parameters, resolved in full (`resolved_task`)
-    model: ModelConfig  # model sizes; d_vocab must equal the task's vocabulary size
-    steps: int = 1500  # optimizer updates in total
-    batch_size: int = 128  # prompts per update, each batch freshly generated
-    lr: float = 1e-3  # peak learning rate (reached after warm-up)
-    weight_decay: float = 0.01  # AdamW decay on weight matrices (not biases / LayerNorm)
-    betas: tuple[float, float] = (0.9, 0.98)  # AdamW moment decay rates
-    warmup_steps: int = 200  # linear warm-up from 0 to lr over these many updates
-    schedule: str = "constant"  # after warm-up: "constant", "linear" (to 0) or "cosine" (to 10% of lr)
-    grad_clip: float | None = 1.0  # clip the global gradient norm; None = no clipping
-    eval_every: int = 100  # updates between held-out evaluations
-    eval_n: int = 512  # size of the fixed held-out batch (its own seed stream)
-    checkpoint_steps: tuple[int, ...] = ()  # extra steps to save at; the final step always is
-    seed: int = 0  # model initialisation and the data seed streams
-    curriculum_every: int | None = None  # raise the largest training hop every k updates
-    device: str = "auto"  # torch device; "auto" = CUDA when a GPU is present, else CPU
-    dropout: float = 0.0  # attn_pdrop = resid_pdrop = embd_pdrop of the GPT-J (paper: 0.1)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.task, TaskSpec):
-            raise HeadkitError(f"task must be a TaskSpec, got {type(self.task).__name__}")
-        if not isinstance(self.model, ModelConfig):
-            raise HeadkitError(f"model must be a ModelConfig, got {type(self.model).__name__}")
-        object.__setattr__(self, "task", resolved_task(self.task))
-        for name in ("steps", "batch_size", "eval_every", "eval_n"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("warmup_steps", self.warmup_steps, low=0)
-        _check_int("seed", self.seed, low=0)
-        if self.curriculum_every is not None:
-            _check_int("curriculum_every", self.curriculum_every, low=1)
-        for name in ("lr", "weight_decay", "dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise HeadkitError(f"{name}={value!r} must be a finite number")
-        if self.lr <= 0:
-            raise HeadkitError(f"lr={self.lr} must be positive")
-        if not 0 <= self.dropout < 1:
-            raise HeadkitError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise HeadkitError(f"weight_decay={self.weight_decay} must be 0 or more")
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise HeadkitError(f"betas={self.betas!r} must be two numbers in [0, 1)")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        if self.grad_clip is not None and not (
-            isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0
-        ):
-            raise HeadkitError(f"grad_clip={self.grad_clip!r} must be positive or None")
-        if self.schedule not in SCHEDULES:
-            raise HeadkitError(
-                f"schedule={self.schedule!r} is unknown: allowed {', '.join(SCHEDULES)}"
-            )
-        steps = tuple(sorted(set(self.checkpoint_steps)))
-        for s in steps:
-            _check_int("checkpoint step", s, low=1)
-            if s > self.steps:
-                raise HeadkitError(
-                    f"checkpoint step {s} is beyond the run: allowed 1..{self.steps} (steps)"
-                )
-        object.__setattr__(self, "checkpoint_steps", steps)
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise HeadkitError(f"device={self.device!r} is not a torch device (e.g. auto, cpu, cuda)") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["task"] = self.task.to_dict()
-        out["model"] = self.model.to_dict()
-        out["betas"] = list(self.betas)
-        out["checkpoint_steps"] = list(self.checkpoint_steps)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadkitError(f"unknown training config fields: {', '.join(unknown)}")
-        for name in ("task", "model"):
-            if name not in data:
-                raise HeadkitError(f"training config has no {name!r} field")
-        values = dict(data)
-        values["task"] = TaskSpec.from_dict(values["task"])
-        values["model"] = ModelConfig.from_dict(values["model"])
-        values["betas"] = tuple(values.get("betas", (0.9, 0.98)))
-        values["checkpoint_steps"] = tuple(values.get("checkpoint_steps", ()))
-        return cls(**values)
-
-
-def _check_int(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise HeadkitError(f"{name}={value!r} must be an integer >= {low}")
 
 
 @dataclass
@@ -244,88 +107,7 @@ class TrainResult:
     hf_model: GPTJForCausalLM | None = None  # the Hugging Face model that was trained, eval mode
 
 
-# --- presets --------------------------------------------------------------------
-
-# "cpu": task -> (builder parameters, model sizes, training settings) sized for a 2-core CPU
-_CPU: dict[str, tuple[dict, dict, dict]] = {
-    "number": (
-        {},
-        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=DEFAULT_N_CTX),
-        dict(steps=2000, lr=1e-3, warmup_steps=200),
-    ),
-    "letter": (
-        {"n_symbols": 24},
-        dict(n_layers=6, d_model=64, n_heads=1, n_ctx=DEFAULT_N_CTX),
-        dict(steps=2000, lr=3e-3, warmup_steps=200, curriculum_every=250),  # 93.9% at 1500, 96.9% at 1600
-    ),
-    "tree": (
-        {},
-        dict(n_layers=6, d_model=64, n_heads=1),
-        dict(steps=3000, lr=1e-3, warmup_steps=200),
-    ),
-    "copy": (
-        {},
-        dict(n_layers=1, d_model=32, n_heads=1, attn_only=True),
-        dict(steps=500, lr=3e-3, warmup_steps=50),
-    ),
-    "induction": (
-        {},
-        dict(n_layers=2, d_model=64, n_heads=4, attn_only=True),
-        dict(steps=2000, lr=1e-3, warmup_steps=100),
-    ),
-}
-
-# "paper": PosSym-2026's model and schedule (docs/training.md gives the source of each value).
-# Text: 12 layers, 1 head, d_model 128, rotary over the whole head, GELU, dropout 0.1,
-# batch 64, 750 warm-up, 432,000 training sequences (6,750 updates), no curriculum.
-# Code copy (Position_symbolic_dynamics/code, schemas.py + multihop_exp.py): lr 1e-4,
-# AdamW betas (0.95, 0.999), weight decay 1e-4, linear decay after warm-up, exact GELU.
-_PAPER_MODEL = dict(n_layers=12, d_model=128, n_heads=1, n_ctx=DEFAULT_N_CTX, act_fn="gelu")
-_PAPER_TRAIN = dict(
-    steps=432_000 // 64, batch_size=64, lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-4,
-    warmup_steps=750, schedule="linear", dropout=0.1, grad_clip=1.0, eval_every=250,
-)
-_PAPER: dict[str, tuple[dict, dict, dict]] = {
-    "number": ({}, _PAPER_MODEL, _PAPER_TRAIN),
-    # the paper's letter vocabulary: symbols a-h x digits 1-8 (128 tokens), the builder's defaults
-    "letter": ({"n_symbols": 8, "n_digits": 8}, _PAPER_MODEL, _PAPER_TRAIN),
-}
-
-PRESETS: dict[str, dict[str, tuple[dict, dict, dict]]] = {"cpu": _CPU, "paper": _PAPER}
-
-
-def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> TrainConfig:
-    """A preset's config for a task (``cpu``, the default, or ``paper``); ``overrides``
-    replace `TrainConfig` fields.
-
-    The model's ``d_vocab`` is the task's vocabulary size and its ``n_ctx`` is
-    at least `headkit.models.DEFAULT_N_CTX` (2,048; PosSym-2026 adds up to 996
-    tokens to its 17-token prompts), or twice the task's length if that is more:
-    in GPT-J ``n_ctx`` sizes only the rotary table (Hugging Face's
-    ``n_positions``) and TransformerLens's causal mask, no parameter. Overriding ``task`` (a TaskSpec) re-derives ``d_vocab`` unless
-    ``model`` is overridden too.
-    """
-    if preset not in PRESETS:
-        raise HeadkitError(f"unknown preset {preset!r}: allowed {', '.join(PRESETS)}")
-    table = PRESETS[preset]
-    if task not in table:
-        raise HeadkitError(f"unknown task {task!r} for preset {preset!r}: allowed {', '.join(table)}")
-    params, model_sizes, settings = table[task]
-    spec = overrides.pop("task", None) or TaskSpec(task, dict(params))
-    spec = resolved_task(spec)  # unknown parameters refused by name, before the probe below
-    model = overrides.pop("model", None)
-    if model is None:
-        probe = spec.build(1, seed=0)
-        sizes = {"n_ctx": max(DEFAULT_N_CTX, 2 * probe.length), **model_sizes}
-        model = ModelConfig(d_vocab=len(probe.vocab), **sizes)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise HeadkitError(f"unknown training config fields: {', '.join(unknown)}")
-    return TrainConfig(task=spec, model=model, **{**settings, **overrides})
-
-
-# --- seeds, schedule, curriculum ---------------------------------------------
+# --- seeds, curriculum ----------------------------------------------------------
 
 
 def _stream_seed(seed: int, *key: int) -> int:
@@ -344,82 +126,17 @@ def eval_seed(cfg: TrainConfig) -> int:
     return _stream_seed(cfg.seed, _EVAL_STREAM)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of update ``step`` (1-based): linear warm-up, then the schedule."""
-    if step <= cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
-    return cfg.lr * SCHEDULES[cfg.schedule](step, cfg)
-
-
-def _hop_range(spec: TaskSpec) -> tuple[int, int]:
-    """(min_hops, max_hops) of a task: its parameters over the builder's defaults."""
-    signature = inspect.signature(spec.builder()).parameters
-    if "min_hops" not in signature or "max_hops" not in signature:
-        raise HeadkitError(
-            f"curriculum_every needs a task with min_hops/max_hops; task {spec.name!r} has none"
-        )
-    low = spec.params.get("min_hops", signature["min_hops"].default)
-    high = spec.params.get("max_hops", signature["max_hops"].default)
-    return int(low), int(high)
-
-
 def curriculum_overrides(cfg: TrainConfig, step: int) -> dict[str, int]:
     """Builder overrides for update ``step``: ``{"max_hops": h}`` under a curriculum."""
     if cfg.curriculum_every is None:
         return {}
-    low, high = _hop_range(cfg.task)
+    low, high = cfg.task.hop_range  # a task with hops: TrainConfig refuses a curriculum otherwise
     return {"max_hops": min(high, low + (step - 1) // cfg.curriculum_every)}
 
 
 def training_batch(cfg: TrainConfig, step: int) -> TaskBatch:
     """The batch update ``step`` trains on (a pure function of cfg and step)."""
     return cfg.task.build(cfg.batch_size, seed=train_seed(cfg, step), **curriculum_overrides(cfg, step))
-
-
-# --- run directories ------------------------------------------------------------
-
-
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The `TrainConfig` stored in ``run_dir/run.json``; a clear error if absent or broken."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise HeadkitError(f"{run_dir} is not a headkit run directory: {RUN_FILE} is missing")
-    try:
-        data = json.loads(path.read_text())
-        return TrainConfig.from_dict(data)
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
-        raise HeadkitError(f"{path} is corrupted: {exc}") from None
-    except HeadkitError as exc:
-        raise HeadkitError(f"{path} is corrupted: {exc}") from None
-
-
-def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """The metrics rows of a run (``metrics.csv``)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise HeadkitError(f"{run_dir}: {METRICS_FILE} is missing")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HeadkitError(f"{path} is corrupted: {exc}") from None
-    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
-    if missing:
-        raise HeadkitError(f"{path} is corrupted: columns {', '.join(missing)} are missing")
-    return df
-
-
-def config_differences(a: TrainConfig, b: TrainConfig, *, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Names of the fields in which two configs differ (``model.n_ctx``, ``task.params`` ...)."""
-    da, db = a.to_dict(), b.to_dict()
-    out = []
-    for key in da:
-        if key in ignore:
-            continue
-        if isinstance(da[key], dict) and isinstance(db[key], dict):
-            out += [f"{key}.{k}" for k in sorted(set(da[key]) | set(db[key])) if da[key].get(k) != db[key].get(k)]
-        elif da[key] != db[key]:
-            out.append(key)
-    return out
 
 
 # --- devices, memory -------------------------------------------------------------
@@ -510,25 +227,14 @@ def train_step(
     return loss.item()
 
 
-def _check_task_fits(cfg: TrainConfig) -> TaskBatch:
-    """Build a 2-prompt probe of the task and check it against the model's sizes."""
-    from headkit.checkpoints import check_task_params
-
-    check_task_params(cfg.task)
-    probe = cfg.task.build(2, seed=0)
-    if probe.length > cfg.model.n_ctx:
+def _check_task_fits(cfg: TrainConfig) -> None:
+    """Check the task's prompt length and vocabulary (from its parameters) against the model's sizes."""
+    check_length(cfg.task.length, cfg.model.n_ctx, name=f"task {cfg.task.name!r} prompt length")
+    if cfg.task.d_vocab != cfg.model.d_vocab:
         raise HeadkitError(
-            f"task {cfg.task.name!r} prompts have length {probe.length} but the model's "
-            f"n_ctx is {cfg.model.n_ctx}: allowed lengths are 1..{cfg.model.n_ctx}"
-        )
-    if len(probe.vocab) != cfg.model.d_vocab:
-        raise HeadkitError(
-            f"task {cfg.task.name!r} has a vocabulary of {len(probe.vocab)} tokens but the "
+            f"task {cfg.task.name!r} has a vocabulary of {cfg.task.d_vocab} tokens but the "
             f"model's d_vocab is {cfg.model.d_vocab}: they must be equal"
         )
-    if cfg.curriculum_every is not None:
-        _hop_range(cfg.task)
-    return probe
 
 
 def _metrics_row(step: int, losses: list[float], score: BatchScore, lr: float, elapsed: float) -> dict:
@@ -627,7 +333,7 @@ def _save(cfg: TrainConfig, run_dir: Path, state: _State, device: torch.device) 
         step=state.step,
         task=cfg.task,
         metrics=state.rows[-1] if state.rows else None,
-        train_config=cfg.to_dict(),
+        train_config=cfg,
         optimizer_state=state.optimizer.state_dict(),
         rng_state=_rng_state(device),
     )
@@ -679,8 +385,8 @@ def train(
     if resume and not (run_dir is not None and run_dir.is_dir()):
         raise HeadkitError(f"cannot resume {run_dir}: it is not a headkit run directory (it does not exist)")
     device = resolve_device(cfg.device)
-    probe = _check_task_fits(cfg)
-    _check_memory(cfg, probe.length, device)
+    _check_task_fits(cfg)
+    _check_memory(cfg, cfg.task.length, device)
 
     devices = [device.index or 0] if device.type == "cuda" else []
     with contextlib.ExitStack() as stack:
@@ -701,7 +407,9 @@ def _diverged(state: _State, what: str, lr: float) -> HeadkitError:
     return HeadkitError(f"training diverged: {what} (lr={lr:.3g}); {kept}; lower the learning rate")
 
 
-def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device, *, progress: bool) -> TrainResult:
+def _loop(  # long: the closures share the run's state (config written yet, progress bar, losses)
+    cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device, *, progress: bool
+) -> TrainResult:
     """Steps 3-5 of the module docstring, from ``state`` to ``cfg.steps``."""
     eval_batch = cfg.task.build(cfg.eval_n, seed=eval_seed(cfg))
     scorer = HFLogits(state.model)
@@ -744,18 +452,7 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
         started = time.perf_counter() - state.elapsed
         while state.step < cfg.steps:
             step = state.step + 1
-            lr = lr_at(cfg, step)
-            batch = training_batch(cfg, step).to(device)
-            try:
-                loss = train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip)
-            except (MemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error):
-                    raise
-                raise HeadkitError(
-                    f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"
-                ) from None
-            if not math.isfinite(loss):
-                raise _diverged(state, f"the loss is {loss} at step {step}", lr)
+            loss, lr = _update(cfg, state, step, device)
             losses.append(loss)
             state.step = step
             shown["loss"] = f"{np.mean(losses):.3f}"  # mean train loss since the last evaluation
@@ -775,6 +472,31 @@ def _loop(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.d
     finally:
         bar.close()
         state.model.eval()
+    return _result(cfg, state, run_dir, device)
+
+
+def _update(cfg: TrainConfig, state: _State, step: int, device: torch.device) -> tuple[float, float]:
+    """Update ``step`` (1-based) on its own fresh batch; returns ``(loss, lr)``.
+
+    Running out of memory and a non-finite loss are one-line errors.
+    """
+    lr = lr_at(cfg, step)
+    batch = training_batch(cfg, step).to(device)
+    try:
+        loss = train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip)
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        raise HeadkitError(
+            f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"
+        ) from None
+    if not math.isfinite(loss):
+        raise _diverged(state, f"the loss is {loss} at step {step}", lr)
+    return loss, lr
+
+
+def _result(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device) -> TrainResult:
+    """What `train` returns: the trained model as analyses see it (from its last checkpoint, if written)."""
     if run_dir is not None:
         from headkit.checkpoints import checkpoint_dir, load_checkpoint
 

@@ -58,7 +58,10 @@ def test_bfloat16_round_trip_keeps_dtype(tmp_path):
 
 
 def test_metadata_round_trip(tmp_path):
-    train_config = {"lr": 1e-3, "batch_size": 128, "schedule": [1, 2], "name": "run-a"}
+    from headkit.training import TrainConfig
+
+    # issue 11: train_config is a TrainConfig (it was a free-form dict), read back as one
+    train_config = TrainConfig(task=TASK, model=CONFIG, lr=1e-3, batch_size=128, schedule="cosine", seed=5)
     metrics = {"loss": 0.25, "accuracy": 0.875}
     optimizer = torch.optim.AdamW(model().parameters(), lr=1e-3)
     path = save_checkpoint(
@@ -71,7 +74,8 @@ def test_metadata_round_trip(tmp_path):
     assert loaded.model_config == CONFIG
     assert loaded.task == TASK
     assert loaded.metrics == metrics
-    assert loaded.train_config == train_config
+    assert loaded.train_config == train_config and isinstance(loaded.train_config, TrainConfig)
+    assert load_checkpoint(save_checkpoint(tmp_path / "d", model(), model_config=CONFIG, step=0)).train_config is None
     assert loaded.optimizer_state["param_groups"][0]["lr"] == 1e-3
     assert load_checkpoint(path, device="cpu").optimizer_state is None
     meta = json.loads((path / "meta.json").read_text())

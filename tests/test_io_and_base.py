@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -84,3 +86,41 @@ def test_batch_shape_errors_are_headkit_errors():
             task="toy", tokens=batch.tokens, targets=batch.targets[:, :-1], answers=batch.answers,
             answer_pos=batch.answer_pos, vocab=batch.vocab,
         )  # fmt: skip
+
+
+def test_batch_select_refuses_bad_indices_and_map_keeps_the_twin():
+    batch = _batch()
+    twin = dataclasses.replace(batch, tokens=batch.tokens.flip(1))
+    both = dataclasses.replace(batch, corrupted=twin)
+    picked = both.select([3, 0])
+    assert torch.equal(picked.tokens, batch.tokens[[3, 0]]) and torch.equal(picked.corrupted.tokens, twin.tokens[[3, 0]])
+    assert torch.equal(picked.positions["query"], batch.positions["query"][[3, 0]])
+    assert both.select([]).n == 0 and both.select([]).corrupted.n == 0
+    moved = both.to("cpu")
+    assert torch.equal(moved.corrupted.tokens, twin.tokens) and moved.hops is not None
+    with pytest.raises(HeadkitError, match=r"prompt ids \[0, 9\] are out of range: this batch has prompts 0..3"):
+        batch.select([0, 9])
+    with pytest.raises(HeadkitError, match=r"must have shape \(4,\)"):
+        batch.select(torch.tensor([True, False]))
+    with pytest.raises(HeadkitError, match="integer ids or a bool mask"):
+        batch.select(torch.tensor([0.5]))
+    # a TypeError instead when jaxtyping's runtime shape checks are on: they run before __post_init__
+    with pytest.raises((HeadkitError, TypeError), match=r"tokens must be a \[batch, pos\] tensor, got \(5,\)|tokens"):
+        dataclasses.replace(batch, tokens=batch.tokens[0])
+
+
+def test_read_json_and_stored_fields_name_the_problem(tmp_path):
+    from headkit.io import read_json, stored_fields
+    from headkit.models import ModelConfig
+
+    with pytest.raises(HeadkitError, match=r"x\.json not found: no run here"):
+        read_json(tmp_path / "x.json", missing="no run here")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(HeadkitError, match=r"bad\.json is not valid JSON"):
+        read_json(tmp_path / "bad.json", missing="")
+    assert read_json(write_json(tmp_path / "ok.json", {"n_layers": 2}), missing="") == {"n_layers": 2}
+    assert stored_fields(ModelConfig, {"n_layers": 2}, what="model config") == {"n_layers": 2}
+    with pytest.raises(HeadkitError, match="unknown model config fields: colour, size"):
+        stored_fields(ModelConfig, {"size": 1, "n_layers": 2, "colour": 0}, what="model config")
+    with pytest.raises(HeadkitError, match="model config must be a JSON object, got list"):
+        stored_fields(ModelConfig, [1], what="model config")

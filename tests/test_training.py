@@ -136,7 +136,7 @@ def test_hop_curriculum_raises_the_largest_hop_every_k_steps():
 
 def test_train_refuses_a_task_longer_than_the_context(tmp_path):
     cfg = tiny(model=ModelConfig(n_layers=1, d_model=16, d_vocab=14, n_ctx=8))
-    with pytest.raises(HeadkitError, match="length 9 but the model's n_ctx is 8"):
+    with pytest.raises(HeadkitError, match="prompt length 9 exceeds the model's context n_ctx=8"):
         train(cfg, out_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

@@ -147,7 +147,7 @@ def test_paper_preset_starts_checkpoints_and_resumes_on_cpu(tmp_path):
     train(dataclasses.replace(cfg, steps=1), out_dir=tmp_path, progress=False)
     result = train(cfg, out_dir=tmp_path, resume=True, progress=False)
     assert result.step == 2 and result.model.cfg.n_layers == 12
-    assert load_checkpoint(checkpoint_dir(tmp_path, 2)).train_config["dropout"] == 0.1
+    assert load_checkpoint(checkpoint_dir(tmp_path, 2)).train_config.dropout == 0.1  # issue 11: a TrainConfig
 
 
 def test_devices():

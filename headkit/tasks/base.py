@@ -30,7 +30,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headkit.checks import check_int, check_seed
 from headkit.errors import HeadkitError
+from headkit.tasks.params import require  # noqa: F401  (builders import it from here)
+from headkit.tasks.registry import TaskSpec  # noqa: F401  (re-exported: its home is headkit.tasks.registry)
 
 IGNORE = -100  # target value of positions that are not scored
 
@@ -108,6 +111,9 @@ class TaskBatch:
     params: Mapping[str, Any] = field(default_factory=dict)  # builder arguments, for the record
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tokens, Tensor) or self.tokens.ndim != 2:
+            shape = tuple(self.tokens.shape) if isinstance(self.tokens, Tensor) else type(self.tokens).__name__
+            raise HeadkitError(f"tokens must be a [batch, pos] tensor, got {shape}")
         b, p = self.tokens.shape
         if self.targets.shape != (b, p):
             raise HeadkitError(f"targets shape {tuple(self.targets.shape)} != tokens shape {(b, p)}")
@@ -135,105 +141,49 @@ class TaskBatch:
         """Prompt ``i`` as readable strings."""
         return self.vocab.decode(self.tokens[i])
 
-    def to(self, device: str | torch.device) -> "TaskBatch":
-        """The same batch with every tensor on ``device``."""
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "TaskBatch":
+        """The same batch with ``fn`` applied to every tensor (positions and twin included)."""
 
-        def move(x: Any) -> Any:
-            return x.to(device) if isinstance(x, Tensor) else x
+        def apply(x: Any) -> Any:
+            return fn(x) if isinstance(x, Tensor) else x
 
+        tensors = ("tokens", "targets", "answers", "answer_pos", "hops", "wrong_answers")
         return dataclasses.replace(
             self,
-            tokens=move(self.tokens),
-            targets=move(self.targets),
-            answers=move(self.answers),
-            answer_pos=move(self.answer_pos),
-            hops=move(self.hops),
-            wrong_answers=move(self.wrong_answers),
-            positions={k: move(v) for k, v in self.positions.items()},
-            corrupted=None if self.corrupted is None else self.corrupted.to(device),
+            **{name: apply(getattr(self, name)) for name in tensors},
+            positions={k: apply(v) for k, v in self.positions.items()},
+            corrupted=None if self.corrupted is None else self.corrupted._map(fn),
         )
+
+    def to(self, device: str | torch.device) -> "TaskBatch":
+        """The same batch with every tensor on ``device``."""
+        return self._map(lambda x: x.to(device))
 
     def select(self, index: Tensor | Sequence[int]) -> "TaskBatch":
         """The sub-batch of prompts ``index`` (a bool mask or ids), twin included."""
         idx = torch.as_tensor(index)
         if idx.dtype == torch.bool:
+            if idx.shape != (self.n,):
+                raise HeadkitError(f"a mask selecting prompts must have shape ({self.n},), got {tuple(idx.shape)}")
             idx = idx.nonzero().squeeze(-1)
-
-        def take(x: Any) -> Any:
-            return x[idx] if isinstance(x, Tensor) else x
-
-        return dataclasses.replace(
-            self,
-            tokens=take(self.tokens),
-            targets=take(self.targets),
-            answers=take(self.answers),
-            answer_pos=take(self.answer_pos),
-            hops=take(self.hops),
-            wrong_answers=take(self.wrong_answers),
-            positions={k: take(v) for k, v in self.positions.items()},
-            corrupted=None if self.corrupted is None else self.corrupted.select(idx),
-        )
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise HeadkitError(message) unless ``condition``; for builder parameter checks."""
-    if not condition:
-        raise HeadkitError(message)
+        elif idx.numel() == 0:  # torch.as_tensor([]) is a float tensor
+            idx = idx.long()
+        if idx.is_floating_point() or idx.ndim > 1:
+            raise HeadkitError(f"prompts are selected by integer ids or a bool mask, got {idx.dtype} {tuple(idx.shape)}")
+        if idx.numel() and not (-self.n <= int(idx.min()) and int(idx.max()) < self.n):
+            raise HeadkitError(f"prompt ids {idx.tolist()} are out of range: this batch has prompts 0..{self.n - 1}")
+        return self._map(lambda x: x[idx])
 
 
 def make_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``: builders never touch the global RNG."""
-    if not isinstance(seed, int):
-        raise HeadkitError(f"seed must be an integer, got {seed!r}")
     gen = torch.Generator()
-    gen.manual_seed(seed)
+    gen.manual_seed(check_seed(seed))
     return gen
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task by name plus the builder keyword arguments that define it.
-
-    Stored in checkpoints so a trained model can be evaluated later on fresh
-    prompts of the same task, at the trained length or longer ones.
-    """
-
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def builder(self) -> Callable[..., TaskBatch]:
-        from headkit.tasks import BUILDERS
-
-        try:
-            return BUILDERS[self.name]
-        except KeyError:
-            raise HeadkitError(
-                f"unknown task {self.name!r}: allowed {', '.join(sorted(BUILDERS))}"
-            ) from None
-
-    def build(self, n: int, *, seed: int, **overrides: Any) -> TaskBatch:
-        """``n`` prompts of this task; ``overrides`` replace stored parameters (e.g. length)."""
-        return self.builder()(n, seed=seed, **{**self.params, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
-        return cls(name=data["name"], params=dict(data.get("params", {})))
-
-
-def require_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
-    """Check that builder parameter ``name`` is an integer in ``low..high`` (``high`` None: no top).
-
-    The message names the parameter, its value and the allowed range.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise HeadkitError(f"{name} must be an integer, got {value!r}")
-    allowed = f"{low}..{high}" if high is not None else f"{low} or more"
-    if value < low or (high is not None and value > high):
-        raise HeadkitError(f"{name}={value} is out of range: allowed {allowed}")
-    return value
+# the one integer check (headkit.checks), under the name builders used first
+require_int = check_int
 
 
 def available_memory() -> int:

@@ -18,12 +18,13 @@ fixed last landing (``sample_chains(..., ends=)``, the paper's generator: answer
 position drawn first) the table is split by end (`chain_counts_to`), and
 `joint_balanced` draws (hop, answer position, answer value) as the paper balances them.
 
-The length protocols: `resolve_length` (``extend="prefix"``, PosSym-2026's tokens
-added in front, or ``"window"``, ours), `prepend` (the prefix, positions shifted),
-and `check_protocol` (the checks both builders share, memory included).
+The length protocols (``extend="prefix"``, PosSym-2026's tokens added in front, or
+``"window"``, ours) and every parameter check live in the parameters both builders
+take (`headkit.tasks.params.ChainParams`: the target window ``T``, the tokens
+``added``, the resolved ``balance``); here are `prepend` (the prefix, positions
+shifted) and `check_chain_memory` (``n`` and the memory prompts and tables need).
 
-The parts both builders share live here too: the layout and hop-range checks
-(`check_layout`, `check_hop_range`), -1 padding of chains to ``max_hops + 1``
+The parts both builders share live here too: -1 padding of chains to ``max_hops + 1``
 (`pad_chains`), the answer position ``c_h`` (`chain_ends`) and the batch itself,
 scored at the query only (`chain_batch`).
 """
@@ -31,13 +32,17 @@ scored at the query only (`chain_batch`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, require, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator
+from headkit.tasks.params import ChainParams
+
+C = TypeVar("C", bound=ChainParams)
 
 
 def balanced_hops(n: int, min_hops: int, max_hops: int, gen: torch.Generator) -> Int[Tensor, " batch"]:
@@ -137,31 +142,6 @@ def sample_chains(
             here = _draw(weights, gen)
             chain[rows, step] = here
     return chain
-
-
-def check_layout(n: int, *, target_window: int, pointer_window: int, length: int | None) -> int:
-    """Check ``n`` and the windows before any work; returns the target window size ``T``.
-
-    ``length`` (if given) replaces ``target_window`` by ``length - pointer_window - 1``.
-    """
-    require_int("n", n, low=1)
-    require_int("pointer_window", pointer_window, low=0)
-    if length is None:
-        require_int("target_window", target_window, low=1)
-        return target_window
-    require_int("length", length, low=pointer_window + 2)  # at least one target token
-    return length - pointer_window - 1
-
-
-def check_hop_range(*, min_hops: int, max_hops: int, pointer_window: int) -> None:
-    """Check ``min_hops..max_hops``: a chain of ``h`` hops needs ``h-1`` pointer-window landings."""
-    require_int("min_hops", min_hops, low=1)
-    require_int("max_hops", max_hops, low=min_hops)
-    require(
-        max_hops <= pointer_window + 1,
-        f"max_hops={max_hops} is impossible with pointer_window={pointer_window}: "
-        f"allowed 1..{pointer_window + 1} (a chain of h hops needs h-1 landings in the pointer window)",
-    )
 
 
 def pad_chains(chain: Int[Tensor, "batch k"], max_hops: int) -> Int[Tensor, "batch hops_plus_1"]:
@@ -293,76 +273,25 @@ def prepend(batch: TaskBatch, prefix: Int[Tensor, "batch added"], *, params: Map
     return one(batch, twin)
 
 
-EXTENDS = ("prefix", "window")
+def start_chains(
+    params_type: type[C], params: Mapping[str, Any], *, n: int, seed: int, task: str
+) -> tuple[C, dict[str, Any], torch.Generator]:
+    """What a chain builder starts with: its checked parameters, the parameters its batch
+    records (``balance`` resolved) and its generator, after `check_chain_memory`."""
+    config = params_type.of(params, task=task)
+    check_chain_memory(n, config, task=task)
+    return config, {**config.to_dict(), "balance": config.chain_balance}, make_generator(seed)
 
 
-def resolve_length(
-    *, length: int | None, extend: str, target_window: int, pointer_window: int
-) -> tuple[int, int]:
-    """``(T, added)``: the target window and the prefix size that make a prompt ``length`` long.
+def check_chain_memory(n: int, p: ChainParams, *, task: str) -> None:
+    """Check ``n`` and refuse, before any work, prompts and chain tables that cannot fit in memory.
 
-    ``extend="prefix"`` (PosSym-2026): the prompt keeps its ``T + P + 1`` tokens and
-    ``added = length - (T + P + 1)`` tokens go in front. ``extend="window"`` (ours):
-    ``T = length - P - 1`` and nothing is added. ``length=None``: the trained layout.
+    The parameters ``p`` are checked on creation (`headkit.tasks.params.ChainParams`).
     """
-    require(extend in EXTENDS, f"extend={extend!r} is not supported: allowed {', '.join(map(repr, EXTENDS))}")
-    if length is None or extend == "window":
-        return check_layout(1, target_window=target_window, pointer_window=pointer_window, length=length), 0
-    require_int("target_window", target_window, low=1)
-    core = target_window + pointer_window + 1
-    require_int("length", length, low=core)
-    return target_window, length - core
-
-
-BALANCES = ("joint", "hops")
-
-
-def resolve_balance(balance: str | None, *, enlarged: bool) -> str:
-    """``balance=None`` -> ``"joint"`` (the paper's), or ``"hops"`` when the window protocol enlarged ``T``.
-
-    Joint balance over an enlarged window would need a ``(hops, L, T)`` count table
-    (gigabytes at ``L`` ~ 1,000), and the window protocol is headkit's own anyway.
-    At the trained length both protocols give the same prompts.
-    """
-    if balance is None:
-        return "hops" if enlarged else "joint"
-    require(balance in BALANCES, f"balance={balance!r} is not supported: allowed {', '.join(map(repr, BALANCES))}")
-    require(
-        not (balance == "joint" and enlarged),
-        "balance='joint' cannot be combined with extend='window' and a longer length: use balance='hops' "
-        "(or extend='prefix', the paper's protocol)",
-    )
-    return balance
-
-
-def check_protocol(
-    n: int,
-    *,
-    task: str,
-    target_window: int,
-    pointer_window: int,
-    max_hops: int,
-    length: int | None,
-    extend: str,
-    distractors: str,
-    allowed_distractors: tuple[str, ...],
-    balance: str | None,
-) -> tuple[int, int, str]:
-    """The checks the number and letter builders share; returns ``(T, added, balance)``.
-
-    ``n``, the length protocol, the distractor and balance options, and the memory
-    the prompts and chain tables need (call `check_hop_range` first: ``max_hops`` is trusted).
-    """
-    require_int("n", n, low=1)
-    t, added = resolve_length(length=length, extend=extend, target_window=target_window, pointer_window=pointer_window)
-    require(
-        distractors in allowed_distractors,
-        f"distractors={distractors!r} is not supported: allowed {', '.join(map(repr, allowed_distractors))}",
-    )
-    balance = resolve_balance(balance, enlarged=t > target_window)
-    core = t + pointer_window + 1
-    check_prompt_memory(n, core + added, task=task, extra=chain_table_bytes(core, t, max_hops, balance))
-    return t, added, balance
+    check_int("n", n, low=1)
+    core = p.target + p.pointer_window + 1
+    extra = chain_table_bytes(core, p.target, p.max_hops, p.chain_balance)
+    check_prompt_memory(n, core + p.added, task=task, extra=extra)
 
 
 def chain_table_bytes(length: int, target_window: int, max_hops: int, balance: str) -> int:

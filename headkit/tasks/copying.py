@@ -17,21 +17,25 @@ Positions: ``"query"`` [batch] (= length - 1), ``"source"`` [batch] (= length - 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator
+from headkit.tasks.params import CopyParams, builder_of
 
 
 def copy_vocab(vocab_size: int) -> Vocab:
     return Vocab(tuple(f"t{i}" for i in range(vocab_size)))
 
 
-def copy_task(n: int, *, seed: int, length: int = 32, vocab_size: int = 16) -> TaskBatch:
-    """``n`` i.i.d. sequences of ``length`` tokens with next-token target = previous token."""
-    require_int("n", n, low=1)
-    require_int("length", length, low=2)
-    require_int("vocab_size", vocab_size, low=2)  # the twin needs a second symbol
+@builder_of(CopyParams)
+def copy_task(n: int, *, seed: int, **params: Any) -> TaskBatch:
+    """``n`` i.i.d. sequences of ``length`` tokens with next-token target = previous token (`CopyParams`)."""
+    config = CopyParams.of(params, task="copy")
+    length, vocab_size = config.length, config.vocab_size
+    check_int("n", n, low=1)
     check_prompt_memory(n, length, task="copy")
     gen = make_generator(seed)
     vocab = copy_vocab(vocab_size)
@@ -39,7 +43,6 @@ def copy_task(n: int, *, seed: int, length: int = 32, vocab_size: int = 16) -> T
     twin_tokens = tokens.clone()
     shift = torch.randint(1, vocab_size, (n,), generator=gen)
     twin_tokens[:, -2] = (tokens[:, -2] + shift) % vocab_size
-    params = dict(length=length, vocab_size=vocab_size)
 
     def build(toks: torch.Tensor, wrong: torch.Tensor) -> TaskBatch:
         targets = torch.full_like(toks, IGNORE)
@@ -56,7 +59,7 @@ def copy_task(n: int, *, seed: int, length: int = 32, vocab_size: int = 16) -> T
                 "query": torch.full((n,), length - 1, dtype=torch.long),
                 "source": torch.full((n,), length - 2, dtype=torch.long),
             },
-            params=params,
+            params=config.to_dict(),
         )
 
     twin = build(twin_tokens, tokens[:, -2].clone())

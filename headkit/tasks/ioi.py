@@ -45,7 +45,9 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator, require, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator
+from headkit.tasks.params import require
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Tom", "James", "David", "Michael", "Robert", "Daniel", "Paul", "Mark",
@@ -154,23 +156,15 @@ CORRUPTIONS: dict[str, Callable[[int, int, int], tuple[Trio, tuple[int, int]]]] 
 }
 
 
-def ioi_task(
-    n: int,
-    *,
-    seed: int,
-    tokenizer: PreTrainedTokenizerBase,
-    names: Sequence[str] | None = None,
-    templates: Sequence[str] | None = None,
-    corruption: str = "abc",
-    prepend_bos: bool = True,
-) -> TaskBatch:
-    """``n`` IOI prompts tokenised with ``tokenizer``, plus the ``corruption`` twin.
+def _check_inputs(
+    n: int, *, tokenizer: Any, names: Sequence[str] | None, templates: Sequence[str] | None, corruption: str,
+    prepend_bos: bool,
+) -> tuple[tuple[str, ...], tuple[str, ...], list[int], list[int]]:
+    """Step 1 of `ioi_task`: every input checked before any work.
 
-    ``names`` defaults to `NAMES` (30 common first names), ``templates`` to
-    `TEMPLATES` (4 ABBA + 4 BABA). ``prepend_bos`` puts the tokenizer's BOS token first.
+    Returns ``(names, templates, name ids, BOS prefix ids)``.
     """
-    # 1. check every input before any work
-    require_int("n", n, low=1)
+    check_int("n", n, low=1)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise HeadkitError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     if corruption not in CORRUPTIONS:
@@ -192,8 +186,7 @@ def ioi_task(
     require(len(templates) >= 1, "templates is empty: give at least one template")
     for i, template in enumerate(templates):
         _check_template(i, template)
-    bos = tokenizer.bos_token_id
-    if prepend_bos and bos is None:
+    if prepend_bos and tokenizer.bos_token_id is None:
         raise HeadkitError("prepend_bos=True but the tokenizer has no BOS token: pass prepend_bos=False")
     name_ids = _name_ids(tokenizer, names)
     lengths: dict[int, list[int]] = {}
@@ -206,23 +199,20 @@ def ioi_task(
             f"templates tokenise to different lengths ({groups}): all prompts of a batch must have "
             f"the same length, so pass templates of one length group"
         )
+    return names, templates, name_ids, [tokenizer.bos_token_id] if prepend_bos else []
 
-    # 2. sample a template and three distinct names per prompt
-    gen = make_generator(seed)
-    which = torch.randint(0, len(templates), (n,), generator=gen).tolist()
-    trio = torch.rand(n, len(names), generator=gen).argsort(dim=1)[:, :3].tolist()  # IO, S, C
-    corrupt = CORRUPTIONS[corruption]
-    twin_slots = [corrupt(*abc)[0] for abc in trio]
-    # names follow a space in the template, so each is used as " Name"
-    clean_text = [_fill(templates[t], names[a], names[b], names[b]) for t, (a, b, _) in zip(which, trio)]
-    twin_text = [_fill(templates[t], *(names[k] for k in ts)) for t, ts in zip(which, twin_slots)]
 
-    # 3. tokenise whole texts and locate the name slots
-    prefix = [bos] if prepend_bos else []
-    clean = [prefix + ids for ids in tokenizer(clean_text, add_special_tokens=False)["input_ids"]]
-    twin = [prefix + ids for ids in tokenizer(twin_text, add_special_tokens=False)["input_ids"]]
-    width = len(clean[0])
-    slots = torch.zeros(n, 3, dtype=torch.long)  # IO, S1, S2
+def _name_slots(
+    clean: list[list[int]], twin: list[list[int]], *, trio: list[list[int]], twin_slots: list[Trio],
+    name_ids: list[int], what: tuple[list[str], list[int]],
+) -> Tensor:
+    """Step 3 of `ioi_task`: the [batch, 3] positions of IO, S1, S2 in the tokenised prompts.
+
+    Every prompt must have one width, IO once, S twice, and the twin its names in the
+    same slots; else an error names the prompt (``what``: its text and template).
+    """
+    width, (clean_text, which) = len(clean[0]), what
+    slots = torch.zeros(len(clean), 3, dtype=torch.long)  # IO, S1, S2
     for i, (a, b, _) in enumerate(trio):
         io_at = [k for k, x in enumerate(clean[i]) if x == name_ids[a]]
         s_at = [k for k, x in enumerate(clean[i]) if x == name_ids[b]]
@@ -236,6 +226,44 @@ def ioi_task(
                 f"{len(clean[i])} tokens (others {width}), IO found {len(io_at)}x, S found {len(s_at)}x; "
                 f"a name merges with its neighbours, or the template itself contains a name"
             )
+    return slots
+
+
+def ioi_task(  # long: steps 2-4 share the names and templates drawn, in the generator's order
+    n: int,
+    *,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    corruption: str = "abc",
+    prepend_bos: bool = True,
+) -> TaskBatch:
+    """``n`` IOI prompts tokenised with ``tokenizer``, plus the ``corruption`` twin.
+
+    ``names`` defaults to `NAMES` (30 common first names), ``templates`` to
+    `TEMPLATES` (4 ABBA + 4 BABA). ``prepend_bos`` puts the tokenizer's BOS token first.
+    """
+    # 1. check every input before any work
+    names, templates, name_ids, prefix = _check_inputs(
+        n, tokenizer=tokenizer, names=names, templates=templates, corruption=corruption, prepend_bos=prepend_bos
+    )
+
+    # 2. sample a template and three distinct names per prompt
+    gen = make_generator(seed)
+    which = torch.randint(0, len(templates), (n,), generator=gen).tolist()
+    trio = torch.rand(n, len(names), generator=gen).argsort(dim=1)[:, :3].tolist()  # IO, S, C
+    corrupt = CORRUPTIONS[corruption]
+    twin_slots = [corrupt(*abc)[0] for abc in trio]
+    # names follow a space in the template, so each is used as " Name"
+    clean_text = [_fill(templates[t], names[a], names[b], names[b]) for t, (a, b, _) in zip(which, trio)]
+    twin_text = [_fill(templates[t], *(names[k] for k in ts)) for t, ts in zip(which, twin_slots)]
+
+    # 3. tokenise whole texts and locate the name slots
+    clean = [prefix + ids for ids in tokenizer(clean_text, add_special_tokens=False)["input_ids"]]
+    twin = [prefix + ids for ids in tokenizer(twin_text, add_special_tokens=False)["input_ids"]]
+    width = len(clean[0])
+    slots = _name_slots(clean, twin, trio=trio, twin_slots=twin_slots, name_ids=name_ids, what=(clean_text, which))
     tokens = torch.tensor(clean)  # [batch, pos]
     twin_tokens = torch.tensor(twin)  # [batch, pos]
 

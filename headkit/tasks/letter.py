@@ -38,30 +38,18 @@ unchanged prompt; ``extend="window"`` (ours) sets ``T = length - P - 1``.
 
 from __future__ import annotations
 
-import string
+from typing import Any
 
 import torch
-
 from torch import Tensor
 
-from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
+from headkit.tasks.base import TaskBatch, Vocab
 from headkit.tasks.chains import (
-    balanced_hops,
-    chain_batch,
-    chain_counts_to,
-    chain_ends,
-    check_hop_range,
-    check_protocol,
-    joint_balanced,
-    pad_chains,
-    prepend,
-    sample_chains,
+    balanced_hops, chain_batch, chain_counts_to, chain_ends, joint_balanced, pad_chains, prepend, sample_chains, start_chains,
 )
+from headkit.tasks.params import DIGIT_NAMES, MAX_DIGITS, MAX_SYMBOLS, SYMBOL_NAMES, LetterParams, builder_of  # noqa: F401
 
-SYMBOL_NAMES: tuple[str, ...] = tuple(string.ascii_lowercase + string.ascii_uppercase)
-DIGIT_NAMES: tuple[str, ...] = tuple("123456789")
-MAX_SYMBOLS = len(SYMBOL_NAMES)  # 52
-MAX_DIGITS = len(DIGIT_NAMES)  # 9
+DISTRACTORS = LetterParams.DISTRACTORS
 
 
 def letter_vocab(n_symbols: int, n_digits: int) -> Vocab:
@@ -75,39 +63,6 @@ def letter_vocab(n_symbols: int, n_digits: int) -> Vocab:
     return Vocab(tuple(targets + pointers))
 
 
-DISTRACTORS = ("paper", "distinct")
-
-
-def _check(
-    n: int,
-    *,
-    target_window: int,
-    pointer_window: int,
-    min_hops: int,
-    max_hops: int,
-    n_symbols: int,
-    n_digits: int,
-    length: int | None,
-    extend: str,
-    distractors: str,
-    balance: str | None,
-) -> tuple[int, int, str]:
-    """Validate every parameter before any work; returns ``(T, added, balance)``."""
-    require_int("n_digits", n_digits, low=2, high=MAX_DIGITS)  # the twin needs a second digit
-    check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
-    require_int("n_symbols", n_symbols, low=2, high=MAX_SYMBOLS)
-    require(
-        n_symbols >= max_hops + 2,
-        f"n_symbols={n_symbols} is too few for max_hops={max_hops}: allowed {max_hops + 2}..{MAX_SYMBOLS} "
-        f"(the {max_hops} looked-up symbols must be unique first symbols, and the query and "
-        f"distractors need at least 2 other symbols)",
-    )
-    return check_protocol(
-        n, task="letter", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
-        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
-    )
-
-
 def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torch.Generator) -> Tensor:
     """[batch, k] symbols drawn uniformly among each prompt's non-looked-up ones ``perm[:, h:]``."""
     s = perm.shape[1]
@@ -115,25 +70,12 @@ def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torc
     return perm.gather(1, hops[:, None] + pick)
 
 
-def letter_task(
-    n: int,
-    *,
-    seed: int,
-    target_window: int = 8,
-    pointer_window: int = 8,
-    min_hops: int = 1,
-    max_hops: int = 4,
-    n_symbols: int = 8,
-    n_digits: int = 8,
-    length: int | None = None,
-    extend: str = "prefix",
-    distractors: str = "paper",
-    balance: str | None = None,
-) -> TaskBatch:
+@builder_of(LetterParams)
+def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
     """``n`` letter-task prompts (SPEC 2.2), with a changed-digit corrupted twin.
 
-    Defaults are the paper's: symbols a-h, digits 1-8 (128 tokens). ``length``
-    (optional) is the total prompt length: ``extend="prefix"`` (the paper's protocol)
+    Parameters: `headkit.tasks.params.LetterParams`. Defaults are the paper's:
+    symbols a-h, digits 1-8 (128 tokens). ``length`` (optional) is the total prompt length: ``extend="prefix"`` (the paper's protocol)
     puts ``length - (T + P + 1)`` random (symbol, digit) tokens, whose symbols are
     never looked up, in front of an unchanged prompt; ``extend="window"`` (ours) sets
     ``target_window`` to ``length - pointer_window - 1``. ``distractors``: ``"paper"``
@@ -144,22 +86,10 @@ def letter_task(
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """
-    params = dict(
-        target_window=target_window,
-        pointer_window=pointer_window,
-        min_hops=min_hops,
-        max_hops=max_hops,
-        n_symbols=n_symbols,
-        n_digits=n_digits,
-        length=length,
-        extend=extend,
-        distractors=distractors,
-        balance=balance,
-    )
-    t, added, balance = _check(n, **params)
-    params["balance"] = balance
-    gen = make_generator(seed)
-    p, s, d = pointer_window, n_symbols, n_digits
+    config, record, gen = start_chains(LetterParams, params, n=n, seed=seed, task="letter")
+    t, added, balance = config.target, config.added, config.chain_balance
+    min_hops, max_hops, distractors = config.min_hops, config.max_hops, config.distractors
+    p, s, d = config.pointer_window, config.n_symbols, config.n_digits
     vocab = letter_vocab(s, d)
     n_target_ids = s * d
     rows = torch.arange(n)
@@ -211,7 +141,7 @@ def letter_task(
     twin_tokens[rows, source] = first[rows, source] * d + new_digit
     twin_answers = twin_tokens[rows, source]
 
-    shared = dict(chain=chain, hops=hops, vocab=vocab, params=params)
+    shared = dict(chain=chain, hops=hops, vocab=vocab, params=record)
     twin = chain_batch(
         "letter", twin_tokens, answers=twin_answers, wrong_answers=answers.clone(), corrupted=None, **shared
     )
@@ -223,4 +153,4 @@ def letter_task(
     # the paper's length protocol: (symbol, digit) tokens in front, symbols never looked up
     prefix_symbols = _other_symbols(perm, hops, (n, added), gen)
     prefix = prefix_symbols * d + torch.randint(0, d, (n, added), generator=gen)
-    return prepend(batch, prefix, params=params)
+    return prepend(batch, prefix, params=record)

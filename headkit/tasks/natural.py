@@ -48,7 +48,9 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, make_generator, require, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, make_generator
+from headkit.tasks.params import require
 from headkit.tasks.ioi import TokenizerVocab, ioi_task
 
 LETTERS: tuple[str, ...] = tuple(string.ascii_lowercase)
@@ -110,10 +112,18 @@ def _encode_lists(
     return torch.tensor(rows), start
 
 
+def _start(n: int, tokenizer: object, prepend_bos: bool) -> tuple[PreTrainedTokenizerBase, list[int]]:
+    """The checks every suite starts with (``n``, the tokenizer, BOS); returns (tokenizer, BOS prefix ids)."""
+    check_int("n", n, low=1)
+    tokenizer = _check_tokenizer(tokenizer)
+    return tokenizer, _bos(tokenizer, prepend_bos)
+
+
 def _batch(
     task: str, tokens: Tensor, answers: Tensor, wrong: Tensor | None, vocab: TokenizerVocab,
-    positions: dict[str, Tensor], params: dict,
+    positions: dict[str, Tensor], params: dict, *, one_hop: bool = False, corrupted: TaskBatch | None = None,
 ) -> TaskBatch:
+    """A suite's batch, scored at the last position; ``one_hop``: ``hops`` all 1 (number, letter)."""
     n, width = tokens.shape
     targets = torch.full_like(tokens, IGNORE)
     targets[:, -1] = answers
@@ -121,6 +131,7 @@ def _batch(
         task=task, tokens=tokens, targets=targets, answers=answers.clone(),
         answer_pos=torch.full((n,), width - 1, dtype=torch.long), vocab=vocab,  # type: ignore[arg-type]
         wrong_answers=None if wrong is None else wrong.clone(), positions=positions, params=params,
+        hops=torch.ones(n, dtype=torch.long) if one_hop else None, corrupted=corrupted,
     )  # fmt: skip
 
 
@@ -129,24 +140,15 @@ def _params(tokenizer: PreTrainedTokenizerBase, **kwargs) -> dict:
 
 
 def number_natural_task(
-    n: int,
-    *,
-    seed: int,
-    tokenizer: PreTrainedTokenizerBase,
-    length: int = 32,
-    max_pointer: int = 16,
-    letters: Sequence[str] = LETTERS,
-    frame: str = NUMBER_FRAME,
-    prepend_bos: bool = True,
+    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, max_pointer: int = 16,
+    letters: Sequence[str] = LETTERS, frame: str = NUMBER_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """One-hop number task in text: ``length - 1`` letters then ``j``; answer the letter ``j`` places back."""
-    require_int("n", n, low=1)
-    require_int("length", length, low=3)
-    require_int("max_pointer", max_pointer, low=2)
-    tokenizer = _check_tokenizer(tokenizer)
+    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    check_int("length", length, low=3)
+    check_int("max_pointer", max_pointer, low=2)
     letters = tuple(letters)
     require(len(set(letters)) >= 2, f"letters {list(letters)} must hold at least two distinct letters")
-    prefix = _bos(tokenizer, prepend_bos)
     top = min(max_pointer, length - 1)
     letter_ids = word_ids(tokenizer, letters, what="letter")
     number_ids = word_ids(tokenizer, [str(j) for j in range(1, top + 1)], what="number")
@@ -185,25 +187,18 @@ def number_natural_task(
         return {"query": torch.full((n,), clean.shape[1] - 1), "target": start + T - j, "start": torch.full((n,), start)}
 
     corrupted = _batch("number_natural", twin, twin_answers, answers, vocab, positions(twin_jump), params)
-    clean_batch = _batch("number_natural", clean, answers, twin_answers, vocab, positions(jump), params)
-    return dataclasses.replace(clean_batch, hops=torch.ones(n, dtype=torch.long), corrupted=corrupted)
+    return _batch(
+        "number_natural", clean, answers, twin_answers, vocab, positions(jump), params, one_hop=True, corrupted=corrupted
+    )
 
 
 def letter_natural_task(
-    n: int,
-    *,
-    seed: int,
-    tokenizer: PreTrainedTokenizerBase,
-    length: int = 32,
-    symbols: Sequence[str] = SYMBOLS,
-    digits: Sequence[str] = DIGITS,
-    frame: str = LETTER_FRAME,
-    prepend_bos: bool = True,
+    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, symbols: Sequence[str] = SYMBOLS,
+    digits: Sequence[str] = DIGITS, frame: str = LETTER_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """One-hop letter task in text: ``(length - 1) // 2`` pairs ``symbol digit``, then a symbol; answer its digit."""
-    require_int("n", n, low=1)
-    require_int("length", length, low=3)
-    tokenizer = _check_tokenizer(tokenizer)
+    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    check_int("length", length, low=3)
     symbols, digits = tuple(symbols), tuple(digits)
     pairs = (length - 1) // 2
     require(
@@ -211,7 +206,6 @@ def letter_natural_task(
         f"length={length} needs {pairs} distinct symbols, but symbols has {len(symbols)}: give more symbols",
     )
     require(len(digits) >= 2, f"digits {list(digits)} must hold at least two digits (the twin changes one)")
-    prefix = _bos(tokenizer, prepend_bos)
     symbol_ids = torch.tensor(word_ids(tokenizer, symbols, what="symbol"))
     digit_ids = torch.tensor(word_ids(tokenizer, digits, what="digit"))
 
@@ -247,8 +241,7 @@ def letter_natural_task(
         "start": torch.full((n,), start),
     }
     corrupted = _batch("letter_natural", twin, twin_answers, answers, vocab, positions, params)
-    clean_batch = _batch("letter_natural", clean, answers, twin_answers, vocab, positions, params)
-    return dataclasses.replace(clean_batch, hops=torch.ones(n, dtype=torch.long), corrupted=corrupted)
+    return _batch("letter_natural", clean, answers, twin_answers, vocab, positions, params, one_hop=True, corrupted=corrupted)
 
 
 def _ordinary_ids(tokenizer: PreTrainedTokenizerBase) -> Tensor:
@@ -260,10 +253,8 @@ def induction_natural_task(
     n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, half_length: int = 20, prepend_bos: bool = True
 ) -> TaskBatch:
     """``[BOS, r_1..r_L, r_1..r_L]`` with ``r`` distinct ordinary tokens of the tokenizer (SPEC 2.6)."""
-    require_int("n", n, low=1)
-    require_int("half_length", half_length, low=2)
-    tokenizer = _check_tokenizer(tokenizer)
-    prefix = _bos(tokenizer, prepend_bos)
+    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    check_int("half_length", half_length, low=2)
     pool = _ordinary_ids(tokenizer)
     require(
         len(pool) >= half_length + 2,
@@ -285,28 +276,18 @@ def induction_natural_task(
     width = tokens.shape[1]
     positions = {"duplicate": torch.full((n,), len(prefix) + half_length - 2), "previous": torch.full((n,), width - 2)}
     corrupted = _batch("induction_natural", twin, answers, wrong, vocab, positions, params)
-    return dataclasses.replace(
-        _batch("induction_natural", tokens, answers, wrong, vocab, positions, params), corrupted=corrupted
-    )
+    return _batch("induction_natural", tokens, answers, wrong, vocab, positions, params, corrupted=corrupted)
 
 
 def duplicate_natural_task(
-    n: int,
-    *,
-    seed: int,
-    tokenizer: PreTrainedTokenizerBase,
-    length: int = 16,
-    words: Sequence[str] = WORDS,
-    frame: str = DUPLICATE_FRAME,
-    prepend_bos: bool = True,
+    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 16, words: Sequence[str] = WORDS,
+    frame: str = DUPLICATE_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """``length`` words whose last repeats an earlier one; answer: what followed that earlier one."""
-    require_int("n", n, low=1)
-    require_int("length", length, low=4)
-    tokenizer = _check_tokenizer(tokenizer)
+    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    check_int("length", length, low=4)
     words = tuple(words)
     require(len(set(words)) >= length + 1, f"length={length} needs {length + 1} distinct words, got {len(set(words))}")
-    prefix = _bos(tokenizer, prepend_bos)
     ids = torch.tensor(word_ids(tokenizer, words, what="word"))
 
     gen = make_generator(seed)
@@ -327,9 +308,7 @@ def duplicate_natural_task(
     params = _params(tokenizer, length=length, words=list(words), frame=frame, prepend_bos=prepend_bos)
     positions = {"duplicate": start + dup, "previous": torch.full((n,), clean.shape[1] - 2), "start": torch.full((n,), start)}
     corrupted = _batch("duplicate_natural", twin, answers, wrong, vocab, positions, params)
-    return dataclasses.replace(
-        _batch("duplicate_natural", clean, answers, wrong, vocab, positions, params), corrupted=corrupted
-    )
+    return _batch("duplicate_natural", clean, answers, wrong, vocab, positions, params, corrupted=corrupted)
 
 
 SUITES: dict[str, Callable[..., TaskBatch]] = {

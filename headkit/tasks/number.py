@@ -35,77 +35,24 @@ letter usually already appears, as a distractor, in the clean prompt.
 
 from __future__ import annotations
 
-import string
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.tasks.base import TaskBatch, Vocab, make_generator, require, require_int
+from headkit.tasks.base import TaskBatch, Vocab
 from headkit.tasks.chains import (
-    balanced_hops,
-    chain_batch,
-    chain_counts,
-    chain_counts_to,
-    chain_ends,
-    check_hop_range,
-    check_protocol,
-    joint_balanced,
-    pad_chains,
-    prepend,
-    sample_chains,
+    balanced_hops, chain_batch, chain_counts_to, chain_ends, joint_balanced, pad_chains, prepend, sample_chains, start_chains,
 )
+from headkit.tasks.params import LETTER_NAMES, MAX_LETTERS, NumberParams, builder_of  # noqa: F401
 
-# letter names: "a".."z", "A".."Z", then "aa", "ab", ..., "zz" (never integer-like)
-_SINGLE = list(string.ascii_lowercase + string.ascii_uppercase)
-LETTER_NAMES: tuple[str, ...] = tuple(
-    _SINGLE + [x + y for x in string.ascii_lowercase for y in string.ascii_lowercase]
-)
-MAX_LETTERS = len(LETTER_NAMES)  # 728
+DISTRACTORS = NumberParams.DISTRACTORS
 
 
 def number_vocab(n_letters: int, max_pointer: int) -> Vocab:
     """Ids ``0..n_letters-1`` are letters, ``n_letters + j - 1`` is the integer ``j``."""
     return Vocab(LETTER_NAMES[:n_letters] + tuple(str(j) for j in range(1, max_pointer + 1)))
-
-
-DISTRACTORS = ("paper", "uniform")
-
-
-def _check(
-    n: int,
-    *,
-    target_window: int,
-    pointer_window: int,
-    min_hops: int,
-    max_hops: int,
-    n_letters: int,
-    max_pointer: int,
-    length: int | None,
-    extend: str,
-    distractors: str,
-    balance: str | None,
-) -> tuple[int, int, str]:
-    """Validate every parameter before any work; returns ``(T, added, balance)``."""
-    require_int("n_letters", n_letters, low=2, high=MAX_LETTERS)
-    require_int("max_pointer", max_pointer, low=1)
-    check_hop_range(min_hops=min_hops, max_hops=max_hops, pointer_window=pointer_window)
-    t, added, balance = check_protocol(
-        n, task="number", target_window=target_window, pointer_window=pointer_window, max_hops=max_hops,
-        length=length, extend=extend, distractors=distractors, allowed_distractors=DISTRACTORS, balance=balance,
-    )
-    counts = chain_counts(
-        target_window=t, pointer_window=pointer_window, max_jump=max_pointer, max_hops=max_hops
-    )
-    query = t + pointer_window
-    for h in range(min_hops, max_hops + 1):
-        require(
-            counts[h, query] > 0,
-            f"hops={h} is impossible with max_pointer={max_pointer}, pointer_window={pointer_window}, "
-            f"target_window={t}: no chain of {h} jumps of 1..{max_pointer} ends in the target window; "
-            f"raise max_pointer or change the hop range min_hops..max_hops",
-        )
-    return t, added, balance
 
 
 def _answers(
@@ -141,24 +88,12 @@ def _integers(
     return 1 + (torch.rand(n, pos.shape[0], generator=gen) * top).long().clamp(max=top - 1)
 
 
-def number_task(
-    n: int,
-    *,
-    seed: int,
-    target_window: int = 8,
-    pointer_window: int = 8,
-    min_hops: int = 1,
-    max_hops: int = 4,
-    n_letters: int = 120,
-    max_pointer: int = 16,
-    length: int | None = None,
-    extend: str = "prefix",
-    distractors: str = "paper",
-    balance: str | None = None,
-) -> TaskBatch:
+@builder_of(NumberParams)
+def number_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
     """``n`` number-task prompts (SPEC 2.1), with a re-routed corrupted twin.
 
-    ``length`` (optional) is the total prompt length. ``extend="prefix"`` (the
+    Parameters (`headkit.tasks.params.NumberParams`, defaults there): ``length``
+    (optional) is the total prompt length. ``extend="prefix"`` (the
     paper's length protocol) puts ``length - (T + P + 1)`` random letters in front of
     an unchanged prompt; ``extend="window"`` (ours) sets ``target_window`` to
     ``length - pointer_window - 1``. ``distractors``: ``"paper"`` (an integer points
@@ -169,22 +104,10 @@ def number_task(
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
     """
-    params = dict(
-        target_window=target_window,
-        pointer_window=pointer_window,
-        min_hops=min_hops,
-        max_hops=max_hops,
-        n_letters=n_letters,
-        max_pointer=max_pointer,
-        length=length,
-        extend=extend,
-        distractors=distractors,
-        balance=balance,
-    )
-    t, added, balance = _check(n, **params)
-    params["balance"] = balance
-    gen = make_generator(seed)
-    p = pointer_window
+    config, record, gen = start_chains(NumberParams, params, n=n, seed=seed, task="number")
+    t, added, balance = config.target, config.added, config.chain_balance
+    min_hops, max_hops, n_letters, max_pointer = config.min_hops, config.max_hops, config.n_letters, config.max_pointer
+    p = config.pointer_window
     vocab = number_vocab(n_letters, max_pointer)
     layout = dict(target_window=t, pointer_window=p, max_jump=max_pointer)
     if balance == "joint":
@@ -197,7 +120,7 @@ def number_task(
     # distractors: letters in the target window, integers in the pointer window and query
     letters = torch.randint(0, n_letters, (n, t), generator=gen)
     integers = n_letters - 1 + _integers(n, target_window=t, pointer_window=p, max_pointer=max_pointer,
-                                         distractors=distractors, gen=gen)
+                                         distractors=config.distractors, gen=gen)
     tokens = torch.cat([letters, integers], dim=1)  # [batch, T+P+1]
 
     def sample(avoid_first: Tensor | None) -> Tensor:
@@ -223,7 +146,7 @@ def number_task(
     twin_tokens[rows[same], twin_source[same]] = (answers[same] + shift[same]) % n_letters
     twin_answers = _answers(twin_tokens, twin_chain, hops)
 
-    shared = dict(hops=hops, vocab=vocab, params=params)
+    shared = dict(hops=hops, vocab=vocab, params=record)
     twin = chain_batch(
         "number", twin_tokens, chain=twin_chain, answers=twin_answers, wrong_answers=answers.clone(),
         corrupted=None, **shared,
@@ -235,4 +158,4 @@ def number_task(
     if not added:
         return batch
     # the paper's length protocol: random letters in front of the unchanged prompt
-    return prepend(batch, torch.randint(0, n_letters, (n, added), generator=gen), params=params)
+    return prepend(batch, torch.randint(0, n_letters, (n, added), generator=gen), params=record)

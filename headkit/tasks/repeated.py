@@ -27,26 +27,25 @@ at ``answer_pos``), ``"query"`` [batch] (= answer_pos).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator
+from headkit.tasks.params import InductionParams, builder_of
 
 
 def repeated_vocab(vocab_size: int) -> Vocab:
     return Vocab(("BOS",) + tuple(f"t{i}" for i in range(vocab_size)))
 
 
-def repeated_tokens_task(
-    n: int, *, seed: int, half_length: int = 20, vocab_size: int = 50, bos: bool = True
-) -> TaskBatch:
-    """``n`` prompts ``[BOS, r_1..r_L, r_1..r_L]`` with distinct ``r_i`` and an induction twin."""
-    require_int("n", n, low=1)
-    require_int("half_length", half_length, low=2)  # the answer position is the second r_{L-1}
-    require_int("vocab_size", vocab_size, low=half_length + 1)  # L distinct tokens + the twin's r'
-    if not isinstance(bos, bool):
-        raise HeadkitError(f"bos must be True or False, got {bos!r}")
+@builder_of(InductionParams)
+def repeated_tokens_task(n: int, *, seed: int, **params: Any) -> TaskBatch:
+    """``n`` prompts ``[BOS, r_1..r_L, r_1..r_L]`` with distinct ``r_i`` and an induction twin (`InductionParams`)."""
+    config = InductionParams.of(params, task="induction")
+    half_length, vocab_size, bos = config.half_length, config.vocab_size, config.bos
+    check_int("n", n, low=1)
     # the prompts, plus one random permutation of the vocabulary per prompt
     check_prompt_memory(n, 2 * half_length + 1, task="induction", extra=3 * 8 * n * vocab_size)
     gen = make_generator(seed)
@@ -63,7 +62,6 @@ def repeated_tokens_task(
     answer_pos = length - 2  # the second r_{L-1}
     twin_tokens = tokens.clone()
     twin_tokens[:, start + big_l - 1] = r_prime
-    params = dict(half_length=half_length, vocab_size=vocab_size, bos=bos)
 
     def build(toks: torch.Tensor, answers: torch.Tensor, wrong: torch.Tensor) -> TaskBatch:
         targets = torch.full_like(toks, IGNORE)
@@ -83,7 +81,7 @@ def repeated_tokens_task(
                 "induction_source": torch.full((n,), start + big_l - 1, dtype=torch.long),
                 "query": torch.full((n,), answer_pos, dtype=torch.long),
             },
-            params=params,
+            params=config.to_dict(),
         )
 
     r_last = half[:, -1].clone()

@@ -40,16 +40,16 @@ Positions: ``"edges_start"`` (0), ``"goal"``, ``"root"`` [batch], ``"path"``
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator, require_int
+from headkit.checks import check_int
+from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator
 from headkit.tasks.chains import balanced_hops
-
-MAX_NODES = 128  # nothing breaks above; prompts are 4 * n_nodes - 1 tokens long
+from headkit.tasks.params import MAX_NODES, TREE_GENERATORS, TreeParams, builder_of  # noqa: F401
 
 
 def tree_vocab(n_nodes: int) -> Vocab:
@@ -151,21 +151,23 @@ def _edge_order(parent: Tensor, depth: Tensor, reverse: Tensor, gen: torch.Gener
     return torch.where(reverse[:, None], backward, random_order)
 
 
-GENERATORS = ("brinkmann", "random")
+GENERATORS = TREE_GENERATORS
 
 
-def tree_task(n: int, *, seed: int, n_nodes: int = 16, generator: str = "brinkmann") -> TaskBatch:
+@builder_of(TreeParams)
+def tree_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
     """``n`` tree path-finding prompts (SPEC 2.4), with a corrupted twin.
+
+    Parameters: `headkit.tasks.params.TreeParams` (``n_nodes``, ``generator``).
 
     ``generator="brinkmann"`` (the paper's, default): path first, goal a leaf, half
     the edge lists in reverse topological order (module docstring).
     ``generator="random"`` (ours, headkit's first generator): grown trees, any
     non-root goal, shuffled edges, prompts one token shorter.
     """
-    require_int("n", n, low=1)
-    require_int("n_nodes", n_nodes, low=3, high=MAX_NODES)
-    if generator not in GENERATORS:
-        raise HeadkitError(f"generator={generator!r} is not supported: allowed {', '.join(map(repr, GENERATORS))}")
+    config = TreeParams.of(params, task="tree")
+    n_nodes, generator = config.n_nodes, config.generator
+    check_int("n", n, low=1)
     # prompts of 4 * n_nodes tokens, plus about ten [batch, node] tables (parents, labels, ...)
     check_prompt_memory(n, 4 * n_nodes, task="tree", extra=10 * 8 * n * n_nodes)
     gen = make_generator(seed)
@@ -198,7 +200,7 @@ def tree_task(n: int, *, seed: int, n_nodes: int = 16, generator: str = "brinkma
         reverse = torch.zeros(n, dtype=torch.bool)
         reverse[torch.randperm(n, generator=gen)[: n // 2]] = True
         child = _edge_order(parent, depth, reverse, gen)
-    params = dict(n_nodes=n_nodes, generator=generator)
+    record = config.to_dict()
 
     def build(g: Tensor, lab: Tensor, wrong: Tensor | None) -> TaskBatch:
         # edge list: child c contributes [label(parent c), >label(c), ","]
@@ -233,7 +235,7 @@ def tree_task(n: int, *, seed: int, n_nodes: int = 16, generator: str = "brinkma
                 "root": torch.full((n,), root_pos, dtype=torch.long),
                 "path": torch.where(on_path, root_pos + 1 + step[None, :], -1),
             },
-            params=params,
+            params=record,
         )
 
     twin = build(twin_goal, twin_label, None)
