@@ -161,12 +161,19 @@ def check_positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_length(length: int, n_ctx: int, *, name: str = "length") -> int:
-    """A prompt length the model's context holds: ``1..n_ctx``; else a HeadkitError naming ``name``."""
+def check_length(
+    length: int, n_ctx: int, *, name: str = "length", whose: str = "the model's", label: str | None = None
+) -> int:
+    """A prompt length the model's context holds: ``1..n_ctx``; else a HeadkitError.
+
+    The message reads ``"{name} {length} exceeds {whose} context n_ctx=N: allowed
+    lengths are 1..N"``; ``label`` replaces ``"{name} {length}"`` where the value the
+    user gave is not the length itself (``"--added 2100"``), ``whose`` names the model
+    (``"the number model's"``).
+    """
     if length > n_ctx:
-        raise HeadkitError(
-            f"{name} {length} exceeds the model's context n_ctx={n_ctx}: allowed lengths are 1..{n_ctx}"
-        )
+        shown = label if label is not None else f"{name} {length}"
+        raise HeadkitError(f"{shown} exceeds {whose} context n_ctx={n_ctx}: allowed lengths are 1..{n_ctx}")
     return length
 
 

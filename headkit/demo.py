@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from headkit.checks import check_int, check_output_path, check_positive_float
+from headkit.checks import check_int, check_length, check_output_path, check_positive_float
 from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # the heavy modules load when the demo runs
@@ -143,27 +143,23 @@ def demo_configs(options: DemoOptions) -> dict[str, TrainConfig]:
 
 
 def trained_length(cfg: TrainConfig) -> int:
-    """The prompt length a run trains at (probed with one prompt; the task registry will say it)."""
-    return cfg.task.build(1, seed=0).length
+    """The prompt length a run trains at (the task registry's, `TaskSpec.length`)."""
+    return cfg.task.length
 
 
 def check_options(out: str | os.PathLike, options: DemoOptions) -> Path:
     """Every check of a demo before any training: ``out`` writable, each evaluation length
-    within the model's context and buildable by its task (one prompt each)."""
+    within the model's context and allowed by its task's parameters (no prompt is built)."""
     out = check_output_path(out, directory=True)  # writable, not inside a run's own files or a checkpoint
     option, values = ("--lengths", options.lengths) if options.lengths is not None else ("--added", options.added)
     for task, cfg in demo_configs(options).items():
         trained = trained_length(cfg)
         totals = values if options.lengths is not None else tuple(trained + a for a in values)
-        too_long = [(v, t) for v, t in zip(values, totals) if t > cfg.model.n_ctx]
-        if too_long:
-            raise HeadkitError(
-                f"{option} {too_long[0][0]} exceeds the {task} model's context n_ctx={cfg.model.n_ctx}: "
-                f"allowed lengths are 1..{cfg.model.n_ctx}"
-            )
+        for value, length in zip(values, totals):
+            check_length(length, cfg.model.n_ctx, label=f"{option} {value}", whose=f"the {task} model's")
         for value, length in zip(values, totals):  # the task's own limits (e.g. a minimum length)
             try:
-                cfg.task.build(1, seed=0, length=length, extend=options.extend)
+                cfg.task.replace(length=length, extend=options.extend)
             except HeadkitError as exc:
                 raise HeadkitError(f"{option} {value}: the {task} task cannot build prompts of it: {exc}") from None
     return out

@@ -87,12 +87,12 @@ def suite_names() -> tuple[str, ...]:
 
 
 def preset_names() -> tuple[str, ...]:
-    """``--preset``: `headkit.training.PRESETS`."""
+    """``--preset``: `headkit.train_config.PRESETS` (a copy: that module imports torch)."""
     return ("cpu", "paper")
 
 
 def extend_modes() -> tuple[str, ...]:
-    """``--extend``: `headkit.evaluation.EXTENDS`."""
+    """``--extend``: `headkit.evaluation.EXTENDS` (a copy: that module imports torch)."""
     return ("prefix", "window")
 
 

@@ -86,7 +86,7 @@ def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[d
     from headkit.scores.positional_symbolic import classify_heads
 
     model, task = ckpt.model, ckpt.task
-    trained = task.build(1, seed=args.seed).length
+    trained = task.length
     about = f"{task.name} {model_description(model)}, step {ckpt.step}"
     progress = not args.no_progress
     tables = {}
