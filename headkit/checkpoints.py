@@ -217,6 +217,14 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_types(**values: tuple[Any, type, bool]) -> None:
+    """Each ``name=(value, expected type, None allowed)`` checked; else a HeadkitError naming it."""
+    for name, (value, kind, optional) in values.items():
+        if not isinstance(value, kind) and not (optional and value is None):
+            allowed = f"a {kind.__name__}" + (" or None" if optional else "")
+            raise HeadkitError(f"{name} must be {allowed}, got {type(value).__name__}")
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     model: GPTJForCausalLM | HookedTransformer,
@@ -237,15 +245,11 @@ def save_checkpoint(
     checkpoint there is replaced. Task parameters that JSON cannot hold are
     stored as strings.
     """
+    from headkit import __version__
     from headkit.gptj_hf import hf_state, hf_state_from_hooked
 
-    if not isinstance(model_config, ModelConfig):
-        raise HeadkitError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
-    if task is not None and not isinstance(task, TaskSpec):
-        raise HeadkitError(f"task must be a TaskSpec or None, got {type(task).__name__}")
-    if train_config is not None and not isinstance(train_config, TrainConfig):
-        raise HeadkitError(f"train_config must be a TrainConfig or None, got {type(train_config).__name__}")
-    from headkit import __version__
+    _check_types(model_config=(model_config, ModelConfig, False), task=(task, TaskSpec, True),
+                 train_config=(train_config, TrainConfig, True))  # fmt: skip
 
     if isinstance(model, GPTJForCausalLM):
         dtype = _check_hf_matches(model, model_config)
