@@ -71,7 +71,7 @@ class Site:
         return self.head_axis is not None
 
     def hook_name(self, layer: int) -> str:
-        return f"blocks.{layer}.{self.hook}"
+        return hook_name(self.name, layer)
 
     def write(self, act: Tensor, source: Tensor, patch: Patch) -> None:
         """Write ``source`` into ``act`` (one copy's activation) at ``patch``'s head and positions."""
@@ -98,9 +98,20 @@ LAYER_SITES = tuple(name for name, site in SITES.items() if not site.per_head)
 QKV = ("q", "k", "v")  # a head's inputs: the receivers of path patching
 
 
+# activations headkit reads but never patches: the scores' pre-softmax attention
+# (`headkit.scores.capture`) and the rotated queries and keys (`headkit.scores.rope`)
+READ_HOOKS: dict[str, str] = {
+    "attn_scores": "attn.hook_attn_scores",  # [batch, head_index, query_pos, key_pos], scaled, masked -inf
+    "rot_q": "attn.hook_rot_q",  # [batch, pos, head_index, d_head], after rotary
+    "rot_k": "attn.hook_rot_k",
+}
+
+
 def hook_name(site: str, layer: int) -> str:
-    """The full hook name of ``site`` in block ``layer``, e.g. ``blocks.3.attn.hook_z``."""
-    return SITES[site].hook_name(layer)
+    """The full hook name of ``site`` (a `SITES` or `READ_HOOKS` name) in block ``layer``,
+    e.g. ``blocks.3.attn.hook_z``: the one place headkit spells a hook name."""
+    hook = SITES[site].hook if site in SITES else READ_HOOKS[site]
+    return f"blocks.{layer}.{hook}"
 
 
 def describe(site: str, patch: Patch) -> str:

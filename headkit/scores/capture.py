@@ -36,9 +36,11 @@ from transformer_lens import HookedTransformer
 
 from headkit.checks import Head, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
+from headkit.interventions.sites import hook_name
 
-# what can be captured -> the hook of block l's attention that holds it, [batch, head_index, query_pos, key_pos]
-SITES = {"pattern": "attn.hook_pattern", "logits": "attn.hook_attn_scores"}
+# what can be captured -> the site (`headkit.interventions.sites.hook_name`) of block l's
+# attention that holds it, [batch, head_index, query_pos, key_pos]
+SITES = {"pattern": "pattern", "logits": "attn_scores"}
 
 HookList = list[tuple[str, Callable[..., None]]]
 # (layer, query_pos or None for every query, store) -> temporary hooks that put the
@@ -129,7 +131,7 @@ def head_reader(
 ) -> RowReader:
     """``site`` values of ``heads``: the query's row ``[batch, unit_of_layer, key_pos]``
     (query None: ``[batch, unit_of_layer, query_pos, key_pos]``), then ``reduce`` if given."""
-    hook_name = SITES[site]
+    held_at = SITES[site]  # the site whose hook holds these values
     by_layer = heads_by_layer(heads)
 
     def keep(values: Tensor, hook: Any, *, layer: int, query_pos: int | None, store: dict[int, Tensor]) -> None:
@@ -139,7 +141,7 @@ def head_reader(
         store[layer] = mine if reduce is None else reduce(mine)
 
     def hooks(layer: int, query_pos: int | None, store: dict[int, Tensor]) -> HookList:
-        return [(f"blocks.{layer}.{hook_name}", partial(keep, layer=layer, query_pos=query_pos, store=store))]
+        return [(hook_name(held_at, layer), partial(keep, layer=layer, query_pos=query_pos, store=store))]
 
     return RowReader(layers=tuple(by_layer), hooks=hooks)
 
@@ -164,7 +166,7 @@ def model_rows(
 
     hooks = [h for l in reader.layers for h in reader.hooks(l, query_pos, store)]
     if keep_resid:
-        hooks += [(f"blocks.{l}.hook_resid_pre", partial(keep, layer=l)) for l in reader.layers]
+        hooks += [(hook_name("resid_pre", l), partial(keep, layer=l)) for l in reader.layers]
     with torch.no_grad():
         model.run_with_hooks(
             tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None, stop_at_layer=max(reader.layers) + 1
@@ -188,7 +190,7 @@ def block_rows(
     def done(pattern: Tensor, hook: Any) -> None:
         raise _BlockDone
 
-    hooks = reader.hooks(layer, query_pos, store) + [(f"blocks.{layer}.attn.hook_pattern", done)]
+    hooks = reader.hooks(layer, query_pos, store) + [(hook_name("pattern", layer), done)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         try:
             model.blocks[layer](resid)

@@ -43,6 +43,7 @@ from transformer_lens import HookedTransformer
 
 from headkit.checks import Head, check_int, check_tokens
 from headkit.errors import HeadkitError
+from headkit.interventions.sites import hook_name
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
 from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
 from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, prepare_swaps
@@ -118,8 +119,8 @@ def logit_reader(model: HookedTransformer, heads: Sequence[Head], membership: Te
             store[layer] = out.reshape(out.shape[0], len(index) * n_comp, -1)  # [batch, head*comp, key]
 
         return [
-            (f"blocks.{layer}.attn.hook_rot_q", keep_q),
-            (f"blocks.{layer}.attn.hook_rot_k", logits),
+            (hook_name("rot_q", layer), keep_q),
+            (hook_name("rot_k", layer), logits),
         ]
 
     return RowReader(layers=tuple(by_layer), hooks=hooks)
