@@ -117,6 +117,7 @@ def test_repeated_lengths_are_refused_not_duplicated(number_run, tmp_path, optio
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_billion_prompts_are_refused_before_any_work(number_run, tmp_path):
     start = time.monotonic()
     done = headkit("eval", str(number_run), "--n", "1000000000", "--out", str(tmp_path / "x.csv"))

@@ -91,6 +91,7 @@ def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_model_without_tokenizer_is_refused_through_a_real_process(tmp_path):
     T.AutoModelForCausalLM.from_config(
         T.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2)

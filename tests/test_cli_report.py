@@ -98,6 +98,7 @@ CHROMIUM_MISSING = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium_path() is None, reason=CHROMIUM_MISSING)
 def test_report_renders_offline_in_headless_chromium(report):
     result = open_page(

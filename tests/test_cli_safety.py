@@ -137,6 +137,7 @@ def test_train_never_writes_into_a_run_or_a_checkpoint(run):
     assert snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_a_new_file_inside_a_run_directory_is_allowed(good_run):
     before = snapshot(good_run)
     out = good_run / "ablation.csv"
@@ -168,6 +169,7 @@ def test_seeds_torch_cannot_take_are_refused(run, tmp_path, command, seed, words
     assert words in done.stderr
 
 
+@pytest.mark.slow
 def test_largest_seed_is_accepted(good_run):
     # 2**64 - 1 reaches torch.Generator.manual_seed in the prompt builder and works
     done = headkit("ablate", str(good_run), "--n", "2", "--heads", "0.0", "--seed", str(2**64 - 1))
@@ -202,6 +204,7 @@ def test_bad_specs_are_one_line(run, tmp_path, argv, words):
         (["patch", "{run}"], "gpu"),
     ],
 )
+@pytest.mark.slow
 def test_unavailable_devices_are_refused(run, tmp_path, argv, device):
     if device == "cuda" and torch.cuda.is_available():  # on a GPU machine, a GPU it does not have
         device = "cuda:999"
@@ -219,6 +222,7 @@ def test_unavailable_devices_are_refused(run, tmp_path, argv, device):
         (["--n", "0"], "--n"),
     ],
 )
+@pytest.mark.slow
 def test_demo_checks_every_option_before_training(tmp_path, options, words):
     out = tmp_path / "demo"
     assert_refused(headkit("demo", "--out", str(out), "--no-progress", *options), words)

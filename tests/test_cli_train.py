@@ -151,6 +151,7 @@ def small_demo(monkeypatch):
     monkeypatch.setattr(training, "default_config", shrunk)  # the demo imports it when it runs
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
     demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--lengths", "17,33", "--n", "8", "--no-progress"]
     assert main(demo) == 0
@@ -175,6 +176,7 @@ def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
     one_line_error(capsys, "holds a number run with another config (differs in steps")
 
 
+@pytest.mark.slow
 def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(small_demo, tmp_path, capsys, monkeypatch):
     """Default evaluation = tokens added before the prompt (PosSym-2026 Fig. 5B); the R1
     table carries the paper's value, headkit's and a verdict. ``--extend window`` too."""
@@ -204,6 +206,7 @@ def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(
     one_line_error(capsys, "--added 2100 exceeds the number model's context n_ctx=2048")
 
 
+@pytest.mark.slow
 def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo, tmp_path, capsys, monkeypatch):
     """Two processes, one per run: the checkpoints equal those of a serial demo, byte for byte."""
     from headkit import demo as cmd_demo

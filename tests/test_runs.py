@@ -89,6 +89,7 @@ def test_a_stale_lock_file_of_a_dead_process_is_taken_over(tmp_path):
     assert result.step == 2
 
 
+@pytest.mark.slow
 def test_two_train_processes_into_one_directory(tmp_path):
     """The second `headkit train` refuses at once, naming the first one's pid; the run is the first's."""
     run = tmp_path / "run"
@@ -112,6 +113,7 @@ def test_two_train_processes_into_one_directory(tmp_path):
         assert json.loads((run / "run.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
     with RunLock(tmp_path):  # this test process plays the first demo
         done = headkit("demo", "--out", str(tmp_path), "--steps-scale", "0.001", "--no-progress")
@@ -136,6 +138,7 @@ def test_a_failure_before_the_first_update_leaves_no_dead_end(tmp_path, monkeypa
     assert train(tiny(), out_dir=tmp_path / "run", progress=False).step == 6  # a new run just works
 
 
+@pytest.mark.slow
 def test_cli_huge_batch_is_refused_up_front_and_leaves_nothing(tmp_path):
     done = headkit(*TRAIN, "--steps", "2", "--batch-size", "1000000000", "--out", str(tmp_path / "run"))
     assert_one_line_error(done, "batch_size=1000000000 needs about")
@@ -199,6 +202,7 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
 # --- silently wrong results -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     done = headkit(*TRAIN, "--steps", "40", "--lr", "1e9", "--checkpoint-steps", "1", "--out", str(tmp_path / "run"))
     # a non-finite loss, or held-out logits found non-finite at an evaluation (here: after the first update)
@@ -234,6 +238,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(tmp_p
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_task_or_step_in_a_run_is_refused(tmp_path):
     train(tiny(steps=2), out_dir=tmp_path / "a", progress=False)
     copy = TaskSpec("copy", {"length": 6, "vocab_size": 14})
@@ -256,6 +261,7 @@ def _edit_meta(folder: Path, edit) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_unknown_task_parameter_in_meta_is_one_line(tmp_path):
     train(tiny(steps=2), out_dir=tmp_path, progress=False)
     (tmp_path / "run.json").unlink()  # a bare checkpoint folder: only meta.json speaks for the task
@@ -265,6 +271,7 @@ def test_unknown_task_parameter_in_meta_is_one_line(tmp_path):
     assert_one_line_error(done, "task 'number' has no parameter colour")
 
 
+@pytest.mark.slow
 def test_config_weights_mismatch_is_one_line(tmp_path):
     train(tiny(steps=2), out_dir=tmp_path, progress=False)
     folder = checkpoint_dir(tmp_path, 2)
@@ -292,6 +299,7 @@ def test_cli_device_cuda_without_cuda_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cli_paper_preset_and_resume(tmp_path):
     """--preset paper starts, checkpoints and resumes on the CPU (2 updates of batch 2)."""
     base = ["train", "--task", "number", "--preset", "paper", "--batch-size", "2", "--eval-every", "1", "--no-progress"]

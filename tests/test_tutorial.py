@@ -12,6 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "docs" / "tutorial.ipynb"
 REMOTE = re.compile(r"<(script|link|img)[^>]+(src|href)=.https?:")  # anything loaded from a host
 
 
+@pytest.mark.slow
 def test_tutorial_executes_and_displays_offline(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
