@@ -43,27 +43,22 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
-from headkit.loading import (
-    Processing,
+from headkit.loading.build import LoadOptions, Weights, build_model
+from headkit.loading.files import (
     WeightFiles,
-    _buffers,
-    _target_device,
-    _tokenizer,
-    assign_state,
-    load_gptj,
-    meta_model,
     open_weight_files,
+    read_hf_config,
     resolve_checkpoint_dir,
+    saved_tokenizer,
 )
-from headkit.models import resolve_dtype
+from headkit.loading.gptj import gptj_from_directory
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +82,6 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 # PhiForCausalLM (TL reads partial_rotary_factor, which transformers 5 moved),
 # BloomForCausalLM (TL's converter leaves ALiBi models without pos_embed),
 # Olmo2ForCausalLM (no config mapping in TL 3.9).
-
-
-def read_hf_config(directory: Path) -> dict[str, Any]:
-    """``directory/config.json`` as a dict, with a clear error when it is missing or broken."""
-    path = directory / "config.json"
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found: {directory} is not a Hugging Face model directory")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise HeadkitError(f"{path} does not hold a JSON object")
-    return raw
 
 
 def architecture_of(raw: dict[str, Any], path: Path) -> str:
@@ -366,70 +347,47 @@ def _convert(
     return out
 
 
-def load_pretrained(
-    name_or_dir: str | Path,
-    *,
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device | None = None,
-    n_devices: int = 1,
-    fold_ln: bool = False,
-    center_writing_weights: bool = False,
-    center_unembed: bool = False,
-    fold_value_biases: bool = False,
-) -> HookedTransformer:
+def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransformer:
     """A pretrained causal LM as a HookedTransformer, built one component at a time (see module doc).
 
     ``name_or_dir``: a Hugging Face directory (config.json + safetensors or
     pytorch_model.bin, sharded or not) or a hub id found in the local HF cache;
-    its architecture must be one of `SUPPORTED_ARCHITECTURES`. ``dtype``:
-    float32, float16 or bfloat16 (nothing is held in float32 for a half dtype,
-    except one component while it is processed). ``device``: None =
-    TransformerLens's default. The processing flags mean what they mean in
+    its architecture must be one of `SUPPORTED_ARCHITECTURES`. ``options`` are
+    `headkit.loading.LoadOptions`'s fields, as for `headkit.loading.load_gptj`:
+    ``dtype`` float32, float16 or bfloat16 (nothing is held in float32 for a half
+    dtype, except one component while it is processed); ``device`` (None =
+    TransformerLens's default); ``n_devices``; and the processing flags
+    (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+    ``fold_value_biases``), which mean what they mean in
     ``HookedTransformer.from_pretrained`` but default to off (raw weights); all
     of them leave log-probabilities unchanged. TransformerLens skips what does
     not apply (no folding for post-norm models, no centring with RMSNorm). A
     tokenizer is attached when the directory holds one.
     """
-    torch_dtype = resolve_dtype(dtype)
-    device_name = _target_device(device, n_devices)
-    opts = Processing(
-        fold_ln=bool(fold_ln),
-        center_writing_weights=bool(center_writing_weights),
-        center_unembed=bool(center_unembed),
-        fold_value_biases=bool(fold_value_biases),
-    )
-    processing = dataclasses.asdict(opts)  # keyword arguments of load_gptj and ProcessWeights
+    checked = LoadOptions.of("load_pretrained", options)
     directory = resolve_checkpoint_dir(name_or_dir)
     architecture = architecture_of(read_hf_config(directory), directory / "config.json")
     if architecture == "GPTJForCausalLM":
-        return load_gptj(directory, dtype=torch_dtype, device=device, n_devices=n_devices, **processing)
+        return gptj_from_directory(directory, checked, model_name=directory.name)
 
     hf_config = _hf_config(directory)
     weights = open_weight_files(directory)
     cfg = tl_config(
-        directory, hf_config, dtype=torch_dtype, device=device_name, n_devices=n_devices,
-        fold_ln=opts.fold_ln, model_name=Path(str(name_or_dir)).name,
+        directory, hf_config, dtype=checked.dtype, device=checked.device, n_devices=checked.n_devices,
+        fold_ln=checked.fold_ln, model_name=Path(str(name_or_dir)).name,
     )
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
-    tokenizer = _tokenizer(directory)
+    processing = dataclasses.asdict(checked.processing)  # keyword arguments of ProcessWeights
 
-    model, target = meta_model(cfg)
-    expected = model.state_dict()
-    work_dtype = torch.float32 if opts.needed else torch_dtype
+    def parts(expected: Mapping[str, Tensor]) -> Iterator[Weights]:
+        for component in _components(cfg.n_layers):
+            converted = _convert(skeleton, directory, weights, cfg, component, checked.work_dtype, processing, expected)
+            yield {name: t for name, t in converted.items() if name in expected}  # folded LN weights dropped, as TL does
 
-    state: dict[str, Tensor] = {}
-    for component in tqdm(list(_components(cfg.n_layers)), desc=f"loading {architecture}", leave=False):
-        part = _convert(skeleton, directory, weights, cfg, component, work_dtype, processing, expected)
-        for name, tensor in part.items():
-            if name in expected:  # folded LayerNorm weights are dropped, as TL does
-                state[name] = _owned(_laid_out(tensor.to(device=target, dtype=torch_dtype)))
-        del part
-    state |= _buffers(model, target)
-    assign_state(model, state, what="load_pretrained")
-    if tokenizer is not None:
-        model.set_tokenizer(tokenizer)
-    model.eval()
-    return model
+    return build_model(
+        cfg, parts, options=checked, layout=lambda t: _owned(_laid_out(t)), tokenizer=saved_tokenizer(directory),
+        n_parts=cfg.n_layers + 2, what="load_pretrained", desc=f"loading {architecture}",
+    )  # fmt: skip
 
 
 def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -449,7 +407,7 @@ def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dic
 def require_tokenizer(name_or_dir: str | Path, *, option: str = "--model") -> Any:
     """The tokenizer saved with a model, or a HeadkitError when there is none (checked before loading weights)."""
     directory = resolve_checkpoint_dir(name_or_dir)
-    tokenizer = _tokenizer(directory)
+    tokenizer = saved_tokenizer(directory)
     if tokenizer is None:
         raise HeadkitError(f"{option} {name_or_dir} holds no tokenizer: the prompts need the model's own tokenizer")
     return tokenizer

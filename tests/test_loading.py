@@ -270,7 +270,7 @@ def test_bad_options(tmp_path):
     directory = save(tiny_hf(), tmp_path)
     with pytest.raises(HeadkitError, match="dtype 'float64' is not supported"):
         load_gptj(directory, dtype="float64")
-    with pytest.raises(HeadkitError, match="n_devices=0 must be a positive integer"):
+    with pytest.raises(HeadkitError, match="n_devices=0 is out of range: allowed 1 or more"):
         load_gptj(directory, n_devices=0)
     with pytest.raises(HeadkitError, match="n_devices=2 needs a CUDA device"):
         load_gptj(directory, n_devices=2, device="cpu")
