@@ -109,16 +109,7 @@ def _hf_config(directory: Path) -> Any:
         raise HeadkitError(f"{directory / 'config.json'} is not a valid config: {error}") from None
 
 
-def tl_config(
-    directory: Path,
-    hf_config: Any,
-    *,
-    dtype: torch.dtype,
-    device: str | None,
-    n_devices: int,
-    fold_ln: bool,
-    model_name: str,
-) -> HookedTransformerConfig:
+def tl_config(directory: Path, hf_config: Any, options: LoadOptions, *, model_name: str) -> HookedTransformerConfig:
     """TransformerLens's config for the model in ``directory``, built offline from its config.json."""
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
@@ -134,8 +125,8 @@ def tl_config(
         (neutral / "config.json").write_text(json.dumps(raw))
         try:
             cfg = get_pretrained_model_config(
-                str(neutral), fold_ln=fold_ln, device=device, n_devices=n_devices, dtype=dtype,
-                local_files_only=True,
+                str(neutral), fold_ln=options.fold_ln, device=options.device, n_devices=options.n_devices,
+                dtype=options.dtype, local_files_only=True,
             )
         except Exception as error:  # TL's mapping reads fields the config lacks
             raise HeadkitError(
@@ -372,17 +363,15 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransforme
 
     hf_config = _hf_config(directory)
     weights = open_weight_files(directory)
-    cfg = tl_config(
-        directory, hf_config, dtype=checked.dtype, device=checked.device, n_devices=checked.n_devices,
-        fold_ln=checked.fold_ln, model_name=Path(str(name_or_dir)).name,
-    )
+    cfg = tl_config(directory, hf_config, checked, model_name=Path(str(name_or_dir)).name)
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
     processing = dataclasses.asdict(checked.processing)  # keyword arguments of ProcessWeights
 
     def parts(expected: Mapping[str, Tensor]) -> Iterator[Weights]:
         for component in _components(cfg.n_layers):
             converted = _convert(skeleton, directory, weights, cfg, component, checked.work_dtype, processing, expected)
-            yield {name: t for name, t in converted.items() if name in expected}  # folded LN weights dropped, as TL does
+            # folded LayerNorm weights are dropped, as TL does
+            yield {name: t for name, t in converted.items() if name in expected}
 
     return build_model(
         cfg, parts, options=checked, layout=lambda t: _owned(_laid_out(t)), tokenizer=saved_tokenizer(directory),

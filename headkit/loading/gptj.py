@@ -129,16 +129,8 @@ def read_gptj_config(directory: str | Path) -> GPTJShapes:
     )
 
 
-def hooked_config(
-    shapes: GPTJShapes,
-    *,
-    dtype: torch.dtype,
-    device: str | None,
-    n_devices: int,
-    fold_ln: bool,
-    model_name: str,
-) -> HookedTransformerConfig:
-    """TransformerLens's GPT-J config (``loading_from_pretrained.py``) for ``shapes``."""
+def hooked_config(shapes: GPTJShapes, options: LoadOptions, *, model_name: str) -> HookedTransformerConfig:
+    """TransformerLens's GPT-J config (``loading_from_pretrained.py``) for ``shapes``, loaded as ``options`` ask."""
     return HookedTransformerConfig(
         model_name=model_name,
         original_architecture="GPTJForCausalLM",
@@ -158,12 +150,12 @@ def hooked_config(
         positional_embedding_type="rotary",
         rotary_dim=shapes.rotary_dim,
         rotary_adjacent_pairs=True,
-        normalization_type="LNPre" if fold_ln else "LN",
+        normalization_type="LNPre" if options.fold_ln else "LN",
         default_prepend_bos=True,
         init_weights=False,
-        dtype=dtype,
-        device=device,
-        n_devices=n_devices,
+        dtype=options.dtype,
+        device=options.device,
+        n_devices=options.n_devices,
     )
 
 
@@ -294,10 +286,7 @@ def gptj_from_directory(directory: Path, options: LoadOptions, *, model_name: st
     weights = open_weight_files(directory)
     aliases = check_weights(weights, shapes, directory)
     tokenizer = saved_tokenizer(directory)
-    cfg = hooked_config(
-        shapes, dtype=options.dtype, device=options.device, n_devices=options.n_devices,
-        fold_ln=options.fold_ln, model_name=model_name,
-    )  # fmt: skip
+    cfg = hooked_config(shapes, options, model_name=model_name)
 
     def read(name: str) -> Tensor:  # a fresh copy, processed in place in float32 only if asked
         return weights.read(aliases[name]).to(options.work_dtype)

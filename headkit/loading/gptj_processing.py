@@ -80,7 +80,7 @@ PROCESSING_STEPS: dict[str, dict[str, Callable[[Weights, Processing], None]]] = 
 
 
 def process(w: Weights, kind: str, opts: Processing) -> Weights:
-    """The steps ``opts`` asks for, applied in place to one component (``embed``, ``block`` or ``unembed``); returns ``w``."""
+    """The steps ``opts`` asks for, in place, on one ``embed``, ``block`` or ``unembed`` component; returns ``w``."""
     for step, by_kind in PROCESSING_STEPS.items():
         if getattr(opts, step) and kind in by_kind:
             by_kind[kind](w, opts)
