@@ -193,8 +193,7 @@ def build_model(
     model, target = meta_model(cfg)
     state: Weights = {}
     for part in tqdm(parts(model.state_dict()), total=n_parts, desc=desc, leave=False, disable=None):
-        for name, tensor in part.items():
-            state[name] = layout(tensor.to(device=target, dtype=options.dtype))
+        state |= {name: layout(tensor.to(device=target, dtype=options.dtype)) for name, tensor in part.items()}
         del part  # the converted component (float32 while processing) goes before the next one comes
     state |= attention_buffers(model, target)
     assign_state(model, state, what=what)

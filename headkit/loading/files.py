@@ -205,10 +205,11 @@ def _read_safetensor(path: Path, name: str) -> Tensor:
         out = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
         if end - begin != out.numel() * out.element_size():
             raise ValueError(f"{end - begin} bytes stored for {out.numel()} elements of {entry['dtype']}")
-        f.seek(8 + header_size + begin)
-        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
-        if f.readinto(view) != len(view):
-            raise ValueError("the file ends inside the tensor (truncated)")
+        if out.numel():  # an empty tensor has no bytes to read (and no writable buffer to read into)
+            f.seek(8 + header_size + begin)
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            if f.readinto(view) != len(view):
+                raise ValueError("the file ends inside the tensor (truncated)")
     return out
 
 
