@@ -46,27 +46,3 @@ from headkit.loading.gptj import (
 )
 from headkit.loading.gptj_processing import PROCESSING_STEPS
 
-__all__ = [
-    "GPTJ_HUB_NAME",
-    "GPTJShapes",
-    "LoadOptions",
-    "PROCESSING_STEPS",
-    "Processing",
-    "WEIGHT_FORMATS",
-    "WeightFiles",
-    "Weights",
-    "assign_state",
-    "attention_buffers",
-    "build_model",
-    "check_weights",
-    "expected_hf_shapes",
-    "hooked_config",
-    "load_gptj",
-    "meta_model",
-    "open_weight_files",
-    "read_gptj_config",
-    "read_hf_config",
-    "resolve_checkpoint_dir",
-    "saved_tokenizer",
-    "state_dict_mismatch",
-]

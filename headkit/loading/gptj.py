@@ -241,15 +241,15 @@ def _unembed_weights(read: Callable[[str], Tensor], shapes: GPTJShapes) -> Weigh
 
 
 def converted_parts(read: Callable[[str], Tensor], shapes: GPTJShapes, processing: Processing) -> Iterator[Weights]:
-    """Embedding, each block, unembedding: read, converted and processed, in full TransformerLens names."""
-    components: list[tuple[str, str, Callable[[], Weights]]] = [
-        ("embed", "", lambda: _embed_weights(read, shapes)),
-        *(("block", f"blocks.{layer}.", lambda layer=layer: _block_weights(read, shapes, layer))
-          for layer in range(shapes.n_layers)),
-        ("unembed", "", lambda: _unembed_weights(read, shapes)),
-    ]  # fmt: skip
-    for kind, prefix, load in components:
-        yield _named(process(load(), kind, processing), prefix)  # nothing of a component kept between yields
+    """Embedding, each block, unembedding: read, converted and processed, in full TransformerLens names.
+
+    Each component is read only when asked for, and the generator keeps nothing
+    of it between yields (`build_model` releases it before asking for the next).
+    """
+    yield _named(process(_embed_weights(read, shapes), "embed", processing), "")
+    for layer in range(shapes.n_layers):
+        yield _named(process(_block_weights(read, shapes, layer), "block", processing), f"blocks.{layer}.")
+    yield _named(process(_unembed_weights(read, shapes), "unembed", processing), "")
 
 
 def _named(part: Weights, prefix: str) -> Weights:

@@ -36,24 +36,3 @@ from headkit.plots.figures import (
 )
 from headkit.plots.output import OFFLINE_RENDERER, PLOTLYJS_MODES, use_offline_renderer, write_figure
 
-__all__ = [
-    "ACCURACY_COLOURS",
-    "AttentionView",
-    "DASHES",
-    "INACTIVE_GREY",
-    "LABEL_COLOURS",
-    "MAX_CELLS_WITH_VALUES",
-    "OFFLINE_RENDERER",
-    "PLOTLYJS_MODES",
-    "SERIES_COLOURS",
-    "ablation_by_hop_figure",
-    "accuracy_by_length_figure",
-    "attention_patterns",
-    "dynamics_figure",
-    "head_scores_figure",
-    "model_description",
-    "patching_figure",
-    "task_attention_view",
-    "use_offline_renderer",
-    "write_figure",
-]
