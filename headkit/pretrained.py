@@ -28,6 +28,9 @@ component at a time:
    target dtype and device and kept; the component's inputs are released.
 5. Everything is assigned with ``load_state_dict(strict=True, assign=True)``.
 
+Steps 3 to 5 (around the conversion itself) are `headkit.loading.build.build_model`,
+and the files are read through `headkit.loading.files`, both shared with
+`headkit.loading.load_gptj`; the options are `headkit.loading.LoadOptions`.
 Peak memory is the model in the target dtype plus one component in flight.
 GPT-J goes through `headkit.loading.load_gptj` (TransformerLens's GPT-J config
 ignores ``n_inner`` and ``layer_norm_epsilon``; headkit's own GPT-J mapping
