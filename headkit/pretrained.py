@@ -45,6 +45,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -298,11 +299,10 @@ def _convert(
     weights: WeightFiles,
     cfg: HookedTransformerConfig,
     component: str,
-    work_dtype: torch.dtype,
-    processing: dict[str, bool],
-    expected: dict[str, Tensor],
-) -> dict[str, Tensor]:
-    """TransformerLens's converter (and processing) for one component; returns its real outputs."""
+    options: LoadOptions,
+    expected: Mapping[str, Tensor],
+) -> Weights:
+    """TransformerLens's converter (and processing) for one component; its real outputs the model keeps."""
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
     from transformer_lens.weight_processing import ProcessWeights
 
@@ -312,7 +312,7 @@ def _convert(
     for name in skeleton.names(component):
         source = skeleton.stored[name]
         if source not in cache:
-            cache[source] = weights.read(source).to(work_dtype)
+            cache[source] = weights.read(source).to(options.work_dtype)
         originals[name] = params[name]
         _set_parameter(skeleton.model, name, cache[source])
     del cache
@@ -321,7 +321,7 @@ def _convert(
     cfg = copy.copy(cfg)
     cfg.device = None
     try:
-        state = get_pretrained_state_dict(str(directory), cfg, hf_model=skeleton.model, dtype=work_dtype)
+        state = get_pretrained_state_dict(str(directory), cfg, hf_model=skeleton.model, dtype=options.work_dtype)
     finally:  # back to meta, before processing: the converted tensors hold the only references left
         for name, original in originals.items():
             _set_parameter(skeleton.model, name, original)
@@ -332,13 +332,26 @@ def _convert(
     lost = sorted(k for k in own if state[k].is_meta)
     # as TL's fill_missing_keys, before processing (fold_ln writes into b_U)
     state |= _default_fills({k: v for k, v in expected.items() if k in _tl_keys(component, list(expected))}, state)
-    if any(processing.values()):
-        state = ProcessWeights.process_weights(state, cfg, **processing)
+    if options.processing.needed:
+        state = ProcessWeights.process_weights(state, cfg, **dataclasses.asdict(options.processing))
     out = {k: state[k] for k in _tl_keys(component, list(state))}
     lost += sorted(k for k, v in out.items() if v.is_meta)
     if lost:  # the converter or processing read a tensor of another component
         raise RuntimeError(f"load_pretrained: {', '.join(lost)} depend on tensors outside {component}")
-    return out
+    return {k: v for k, v in out.items() if k in expected}  # folded LayerNorm weights are dropped, as TL does
+
+
+def converted_components(
+    skeleton: Skeleton, directory: Path, weights: WeightFiles, cfg: HookedTransformerConfig, options: LoadOptions,
+    expected: Mapping[str, Tensor],
+) -> Iterator[Weights]:
+    """Embedding, each block, unembedding through `_convert`, each read only when asked for.
+
+    The generator keeps nothing of a component between yields (`build_model`
+    releases it before asking for the next), so one component is in flight.
+    """  # fmt: skip
+    for component in _components(cfg.n_layers):
+        yield _convert(skeleton, directory, weights, cfg, component, options, expected)
 
 
 def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransformer:
@@ -368,14 +381,7 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransforme
     weights = open_weight_files(directory)
     cfg = tl_config(directory, hf_config, checked, model_name=Path(str(name_or_dir)).name)
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
-    processing = dataclasses.asdict(checked.processing)  # keyword arguments of ProcessWeights
-
-    def parts(expected: Mapping[str, Tensor]) -> Iterator[Weights]:
-        for component in _components(cfg.n_layers):
-            converted = _convert(skeleton, directory, weights, cfg, component, checked.work_dtype, processing, expected)
-            # folded LayerNorm weights are dropped, as TL does
-            yield {name: t for name, t in converted.items() if name in expected}
-
+    parts = partial(converted_components, skeleton, directory, weights, cfg, checked)  # given the expected tensors
     return build_model(
         cfg, parts, options=checked, layout=lambda t: _owned(_laid_out(t)), tokenizer=saved_tokenizer(directory),
         n_parts=cfg.n_layers + 2, what="load_pretrained", desc=f"loading {architecture}",

@@ -56,12 +56,20 @@ def test_parts_are_the_loaded_models_tensors_one_component_each(tmp_path, flags)
         assert torch.equal(merged[name], tensor), name
 
 
-def test_the_generator_keeps_no_component_between_yields(tmp_path):
+def test_no_component_is_alive_while_the_next_is_read(tmp_path):
     directory = save(tiny_hf(), tmp_path)
     shapes, weights = read_gptj_config(directory), open_weight_files(directory)
     aliases = check_weights(weights, shapes, directory)
-    parts = converted_parts(lambda n: weights.read(aliases[n]), shapes, LoadOptions().processing)
-    refs = [weakref.ref(t) for t in next(parts).values()]
-    next(parts)
-    gc.collect()
-    assert refs and all(ref() is None for ref in refs)
+    refs: list[weakref.ref] = []
+
+    def read(name: str) -> torch.Tensor:
+        gc.collect()
+        assert all(ref() is None for ref in refs)  # what was yielded before is gone
+        return weights.read(aliases[name]).float()
+
+    n = 0
+    for part in converted_parts(read, shapes, LoadOptions(**PROCESSING).processing):
+        refs.extend(weakref.ref(t) for t in part.values())
+        del part  # as build_model does
+        n += 1
+    assert n == shapes.n_layers + 2 and refs
