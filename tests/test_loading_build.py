@@ -30,9 +30,9 @@ def test_default_options_are_raw_float32_on_the_default_device():
 
 @pytest.mark.parametrize("flag", FLAGS)
 def test_each_processing_flag_converts_in_float32(flag):
-    options = LoadOptions(dtype="bfloat16", **{flag: 1})
+    options = LoadOptions(dtype="bfloat16", **{flag: True})
     assert options.dtype == torch.bfloat16
-    assert getattr(options, flag) is True  # truthy values become bools
+    assert getattr(options, flag) is True
     assert getattr(options.processing, flag) is True and options.processing.needed
     assert options.work_dtype == torch.float32
     assert LoadOptions(dtype="bfloat16").work_dtype == torch.bfloat16

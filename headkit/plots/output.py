@@ -66,7 +66,7 @@ PLOTLYJS_MODES = {"inline": True, "directory": "directory"}
 
 
 def write_figure(
-    figure: go.Figure | RenderedHTML,
+    figure: go.Figure | AttentionView | RenderedHTML,
     path: str | os.PathLike,
     *,
     png: bool = True,
