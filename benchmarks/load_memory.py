@@ -116,13 +116,12 @@ def _load_transformer_lens(directory: Path):
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from headkit.loading import LoadOptions
     from headkit.pretrained import tl_config
 
     hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
-    cfg = tl_config(
-        directory, AutoConfig.from_pretrained(directory), dtype=torch.bfloat16, device="cpu", n_devices=1,
-        fold_ln=True, model_name="bench",
-    )
+    options = LoadOptions(dtype=torch.bfloat16, device="cpu", fold_ln=True)
+    cfg = tl_config(directory, AutoConfig.from_pretrained(directory), options, model_name="bench")
     state_dict = loading.get_pretrained_state_dict(str(directory), cfg, hf_model, dtype=torch.bfloat16)
     model = HookedTransformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **PROCESSING)

@@ -28,6 +28,9 @@ component at a time:
    target dtype and device and kept; the component's inputs are released.
 5. Everything is assigned with ``load_state_dict(strict=True, assign=True)``.
 
+Steps 3 to 5 (around the conversion itself) are `headkit.loading.build.build_model`,
+and the files are read through `headkit.loading.files`, both shared with
+`headkit.loading.load_gptj`; the options are `headkit.loading.LoadOptions`.
 Peak memory is the model in the target dtype plus one component in flight.
 GPT-J goes through `headkit.loading.load_gptj` (TransformerLens's GPT-J config
 ignores ``n_inner`` and ``layer_norm_epsilon``; headkit's own GPT-J mapping
@@ -42,28 +45,24 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
-from headkit.loading import (
-    Processing,
+from headkit.loading.build import LoadOptions, Weights, build_model
+from headkit.loading.files import (
     WeightFiles,
-    _buffers,
-    _target_device,
-    _tokenizer,
-    assign_state,
-    load_gptj,
-    meta_model,
     open_weight_files,
+    read_hf_config,
     resolve_checkpoint_dir,
+    saved_tokenizer,
 )
-from headkit.models import resolve_dtype
+from headkit.loading.gptj import gptj_from_directory
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +86,6 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 # PhiForCausalLM (TL reads partial_rotary_factor, which transformers 5 moved),
 # BloomForCausalLM (TL's converter leaves ALiBi models without pos_embed),
 # Olmo2ForCausalLM (no config mapping in TL 3.9).
-
-
-def read_hf_config(directory: Path) -> dict[str, Any]:
-    """``directory/config.json`` as a dict, with a clear error when it is missing or broken."""
-    path = directory / "config.json"
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found: {directory} is not a Hugging Face model directory")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise HeadkitError(f"{path} does not hold a JSON object")
-    return raw
 
 
 def architecture_of(raw: dict[str, Any], path: Path) -> str:
@@ -128,16 +113,7 @@ def _hf_config(directory: Path) -> Any:
         raise HeadkitError(f"{directory / 'config.json'} is not a valid config: {error}") from None
 
 
-def tl_config(
-    directory: Path,
-    hf_config: Any,
-    *,
-    dtype: torch.dtype,
-    device: str | None,
-    n_devices: int,
-    fold_ln: bool,
-    model_name: str,
-) -> HookedTransformerConfig:
+def tl_config(directory: Path, hf_config: Any, options: LoadOptions, *, model_name: str) -> HookedTransformerConfig:
     """TransformerLens's config for the model in ``directory``, built offline from its config.json."""
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
@@ -153,8 +129,8 @@ def tl_config(
         (neutral / "config.json").write_text(json.dumps(raw))
         try:
             cfg = get_pretrained_model_config(
-                str(neutral), fold_ln=fold_ln, device=device, n_devices=n_devices, dtype=dtype,
-                local_files_only=True,
+                str(neutral), fold_ln=options.fold_ln, device=options.device, n_devices=options.n_devices,
+                dtype=options.dtype, local_files_only=True,
             )
         except Exception as error:  # TL's mapping reads fields the config lacks
             raise HeadkitError(
@@ -323,11 +299,10 @@ def _convert(
     weights: WeightFiles,
     cfg: HookedTransformerConfig,
     component: str,
-    work_dtype: torch.dtype,
-    processing: dict[str, bool],
-    expected: dict[str, Tensor],
-) -> dict[str, Tensor]:
-    """TransformerLens's converter (and processing) for one component; returns its real outputs."""
+    options: LoadOptions,
+    expected: Mapping[str, Tensor],
+) -> Weights:
+    """TransformerLens's converter (and processing) for one component; its real outputs the model keeps."""
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
     from transformer_lens.weight_processing import ProcessWeights
 
@@ -337,7 +312,7 @@ def _convert(
     for name in skeleton.names(component):
         source = skeleton.stored[name]
         if source not in cache:
-            cache[source] = weights.read(source).to(work_dtype)
+            cache[source] = weights.read(source).to(options.work_dtype)
         originals[name] = params[name]
         _set_parameter(skeleton.model, name, cache[source])
     del cache
@@ -346,7 +321,7 @@ def _convert(
     cfg = copy.copy(cfg)
     cfg.device = None
     try:
-        state = get_pretrained_state_dict(str(directory), cfg, hf_model=skeleton.model, dtype=work_dtype)
+        state = get_pretrained_state_dict(str(directory), cfg, hf_model=skeleton.model, dtype=options.work_dtype)
     finally:  # back to meta, before processing: the converted tensors hold the only references left
         for name, original in originals.items():
             _set_parameter(skeleton.model, name, original)
@@ -357,79 +332,60 @@ def _convert(
     lost = sorted(k for k in own if state[k].is_meta)
     # as TL's fill_missing_keys, before processing (fold_ln writes into b_U)
     state |= _default_fills({k: v for k, v in expected.items() if k in _tl_keys(component, list(expected))}, state)
-    if any(processing.values()):
-        state = ProcessWeights.process_weights(state, cfg, **processing)
+    if options.processing.needed:
+        state = ProcessWeights.process_weights(state, cfg, **dataclasses.asdict(options.processing))
     out = {k: state[k] for k in _tl_keys(component, list(state))}
     lost += sorted(k for k, v in out.items() if v.is_meta)
     if lost:  # the converter or processing read a tensor of another component
         raise RuntimeError(f"load_pretrained: {', '.join(lost)} depend on tensors outside {component}")
-    return out
+    return {k: v for k, v in out.items() if k in expected}  # folded LayerNorm weights are dropped, as TL does
 
 
-def load_pretrained(
-    name_or_dir: str | Path,
-    *,
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device | None = None,
-    n_devices: int = 1,
-    fold_ln: bool = False,
-    center_writing_weights: bool = False,
-    center_unembed: bool = False,
-    fold_value_biases: bool = False,
-) -> HookedTransformer:
+def converted_components(
+    skeleton: Skeleton, directory: Path, weights: WeightFiles, cfg: HookedTransformerConfig, options: LoadOptions,
+    expected: Mapping[str, Tensor],
+) -> Iterator[Weights]:
+    """Embedding, each block, unembedding through `_convert`, each read only when asked for.
+
+    The generator keeps nothing of a component between yields (`build_model`
+    releases it before asking for the next), so one component is in flight.
+    """  # fmt: skip
+    for component in _components(cfg.n_layers):
+        yield _convert(skeleton, directory, weights, cfg, component, options, expected)
+
+
+def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransformer:
     """A pretrained causal LM as a HookedTransformer, built one component at a time (see module doc).
 
     ``name_or_dir``: a Hugging Face directory (config.json + safetensors or
     pytorch_model.bin, sharded or not) or a hub id found in the local HF cache;
-    its architecture must be one of `SUPPORTED_ARCHITECTURES`. ``dtype``:
-    float32, float16 or bfloat16 (nothing is held in float32 for a half dtype,
-    except one component while it is processed). ``device``: None =
-    TransformerLens's default. The processing flags mean what they mean in
+    its architecture must be one of `SUPPORTED_ARCHITECTURES`. ``options`` are
+    `headkit.loading.LoadOptions`'s fields, as for `headkit.loading.load_gptj`:
+    ``dtype`` float32, float16 or bfloat16 (nothing is held in float32 for a half
+    dtype, except one component while it is processed); ``device`` (None =
+    TransformerLens's default); ``n_devices``; and the processing flags
+    (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+    ``fold_value_biases``), which mean what they mean in
     ``HookedTransformer.from_pretrained`` but default to off (raw weights); all
     of them leave log-probabilities unchanged. TransformerLens skips what does
     not apply (no folding for post-norm models, no centring with RMSNorm). A
     tokenizer is attached when the directory holds one.
     """
-    torch_dtype = resolve_dtype(dtype)
-    device_name = _target_device(device, n_devices)
-    opts = Processing(
-        fold_ln=bool(fold_ln),
-        center_writing_weights=bool(center_writing_weights),
-        center_unembed=bool(center_unembed),
-        fold_value_biases=bool(fold_value_biases),
-    )
-    processing = dataclasses.asdict(opts)  # keyword arguments of load_gptj and ProcessWeights
+    checked = LoadOptions.of("load_pretrained", options)
     directory = resolve_checkpoint_dir(name_or_dir)
     architecture = architecture_of(read_hf_config(directory), directory / "config.json")
     if architecture == "GPTJForCausalLM":
-        return load_gptj(directory, dtype=torch_dtype, device=device, n_devices=n_devices, **processing)
+        return gptj_from_directory(directory, checked, model_name=directory.name)
 
     hf_config = _hf_config(directory)
     weights = open_weight_files(directory)
-    cfg = tl_config(
-        directory, hf_config, dtype=torch_dtype, device=device_name, n_devices=n_devices,
-        fold_ln=opts.fold_ln, model_name=Path(str(name_or_dir)).name,
-    )
+    cfg = tl_config(directory, hf_config, checked, model_name=Path(str(name_or_dir)).name)
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
-    tokenizer = _tokenizer(directory)
-
-    model, target = meta_model(cfg)
-    expected = model.state_dict()
-    work_dtype = torch.float32 if opts.needed else torch_dtype
-
-    state: dict[str, Tensor] = {}
-    for component in tqdm(list(_components(cfg.n_layers)), desc=f"loading {architecture}", leave=False):
-        part = _convert(skeleton, directory, weights, cfg, component, work_dtype, processing, expected)
-        for name, tensor in part.items():
-            if name in expected:  # folded LayerNorm weights are dropped, as TL does
-                state[name] = _owned(_laid_out(tensor.to(device=target, dtype=torch_dtype)))
-        del part
-    state |= _buffers(model, target)
-    assign_state(model, state, what="load_pretrained")
-    if tokenizer is not None:
-        model.set_tokenizer(tokenizer)
-    model.eval()
-    return model
+    parts = partial(converted_components, skeleton, directory, weights, cfg, checked)  # given the expected tensors
+    return build_model(
+        cfg, parts, options=checked, layout=lambda t: _owned(_laid_out(t)), tokenizer=saved_tokenizer(directory),
+        n_parts=cfg.n_layers + 2, what="load_pretrained", desc=f"loading {architecture}",
+    )  # fmt: skip
 
 
 def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -449,7 +405,7 @@ def _default_fills(expected: dict[str, Tensor], state: dict[str, Tensor]) -> dic
 def require_tokenizer(name_or_dir: str | Path, *, option: str = "--model") -> Any:
     """The tokenizer saved with a model, or a HeadkitError when there is none (checked before loading weights)."""
     directory = resolve_checkpoint_dir(name_or_dir)
-    tokenizer = _tokenizer(directory)
+    tokenizer = saved_tokenizer(directory)
     if tokenizer is None:
         raise HeadkitError(f"{option} {name_or_dir} holds no tokenizer: the prompts need the model's own tokenizer")
     return tokenizer

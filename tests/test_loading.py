@@ -15,7 +15,7 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
-from headkit.loading import hooked_config, load_gptj, read_gptj_config
+from headkit.loading import LoadOptions, hooked_config, load_gptj, read_gptj_config
 
 D_VOCAB = 50
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
@@ -89,10 +89,7 @@ def test_weights_equal_transformer_lens_conversion(tmp_path, flags):
 
     hf = tiny_hf()
     ours = load_gptj(save(hf, tmp_path), **flags)
-    cfg = hooked_config(
-        read_gptj_config(tmp_path), dtype=torch.float32, device="cpu", n_devices=1,
-        fold_ln=False, model_name="ref",
-    )
+    cfg = hooked_config(read_gptj_config(tmp_path), LoadOptions(dtype=torch.float32, device="cpu"), model_name="ref")
     reference = HookedTransformer(cfg)
     reference.load_and_process_state_dict(
         convert_gptj_weights(hf, reference.cfg),
@@ -270,7 +267,7 @@ def test_bad_options(tmp_path):
     directory = save(tiny_hf(), tmp_path)
     with pytest.raises(HeadkitError, match="dtype 'float64' is not supported"):
         load_gptj(directory, dtype="float64")
-    with pytest.raises(HeadkitError, match="n_devices=0 must be a positive integer"):
+    with pytest.raises(HeadkitError, match="n_devices=0 is out of range: allowed 1 or more"):
         load_gptj(directory, n_devices=0)
     with pytest.raises(HeadkitError, match="n_devices=2 needs a CUDA device"):
         load_gptj(directory, n_devices=2, device="cpu")

@@ -184,5 +184,5 @@ def test_attention_view_displays_offline_with_caption(tiny_gptj):
     assert f"answer <b>{answer}</b>" in view.caption and f"{int(batch.hops[1])} hop(s)" in view.caption
     assert f"{batch.decode(1)[chain[0]]} [q]" in page and "L0H0 symbolic" in page
     assert view.html(bundle=False).count("var CircuitsVis") == 0
-    with pytest.raises(HeadkitError, match="prompt index 9 is out of range"):
+    with pytest.raises(HeadkitError, match=r"prompt index=9 is out of range: allowed 0\.\.3"):
         task_attention_view(model, batch, 9)
