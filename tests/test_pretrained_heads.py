@@ -57,6 +57,7 @@ def test_end_to_end(checkpoint, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"] == str(directory)
 
 
+@pytest.mark.slow
 def test_script_without_model_is_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "analyses" / "pretrained_heads.py"), "--quick", "--out", str(tmp_path)],

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from headkit.errors import HeadkitError
+from headkit.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,7 @@ def _from_hub_cache(repo_id: str) -> Path:
 def read_hf_config(directory: Path) -> dict[str, Any]:
     """``directory/config.json`` as a dict, with a clear error when it is missing or broken."""
     path = directory / "config.json"
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found: {directory} is not a Hugging Face model directory")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+    raw = read_json(path, missing=f"{directory} is not a Hugging Face model directory")
     if not isinstance(raw, dict):
         raise HeadkitError(f"{path} does not hold a JSON object")
     return raw

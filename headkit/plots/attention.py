@@ -23,6 +23,7 @@ from transformer_lens import HookedTransformer
 
 from headkit.checks import check_int, check_layer, check_tokens
 from headkit.errors import HeadkitError
+from headkit.interventions.sites import hook_name
 from headkit.tasks.base import TaskBatch
 
 
@@ -92,11 +93,11 @@ def attention_patterns(
             f"{len(token_strings)} token strings for a prompt of {tokens.shape[1]} tokens"
         )
     layers = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, layer) for layer in layers]
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer in layers}
+    names = {hook_name("pattern", layer) for layer in layers}
     with torch.inference_mode():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     # [n_layers_shown * n_heads, pos, pos]
-    pattern = torch.cat([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in layers])
+    pattern = torch.cat([cache[hook_name("pattern", layer)][0] for layer in layers])
     labels = head_labels or {}
     head_names = [
         f"L{layer}H{h}" + (f" {labels[layer, h]}" if (layer, h) in labels else "")
