@@ -155,6 +155,13 @@ def check_optional_int(name: str, value: Any, *, low: int = 1) -> int | None:
     return None if value is None else check_int(name, value, low=low)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is True or False (not 1, not ``"yes"``); else a HeadkitError naming it."""
+    if not isinstance(value, bool):
+        raise HeadkitError(f"{name}={value!r} must be True or False")
+    return value
+
+
 def check_positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise HeadkitError(f"{name}={value!r} must be a positive number")

@@ -261,3 +261,12 @@ def test_check_seed():
     for bad in (1.0, "3", True):
         with pytest.raises(HeadkitError, match="must be an integer"):
             check_seed(bad)
+
+
+def test_check_bool_takes_true_and_false_only() -> None:
+    from headkit.checks import check_bool
+
+    assert check_bool("flag", True) is True and check_bool("flag", False) is False
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(HeadkitError, match=rf"flag={bad!r} must be True or False"):
+            check_bool("flag", bad)

@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 
 from headkit.checks import (
     Head,
+    check_bool,
     check_int,
     check_optional_int,
     check_position,
@@ -37,10 +38,11 @@ DEFAULT_TAU = 1e-4
 DEFAULT_BATCH_SIZE = 512
 
 
-def check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise HeadkitError(f"{name}={value!r} must be True or False")
-    return value
+def check_swap_mode(swap: Any) -> str:
+    """``swap`` if it is one of `SWAP_MODES`; else a HeadkitError listing them."""
+    if swap not in SWAP_MODES:
+        raise HeadkitError(f"swap={swap!r} is not known: allowed {', '.join(map(repr, SWAP_MODES))}")
+    return swap
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,10 @@ class SwapOptions:
     heads: Sequence[Sequence[int]] | None = None  # (layer, head) pairs; None = every head
 
     def __post_init__(self) -> None:
-        if self.swap not in SWAP_MODES:
-            raise HeadkitError(f"swap={self.swap!r} is not known: allowed {', '.join(map(repr, SWAP_MODES))}")
+        check_swap_mode(self.swap)
         object.__setattr__(self, "tau", check_positive_float("tau", self.tau))
         check_int("batch_size", self.batch_size)
-        check_flag("skip_identical", self.skip_identical)
+        check_bool("skip_identical", self.skip_identical)
         check_optional_int("max_pairs", self.max_pairs)
         check_seed(self.seed)
 
@@ -99,8 +100,7 @@ class SwapRun:
 
 def check_swap(model: HookedTransformer, swap: Any) -> str:
     """``swap`` checked against the model: ``"residual"`` needs relative positions."""
-    if swap not in SWAP_MODES:
-        raise HeadkitError(f"swap={swap!r} is not known: allowed {', '.join(map(repr, SWAP_MODES))}")
+    check_swap_mode(swap)
     kind = model.cfg.positional_embedding_type
     if swap == "residual" and kind not in RELATIVE_POSITION_TYPES:
         raise HeadkitError(

@@ -45,7 +45,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from headkit.errors import HeadkitError
-from headkit.checks import check_int
+from headkit.checks import check_bool, check_int
 from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator
 from headkit.tasks.params import require
 
@@ -169,8 +169,7 @@ def _check_inputs(
         raise HeadkitError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     if corruption not in CORRUPTIONS:
         raise HeadkitError(f"corruption={corruption!r} is unknown: allowed {', '.join(CORRUPTIONS)}")
-    if not isinstance(prepend_bos, bool):
-        raise HeadkitError(f"prepend_bos must be True or False, got {prepend_bos!r}")
+    check_bool("prepend_bos", prepend_bos)
     for label, given in (("names", names), ("templates", templates)):
         if isinstance(given, str):
             raise HeadkitError(f"{label} must be a list of strings, got the single string {given!r}")

@@ -48,7 +48,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from headkit.errors import HeadkitError
-from headkit.checks import check_int
+from headkit.checks import check_bool, check_int
 from headkit.tasks.base import IGNORE, TaskBatch, make_generator
 from headkit.tasks.params import require
 from headkit.tasks.ioi import TokenizerVocab, ioi_task
@@ -88,8 +88,7 @@ def word_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], *, what: 
 
 
 def _bos(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> list[int]:
-    if not isinstance(prepend_bos, bool):
-        raise HeadkitError(f"prepend_bos must be True or False, got {prepend_bos!r}")
+    check_bool("prepend_bos", prepend_bos)
     if prepend_bos and tokenizer.bos_token_id is None:
         raise HeadkitError("prepend_bos=True but the tokenizer has no BOS token: pass prepend_bos=False")
     return [tokenizer.bos_token_id] if prepend_bos else []

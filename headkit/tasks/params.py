@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
-from headkit.checks import check_int
+from headkit.checks import check_bool, check_int
 from headkit.errors import HeadkitError
 
 P = TypeVar("P", bound="TaskParams")
@@ -301,7 +301,7 @@ class InductionParams(TaskParams):
     def __post_init__(self) -> None:
         check_int("half_length", self.half_length, low=2)  # the answer position is the second r_{L-1}
         check_int("vocab_size", self.vocab_size, low=self.half_length + 1)  # L distinct tokens + the twin's r'
-        require(isinstance(self.bos, bool), f"bos must be True or False, got {self.bos!r}")
+        check_bool("bos", self.bos)
 
     def d_vocab(self) -> int:
         return self.vocab_size + 1  # BOS, then t0..t{V-1}
