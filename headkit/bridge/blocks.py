@@ -1,0 +1,115 @@
+"""Run transformer blocks alone, exactly as the full forward runs them.
+
+A bridge block is Hugging Face's block: it takes the hidden state *and* what the
+model computes once before its first block (rotary embeddings, the causal mask,
+ALiBi biases, position ids). Given rotary embeddings but no mask it runs silently
+non-causal; ``blocks[l](resid)`` alone fails. `record_block_inputs` records, in one
+ordinary forward, the arguments the model hands each block; `run_blocks` replays
+them with another hidden state, so a block run alone gets exactly what the full
+forward gave it, for every architecture, with no per-architecture code. On a
+HookedTransformer (TransformerLens 3.9) the blocks take the residual alone and
+apply rotary and the mask themselves; `run_blocks` calls them that way.
+
+Used for the swap metric (PosSym-2025: block ``l`` rerun on a residual with two
+rows exchanged) and for restarts at a layer (path patching's steps 2-3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from headkit.errors import HeadkitError
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens `TransformerBridge` (else a HookedTransformer)."""
+    return hasattr(model, "original_model") or type(model).__name__ == "TransformerBridge"
+
+
+@dataclass
+class BlockInputs:
+    """What the full forward handed each block besides the hidden state (keyword arguments)."""
+
+    batch: int
+    n_pos: int
+    kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # layer -> keyword arguments
+
+    def for_layer(self, layer: int, batch: int) -> dict[str, Any]:
+        if layer not in self.kwargs:
+            raise HeadkitError(f"no recorded inputs for block {layer}: record_block_inputs saw blocks {sorted(self.kwargs)}")
+        return {name: _repeat(value, self.batch, batch) for name, value in self.kwargs[layer].items()}
+
+
+def _repeat(value: Any, recorded: int, batch: int) -> Any:
+    """Tile a recorded tensor (or tuple of tensors) whose leading dimension is the recorded batch."""
+    if isinstance(value, tuple):
+        return tuple(_repeat(v, recorded, batch) for v in value)
+    if isinstance(value, Tensor) and value.dim() > 0 and recorded > 1 and value.shape[0] == recorded and batch != recorded:
+        if batch % recorded:
+            raise HeadkitError(f"a batch of {batch} cannot reuse block inputs recorded on a batch of {recorded}")
+        return value.repeat(batch // recorded, *([1] * (value.dim() - 1)))
+    return value
+
+
+_DROP = {"cache", "past_key_value", "past_key_values", "layer_past", "use_cache", "output_attentions", "cache_position"}
+
+
+@contextlib.contextmanager
+def record_block_inputs(model: Any, *, batch: int, n_pos: int) -> Iterator[BlockInputs]:
+    """Record, during the forward run inside the ``with``, the keyword arguments each block receives."""
+    inputs = BlockInputs(batch=batch, n_pos=n_pos)
+    if not is_bridge(model):
+        yield inputs
+        return
+    handles = []
+
+    def keep(layer: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs.kwargs[layer] = {k: v for k, v in kwargs.items() if k not in _DROP and k != "hidden_states"}
+
+        return hook
+
+    try:
+        for layer, block in enumerate(model.blocks):
+            handles.append(block.register_forward_pre_hook(keep(layer), with_kwargs=True))
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_blocks(model: Any, resid: Tensor, start: int, stop: int | None = None, *, inputs: BlockInputs | None = None) -> Tensor:
+    """Blocks ``start … stop-1`` (default: to the last) on ``resid`` [batch, pos, d_model].
+
+    A bridge needs ``inputs`` recorded by `record_block_inputs` on a forward of the
+    same length; a HookedTransformer needs none.
+    """
+    stop = model.cfg.n_layers if stop is None else stop
+    if not 0 <= start <= stop <= model.cfg.n_layers:
+        raise HeadkitError(f"blocks {start}..{stop - 1} are not blocks of this {model.cfg.n_layers}-layer model")
+    if not is_bridge(model):
+        for layer in range(start, stop):
+            resid = model.blocks[layer](resid)
+        return resid
+    if inputs is None:
+        raise HeadkitError("a TransformerBridge block runs alone only with the inputs of a recorded forward (record_block_inputs)")
+    if resid.shape[1] != inputs.n_pos:
+        raise HeadkitError(f"block inputs were recorded at {inputs.n_pos} positions, the residual has {resid.shape[1]}")
+    for layer in range(start, stop):
+        resid = _output(model.blocks[layer](resid, **inputs.for_layer(layer, resid.shape[0])))
+    return resid
+
+
+def unembed(model: Any, resid: Tensor) -> Tensor:
+    """Final LayerNorm and unembedding of a residual [batch, pos, d_model] -> logits."""
+    return model.unembed(model.ln_final(resid))
