@@ -43,17 +43,27 @@ class BlockInputs:
     def for_layer(self, layer: int, batch: int) -> dict[str, Any]:
         if layer not in self.kwargs:
             raise HeadkitError(f"no recorded inputs for block {layer}: record_block_inputs saw blocks {sorted(self.kwargs)}")
-        return {name: _repeat(value, self.batch, batch) for name, value in self.kwargs[layer].items()}
+        if batch != self.batch and batch % self.batch:
+            raise HeadkitError(f"a batch of {batch} cannot reuse block inputs recorded on a batch of {self.batch}")
+        return {name: _repeat(name, value, self.batch, batch) for name, value in self.kwargs[layer].items()}
 
 
-def _repeat(value: Any, recorded: int, batch: int) -> Any:
-    """Tile a recorded tensor (or tuple of tensors) whose leading dimension is the recorded batch."""
+def _repeat(name: str, value: Any, recorded: int, batch: int) -> Any:
+    """Tile a recorded input along the batch: ``batch // recorded`` copies of the recorded batch.
+
+    A tensor whose leading dimension is the recorded batch is tiled (a leading 1
+    broadcasts and stays); BLOOM's ``alibi`` is laid out ``[batch * heads, 1, key]``.
+    """
     if isinstance(value, tuple):
-        return tuple(_repeat(v, recorded, batch) for v in value)
-    if isinstance(value, Tensor) and value.dim() > 0 and recorded > 1 and value.shape[0] == recorded and batch != recorded:
-        if batch % recorded:
-            raise HeadkitError(f"a batch of {batch} cannot reuse block inputs recorded on a batch of {recorded}")
-        return value.repeat(batch // recorded, *([1] * (value.dim() - 1)))
+        return tuple(_repeat(name, v, recorded, batch) for v in value)
+    if not isinstance(value, Tensor) or value.dim() == 0 or batch == recorded:
+        return value
+    copies = batch // recorded
+    if name == "alibi":  # [recorded * heads, 1, key] -> [batch * heads, 1, key]
+        per_row = value.reshape(recorded, -1, *value.shape[1:])
+        return per_row.repeat(copies, *([1] * (per_row.dim() - 1))).reshape(-1, *value.shape[1:])
+    if recorded > 1 and value.shape[0] == recorded:
+        return value.repeat(copies, *([1] * (value.dim() - 1)))
     return value
 
 
