@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
     from torch import Tensor
-    from transformer_lens import HookedTransformer
+    from headkit.model_types import Model
 
 from headkit.errors import HeadkitError, NonFiniteError
 
@@ -31,14 +31,14 @@ QKV = ("q", "k", "v")
 _NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit and int() also accept '²', '١'
 
 
-def check_layer(model: HookedTransformer, layer: int) -> int:
+def check_layer(model: Model, layer: int) -> int:
     n = model.cfg.n_layers
     if not isinstance(layer, int) or not 0 <= layer < n:
         raise HeadkitError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
     return layer
 
 
-def check_heads(model: HookedTransformer, heads: Iterable[Sequence[int]]) -> list[Head]:
+def check_heads(model: Model, heads: Iterable[Sequence[int]]) -> list[Head]:
     """Validate (layer, head) pairs against the model; returns them as int tuples.
 
     A head given twice is an error (a repeated head is a typo, and would otherwise
@@ -187,7 +187,7 @@ def check_length(
 TOKEN_DTYPES = ("torch.int64", "torch.int32")  # integer dtypes that hold any vocabulary id safely
 
 
-def check_tokens(model: HookedTransformer, tokens: Tensor, *, name: str = "tokens") -> Tensor:
+def check_tokens(model: Model, tokens: Tensor, *, name: str = "tokens") -> Tensor:
     """A non-empty [batch, pos] int64/int32 tensor of ids the model knows, within its context.
 
     Other dtypes are refused naming the dtype: floats and complex are not ids,
@@ -222,7 +222,7 @@ def check_tokens(model: HookedTransformer, tokens: Tensor, *, name: str = "token
     return tokens
 
 
-def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+def check_token_pair(model: Model, clean: Tensor, corrupted: Tensor) -> None:
     """Check ``clean_tokens`` and ``corrupted_tokens`` for ``model``, and that their shapes agree."""
     check_tokens(model, clean, name="clean_tokens")
     check_tokens(model, corrupted, name="corrupted_tokens")

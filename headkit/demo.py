@@ -38,7 +38,7 @@ from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # the heavy modules load when the demo runs
     import pandas as pd
-    from transformer_lens import HookedTransformer
+    from headkit.model_types import Model
 
     from headkit.training import TrainConfig
 
@@ -96,7 +96,7 @@ class DemoResult:
 
     out: Path  # demo directory
     configs: dict[str, TrainConfig] = field(default_factory=dict)  # task -> its training config
-    models: dict[str, HookedTransformer] = field(default_factory=dict)  # task -> trained model
+    models: dict[str, Model] = field(default_factory=dict)  # task -> trained model
     accuracy: pd.DataFrame | None = None  # evaluate's table, both tasks
     r1: pd.DataFrame | None = None  # R1 beside PosSym-2026 (prefix protocol at the paper's lengths), else None
     heads: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> classify_heads table
@@ -227,7 +227,7 @@ def step_train(options: DemoOptions, result: DemoResult, say: Say) -> None:
         )
 
 
-def _fast_scorer(run_dir: Path, model: HookedTransformer, longest: int) -> Any:
+def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     """What scores accuracy: the run's own Hugging Face model (the same weights as ``model``,
     its logits equal TransformerLens's to 1e-4, tests/test_training_backend.py), whose
     scaled-dot-product attention scores 64 prompts of 1,013 tokens ~2.9x faster than

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.checks import check_finite, check_int, check_length
 from headkit.errors import HeadkitError
@@ -86,7 +86,7 @@ class BatchScore:
         }
 
 
-def check_batch_fits(model: HookedTransformer, batch: TaskBatch) -> None:
+def check_batch_fits(model: Model, batch: TaskBatch) -> None:
     """Refuse a batch whose length or token ids the model cannot take."""
     check_length(batch.length, model.cfg.n_ctx, name=f"{batch.task} prompt length")
     if len(batch.vocab) != model.cfg.d_vocab:
@@ -96,7 +96,7 @@ def check_batch_fits(model: HookedTransformer, batch: TaskBatch) -> None:
         )
 
 
-def score_batch(model: HookedTransformer, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
+def score_batch(model: Model, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
     """Exact-match correctness at ``answer_pos`` and the target loss, in chunks.
 
     The loss is summed over chunks and divided by the number of scored targets,
@@ -148,7 +148,7 @@ def _rows(task: str, score: BatchScore, *, extend: str, length: int, added: int)
     return rows
 
 
-def estimate_bytes(model: HookedTransformer, *, n: int, length: int, batch_size: int) -> int:
+def estimate_bytes(model: Model, *, n: int, length: int, batch_size: int) -> int:
     """Rough peak memory of evaluating ``n`` prompts of ``length`` tokens in chunks of ``batch_size``.
 
     The prompts (all built at once, with their twins) plus one chunk's forward pass:
@@ -203,7 +203,7 @@ def _length_override(task: TaskSpec, length: int, *, trained: int, extend: str) 
 
 
 def evaluate(
-    model: HookedTransformer,
+    model: Model,
     task: TaskSpec,
     *,
     lengths: Sequence[int] | None = None,

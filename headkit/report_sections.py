@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # heavy modules load when a section is built
     import pandas as pd
-    from transformer_lens import HookedTransformer
+    from headkit.model_types import Model
 
     from headkit.report import Section
     from headkit.tasks.base import TaskBatch
@@ -104,7 +104,7 @@ def ablation_section(table: pd.DataFrame, *, about: str, n_prompts: int) -> Sect
     )
 
 
-def patching_section(model: HookedTransformer, batch: TaskBatch, *, about: str) -> Section:
+def patching_section(model: Model, batch: TaskBatch, *, about: str) -> Section:
     """Denoising patching of every head's ``z`` and of ``resid_pre`` by position."""
     from headkit.interventions import metrics
     from headkit.interventions.activation_patching import activation_patching
@@ -138,7 +138,7 @@ def patching_section(model: HookedTransformer, batch: TaskBatch, *, about: str) 
 
 
 def attention_section(
-    model: HookedTransformer, batch: TaskBatch, *, about: str, heads: pd.DataFrame | None = None
+    model: Model, batch: TaskBatch, *, about: str, heads: pd.DataFrame | None = None
 ) -> Section:
     """`task_attention_view` of the first ``VIEWS_PER_HOP`` prompts of every hop count."""
     from headkit.plots import task_attention_view

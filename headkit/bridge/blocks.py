@@ -43,7 +43,7 @@ class BlockInputs:
     def for_layer(self, layer: int, batch: int) -> dict[str, Any]:
         if layer not in self.kwargs:
             raise HeadkitError(f"no recorded inputs for block {layer}: record_block_inputs saw blocks {sorted(self.kwargs)}")
-        if batch != self.batch and batch % self.batch:
+        if batch != self.batch and self.batch > 1 and batch % self.batch:
             raise HeadkitError(f"a batch of {batch} cannot reuse block inputs recorded on a batch of {self.batch}")
         return {name: _repeat(name, value, self.batch, batch) for name, value in self.kwargs[layer].items()}
 
@@ -92,6 +92,19 @@ def record_block_inputs(model: Any, *, batch: int, n_pos: int) -> Iterator[Block
     finally:
         for handle in handles:
             handle.remove()
+
+
+def recorded_inputs(model: Any, tokens: Tensor, *, stop_at_layer: int | None = None) -> BlockInputs | None:
+    """The block inputs of one forward of ``tokens`` (None for a HookedTransformer, which needs none).
+
+    For prompts without a padding mask the inputs depend on the length alone, so one
+    prompt's (``tokens[:1]``) serve any batch of that length.
+    """
+    if not is_bridge(model):
+        return None
+    with torch.no_grad(), record_block_inputs(model, batch=tokens.shape[0], n_pos=tokens.shape[1]) as inputs:
+        model(tokens, return_type=None, stop_at_layer=stop_at_layer)
+    return inputs
 
 
 def _output(out: Any) -> Tensor:

@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.checks import (
     Head,
@@ -88,14 +88,14 @@ Replacement = dict[str, Tensor]  # hook_z name -> replacement z [batch or 1, pos
 # --- what replaces z: one function per method ----------------------------------------
 
 
-def _zero(model: HookedTransformer, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
+def _zero(model: Model, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
     """Zeros, broadcast over the batch."""
     cfg = model.cfg
     shape = (1, tokens.shape[1], cfg.n_heads, cfg.d_head)  # [1, pos, head_index, d_head]
     return {hook_name("z", l): torch.zeros(shape, dtype=cfg.dtype, device=cfg.device) for l in layers}
 
 
-def _reference_z(model: HookedTransformer, reference: Tensor, layers: list[int]) -> Replacement:
+def _reference_z(model: Model, reference: Tensor, layers: list[int]) -> Replacement:
     with torch.no_grad():
         _, cache = model.run_with_cache(
             reference.to(model.cfg.device),
@@ -106,7 +106,7 @@ def _reference_z(model: HookedTransformer, reference: Tensor, layers: list[int])
     return cache
 
 
-def _mean(model: HookedTransformer, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
+def _mean(model: Model, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
     """Mean z over the reference prompts, per position, broadcast over the batch."""
     return {name: z.mean(0, keepdim=True) for name, z in _reference_z(model, reference, layers).items()}
 
@@ -132,14 +132,14 @@ def resample_donors(tokens: Tensor, reference: Tensor, *, seed: int) -> Int[Tens
     return torch.randperm(n_ref, generator=gen).repeat(repeats)[:batch]
 
 
-def _resample(model: HookedTransformer, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
+def _resample(model: Model, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
     """Each prompt's z replaced by its donor's z (see `resample_donors`)."""
     donors = resample_donors(tokens, reference, seed=seed).to(model.cfg.device)
     return {name: z[donors] for name, z in _reference_z(model, reference, layers).items()}
 
 
 # method name (sites.ABLATION_METHODS) -> (model, tokens, layers, reference, seed) -> replacement z
-METHODS: dict[str, Callable[[HookedTransformer, Tensor, list[int], Tensor, int], Replacement]] = dict(
+METHODS: dict[str, Callable[[Model, Tensor, list[int], Tensor, int], Replacement]] = dict(
     zip(ABLATION_METHODS, (_zero, _mean, _resample))
 )
 
@@ -148,7 +148,7 @@ METHODS: dict[str, Callable[[HookedTransformer, Tensor, list[int], Tensor, int],
 
 
 def _check_ablation(
-    model: HookedTransformer,
+    model: Model,
     tokens: Tensor,
     heads: Sequence[Sequence[int]],
     *,
@@ -188,7 +188,7 @@ def _check_ablation(
 
 
 def ablate(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Sequence[Sequence[int]],
     *,
@@ -224,7 +224,7 @@ def ablate(
 
 
 def ablate_metric(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Sequence[Sequence[int]],
     metric: Metric,
@@ -248,7 +248,7 @@ def _head_label(heads: Sequence[Head]) -> str:
 
 
 def _sweep(
-    model: HookedTransformer,
+    model: Model,
     batch: TaskBatch,
     evaluate: Callable[[Tensor], Tensor],
     *,
@@ -286,7 +286,7 @@ def _sweep(
 
 
 def ablation_sweep(
-    model: HookedTransformer,
+    model: Model,
     batch: TaskBatch,
     *,
     method: str = DEFAULT_ABLATION_METHOD,
@@ -319,7 +319,7 @@ def ablation_sweep(
 
 
 def ablation_sweep_by_hop(
-    model: HookedTransformer, batch: TaskBatch, *, metric: Metric | None = None, **options: Any
+    model: Model, batch: TaskBatch, *, metric: Metric | None = None, **options: Any
 ) -> pd.DataFrame:
     """`ablation_sweep` with the metric averaged separately over the prompts of each hop count.
 
@@ -369,7 +369,7 @@ def _sweep_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def attention_knockout(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     *,
     layer: int,

@@ -64,7 +64,8 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
+from headkit.bridge.probe import require
 
 from headkit.checks import check_heads, check_layer, check_optional_int, check_token_pair
 from headkit.errors import HeadkitError
@@ -109,7 +110,7 @@ DIRECTIONS: dict[str, Callable[[T, T], tuple[T, T]]] = dict(zip(sites.DIRECTIONS
 
 
 def _checked_patches(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Tensor,
     corrupted_tokens: Tensor,
     site: str,
@@ -122,6 +123,8 @@ def _checked_patches(
 ) -> list[Patch]:
     """Every patch of the sweep, ordered by layer, head, position; bad input raises before any work."""
     spec = check_site(model, site)
+    if site == "pattern":
+        require(model, "patch_pattern")  # a bridge whose pattern edits are dropped is refused
     if direction not in DIRECTIONS:
         raise HeadkitError(f"unknown direction {direction!r}: allowed {', '.join(DIRECTIONS)}")
     check_token_pair(model, clean_tokens, corrupted_tokens)
@@ -149,7 +152,7 @@ def _checked_patches(
 
 
 def activation_patching(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,

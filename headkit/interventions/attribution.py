@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 from transformer_lens.hook_points import HookPoint
 
 from headkit.checks import check_finite, check_token_pair
@@ -71,7 +71,7 @@ def _per_head(product: Tensor, head_axis: int) -> Float[Tensor, " head_index"]:
 
 
 def attribution_patching(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,

@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.components import TransformerBlock
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from headkit.bridge.blocks import BlockInputs, record_block_inputs, run_blocks, unembed
+from headkit.bridge.probe import require
 from headkit.checks import check_finite
 from headkit.distributed import map_cells
 from headkit.interventions.sites import SITES, Patch, describe, hook_name
+from headkit.model_types import Model, is_bridge
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
@@ -52,7 +52,7 @@ R = TypeVar("R")
 AUTO_ELEMENTS = 2**20  # activation elements per forward pass when batch_size is None
 
 
-def auto_batch_size(model: HookedTransformer, tokens: Tensor) -> int:
+def auto_batch_size(model: Model, tokens: Tensor) -> int:
     """Rows per stacked pass keeping its widest activation near `AUTO_ELEMENTS` elements.
 
     Stacking saves Python overhead per pass, but on a CPU a pass whose activations
@@ -65,7 +65,7 @@ def auto_batch_size(model: HookedTransformer, tokens: Tensor) -> int:
     return max(tokens.shape[0], AUTO_ELEMENTS // (tokens.shape[1] * widest))
 
 
-def copies_per_pass(model: HookedTransformer, tokens: Tensor, batch_size: int | None) -> int:
+def copies_per_pass(model: Model, tokens: Tensor, batch_size: int | None) -> int:
     """Stacked copies of ``tokens``' batch in one pass: ``batch_size`` rows (None: auto), at least one."""
     rows = batch_size if batch_size is not None else auto_batch_size(model, tokens)
     return max(1, rows // tokens.shape[0])
@@ -105,13 +105,26 @@ def run_chunks(
 
 @dataclass(frozen=True)
 class Restart:
-    """What a forward restarted mid-model needs besides the residual (None when the model has none)."""
+    """What a forward restarted mid-model needs besides the residual (None when the model has none).
+
+    A HookedTransformer's blocks take the residual alone, plus the shortformer position
+    embedding and the padding mask; a TransformerBridge's blocks take what the full
+    forward handed them (rotary embeddings, causal mask, ...), recorded once
+    (`headkit.bridge.blocks.record_block_inputs`) after the bridge's probe has shown that
+    its blocks run alone exactly.
+    """
 
     shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None  # shortformer models add it to q and k
     attention_mask: Int[Tensor, "batch pos"] | None  # padding mask of the tokens
+    block_inputs: BlockInputs | None = None  # a bridge's recorded block inputs
 
     @classmethod
-    def of(cls, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> "Restart":
+    def of(cls, model: Model, tokens: Int[Tensor, "batch pos"]) -> "Restart":
+        if is_bridge(model):
+            require(model, "restart")
+            with torch.no_grad(), record_block_inputs(model, batch=tokens.shape[0], n_pos=tokens.shape[1]) as inputs:
+                model(tokens, return_type=None)
+            return cls(None, None, inputs)
         _, _, shortformer, attention_mask = model.input_to_embed(tokens)
         return cls(shortformer, attention_mask)
 
@@ -122,7 +135,7 @@ def stack(act: Tensor, copies: int) -> Tensor:
 
 
 def run_from(
-    model: HookedTransformer,
+    model: Model,
     resid: Float[Tensor, "copies_batch pos d_model"],
     *,
     layer: int,
@@ -137,6 +150,10 @@ def run_from(
     stacked to match; ``hooks`` are attached for this pass only. Returns the
     logits, or the residual at ``stop_at_layer``.
     """
+    if restart.block_inputs is not None:
+        with model.hooks(fwd_hooks=list(hooks)):
+            resid = run_blocks(model, resid, layer, stop_at_layer, inputs=restart.block_inputs)
+            return resid if stop_at_layer is not None else unembed(model, resid)
     shortformer, mask = restart.shortformer_pos_embed, restart.attention_mask
     with model.hooks(fwd_hooks=list(hooks)):
         return model(
@@ -166,15 +183,20 @@ def evaluate_copies(
 RESUME_AFTER_ATTENTION = ("z", "attn_out")  # sites whose patched layer need not rerun its attention
 
 
-def resumes_after_attention(model: HookedTransformer, site: str) -> bool:
+def resumes_after_attention(model: Model, site: str) -> bool:
     """Whether a patch at ``site`` can skip recomputing its own layer's attention.
 
     Patching ``z`` or ``attn_out`` leaves the layer's queries, keys, values and
     pattern unchanged, so the patched layer's output is rebuilt from the cached
-    activations (`layer_output`). Only for plain pre-norm blocks (pinned against
-    ``TransformerBlock.forward`` in tests/interventions/test_engine.py); any other
-    architecture reruns the whole layer.
+    activations (`layer_output`). Only for plain pre-norm blocks of a HookedTransformer
+    (pinned against ``TransformerBlock.forward`` in tests/interventions/test_engine.py);
+    any other architecture, and every TransformerBridge, reruns the whole layer.
     """
+    if is_bridge(model):
+        return False
+    from transformer_lens.components import TransformerBlock  # TransformerLens 3.x only
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
     cfg = model.cfg
     plain = (
         not cfg.use_attn_result
@@ -189,7 +211,7 @@ def resumes_after_attention(model: HookedTransformer, site: str) -> bool:
 
 
 def layer_output(
-    model: HookedTransformer,
+    model: Model,
     layer: int,
     site: str,
     cache: Mapping[str, Tensor],
@@ -225,7 +247,7 @@ def layer_output(
 
 
 def sweep_patches(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     sources: Mapping[str, Tensor],
     site: str,
@@ -271,7 +293,7 @@ def sweep_patches(
 class _PatchRun:
     """One pass of `sweep_patches`: ``k`` patches of one layer as ``k`` stacked copies."""
 
-    model: HookedTransformer
+    model: Model
     site: str
     patches: Sequence[Patch]
     sources: Mapping[str, Tensor]

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 from transformer_lens.hook_points import HookPoint
 
 from headkit.checks import (
@@ -105,7 +105,7 @@ class Receivers:
 
 
 def check_receivers(
-    model: HookedTransformer, receivers: Receiver | Iterable[Receiver]
+    model: Model, receivers: Receiver | Iterable[Receiver]
 ) -> Receivers:
     """Validate receivers against the model (heads in range, q/k/v, no mix with final).
 
@@ -151,7 +151,7 @@ def check_receivers(
 
 
 def check_senders(
-    model: HookedTransformer, senders: Iterable[Sequence[int]], receivers: Receivers
+    model: Model, senders: Iterable[Sequence[int]], receivers: Receivers
 ) -> list[Head]:
     """Validate sender heads; each must lie in a layer before every head receiver."""
     heads = sorted(set(check_heads(model, senders)))
@@ -170,7 +170,7 @@ def check_senders(
     return heads
 
 
-def _check_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor) -> None:
+def _check_pair(model: Model, clean: Tensor, corrupted: Tensor) -> None:
     check_token_pair(model, clean, corrupted)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left":
@@ -196,7 +196,7 @@ class _Runs:
 
 
 def _cache_runs(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
 ) -> _Runs:
@@ -251,7 +251,7 @@ def _patch_heads(
 
 
 def _run_from(
-    model: HookedTransformer,
+    model: Model,
     runs: _Runs,
     layer: int,
     copies: int,
@@ -267,7 +267,7 @@ def _run_from(
 
 
 def _path_patched_logits(
-    model: HookedTransformer,
+    model: Model,
     runs: _Runs,
     sender_sets: Sequence[Sequence[Head]],
     receivers: Receivers,
@@ -322,7 +322,7 @@ def _metric_values(
 
 
 def path_patching(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     senders: Iterable[Sequence[int]],
@@ -349,7 +349,7 @@ def path_patching(
     return value
 
 
-def _default_senders(model: HookedTransformer, receivers: Receivers) -> list[Head]:
+def _default_senders(model: Model, receivers: Receivers) -> list[Head]:
     """Every head in a layer before the first head receiver, or every head for ``"final"``."""
     last = model.cfg.n_layers if receivers.final else receivers.first_layer
     if last == 0:
@@ -358,7 +358,7 @@ def _default_senders(model: HookedTransformer, receivers: Receivers) -> list[Hea
 
 
 def path_patching_sweep(
-    model: HookedTransformer,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     receivers: Receiver | Iterable[Receiver],

@@ -38,7 +38,7 @@ from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # only the types: the command line imports this module cheaply
     from torch import Tensor
-    from transformer_lens import HookedTransformer
+    from headkit.model_types import Model
 
 ALL = -1  # the head of a layer site, the position column of an all-position patch
 
@@ -121,7 +121,7 @@ def describe(site: str, patch: Patch) -> str:
     return f"{site} of {unit}{where}"
 
 
-def missing_sites(model: HookedTransformer) -> dict[str, str]:
+def missing_sites(model: Model) -> dict[str, str]:
     """Site name -> why this model does not have it."""
     missing = {}
     if hook_name("resid_mid", 0) not in model.hook_dict:
@@ -136,14 +136,14 @@ def missing_sites(model: HookedTransformer) -> dict[str, str]:
     return missing
 
 
-def available_sites(model: HookedTransformer) -> list[str]:
+def available_sites(model: Model) -> list[str]:
     """The sites this model has: ``resid_mid`` only with sequential attention then
     MLP, ``mlp_out`` only with MLPs."""
     missing = missing_sites(model)
     return [name for name in SITES if name not in missing]
 
 
-def check_site(model: HookedTransformer, site: str) -> Site:
+def check_site(model: Model, site: str) -> Site:
     """The `Site` called ``site``; unknown or absent in this model is an error listing the allowed."""
     allowed = ", ".join(available_sites(model))
     missing = missing_sites(model)
@@ -154,7 +154,7 @@ def check_site(model: HookedTransformer, site: str) -> Site:
     return SITES[site]
 
 
-def site_heads(model: HookedTransformer, site: str) -> int:
+def site_heads(model: Model, site: str) -> int:
     """Heads at a head site: k and v have ``n_key_value_heads`` in grouped-query models."""
     n_kv = model.cfg.n_key_value_heads
     if site in ("k", "v") and n_kv is not None and not model.cfg.ungroup_grouped_query_attention:

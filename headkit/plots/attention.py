@@ -19,7 +19,7 @@ import torch
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.checks import check_int, check_layer, check_tokens
 from headkit.errors import HeadkitError
@@ -72,7 +72,7 @@ def _split_circuitsvis(local_src: str) -> tuple[str, str]:
 
 
 def attention_patterns(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, " pos"] | Int[Tensor, "1 pos"],
     token_strings: Sequence[str],
     *,
@@ -113,7 +113,7 @@ def attention_patterns(
 
 
 def task_attention_view(
-    model: HookedTransformer,
+    model: Model,
     batch: TaskBatch,
     index: int,
     *,

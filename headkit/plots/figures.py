@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 import plotly.graph_objects as go
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.errors import HeadkitError
 
@@ -39,7 +39,7 @@ def _check_columns(table: pd.DataFrame, needed: set[str], *, what: str) -> None:
         raise HeadkitError(f"{what} lacks columns {sorted(missing)}")
 
 
-def model_description(model: HookedTransformer) -> str:
+def model_description(model: Model) -> str:
     """``6-layer × 1-head model, d_model 64`` -- for figure titles."""
     cfg = model.cfg
     return f"{cfg.n_layers}-layer × {cfg.n_heads}-head model, d_model {cfg.d_model}"

@@ -32,7 +32,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from headkit.bridge.blocks import BlockInputs, run_blocks
+from headkit.model_types import Model
 
 from headkit.checks import Head, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
@@ -70,7 +71,7 @@ class _BlockDone(Exception):
 # which heads, which queries
 
 
-def resolve_heads(model: HookedTransformer, heads: Sequence[Sequence[int]] | None) -> list[Head]:
+def resolve_heads(model: Model, heads: Sequence[Sequence[int]] | None) -> list[Head]:
     """All heads of the model, or the given (layer, head) pairs checked and sorted."""
     if heads is None:
         return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
@@ -147,7 +148,7 @@ def head_reader(
 
 
 def model_rows(
-    model: HookedTransformer,
+    model: Model,
     reader: RowReader,
     tokens: Int[Tensor, "batch pos"],
     query_pos: int | None,
@@ -175,15 +176,18 @@ def model_rows(
 
 
 def block_rows(
-    model: HookedTransformer,
+    model: Model,
     reader: RowReader,
     layer: int,
     resid: Float[Tensor, "n pos d_model"],
     query_pos: int,
+    inputs: BlockInputs | None = None,
 ) -> Float[Tensor, "n unit_of_layer key_pos"]:
     """The reader's rows of one layer when ``blocks[layer]`` alone runs on ``resid``.
 
     Positions are the original ``0..pos-1``; the block stops after its attention pattern.
+    A TransformerBridge's block gets ``inputs``, the block inputs recorded on a forward
+    of the same length (`headkit.bridge.blocks.recorded_inputs`).
     """
     store: dict[int, Tensor] = {}
 
@@ -193,7 +197,7 @@ def block_rows(
     hooks = reader.hooks(layer, query_pos, store) + [(hook_name("pattern", layer), done)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         try:
-            model.blocks[layer](resid)
+            run_blocks(model, resid, layer, layer + 1, inputs=inputs)
         except _BlockDone:
             pass
     return store[layer]
@@ -204,7 +208,7 @@ def block_rows(
 
 
 def capture(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Sequence[Sequence[int]],
     *,

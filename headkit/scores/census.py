@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.checks import check_tokens
 from headkit.errors import HeadkitError
@@ -66,7 +66,7 @@ CENSUS_COLUMNS = [
 ]
 
 
-def _max_composition(model: HookedTransformer, kind: str) -> pd.DataFrame:
+def _max_composition(model: Model, kind: str) -> pd.DataFrame:
     """``layer, head, max_{kind}_in, max_{kind}_out`` for every head."""
     pairs = composition_scores(model, kind=kind)
     incoming = (
@@ -81,7 +81,7 @@ def _max_composition(model: HookedTransformer, kind: str) -> pd.DataFrame:
 
 
 def head_census(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"] | None = None,
     *,
     half_length: int | None = None,

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.errors import HeadkitError
 
@@ -52,12 +52,12 @@ Factors = tuple[
 ]
 
 
-def _weights_dtype(model: HookedTransformer) -> torch.dtype:
+def _weights_dtype(model: Model) -> torch.dtype:
     """Compute in float32 at least (bf16/fp16 weights are upcast), float64 stays."""
     return torch.promote_types(model.cfg.dtype, torch.float32)
 
 
-def copying_scores(model: HookedTransformer) -> pd.DataFrame:
+def copying_scores(model: Model) -> pd.DataFrame:
     """``Σλ/Σ|λ|`` over the eigenvalues of each head's full OV circuit (``layer, head, copying_score``)."""
     dtype = _weights_dtype(model)
     with torch.no_grad():
@@ -77,23 +77,23 @@ def copying_scores(model: HookedTransformer) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COPYING_COLUMNS)
 
 
-def _qk(model: HookedTransformer, dtype: torch.dtype) -> Factors:
+def _qk(model: Model, dtype: torch.dtype) -> Factors:
     """W_QK = W_Q @ W_Kᵀ as (left, right) factors."""
     return model.W_Q.to(dtype), model.W_K.to(dtype).transpose(-2, -1)
 
 
-def _qk_transposed(model: HookedTransformer, dtype: torch.dtype) -> Factors:
+def _qk_transposed(model: Model, dtype: torch.dtype) -> Factors:
     """W_QKᵀ = W_K @ W_Qᵀ as (left, right) factors."""
     return model.W_K.to(dtype), model.W_Q.to(dtype).transpose(-2, -1)
 
 
-def _ov(model: HookedTransformer, dtype: torch.dtype) -> Factors:
+def _ov(model: Model, dtype: torch.dtype) -> Factors:
     """W_OV = W_V @ W_O as (left, right) factors."""
     return model.W_V.to(dtype), model.W_O.to(dtype)
 
 
 # composition kind -> factors of the later (target) head's circuit
-TARGET_CIRCUITS: dict[str, Callable[[HookedTransformer, torch.dtype], Factors]] = {
+TARGET_CIRCUITS: dict[str, Callable[[Model, torch.dtype], Factors]] = {
     "q": _qk,
     "k": _qk_transposed,
     "v": _ov,
@@ -105,7 +105,7 @@ def _r_factor(x: Float[Tensor, "... rows cols"]) -> Float[Tensor, "... k cols"]:
     return torch.linalg.qr(x, mode="r").R
 
 
-def composition_scores(model: HookedTransformer, *, kind: str = "k") -> pd.DataFrame:
+def composition_scores(model: Model, *, kind: str = "k") -> pd.DataFrame:
     """Composition score of every (earlier head, later head) pair.
 
     Returns ``source_layer, source_head, target_layer, target_head, kind, score``

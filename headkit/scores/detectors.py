@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.checks import check_int, check_tokens
 from headkit.errors import HeadkitError
@@ -105,7 +105,7 @@ def detector_fractions(
 
 
 def detector_scores(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     *,
     detectors: Sequence[str] = tuple(DETECTION_PATTERNS),
@@ -155,7 +155,7 @@ def mean_over_prompts(values: Float[Tensor, "batch unit"], *, n_heads: int) -> l
     return [score for block in blocks for score in block.contiguous().mean(0).tolist()]
 
 
-def previous_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def previous_token_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
     """Fraction of each head's attention on the previous token (``layer, head, detector, score``).
 
     ``options``: `detector_scores`' ``exclude_bos``, ``exclude_current_token``, ``batch_size``.
@@ -163,13 +163,13 @@ def previous_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch p
     return detector_scores(model, tokens, detectors=("previous_token",), **options)
 
 
-def duplicate_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def duplicate_token_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
     """Fraction of each head's attention on earlier copies of the current token (options as `previous_token_scores`)."""
     return detector_scores(model, tokens, detectors=("duplicate_token",), **options)
 
 
 def induction_pattern_scores(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any
+    model: Model, tokens: Int[Tensor, "batch pos"], **options: Any
 ) -> pd.DataFrame:
     """Fraction of each head's attention on tokens right after earlier copies of the current one
     (options as `previous_token_scores`)."""
@@ -179,7 +179,7 @@ def induction_pattern_scores(
 DEFAULT_HALF_LENGTH = 20  # Olsson et al.-style repeated sequences; shortened when they do not fit
 
 
-def resolve_vocab_range(model: HookedTransformer, vocab_range: tuple[int, int] | None) -> tuple[int, int]:
+def resolve_vocab_range(model: Model, vocab_range: tuple[int, int] | None) -> tuple[int, int]:
     """``vocab_range`` checked against the model (None = the whole vocabulary)."""
     d_vocab = model.cfg.d_vocab
     low, high = vocab_range if vocab_range is not None else (0, d_vocab)
@@ -190,7 +190,7 @@ def resolve_vocab_range(model: HookedTransformer, vocab_range: tuple[int, int] |
     return low, high
 
 
-def default_half_length(model: HookedTransformer, *, vocab_range: tuple[int, int], bos: bool) -> int:
+def default_half_length(model: Model, *, vocab_range: tuple[int, int], bos: bool) -> int:
     """20, or less when the vocabulary range (``L`` distinct ids plus one) or the
     context (``bos + 2L`` tokens) is too small; at least 2."""
     low, high = vocab_range
@@ -239,7 +239,7 @@ def repeated_random_tokens(
 
 
 def induction_prompts(
-    model: HookedTransformer,
+    model: Model,
     *,
     n: int = 64,
     seed: int = 0,
@@ -269,7 +269,7 @@ def induction_prompts(
 
 
 def induction_scores(
-    model: HookedTransformer,
+    model: Model,
     *,
     threshold: float = 0.4,
     batch_size: int = 64,
@@ -306,7 +306,7 @@ def induction_stripe(
 
 
 def induction_scores_from_tokens(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     *,
     half_length: int,

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
+from headkit.bridge.probe import require
 
 from headkit.checks import Head, check_int, check_length, check_tokens
 from headkit.errors import HeadkitError
@@ -46,7 +47,7 @@ class TaskLike(Protocol):
 
 
 def last_row_logits(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[Head], *, batch_size: int
+    model: Model, tokens: Int[Tensor, "batch pos"], heads: Sequence[Head], *, batch_size: int
 ) -> Float[Tensor, "batch unit key_pos"]:
     """Pre-softmax attention logits of ``heads`` at the last position, in chunks (float32, on the CPU)."""
     logits = capture(model, tokens, heads, site="logits", query_pos=-1, batch_size=batch_size, desc="logits")
@@ -61,7 +62,7 @@ def top_gap(logits: Float[Tensor, "... key_pos"]) -> Float[Tensor, "..."]:
 
 
 def discrepancy(
-    model: HookedTransformer,
+    model: Model,
     task: TaskLike,
     *,
     lengths: Sequence[int],
@@ -87,6 +88,7 @@ def discrepancy(
         over the prompts: PosSym-2026's Δ(n) is a maximum over inputs of length n,
         Thm 3.2; the mean is headkit's typical-input view).
     """
+    require(model, "discrepancy")  # a bridge must hold pre-softmax scores in hook_attn_scores
     if not callable(getattr(task, "build", None)):
         raise HeadkitError(
             f"task must be a TaskSpec (with build(n, *, seed, length)), got {type(task).__name__}"

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.errors import HeadkitError
 from headkit.scores.capture import head_reader
@@ -96,7 +96,7 @@ DEFAULT_PURITY = 0.8
 
 
 def positional_symbolic_scores(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any
+    model: Model, tokens: Int[Tensor, "batch pos"], **options: Any
 ) -> pd.DataFrame:
     """Swap-metric scores of each head on each prompt (module docstring).
 
@@ -245,7 +245,7 @@ def _check_classify_options(*, margin: float, min_signal: float, purity_threshol
 
 
 def classify_heads(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     *,
     margin: float = DEFAULT_MARGIN,
@@ -284,7 +284,7 @@ def hop_queries(chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"], hop:
     return torch.where(hops >= hop, chain[:, hop - 1], torch.full_like(hops, -1))
 
 
-def classify_heads_by_hop(model: HookedTransformer, batch: Any, **options: Any) -> pd.DataFrame:
+def classify_heads_by_hop(model: Model, batch: Any, **options: Any) -> pd.DataFrame:
     """`classify_heads` once per hop, with each prompt's query at that hop's pointer.
 
     PosSym-2026 scores the heads at every pointer of the chain (its

@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model, attn_scale
+from headkit.bridge.probe import require
 
 from headkit.checks import Head, check_int, check_tokens
 from headkit.errors import HeadkitError
@@ -52,13 +53,15 @@ ROPE_COLUMNS = ["prompt", "layer", "head", "component", "frequency", *METRIC_COL
 USE_COLUMNS = ["layer", "head", "component", "theta", "value"]
 
 
-def rotary_components(model: HookedTransformer) -> tuple[list[str], Tensor, list[float]]:
+def rotary_components(model: Model) -> tuple[list[str], Tensor, list[float]]:
     """Component names, a [component, d_head] 0/1 membership matrix, and θ per component.
 
     Components ``f0 .. f{rotary_dim/2 - 1}`` are the rotary frequency pairs (θ in
     radians per position, NaN for ``nope``), then ``nope`` if ``rotary_dim < d_head``.
     """
     cfg = model.cfg
+    if cfg.positional_embedding_type == "rotary":
+        require(model, "rotary")  # a bridge's rotary hooks and pre-softmax scores, probed
     if cfg.positional_embedding_type != "rotary":
         raise HeadkitError(
             f"rotary frequencies need a rotary model; this one has positional embedding "
@@ -93,7 +96,7 @@ def component_logits(
     return torch.einsum("bhd,bkhd,cd->bhck", rot_q, rot_k, membership) / attn_scale
 
 
-def logit_reader(model: HookedTransformer, heads: Sequence[Head], membership: Tensor) -> RowReader:
+def logit_reader(model: Model, heads: Sequence[Head], membership: Tensor) -> RowReader:
     """Per-component logits of ``heads`` at the query over keys ``0..query``:
     ``[batch, head * component, query + 1]``.
 
@@ -114,7 +117,7 @@ def logit_reader(model: HookedTransformer, heads: Sequence[Head], membership: Te
         def logits(rot_k: Tensor, hook: Any) -> None:
             q = query.pop("q").float()  # [batch, head, d_head]
             k = rot_k[:, : query_pos + 1, index, :].detach().float()  # [batch, key, head, d_head]
-            scale = model.blocks[layer].attn.attn_scale
+            scale = attn_scale(model, layer)
             out = component_logits(q, k, membership.to(q.device), scale)  # [batch, head, comp, key]
             store[layer] = out.reshape(out.shape[0], len(index) * n_comp, -1)  # [batch, head*comp, key]
 
@@ -126,7 +129,7 @@ def logit_reader(model: HookedTransformer, heads: Sequence[Head], membership: Te
     return RowReader(layers=tuple(by_layer), hooks=hooks)
 
 
-def component_reader(model: HookedTransformer, heads: Sequence[Head], membership: Tensor) -> RowReader:
+def component_reader(model: Model, heads: Sequence[Head], membership: Tensor) -> RowReader:
     """Per-component attention rows ``[batch, head * component, key_pos]`` at the query.
 
     ``pattern_c`` = softmax of `logit_reader`'s logits over keys ``0..query``; keys
@@ -150,7 +153,7 @@ def component_reader(model: HookedTransformer, heads: Sequence[Head], membership
     return RowReader(layers=logit.layers, hooks=hooks)
 
 
-def component_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: int, membership: Tensor):
+def component_rows(model: Model, heads: Sequence[Head], query_pos: int, membership: Tensor):
     """A function tokens -> `component_reader` rows ``[batch, head * component, key_pos]``."""
     reader = component_reader(model, sorted(heads), membership)
 
@@ -160,7 +163,7 @@ def component_rows(model: HookedTransformer, heads: Sequence[Head], query_pos: i
     return rows
 
 
-def rope_frequency_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def rope_frequency_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
     """Swap-metric scores of each rotary frequency component of each head, per prompt.
 
     ``options`` as in `positional_symbolic_scores` (`headkit.scores.swap_plan.SwapOptions`).
@@ -207,7 +210,7 @@ def average_over_prompts(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def rope_frequency_use(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     *,
     query_pos: int | Int[Tensor, " batch"] = -1,

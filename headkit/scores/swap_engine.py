@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from headkit.model_types import Model
 
 from headkit.distributed import map_cells
+from headkit.bridge.blocks import recorded_inputs
 from headkit.scores.capture import RowReader, block_rows, model_rows
 from headkit.scores.swap_plan import (  # noqa: F401  (re-exported: the engine's former home of the plans)
     RELATIVE_POSITION_TYPES,
@@ -189,7 +190,7 @@ Swaps = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # d, ok, d_swapped, ok_sw
 
 
 def token_swaps(
-    model: HookedTransformer, reader: RowReader, tokens: Tensor, plan: SwapPlan, *, batch_size: int
+    model: Model, reader: RowReader, tokens: Tensor, plan: SwapPlan, *, batch_size: int
 ) -> Swaps:
     """Rows on the prompts and on every prompt with two tokens exchanged (end to end)."""
     batch, pos = tokens.shape
@@ -216,7 +217,7 @@ def token_swaps(
 
 
 def residual_swaps(
-    model: HookedTransformer, reader: RowReader, tokens: Tensor, plan: SwapPlan, *, batch_size: int
+    model: Model, reader: RowReader, tokens: Tensor, plan: SwapPlan, *, batch_size: int
 ) -> Swaps:
     """Rows on the prompts and, layer by layer, with two residual rows exchanged.
 
@@ -234,6 +235,7 @@ def residual_swaps(
         chunk = tokens[start : start + per_chunk]
         c = chunk.shape[0]
         rows, resids = model_rows(model, reader, chunk, q, keep_resid=True)
+        inputs = recorded_inputs(model, chunk[:1], stop_at_layer=max(reader.layers) + 1)  # a bridge's block inputs
         d, ok = reduce_rows(rows, blocks)  # [c, unit, n_blocks], [c, unit]
         layer_means, layer_ok, layer_changed = [], [], []
         for l in reader.layers:
@@ -242,7 +244,7 @@ def residual_swaps(
             changed = (swapped != x[:, None]).flatten(2).any(-1).cpu()  # [c, n_pairs]
             flat = swapped.reshape(c * n_pairs, pos, -1)  # [c * n_pairs, pos, d_model]
             m, o = collect_rows(
-                lambda r, l=l: block_rows(model, reader, l, r, q), flat, blocks, batch_size=batch_size
+                lambda r, l=l: block_rows(model, reader, l, r, q, inputs), flat, blocks, batch_size=batch_size
             )  # [c * n_pairs, unit_of_layer, n_blocks]
             units = m.shape[1]
             layer_means.append(m.reshape(c, n_pairs, units, -1))
@@ -259,7 +261,7 @@ SWAPPERS: dict[str, Callable[..., Swaps]] = {"residual": residual_swaps, "tokens
 
 
 def swap_metric(
-    model: HookedTransformer,
+    model: Model,
     reader: RowReader,
     tokens: Int[Tensor, "batch pos"],
     plan: SwapPlan,
@@ -286,7 +288,7 @@ def swap_metric(
 
 
 def grouped_swap_metric(
-    model: HookedTransformer,
+    model: Model,
     reader: RowReader,
     tokens: Int[Tensor, "batch pos"],
     groups: list[tuple[Tensor, SwapPlan]],
@@ -322,7 +324,7 @@ def grouped_swap_metric(
 
 
 def run_swaps(
-    model: HookedTransformer, run: SwapRun, reader: RowReader, *, unit_names: Sequence[str]
+    model: Model, run: SwapRun, reader: RowReader, *, unit_names: Sequence[str]
 ) -> dict[str, Tensor]:
     """`grouped_swap_metric` of a prepared run (`headkit.scores.swap_plan.prepare_swaps`):
     [batch, unit] tensors, unit ``u`` named ``unit_names[u]``."""

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from headkit.bridge.probe import require
+from headkit.model_types import Model
 
 from headkit.checks import (
     Head,
@@ -98,9 +99,10 @@ class SwapRun:
     groups: list[tuple[Tensor, SwapPlan]]  # (prompt indices, plan) per distinct query position
 
 
-def check_swap(model: HookedTransformer, swap: Any) -> str:
+def check_swap(model: Model, swap: Any) -> str:
     """``swap`` checked against the model: ``"residual"`` needs relative positions."""
     check_swap_mode(swap)
+    require(model, "swap" if swap == "residual" else "pattern")  # a bridge's hooks, probed
     kind = model.cfg.positional_embedding_type
     if swap == "residual" and kind not in RELATIVE_POSITION_TYPES:
         raise HeadkitError(
@@ -233,7 +235,7 @@ def plan_groups(
     return queries, groups
 
 
-def prepare_swaps(model: HookedTransformer, tokens: Tensor, options: Mapping[str, Any]) -> SwapRun:
+def prepare_swaps(model: Model, tokens: Tensor, options: Mapping[str, Any]) -> SwapRun:
     """Check ``options`` (`SwapOptions`' names), the prompts and heads against ``model``; plan every swap."""
     opts = SwapOptions.of(options)
     tokens = check_tokens(model, tokens)
