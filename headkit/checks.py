@@ -236,9 +236,12 @@ def check_token_pair(model: HookedTransformer, clean: Tensor, corrupted: Tensor)
 def check_finite(values: Tensor, *, where: str) -> Tensor:
     """``values`` unchanged if every entry is finite; else a `NonFiniteError` naming ``where``.
 
-    Used on logits and metric values: a model with NaN or infinite outputs (a
-    diverged run, non-finite weights) would otherwise give normal-looking numbers
-    (the argmax of all-NaN logits is id 0; an accuracy of 0.0 is a valid value).
+    The one finiteness check of headkit, on any tensor a model computed: logits,
+    metric values, activations (`headkit.scores.capture.finite_hooks`). A model with
+    NaN or infinite outputs (a diverged run, non-finite weights, or finite weights
+    whose activations overflow) would otherwise give normal-looking numbers (the
+    argmax of all-NaN logits is id 0; an accuracy of 0.0 is a valid value; an
+    all-NaN attention pattern is zeroed into an "inactive" head).
     """
     finite = values.isfinite()
     if bool(finite.all()):
@@ -247,8 +250,9 @@ def check_finite(values: Tensor, *, where: str) -> Tensor:
     n_inf = int((~finite).sum()) - n_nan
     found = ", ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
     raise NonFiniteError(
-        f"{where} is not finite ({found} of {values.numel()} values): the model's output is broken "
-        "(diverged training or non-finite weights?), so any number computed from it would mean nothing"
+        f"{where} is not finite ({found} of {values.numel()} values): the model computes NaN or infinity "
+        "(diverged training, non-finite weights, or a config such as a negative layer-norm epsilon?), "
+        "so any number computed from it would mean nothing"
     )
 
 
