@@ -10,6 +10,7 @@ checks that need torch import it when called.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import tempfile
@@ -33,7 +34,7 @@ _NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit and int() also
 
 def check_layer(model: Model, layer: int) -> int:
     n = model.cfg.n_layers
-    if not isinstance(layer, int) or not 0 <= layer < n:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise HeadkitError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
     return layer
 
@@ -47,9 +48,9 @@ def check_heads(model: Model, heads: Iterable[Sequence[int]]) -> list[Head]:
     out: list[Head] = []
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     for item in heads:
-        if len(item) != 2:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
             raise HeadkitError(f"head {item!r} must be a (layer, head) pair")
-        layer, head = int(item[0]), int(item[1])
+        layer, head = (_head_index(item, name, value) for name, value in zip(("layer", "head"), item))
         if not 0 <= layer < n_layers:
             raise HeadkitError(
                 f"head {layer}.{head}: layer {layer} is out of range: "
@@ -64,6 +65,21 @@ def check_heads(model: Model, heads: Iterable[Sequence[int]]) -> list[Head]:
             raise HeadkitError(f"head {layer}.{head} is given twice: list each head once")
         out.append((layer, head))
     return out
+
+
+def _head_index(item: Any, name: str, value: Any) -> int:
+    """One index of a head as an int: Python, numpy or 0-d torch integers; never a float, bool or string.
+
+    ``int()`` would truncate ``0.7`` to head 0 and read ``True`` as 1 and ``"1"`` as 1.
+    """
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool_ too
+        try:
+            return operator.index(value)  # int, numpy integers, integer 0-d tensors
+        except TypeError:
+            pass
+    raise HeadkitError(
+        f"head {tuple(item)!r}: {name} {value!r} is not an integer: a head is a (layer, head) pair of integers"
+    )
 
 
 def parse_head(spec: str) -> Head:
@@ -236,9 +252,12 @@ def check_token_pair(model: Model, clean: Tensor, corrupted: Tensor) -> None:
 def check_finite(values: Tensor, *, where: str) -> Tensor:
     """``values`` unchanged if every entry is finite; else a `NonFiniteError` naming ``where``.
 
-    Used on logits and metric values: a model with NaN or infinite outputs (a
-    diverged run, non-finite weights) would otherwise give normal-looking numbers
-    (the argmax of all-NaN logits is id 0; an accuracy of 0.0 is a valid value).
+    The one finiteness check of headkit, on any tensor a model computed: logits,
+    metric values, activations (`headkit.scores.capture.finite_hooks`). A model with
+    NaN or infinite outputs (a diverged run, non-finite weights, or finite weights
+    whose activations overflow) would otherwise give normal-looking numbers (the
+    argmax of all-NaN logits is id 0; an accuracy of 0.0 is a valid value; an
+    all-NaN attention pattern is zeroed into an "inactive" head).
     """
     finite = values.isfinite()
     if bool(finite.all()):
@@ -247,8 +266,9 @@ def check_finite(values: Tensor, *, where: str) -> Tensor:
     n_inf = int((~finite).sum()) - n_nan
     found = ", ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
     raise NonFiniteError(
-        f"{where} is not finite ({found} of {values.numel()} values): the model's output is broken "
-        "(diverged training or non-finite weights?), so any number computed from it would mean nothing"
+        f"{where} is not finite ({found} of {values.numel()} values): the model computes NaN or infinity "
+        "(diverged training, non-finite weights, or a config such as a negative layer-norm epsilon?), "
+        "so any number computed from it would mean nothing"
     )
 
 

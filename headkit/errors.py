@@ -14,3 +14,18 @@ class HeadkitError(ValueError):
 
 class NonFiniteError(HeadkitError):
     """A model's outputs or a metric came out NaN or infinite (`headkit.checks.check_finite`)."""
+
+
+_OOM_WORDS = ("out of memory", "can't allocate", "failed to allocate")  # CUDA, torch's CPU allocator, MPS
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is running out of memory: `MemoryError`, `torch.OutOfMemoryError`
+    (a `RuntimeError`), or an allocator's `RuntimeError` saying so.
+
+    Torch-free: training and the analysis commands turn such an error into one line.
+    """
+    if isinstance(error, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(error).__mro__):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(words in text for words in _OOM_WORDS)

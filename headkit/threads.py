@@ -11,7 +11,9 @@ than one for 1.37x the CPU time; under a load average of ~3-4 they ran 2.5x
 So the command line picks the count itself (`auto_threads`): as many threads as
 there are idle cores, judged from the 1-minute load average
 (``round(cores - load)``), at least 1 and at most torch's own default. On a busy
-machine that is one thread. ``--threads N`` (or ``OMP_NUM_THREADS``) overrides (the option: `headkit.cli.args.add_compute`).
+machine that is one thread. ``--threads N`` (or ``OMP_NUM_THREADS``) overrides (the option: `headkit.cli.args.add_compute`),
+1..the CPUs this process may use; another value is refused naming it (`check_threads`,
+`env_threads`), by the CLI before torch is imported.
 The library itself never changes torch's setting; only the CLI does.
 """
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 
-from headkit.checks import check_optional_int
+from headkit.checks import check_optional_int, is_number
+from headkit.errors import HeadkitError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,11 @@ THREADS_HELP = (
     "torch CPU threads (default: one per idle core by the 1-minute load average, "
     "at least 1; small models lose speed to busy threads)"
 )
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling: int | None = None) -> int:
@@ -39,7 +47,7 @@ def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling
     import torch
 
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cpus()
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if ceiling is None:
@@ -48,22 +56,50 @@ def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling
 
 
 def check_threads(value: int | None) -> int | None:
-    """``--threads``: None (automatic) or a positive integer (`headkit.checks.check_optional_int`)."""
-    return check_optional_int("--threads", value)
+    """``--threads``: None (automatic) or an integer 1..`usable_cpus`.
+
+    More threads than CPUs only slows a small model down, and a huge count makes
+    torch start that many threads (or overflow inside ``set_num_threads``).
+    """
+    check_optional_int("--threads", value)
+    cores = usable_cpus()
+    if value is not None and value > cores:
+        raise HeadkitError(f"--threads={value} is out of range: allowed 1..{cores} (the CPUs this process may use)")
+    return value
+
+
+def env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a thread count (None when unset or empty), checked like `check_threads`.
+
+    A value torch cannot use is an error naming it, not silently ignored or a
+    traceback: non-ASCII digits (``²``, which ``str.isdigit`` accepts and ``int``
+    reads), lists (``4,2``), 0, or more than the CPUs. Torch-free, so the command
+    line checks it before torch (whose OpenMP runtime also reads it) is imported.
+    """
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not text:
+        return None
+    cores = usable_cpus()
+    if not is_number(text) or not 1 <= int(text) <= cores:
+        raise HeadkitError(
+            f"OMP_NUM_THREADS={text!r} is not a thread count: allowed 1..{cores} "
+            "(the CPUs this process may use), in ASCII digits; or unset it"
+        )
+    return int(text)
 
 
 def use_threads(requested: int | None = None) -> int:
     """Set torch's intra-op threads: ``requested``, else ``OMP_NUM_THREADS``, else `auto_threads`.
 
     Returns the count set. Called at the start of every command that computes.
+    Both counts are checked (`check_threads`, `env_threads`) before torch is touched.
     """
+    check_threads(requested)
+    if requested is None:
+        requested = env_threads()
     import torch
 
-    check_threads(requested)
-    if requested is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-        requested = max(1, int(os.environ["OMP_NUM_THREADS"]))
     threads = auto_threads() if requested is None else requested
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread(s)", threads)
     return threads
-

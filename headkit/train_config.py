@@ -32,6 +32,8 @@ from headkit.models import DEFAULT_N_CTX, ModelConfig
 from headkit.runs import METRICS_FILE, RUN_FILE
 from headkit.tasks.registry import TASKS, TaskSpec
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # training computes in float32 (models.model_from_config)
+
 # fixed columns of metrics.csv; tasks with hops add accuracy_hop1 .. accuracy_hopK after accuracy
 METRIC_COLUMNS = ("step", "train_loss", "eval_loss", "accuracy", "lr", "elapsed_s")
 
@@ -140,6 +142,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise HeadkitError(f"{name}={value!r} must be a finite number")
+            if name != "dropout" and abs(value) > FLOAT32_MAX:  # finite in Python, inf in the float32 update
+                raise HeadkitError(
+                    f"{name}={value!r} is too large: it overflows float32 (largest {FLOAT32_MAX!r}), "
+                    "the precision training computes in"
+                )
         if self.lr <= 0:
             raise HeadkitError(f"lr={self.lr} must be positive")
         if not 0 <= self.dropout < 1:

@@ -69,7 +69,7 @@ from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_device, check_length
-from headkit.errors import HeadkitError, NonFiniteError
+from headkit.errors import HeadkitError, NonFiniteError, is_out_of_memory
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
@@ -352,13 +352,6 @@ def hooked_from_hf(model: GPTJForCausalLM, cfg: ModelConfig) -> HookedTransforme
         return load_checkpoint(path, device=next(model.parameters()).device).model
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate" in text or "failed to allocate" in text)
-
-
 def train(
     cfg: TrainConfig,
     *,
@@ -485,7 +478,7 @@ def _update(cfg: TrainConfig, state: _State, step: int, device: torch.device) ->
     try:
         loss = train_step(state.model, state.optimizer, batch, lr=lr, grad_clip=cfg.grad_clip)
     except (MemoryError, RuntimeError) as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         raise HeadkitError(
             f"out of memory at step {step} (batch_size={cfg.batch_size} on {device}): use a smaller batch size"

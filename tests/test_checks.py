@@ -32,6 +32,30 @@ def test_check_heads(tiny_gptj):
         check_heads(model, [(0, 5)])
 
 
+@pytest.mark.parametrize(
+    "head, shown",
+    [((0.7, 0), r"\(0\.7, 0\): layer 0\.7"), ((1.0, 0), r"\(1\.0, 0\): layer 1\.0"),
+     ((True, 0), r"\(True, 0\): layer True"), ((0, False), r"\(0, False\): head False"),
+     (("1", 0), r"\('1', 0\): layer '1'"), ((0, None), r"\(0, None\): head None")],
+)  # fmt: skip
+def test_heads_must_be_integers_not_truncated(tiny_gptj, head, shown):
+    """Issue 18: (0.7, 0), (True, 0) and ("1", 0) were truncated by int() into real heads."""
+    model = tiny_gptj()  # 2 layers, 2 heads
+    with pytest.raises(HeadkitError, match=rf"^head {shown} is not an integer: a head is a \(layer, head\) pair of integers"):
+        check_heads(model, [(0, 0), head])
+
+
+def test_heads_accept_integer_types(tiny_gptj):
+    import numpy as np
+
+    model = tiny_gptj()
+    assert check_heads(model, [(np.int64(1), torch.tensor(0))]) == [(1, 0)]
+    assert all(type(v) is int for v in check_heads(model, [(np.int64(1), torch.tensor(0))])[0])
+    for bad in ("10", 3, None):
+        with pytest.raises(HeadkitError, match=rf"head {bad!r} must be a \(layer, head\) pair"):
+            check_heads(model, [bad])
+
+
 def test_parse_heads_and_lists():
     assert parse_head("5.0") == (5, 0)
     assert parse_heads("0.1, 3.0") == [(0, 1), (3, 0)]

@@ -208,3 +208,12 @@ def test_run_markers_of_the_output_check_are_the_training_constants():
     assert RUN_FILE == TRAINING_RUN_FILE and METRICS_FILE in RUN_OWNED
     assert checkpoint_dir("run", 1).parent.name in RUN_OWNED
     assert CHECKPOINT_FILE == META_FILE
+
+
+def test_ablate_mean_of_one_prompt_warns(run_dir, tmp_path, capsys, caplog):
+    """Issue 18: ``--method mean --n-prompts 1`` gave all-zero deltas without a word (resample warned)."""
+    out = tmp_path / "a.csv"
+    with caplog.at_level("WARNING"):
+        code, _, _ = _run(capsys, "ablate", str(run_dir), "--method", "mean", "--n-prompts", "1", "--out", str(out))
+    assert code == 0 and (_read(out)["delta"].abs() <= 1e-5).all()  # zero up to the engine's rounding
+    assert any("mean ablation of a single prompt from itself" in r.getMessage() for r in caplog.records)

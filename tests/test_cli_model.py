@@ -104,3 +104,26 @@ def test_model_without_tokenizer_is_refused_through_a_real_process(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("headkit: error: --model"), done.stderr
     assert "holds no tokenizer" in done.stderr
+
+
+@pytest.mark.parametrize("key", ["layer_norm_epsilon", "rms_norm_eps"])
+def test_model_whose_activations_are_not_finite_is_refused(tmp_path, capsys, key):
+    """Finite weights, a negative norm epsilon: NaN activations, never an all-"inactive" census (issue 18)."""
+    tokenizer = word_tokenizer()
+    v = len(tokenizer)
+    config = (
+        T.GPT2Config(vocab_size=v, n_positions=128, n_embd=32, n_layer=2, n_head=4, layer_norm_epsilon=-10.0)
+        if key == "layer_norm_epsilon"
+        else T.LlamaConfig(vocab_size=v, max_position_embeddings=128, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, rms_norm_eps=-10.0)
+    )  # fmt: skip
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    capsys.readouterr()  # transformers' progress bar while saving
+    common = ["--model", str(tmp_path / "m"), "--device", "cpu", "--n-prompts", "2"]
+    for argv in (["classify", *common], ["discrepancy", *common, "--lengths", "40"]):
+        assert main([*argv, "--out", str(tmp_path / "x.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "of layer 0 is not finite" in err, err
+        assert not (tmp_path / "x.csv").exists()

@@ -144,3 +144,40 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
     for name in ("previous_token", "duplicate_token", "induction_score", "positional_score", "signal"):
         np.testing.assert_allclose(table[name], expected[name], rtol=1e-6, equal_nan=True)
     assert table.label.notna().all()
+
+
+@pytest.mark.parametrize("error", ["OutOfMemoryError", "RuntimeError", "MemoryError"])
+@pytest.mark.parametrize("command", ["classify", "dynamics", "discrepancy"])
+def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, command, error):
+    """Issue 18: out of memory inside classify was a traceback (training already said it in one line)."""
+    import torch
+    from transformer_lens import HookedTransformer
+
+    raised = {
+        "OutOfMemoryError": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        "RuntimeError": RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        "MemoryError": MemoryError(),
+    }[error]
+
+    def forward(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    extra = ["--lengths", "12"] if command == "discrepancy" else []
+    out = tmp_path / "x.csv"
+    assert main([command, str(run_dir), "--n-prompts", "3", "--no-progress", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"headkit: error: out of memory in {command} (3 prompts on ") and "--n-prompts" in err, err
+    assert not out.exists()
+
+
+def test_other_runtime_errors_keep_their_traceback(run_dir, tmp_path, monkeypatch):
+    from transformer_lens import HookedTransformer
+
+    def forward(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["classify", str(run_dir), "--n-prompts", "3"])

@@ -89,6 +89,7 @@ def test_info_shows_config_checkpoints_and_last_metrics(copy_run, capsys):
         (["train", "--task", "chess", "--out", "{tmp}/x"], "invalid choice: 'chess'"),
         (["train", "--task", "copy", "--steps", "zero", "--out", "{tmp}/x"], "--steps must be an integer, got 'zero'"),
         (["train", "--out", "{tmp}/x"], "--task is required for a new run"),
+        (["train", "--task", "copy", "--lr", "1e308", "--out", "{tmp}/x"], "lr=1e+308 is too large: it overflows float32 (largest 3.4028234663852886e+38), the precision"),
         (["train", "--task", "copy", "--out", "{run}"], "already holds a run"),
         (["train", "--task", "copy", "--checkpoint-steps", "2,999", "--out", "{tmp}/x"], "checkpoint step 999"),
         (["demo", "--out", "{tmp}/d", "--lengths", "17,2049"], "--lengths 2049 exceeds the number model's context"),

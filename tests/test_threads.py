@@ -7,7 +7,7 @@ import torch
 
 from headkit.cli import build_parser, main
 from headkit.errors import HeadkitError
-from headkit.threads import auto_threads, use_threads
+from headkit.threads import auto_threads, usable_cpus, use_threads
 
 
 @pytest.fixture(autouse=True)
@@ -54,3 +54,46 @@ def test_every_computing_command_takes_threads(capsys):
     assert "load average" in sub.choices["demo"].format_help()
     assert main(["eval", "x", "--threads", "0"]) == 2
     assert "--threads=0 is out of range: allowed 1 or more" in capsys.readouterr().err
+
+
+# --- thread counts that torch cannot take (issue 18) -------------------------------------
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "99999999999999999999", "1000000000", "0", "-2", "two", "4,2"])
+def test_omp_num_threads_that_is_not_a_usable_count_is_refused(monkeypatch, value):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    before = torch.get_num_threads()
+    with pytest.raises(HeadkitError, match=rf"^OMP_NUM_THREADS={value!r} is not a thread count: allowed 1\.\.\d+ "):
+        use_threads()
+    assert torch.get_num_threads() == before
+    assert use_threads(1) == 1  # --threads wins over the environment, which is then not read
+
+
+def test_more_threads_than_cpus_is_refused(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = usable_cpus()
+    assert use_threads(cores) == cores
+    for value in (cores + 1, 10**6, 2**63):
+        with pytest.raises(HeadkitError, match=rf"^--threads={value} is out of range: allowed 1\.\.{cores} \(the CPUs"):
+            use_threads(value)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 1))
+    with pytest.raises(HeadkitError, match=rf"^OMP_NUM_THREADS='{cores + 1}' is not a thread count"):
+        use_threads()
+
+
+@pytest.mark.parametrize("argv_tail, env, message", [
+    (["--threads", "1000000"], None, "--threads=1000000 is out of range: allowed 1.."),
+    (["--threads", "99999999999999999999"], None, "--threads=99999999999999999999 is out of range"),
+    ([], "²", "OMP_NUM_THREADS='²' is not a thread count"),
+    ([], "1000000000", "OMP_NUM_THREADS='1000000000' is not a thread count"),
+])  # fmt: skip
+def test_cli_refuses_bad_thread_counts_before_any_work(tmp_path, monkeypatch, capsys, argv_tail, env, message):
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    out = tmp_path / "run"
+    assert main(["train", "--task", "number", "--steps", "2", "--out", str(out), *argv_tail]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()

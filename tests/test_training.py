@@ -58,6 +58,8 @@ def tiny(task: TaskSpec = NUMBER, **overrides) -> TrainConfig:
         ("steps", 0, "steps=0"),
         ("batch_size", 2.5, "batch_size"),
         ("lr", -1.0, "lr=-1.0"),
+        ("lr", 1e308, "lr=1e.308 is too large: it overflows float32 (largest 3.4028234663852886e.38)"),
+        ("weight_decay", 1e39, "weight_decay=1e.39 is too large: it overflows float32"),
         ("betas", (0.9, 1.5), "betas"),
         ("grad_clip", 0.0, "grad_clip"),
         ("schedule", "exponential", "schedule='exponential'"),

@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        if hasattr(args, "threads"):  # OMP_NUM_THREADS, before torch (whose OpenMP reads it too) is imported
+            from headkit.threads import env_threads
+
+            env_threads()
         if hasattr(args, "device"):
             args.device = distributed.rank_device(args.device)
         result = args.func(args)

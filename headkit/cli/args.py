@@ -230,11 +230,14 @@ def check_csv_out(args: argparse.Namespace) -> Path | None:
 
 def add_compute(parser: argparse.ArgumentParser, *, device_help: str = "torch device, e.g. cpu or cuda") -> None:
     """``--device``, ``--no-progress`` and ``--threads``: every command that runs a model."""
-    from headkit.threads import THREADS_HELP
+    from headkit.threads import THREADS_HELP, check_threads
 
     parser.add_argument("--device", type=device, default=None, help=device_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_int(parser, "--threads", default=None, help=THREADS_HELP)
+    _add(
+        parser, ("--threads",), (), action=_Checked, check=lambda flag, text: check_threads(to_int(flag, text)),
+        metavar="N", default=None, help=THREADS_HELP,
+    )  # fmt: skip
 
 
 def add_extend(parser: argparse.ArgumentParser) -> None:

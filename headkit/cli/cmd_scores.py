@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from headkit.checks import check_heads, check_output_path, parse_heads, parse_int_list
 from headkit.cli import args as types
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, is_out_of_memory
 from headkit.io import write_csv
 from headkit.threads import use_threads
 
@@ -249,10 +249,32 @@ def _swap_mode(model: Any, choice: str) -> str:
     return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
 
 
+def _memory_bounded(name: str, command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command``, with running out of memory turned into one line (as training does).
+
+    Any other error keeps its traceback.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            where = args.device or "the model's device"
+            prompts = "--n-prompts" + (", --eval-n" if name == "dynamics" else "")
+            raise HeadkitError(
+                f"out of memory in {name} ({args.n_prompts} prompts on {where}): use fewer prompts ({prompts})"
+                + (" or another --device" if args.device is None or args.device.startswith("cuda") else "")
+            ) from None
+
+    return run
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "classify": _classify,
-    "dynamics": _dynamics,
-    "discrepancy": _discrepancy,
+    "classify": _memory_bounded("classify", _classify),
+    "dynamics": _memory_bounded("dynamics", _dynamics),
+    "discrepancy": _memory_bounded("discrepancy", _discrepancy),
 }
 
 

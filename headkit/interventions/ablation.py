@@ -9,7 +9,8 @@ information about the prompt (SPEC 4; IOI uses mean ablation):
   ever outputs, so later layers see an off-distribution input.
 - ``method="mean"``: the head's mean ``z`` over a ``reference`` batch, taken per
   position and averaged over the reference prompts, so it keeps what every prompt
-  shares at that position and drops what is specific to one prompt.
+  shares at that position and drops what is specific to one prompt (a reference
+  of one prompt is warned about: its mean is that prompt).
 - ``method="resample"``: the head's ``z`` on another prompt of the ``reference``
   batch, drawn with ``seed``: each prompt gets its own donor (distinct donors
   while the reference has at least as many prompts as the batch), never itself
@@ -107,7 +108,19 @@ def _reference_z(model: Model, reference: Tensor, layers: list[int]) -> Replacem
 
 
 def _mean(model: Model, tokens: Tensor, layers: list[int], reference: Tensor, seed: int) -> Replacement:
-    """Mean z over the reference prompts, per position, broadcast over the batch."""
+    """Mean z over the reference prompts, per position, broadcast over the batch.
+
+    A reference of one prompt is warned about, as resampling a prompt from itself
+    is: the mean over one prompt is that prompt (from itself: every delta is 0).
+    """
+    if reference.shape[0] == 1:
+        if reference.shape == tokens.shape and torch.equal(reference.cpu(), tokens.cpu()):
+            logger.warning(
+                "mean ablation of a single prompt from itself: the mean over one prompt is the prompt, "
+                "so nothing is ablated (every delta is 0); give more prompts"
+            )
+        else:
+            logger.warning("mean ablation over a single reference prompt: the mean over one prompt is that prompt's z")
     return {name: z.mean(0, keepdim=True) for name, z in _reference_z(model, reference, layers).items()}
 
 

@@ -18,6 +18,12 @@ one forward pass per chunk of prompts, stopped after the last layer it needs
   attention pattern): the pieces `capture` is made of, which the swap metric
   (`headkit.scores.swap_engine`) and the rotary views (`headkit.scores.rope`) use
   with their own readers.
+- `finite_hooks`: every forward here refuses activations that are not finite (the
+  attention output ``z`` of each layer it runs, `headkit.checks.check_finite`): finite
+  weights can still give NaN activations (a negative LayerNorm epsilon), which
+  TransformerLens turns into all-zero patterns that score as "inactive" heads.
+  One head's NaN query or key weights leave ``z`` finite (its pattern is zeroed),
+  so such a head is still flagged per head (``finite = False``) by the swap metric.
 - `resolve_heads`, `heads_by_layer`, `resolve_query_positions`, `query_chunks`:
   which heads, which queries, which prompts per forward.
 """
@@ -35,7 +41,7 @@ from tqdm.auto import tqdm
 from headkit.bridge.blocks import BlockInputs, run_blocks
 from headkit.model_types import Model
 
-from headkit.checks import Head, check_heads, check_int, check_position, check_tokens
+from headkit.checks import Head, check_finite, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
 
@@ -147,6 +153,15 @@ def head_reader(
     return RowReader(layers=tuple(by_layer), hooks=hooks)
 
 
+def finite_hooks(layers: Sequence[int]) -> HookList:
+    """Hooks that raise `NonFiniteError` when a layer's attention output ``z`` holds NaN or infinity."""
+
+    def check(z: Tensor, hook: Any, *, layer: int) -> None:
+        check_finite(z.detach(), where=f"the attention output (z) of layer {layer}")
+
+    return [(hook_name("z", l), partial(check, layer=l)) for l in layers]
+
+
 def model_rows(
     model: Model,
     reader: RowReader,
@@ -158,6 +173,7 @@ def model_rows(
     """The reader's values on ``tokens`` (forward stopped after the last layer read).
 
     With ``keep_resid``, also each read layer's input ``blocks.{l}.hook_resid_pre``.
+    Activations that are not finite raise `NonFiniteError` (`finite_hooks`).
     """
     store: dict[int, Tensor] = {}
     resid: dict[int, Tensor] = {}
@@ -165,7 +181,7 @@ def model_rows(
     def keep(x: Tensor, hook: Any, *, layer: int) -> None:
         resid[layer] = x.detach()  # [batch, pos, d_model]
 
-    hooks = [h for l in reader.layers for h in reader.hooks(l, query_pos, store)]
+    hooks = [h for l in reader.layers for h in reader.hooks(l, query_pos, store)] + finite_hooks(reader.layers)
     if keep_resid:
         hooks += [(hook_name("resid_pre", l), partial(keep, layer=l)) for l in reader.layers]
     with torch.no_grad():

@@ -350,3 +350,26 @@ def test_largest_seed_is_accepted(model, batch):
 def test_duplicate_heads_are_refused(model, batch, no_forward):
     with pytest.raises(HeadkitError, match=r"head 1\.0 is given twice"):
         ablation_sweep(model, batch, heads=[(1, 0), (1, 0)], together=True)
+
+
+def test_mean_over_a_single_prompt_warns_like_resample(model, batch, reference, caplog):
+    """Issue 18: the mean of one prompt is that prompt, so mean-ablating it from itself is no ablation."""
+    one = batch.tokens[:1]
+    with caplog.at_level("WARNING", logger="headkit.interventions.ablation"):
+        same = ablate(model, one, HEADS, method="mean")
+    assert torch.equal(same, model(one))  # nothing was ablated: what the warning is for
+    assert [r.getMessage() for r in caplog.records] == [
+        "mean ablation of a single prompt from itself: the mean over one prompt is the prompt, "
+        "so nothing is ablated (every delta is 0); give more prompts"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="headkit.interventions.ablation"):
+        ablate(model, batch.tokens, HEADS, method="mean", reference=reference[:1])
+    assert [r.getMessage() for r in caplog.records] == [
+        "mean ablation over a single reference prompt: the mean over one prompt is that prompt's z"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="headkit.interventions.ablation"):
+        ablate(model, batch.tokens, HEADS, method="mean")
+        ablate(model, one, HEADS, method="mean", reference=reference)
+    assert not caplog.records  # two prompts or more: a mean

@@ -139,3 +139,48 @@ def test_bad_heads_and_queries_raise_before_any_forward(model, refused_before_fo
     message = refused_before_forward(model, capture, model, prompts(), heads, **options)
     for w in words:
         assert w in message, message
+
+
+# ---------------------------------------------------------------------------
+# activations that are not finite (issue 18): finite weights, NaN activations
+
+
+def break_norms(model: HookedTransformer) -> HookedTransformer:
+    """A negative LayerNorm epsilon: every weight finite, every normalised activation NaN."""
+    for module in model.modules():
+        if hasattr(module, "eps"):
+            module.eps = -10.0
+    return model
+
+
+def _analyses():
+    from headkit.scores.census import head_census
+    from headkit.scores.detectors import detector_scores, induction_scores
+    from headkit.scores.discrepancy import last_row_logits
+    from headkit.scores.positional_symbolic import classify_heads, positional_symbolic_scores
+    from headkit.scores.rope import rope_frequency_scores, rope_frequency_use
+
+    return {
+        "capture": lambda m, t: capture(m, t, [(0, 0)]),
+        "census": lambda m, t: head_census(m, composition_kinds=(), n_random=4),
+        "census with tokens": lambda m, t: head_census(m, t, composition_kinds=(), n_random=4),
+        "classify": lambda m, t: classify_heads(m, t),
+        "scores, token swaps": lambda m, t: positional_symbolic_scores(m, t, swap="tokens"),
+        "detectors": lambda m, t: detector_scores(m, t),
+        "induction": lambda m, t: induction_scores(m, n=4),
+        "discrepancy": lambda m, t: last_row_logits(m, t, [(0, 0), (1, 1)], batch_size=2),
+        "rope frequency": lambda m, t: rope_frequency_scores(m, t),
+        "rope use": lambda m, t: rope_frequency_use(m, t),
+    }
+
+
+@pytest.mark.parametrize("name", list(_analyses()))
+def test_every_analysis_refuses_activations_that_are_not_finite(tiny_gptj, name, recwarn):
+    from headkit.errors import NonFiniteError
+
+    model = break_norms(tiny_gptj(n_layers=2, n_heads=2, d_model=24, d_vocab=20, n_ctx=16))
+    tokens = prompts(3, 9)
+    assert all(p.isfinite().all() for p in model.parameters())  # the weights are fine
+    with pytest.raises(NonFiniteError, match=r"the attention output \(z\) of layer 0 is not finite \(\d+ NaN of \d+"):
+        _analyses()[name](model, tokens)
+    assert not [w for w in recwarn if "non-finite attention" in str(w.message)]  # refused, not flagged per head
