@@ -12,7 +12,7 @@ So the command line picks the count itself (`auto_threads`): as many threads as
 there are idle cores, judged from the 1-minute load average
 (``round(cores - load)``), at least 1 and at most torch's own default. On a busy
 machine that is one thread. ``--threads N`` (or ``OMP_NUM_THREADS``) overrides (the option: `headkit.cli.args.add_compute`),
-1..the CPUs this process may use; another value is refused naming it (`check_threads`,
+1..4 per CPU this process may use; another value is refused naming it (`check_threads`,
 `env_threads`), by the CLI before torch is imported.
 The library itself never changes torch's setting; only the CLI does.
 """
@@ -38,6 +38,20 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+OVERSUBSCRIPTION = 4  # threads per usable CPU headkit still accepts
+
+
+def max_threads() -> int:
+    """The largest thread count accepted: `OVERSUBSCRIPTION` per usable CPU.
+
+    A modest oversubscription is legal and common (an ``OMP_NUM_THREADS`` exported for
+    a larger machine, CPU quotas that the affinity mask does not show), so it is
+    allowed, only slower; a count far beyond the machine (10**6 threads, an integer
+    that overflows ``set_num_threads``) is refused.
+    """
+    return OVERSUBSCRIPTION * usable_cpus()
+
+
 def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling: int | None = None) -> int:
     """Threads for a small model: ``round(cores - load)`` clamped to ``1..ceiling``.
 
@@ -56,15 +70,17 @@ def auto_threads(*, cores: int | None = None, load: float | None = None, ceiling
 
 
 def check_threads(value: int | None) -> int | None:
-    """``--threads``: None (automatic) or an integer 1..`usable_cpus`.
+    """``--threads``: None (automatic) or an integer 1..`max_threads`.
 
-    More threads than CPUs only slows a small model down, and a huge count makes
-    torch start that many threads (or overflow inside ``set_num_threads``).
+    A huge count makes torch start that many threads (or overflow inside
+    ``set_num_threads``).
     """
     check_optional_int("--threads", value)
-    cores = usable_cpus()
-    if value is not None and value > cores:
-        raise HeadkitError(f"--threads={value} is out of range: allowed 1..{cores} (the CPUs this process may use)")
+    limit = max_threads()
+    if value is not None and value > limit:
+        raise HeadkitError(
+            f"--threads={value} is out of range: allowed 1..{limit} ({OVERSUBSCRIPTION} per CPU this process may use)"
+        )
     return value
 
 
@@ -73,17 +89,17 @@ def env_threads() -> int | None:
 
     A value torch cannot use is an error naming it, not silently ignored or a
     traceback: non-ASCII digits (``²``, which ``str.isdigit`` accepts and ``int``
-    reads), lists (``4,2``), 0, or more than the CPUs. Torch-free, so the command
+    reads), lists (``4,2``), 0, or more than `max_threads`. Torch-free, so the command
     line checks it before torch (whose OpenMP runtime also reads it) is imported.
     """
     text = os.environ.get("OMP_NUM_THREADS", "").strip()
     if not text:
         return None
-    cores = usable_cpus()
-    if not is_number(text) or not 1 <= int(text) <= cores:
+    limit = max_threads()
+    if not is_number(text) or not 1 <= int(text) <= limit:
         raise HeadkitError(
-            f"OMP_NUM_THREADS={text!r} is not a thread count: allowed 1..{cores} "
-            "(the CPUs this process may use), in ASCII digits; or unset it"
+            f"OMP_NUM_THREADS={text!r} is not a thread count: allowed 1..{limit} "
+            f"({OVERSUBSCRIPTION} per CPU this process may use), in ASCII digits; or unset it"
         )
     return int(text)
 

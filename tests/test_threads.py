@@ -7,7 +7,7 @@ import torch
 
 from headkit.cli import build_parser, main
 from headkit.errors import HeadkitError
-from headkit.threads import auto_threads, usable_cpus, use_threads
+from headkit.threads import OVERSUBSCRIPTION, auto_threads, max_threads, usable_cpus, use_threads
 
 
 @pytest.fixture(autouse=True)
@@ -69,16 +69,21 @@ def test_omp_num_threads_that_is_not_a_usable_count_is_refused(monkeypatch, valu
     assert use_threads(1) == 1  # --threads wins over the environment, which is then not read
 
 
-def test_more_threads_than_cpus_is_refused(monkeypatch):
+def test_far_more_threads_than_cpus_is_refused_a_few_more_is_allowed(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cores = usable_cpus()
-    assert use_threads(cores) == cores
-    for value in (cores + 1, 10**6, 2**63):
-        with pytest.raises(HeadkitError, match=rf"^--threads={value} is out of range: allowed 1\.\.{cores} \(the CPUs"):
-            use_threads(value)
-    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 1))
-    with pytest.raises(HeadkitError, match=rf"^OMP_NUM_THREADS='{cores + 1}' is not a thread count"):
-        use_threads()
+    limit = max_threads()
+    assert limit == OVERSUBSCRIPTION * usable_cpus()
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(usable_cpus() + 1) == usable_cpus() + 1  # oversubscribed: slower, legal
+        for value in (limit + 1, 10**6, 2**63):
+            with pytest.raises(HeadkitError, match=rf"^--threads={value} is out of range: allowed 1\.\.{limit} \({OVERSUBSCRIPTION} per CPU"):
+                use_threads(value)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(limit + 1))
+        with pytest.raises(HeadkitError, match=rf"^OMP_NUM_THREADS='{limit + 1}' is not a thread count"):
+            use_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("argv_tail, env, message", [
