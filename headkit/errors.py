@@ -14,3 +14,7 @@ class HeadkitError(ValueError):
 
 class NonFiniteError(HeadkitError):
     """A model's outputs or a metric came out NaN or infinite (`headkit.checks.check_finite`)."""
+
+
+class DiskFullError(HeadkitError):
+    """A write failed because the disk is full (`headkit.io.disk_full`); what was there is unchanged."""

@@ -69,7 +69,7 @@ from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_device, check_length
-from headkit.errors import HeadkitError, NonFiniteError
+from headkit.errors import DiskFullError, HeadkitError, NonFiniteError
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
@@ -469,6 +469,9 @@ def _loop(  # long: the closures share the run's state (config written yet, prog
                 state.model.train()
             if is_checkpoint and run_dir is not None:
                 _save(cfg, run_dir, state, device)
+    except DiskFullError as error:  # metrics.csv or a checkpoint: what was written stays as it was
+        kept = "no checkpoint was written" if state.last_saved is None else f"the last checkpoint is step {state.last_saved}"
+        raise DiskFullError(f"{error}; training stopped at step {state.step}, {kept} (--resume continues from it)") from None
     finally:
         bar.close()
         state.model.eval()

@@ -25,6 +25,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temp left behind
 
 
+def test_a_full_disk_is_a_headkit_error_naming_the_file(tmp_path, monkeypatch):
+    """Issue 18.11: OSError 28 from a write became a traceback; now one DiskFullError line
+    naming the file and its folder, the old file unchanged and no temporary left."""
+    import errno
+
+    from headkit.errors import DiskFullError
+
+    target = tmp_path / "table.csv"
+    write_csv(target, pd.DataFrame({"a": [1, 2]}))
+
+    def full(self, path, **kwargs):
+        with open(path, "w") as handle:
+            handle.write("a\n1")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    with pytest.raises(DiskFullError, match=rf"^the disk is full: could not write {target} \(the file system holding {tmp_path}\)"):
+        write_csv(target, pd.DataFrame({"a": [3]}))
+    assert target.read_text() == "a\n1\n2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
 def test_write_json_creates_parents(tmp_path):
     path = write_json(tmp_path / "a" / "b.json", {"x": 1})
     assert path.read_text().strip().startswith("{")
