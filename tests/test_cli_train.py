@@ -113,6 +113,44 @@ def exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
+def test_train_refuses_a_folder_of_the_users_files_and_an_empty_out(tmp_path, capsys, monkeypatch):
+    """Issue 18.2: ``train --out DIR`` overwrote the user's own metrics.csv; ``--out ""`` trained into
+    the current directory."""
+    (tmp_path / "metrics.csv").write_text("mine\n")
+    assert main([*TRAIN, "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, f"{tmp_path} is not empty and holds no headkit run (it has metrics.csv): remove them")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"] and (tmp_path / "metrics.csv").read_text() == "mine\n"
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main([*TRAIN, "--out", ""]) == 2
+    one_line_error(capsys, "--out is empty: give a directory path")
+    assert list(empty.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_file(copy_run, tmp_path, capsys, monkeypatch):
+    """Issue 18.11: ``eval --out`` on a full disk ended in an OSError 28 traceback."""
+    import errno
+
+    def full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    out = tmp_path / "acc.csv"
+    assert main(["eval", str(copy_run), "--lengths", "8", "--n", "4", "--out", str(out), "--no-progress"]) == 2
+    one_line_error(capsys, f"the disk is full: could not write {out} (the file system holding {tmp_path})")
+    assert list(tmp_path.iterdir()) == []
+    # a full disk met outside headkit's own writes: one line too
+    import headkit.runs
+
+    def stat_full(run):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "x"))
+
+    monkeypatch.setattr(headkit.runs, "run_status", stat_full)
+    assert main(["info", str(copy_run)]) == 2
+    one_line_error(capsys, f"the disk is full: could not write {copy_run / 'x'}")
+
+
 def test_corrupted_run_is_one_line_error(copy_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(copy_run, run)
