@@ -2,7 +2,13 @@
 
 Every file headkit writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory, flushed, and renamed over the target, so a
-crash or an error leaves either the old file or nothing, never a truncated one.
+crash or an error leaves either the old file or nothing, never a truncated one. A
+folder whose files belong together (a report) goes through `atomic_folder`: built
+beside its target and swapped in whole. Temporaries carry their writer's host and
+pid (`temp_prefix`); those of a writer that is gone are removed by the next write
+into their folder (`clean_stale_temporaries`), never any other file. A target that
+is not a regular file is refused (`file_target`); a full disk is one `DiskFullError`
+line naming the file (`disk_full`).
 `read_json` reads a stored JSON file back with a clear error, and `stored_fields`
 turns a stored JSON object into a config dataclass's arguments, refusing fields the
 dataclass does not have.
@@ -74,6 +80,57 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    A folder of files that belong together (a report: its page and the tables
+    behind it) is written as one unit: a reader, or a process killed midway, sees
+    the old folder or the new one, never new tables beside an old page. The
+    temporary is named by `temp_prefix`, so a killed writer's is removed by the
+    next write there (`clean_stale_temporaries`). A symlink is written through.
+    Under torch.distributed only rank 0 writes.
+    """
+    if not is_main():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
+    target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".tmp"))
+    except OSError as error:
+        raise disk_full(error, target) or error
+    try:
+        yield tmp
+        honour_umask(tmp)  # mkdtemp makes it 0700
+        _swap_folder(tmp, target)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = error if isinstance(error, DiskFullError) else disk_full(error, target)
+        if full is not None:  # name the folder asked for, not its hidden temporary
+            raise DiskFullError(str(full).replace(str(tmp), str(target))) from None
+        raise
+
+
+def _swap_folder(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".old"))
+        os.rename(target, old / target.name)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def file_target(path: str | os.PathLike) -> Path:
     """The file a write to ``path`` replaces: ``path``, or the target of a symlink.
 
@@ -98,7 +155,7 @@ def file_target(path: str | os.PathLike) -> Path:
 # --- temporaries: named after their writer, removed once it is gone ------------------------
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-_TEMPORARY = re.compile(r"^\..+\.headkit-([0-9a-f]{6})-([0-9]+)-[a-z0-9_]+\.(tmp|old)$")
+_TEMPORARY = re.compile(r"^\.(.+)\.headkit-([0-9a-f]{6})-([0-9]+)-[a-z0-9_]+\.(tmp|old)$")
 
 
 def temp_prefix(name: str) -> str:
@@ -133,8 +190,13 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in entries:
         match = _TEMPORARY.match(path.name)
-        if match is None or match.group(1) != _HOST or _running(int(match.group(2))):
+        if match is None or match.group(2) != _HOST or _running(int(match.group(3))):
             continue
+        name, kind = match.group(1), match.group(4)
+        moved_aside = path / name
+        if kind == "old" and moved_aside.exists() and not (path.parent / name).exists():
+            os.rename(moved_aside, path.parent / name)  # killed between the two renames of a swap: put it back
+            logger.warning("restored %s, moved aside by an interrupted headkit write", path.parent / name)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
