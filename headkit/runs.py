@@ -310,19 +310,40 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data["task"]["name"], str) or not isinstance(data["steps"], int):
             raise TypeError("not a training config")
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
     return data
 
 
 def last_metrics_row(run_dir: str | os.PathLike) -> dict[str, str] | None:
-    """The last row of ``metrics.csv`` as text fields (None without rows or file), read without pandas."""
+    """The last row of ``metrics.csv`` as text fields (None without rows or file), read without pandas.
+
+    A file that is not UTF-8 CSV, a row with more or fewer fields than the header, or a
+    last row without a step number is a `HeadkitError` naming the file and the line.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return None
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows[-1] if rows else None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise HeadkitError(f"{path} is corrupted: {exc}") from None
+    for line, row in rows:
+        if len(row) != len(header):
+            raise HeadkitError(
+                f"{path} is corrupted: line {line} has {len(row)} field{'s' * (len(row) != 1)} but its header has {len(header)}"
+            )
+    if not rows:
+        return None
+    last = dict(zip(header, rows[-1][1]))
+    try:
+        float(last["step"])
+    except (KeyError, ValueError):
+        raise HeadkitError(f"{path} is corrupted: line {rows[-1][0]} has no step number") from None
+    return last
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,33 @@ def test_corrupted_run_is_one_line_error(copy_run, tmp_path, capsys):
     one_line_error(capsys, "is corrupted or truncated")
 
 
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("run.json", b"\xff\xfe{", "run.json is corrupted: 'utf-8' codec can't decode byte 0xff in position 0"),
+        ("metrics.csv", b"step,accuracy\n\xff\xfe\n", "metrics.csv is corrupted: 'utf-8' codec can't decode byte 0xff"),
+        ("metrics.csv", b"step,accuracy\n0,0.5\n2\n", "metrics.csv is corrupted: line 3 has 1 field but its header has 2"),
+        ("metrics.csv", b"step,accuracy\n0,0.5,7,8\n", "metrics.csv is corrupted: line 2 has 4 fields but its header has 2"),
+        ("metrics.csv", b"step,accuracy\nabc,0.5\n", "metrics.csv is corrupted: line 2 has no step number"),
+    ],
+)
+def test_a_run_file_that_is_not_utf8_or_has_a_malformed_row_is_one_line(copy_run, tmp_path, capsys, name, content, words):
+    """Issue 18.12: invalid UTF-8 or a malformed row in run.json / metrics.csv crashed info and eval."""
+    run = tmp_path / "copy"
+    shutil.copytree(copy_run, run)
+    (run / name).write_bytes(content)
+    assert main(["info", str(run)]) == 2
+    one_line_error(capsys, words)
+    if name == "run.json":  # eval reads run.json (the checkpoint's place in its run), not metrics.csv
+        assert main(["eval", str(run), "--lengths", "8", "--n", "4", "--no-progress"]) == 2
+        one_line_error(capsys, words)
+    else:
+        from headkit.errors import HeadkitError
+
+        with pytest.raises(HeadkitError, match=r"metrics\.csv is corrupted"):  # what --resume reads
+            read_metrics(run)
+
+
 def test_installed_script_reports_errors_in_one_line(tmp_path):
     script = Path(sys.executable).with_name("headkit")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
