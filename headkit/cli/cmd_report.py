@@ -65,7 +65,7 @@ def _report(args: argparse.Namespace) -> int:
     one_checkpoint = (run / CHECKPOINT_FILE).is_file() and not is_run_dir(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
     out = Path(args.out) if args.out is not None else (Path(f"report_{run.name}") if one_checkpoint else run / "report")
-    check_output_path(out, directory=True, inputs=[run])  # before any work: writable, not a run's own files
+    check_output_path(out if args.out is None else args.out, directory=True, inputs=[run])  # before any work: not "", writable, not a run's files
     _check_report_folder(out)
     use_threads(args.threads)
     from headkit.checkpoints import load_checkpoint
