@@ -53,7 +53,7 @@ from transformers import GPTJForCausalLM
 
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
-from headkit.io import honour_umask, read_json
+from headkit.io import disk_full, honour_umask, read_json
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
 # run-directory layout (torch-free, for `headkit info`): re-exported here
 from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
@@ -270,15 +270,21 @@ def save_checkpoint(
         "train_config": {} if train_config is None else train_config.to_dict(),
     }
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    except OSError as error:
+        raise disk_full(error, target) or error
     try:
         extra = {OPTIMIZER_FILE: optimizer_state, RNG_FILE: rng_state}
         _write_into(tmp, state, _hf_config_json(model_config, dropout), meta, extra)
         honour_umask(tmp)  # mkdtemp makes it 0700, safetensors its file 0600
         _swap_into_place(tmp, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(error, target)  # ENOSPC, or torch.save's "basic_ios::clear"
+        if full is not None:
+            raise full from None
         raise
     log.info("saved checkpoint step %d to %s", step, target)
     return target

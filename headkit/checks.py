@@ -10,9 +10,11 @@ checks that need torch import it when called.
 
 from __future__ import annotations
 
+import errno
 import operator
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
@@ -357,15 +359,36 @@ def check_output_path(
     input directory; a directory where a file is expected (or a file where
     ``directory=True`` expects a directory); and a location where nothing can be
     written (a read-only directory, ``/proc``, a parent that is a file), tested by
-    creating and removing a temporary file in the nearest existing directory.
+    creating and removing a temporary file in the nearest existing directory. Also
+    refused: an empty path, a file path ending in ``/``, a symlink loop, a dangling
+    symlink, and an existing target that is not a regular file (a device, FIFO or
+    socket: `headkit.io.atomic_path` would replace it). A symlink to a regular file
+    is allowed: the write goes through it to its target.
     """
-    path = Path(out)
+    text = os.fspath(out)
     where = f"{option} {out}"
+    if text == "":
+        raise HeadkitError(f"{option} is empty: give a {'directory' if directory else 'file'} path")
+    if not directory and text.endswith(("/", os.sep)):
+        raise HeadkitError(f"{where} ends with '/', which names a directory: give a file name (without the '/')")
+    path = Path(out)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise HeadkitError(f"{where} is a symlink loop: give a path that resolves") from None
+    if path.is_symlink() and not path.exists():
+        raise HeadkitError(f"{where} is a symlink to {os.readlink(path)}, which does not exist: give the target itself")
     if path.exists():
         if directory and not path.is_dir():
             raise HeadkitError(f"{where} exists and is not a directory")
         if not directory and path.is_dir():
             raise HeadkitError(f"{where} is a directory: give a file name")
+        if not directory and not path.is_file():
+            raise HeadkitError(
+                f"{where} exists and is not a regular file ({_file_kind(path)}): headkit writes a file by "
+                "replacing it, and never replaces a device, FIFO or socket"
+            )
     target = path.resolve()
     _check_not_run_owned(target, where)
     for item in inputs:
@@ -374,6 +397,15 @@ def check_output_path(
             raise HeadkitError(f"{where} would write over this command's input {item}: choose another path")
     _check_writable(target if directory and path.is_dir() else target.parent, where)
     return path
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 def _check_not_run_owned(target: Path, where: str) -> None:

@@ -29,3 +29,7 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and any(words in text for words in _OOM_WORDS)
+
+
+class DiskFullError(HeadkitError):
+    """A write failed because the disk is full (`headkit.io.disk_full`); what was there is unchanged."""

@@ -14,7 +14,8 @@ What this module decides for every command:
   checkpoint; a checkpoint directory -> itself. `open_checkpoint` loads it.
 - `run_of_checkpoint`: the run a checkpoint directory belongs to (or None).
 - `check_new_run` / `existing_run`: a directory that already holds a run is
-  refused for a new one (resume it instead), reused when it holds the same config.
+  refused for a new one (resume it instead), reused when it holds the same config;
+  a directory of other files, holding no run, is refused (`check_no_foreign_files`).
 - `RunLock`: an exclusive lock while a process writes a run. A second writer is
   refused at once, naming the holder's pid. The kernel drops an ``fcntl`` lock
   when its process dies, so a lock file left by a killed process is stale and is
@@ -23,7 +24,8 @@ What this module decides for every command:
   ``.*.tmp`` files that a killed process left behind, removed on the next open
   (only under the lock, so never another writer's files in flight).
 - `newest_valid_checkpoint`: the newest checkpoint that loads (a truncated latest
-  one is skipped with a warning), for ``--resume``.
+  one is skipped with a warning), for ``--resume``; when none loads, an error
+  naming why each could not be used (never a silent restart from step 0).
 - `run_status`: checkpoints, metrics and whether the run is complete, for ``info``.
 """
 
@@ -102,19 +104,53 @@ def open_checkpoint(path: str | os.PathLike, *, step: int | None = None, device:
 
 
 def newest_valid_checkpoint(run_dir: str | os.PathLike, *, device: Any = None) -> "Checkpoint | None":
-    """The newest checkpoint of a run that loads with its optimizer state (None if none does)."""
+    """The newest checkpoint of a run that loads with its optimizer state; None if the run has none.
+
+    A checkpoint that does not load is skipped with a warning; when none loads, a
+    `HeadkitError` names why each could not be used (never a silent restart from 0).
+    """
     from headkit.checkpoints import list_checkpoints, load_checkpoint
 
-    for step, folder in reversed(list_checkpoints(run_dir)):
+    reasons = []
+    found = list_checkpoints(run_dir)
+    for step, folder in reversed(found):
         try:
             return load_checkpoint(folder, device=device, with_optimizer=True)
         except HeadkitError as error:
             logger.warning("skipping checkpoint step %d: %s", step, error)
+            reasons.append(f"step {step}: {error}")
+    if found:
+        raise HeadkitError(
+            f"cannot resume {run_dir}: none of its {len(found)} checkpoints can be used ({'; '.join(reasons)}); "
+            "nothing was changed: restore a checkpoint's files, or start a new run in another directory"
+        )
     return None
 
 
+def _is_headkit_file(name: str) -> bool:
+    """The lock, and temporaries of a run's first files, which a directory holding no run yet may have."""
+    return name in _BOOKKEEPING or (
+        name.endswith(".tmp") and name.startswith((f".{RUN_FILE}.", f".{METRICS_FILE}."))
+    )
+
+
+def check_no_foreign_files(run_dir: str | os.PathLike) -> None:
+    """Refuse a directory that holds no ``run.json`` but holds files headkit did not write there
+    (training would write its ``metrics.csv`` over a user's own)."""
+    run_dir = Path(run_dir)
+    if is_run_dir(run_dir) or not run_dir.is_dir():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if not _is_headkit_file(p.name))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise HeadkitError(
+            f"{run_dir} is not empty and holds no headkit run (it has {shown}): "
+            "remove them or choose another directory"
+        )
+
+
 def check_new_run(run_dir: str | os.PathLike) -> None:
-    """Refuse to start a new run in a directory that already holds one."""
+    """Refuse to start a new run in a directory that already holds one, or holds other files."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise HeadkitError(f"{run_dir} exists and is not a directory")
@@ -122,6 +158,7 @@ def check_new_run(run_dir: str | os.PathLike) -> None:
         raise HeadkitError(
             f"{run_dir} already holds a run: resume it (resume=True / --resume) or choose another directory"
         )
+    check_no_foreign_files(run_dir)
 
 
 def existing_run(run_dir: str | os.PathLike, cfg: "TrainConfig", *, ignore: tuple[str, ...] = ("device",)) -> bool:
@@ -273,19 +310,40 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data["task"]["name"], str) or not isinstance(data["steps"], int):
             raise TypeError("not a training config")
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
     return data
 
 
 def last_metrics_row(run_dir: str | os.PathLike) -> dict[str, str] | None:
-    """The last row of ``metrics.csv`` as text fields (None without rows or file), read without pandas."""
+    """The last row of ``metrics.csv`` as text fields (None without rows or file), read without pandas.
+
+    A file that is not UTF-8 CSV, a row with more or fewer fields than the header, or a
+    last row without a step number is a `HeadkitError` naming the file and the line.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return None
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows[-1] if rows else None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise HeadkitError(f"{path} is corrupted: {exc}") from None
+    for line, row in rows:
+        if len(row) != len(header):
+            raise HeadkitError(
+                f"{path} is corrupted: line {line} has {len(row)} field{'s' * (len(row) != 1)} but its header has {len(header)}"
+            )
+    if not rows:
+        return None
+    last = dict(zip(header, rows[-1][1]))
+    try:
+        float(last["step"])
+    except (KeyError, ValueError):
+        raise HeadkitError(f"{path} is corrupted: line {rows[-1][0]} has no step number") from None
+    return last
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     try:
         data = json.loads(path.read_text())
         return TrainConfig.from_dict(data)
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
     except HeadkitError as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
@@ -296,6 +296,10 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
         raise HeadkitError(f"{path} is corrupted: columns {', '.join(missing)} are missing")
+    steps = pd.to_numeric(df["step"], errors="coerce")
+    if steps.isna().any():
+        row = int(steps.isna().to_numpy().argmax()) + 2  # 1-based, after the header
+        raise HeadkitError(f"{path} is corrupted: line {row} has no step number ({df['step'].iloc[row - 2]!r})")
     return df
 
 

@@ -44,9 +44,11 @@ written once the first update succeeded, so a failure before it leaves nothing
 to clean up), ``metrics.csv`` (rewritten atomically after every row) and
 ``checkpoints/step_NNNNNNN/`` (`headkit.checkpoints`, with optimizer and RNG
 state), written at ``checkpoint_steps`` and the final step. A process holds the
-run's lock (`headkit.runs.RunLock`) while it writes. ``resume=True`` continues
-from the newest valid checkpoint (from step 0 if there is none) and refuses a
-config that differs from ``run.json`` in anything but ``steps`` and ``device``.
+run's lock (`headkit.runs.RunLock`) while it writes. A new run goes only into an
+absent or empty directory. ``resume=True`` continues from the newest valid
+checkpoint (from step 0 if the run has none; refused, naming why, if it has
+checkpoints and none loads) and refuses a config that differs from ``run.json``
+in anything but ``steps`` and ``device``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_device, check_length
-from headkit.errors import HeadkitError, NonFiniteError, is_out_of_memory
+from headkit.errors import DiskFullError, HeadkitError, NonFiniteError, is_out_of_memory
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
@@ -296,12 +298,9 @@ def _resumed_state(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _St
             f"cannot resume {run_dir}: the config differs from its {RUN_FILE} in "
             f"{', '.join(differ)} (only steps may change)"
         )
-    ckpt = newest_valid_checkpoint(run_dir, device="cpu")
-    if ckpt is None:  # stopped before its first (valid) checkpoint: start again from step 0
-        if list_checkpoints(run_dir):
-            logger.warning("%s has no valid checkpoint: training from step 0", run_dir)
-        else:
-            logger.info("%s has no checkpoint yet: training from step 0", run_dir)
+    ckpt = newest_valid_checkpoint(run_dir, device="cpu")  # checkpoints none of which loads: refused, naming why
+    if ckpt is None:  # stopped before its first checkpoint: start again from step 0
+        logger.info("%s has no checkpoint yet: training from step 0", run_dir)
         return _fresh_state(cfg, device)
     if ckpt.step > cfg.steps:
         raise HeadkitError(
@@ -367,9 +366,11 @@ def train(
     Everything that can be wrong with the config or the directory is checked
     before the first update.
     """
-    from headkit.runs import RunLock, check_new_run, clean_temporaries
+    from headkit.runs import RunLock, check_new_run, check_no_foreign_files, clean_temporaries
 
     # 1. checks, before any work
+    if out_dir is not None and os.fspath(out_dir) == "":
+        raise HeadkitError("out_dir is empty: give the run directory (None to train without writing)")
     run_dir = None if out_dir is None else Path(out_dir)
     if resume and run_dir is None:
         raise HeadkitError("resume=True needs out_dir, the run directory to continue")
@@ -385,9 +386,12 @@ def train(
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
             stack.enter_context(RunLock(run_dir))
+            # under the lock (a writer in progress is named first), and before cleaning: a user's folder is never touched
+            if resume:
+                check_no_foreign_files(run_dir)
+            else:
+                check_new_run(run_dir)
             clean_temporaries(run_dir)
-            if not resume:
-                check_new_run(run_dir)  # under the lock: a writer in progress is named first
         stack.enter_context(torch.random.fork_rng(devices=devices))
         # 2. the model and optimizer: fresh, or from the newest valid checkpoint
         state = _resumed_state(cfg, run_dir, device) if resume else _fresh_state(cfg, device)
@@ -462,6 +466,9 @@ def _loop(  # long: the closures share the run's state (config written yet, prog
                 state.model.train()
             if is_checkpoint and run_dir is not None:
                 _save(cfg, run_dir, state, device)
+    except DiskFullError as error:  # metrics.csv or a checkpoint: what was written stays as it was
+        kept = "no checkpoint was written" if state.last_saved is None else f"the last checkpoint is step {state.last_saved}"
+        raise DiskFullError(f"{error}; training stopped at step {state.step}, {kept} (--resume continues from it)") from None
     finally:
         bar.close()
         state.model.eval()

@@ -102,6 +102,38 @@ def test_failed_write_leaves_old_checkpoint_and_no_partial_directory(tmp_path, m
     assert load_checkpoint(old, device="cpu").metrics == {"loss": 1.0}
 
 
+@pytest.mark.parametrize(
+    "failure,words",
+    [
+        (OSError(28, "No space left on device"), "the disk is full: could not write "),
+        (RuntimeError("basic_ios::clear: iostream error"), "the disk is probably full: could not write "),
+        (RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed"),
+         "the disk is probably full: could not write "),
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_the_old_checkpoint(tmp_path, monkeypatch, failure, words):
+    """Issue 18.11: torch.save on a full disk raised its "basic_ios::clear"; now a DiskFullError
+    names the checkpoint, and the checkpoint already there is untouched."""
+    from headkit.errors import DiskFullError
+
+    run = tmp_path / "run"
+    old = write(run, 100, seed=1, metrics={"loss": 1.0}, optimizer_state={"a": 1})
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+    def full(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(DiskFullError, match=words + r".*step_0000100 .*holding .*checkpoints\)?"):
+        write(run, 100, seed=2, optimizer_state={"a": 2})
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000100"]
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("some other bug")))
+    with pytest.raises(RuntimeError, match="some other bug"):  # not every RuntimeError is a full disk
+        write(run, 100, seed=2, optimizer_state={"a": 2})
+
+
 def test_failed_swap_restores_old_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     old = write(run, 100, seed=1, metrics={"loss": 1.0})

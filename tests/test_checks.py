@@ -272,6 +272,58 @@ def test_output_path_kinds(tmp_path):
         check_output_path(tmp_path, option="--target")
 
 
+def test_output_path_refuses_fifos_and_devices_but_writes_through_a_symlink(tmp_path):
+    """Issue 18.1: a target that exists and is not a regular file is refused (atomic_path would
+    replace it: as root, ``--out /dev/null`` replaced the system's file); a symlink to a
+    regular file is written through, its target replaced and the link kept."""
+    from headkit.io import write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(HeadkitError, match=r"--out .*pipe exists and is not a regular file \(a FIFO\)"):
+        check_output_path(fifo)
+    with pytest.raises(HeadkitError, match="is not a regular file"):
+        write_text(fifo, "x")  # the library's own write refuses it too
+    assert fifo.is_fifo()
+    link_to_fifo = tmp_path / "to-pipe.csv"
+    link_to_fifo.symlink_to(fifo)
+    with pytest.raises(HeadkitError, match=r"exists and is not a regular file \(a FIFO\)"):
+        check_output_path(link_to_fifo)
+
+    real = tmp_path / "data" / "real.csv"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    assert check_output_path(link) == link
+    write_text(link, "new\n")
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is kept...
+    assert real.read_text() == "new\n"  # ...and its target written
+    assert sorted(p.name for p in real.parent.iterdir()) == ["real.csv"]  # no temporary left
+
+
+def test_output_path_refuses_loops_dangling_links_trailing_slashes_and_empty_paths(tmp_path):
+    """Issue 18.10, 18.13, 18.2: ``--out x.csv/`` used to write ``x.csv``; a symlink loop gave a
+    traceback; ``--out ""`` meant the current directory."""
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    with pytest.raises(HeadkitError, match=r"--out .*loop\.csv is a symlink loop"):
+        check_output_path(loop)
+    with pytest.raises(HeadkitError, match="is a symlink loop"):
+        check_output_path(loop / "x.csv")
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "missing" / "x.csv")
+    with pytest.raises(HeadkitError, match=r"dangling\.csv is a symlink to .*missing/x\.csv, which does not exist"):
+        check_output_path(dangling)
+    with pytest.raises(HeadkitError, match=r"--out .*x\.csv/ ends with '/', which names a directory: give a file name"):
+        check_output_path(f"{tmp_path}/x.csv/")
+    assert check_output_path(f"{tmp_path}/run/", directory=True) == tmp_path / "run"  # a folder may end in '/'
+    for directory in (False, True):
+        with pytest.raises(HeadkitError, match="--out is empty: give a"):
+            check_output_path("", directory=directory)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.csv", "loop.csv"]
+
+
 def test_check_seed():
     from headkit.checks import SEED_MAX, check_seed
 

@@ -74,6 +74,85 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--n", "0"]) == 2
 
 
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_a_report_rerun_replaces_the_folder_whole_and_cleans_what_a_killed_one_left(number_run, tmp_path, monkeypatch, capsys):
+    """Issue 18.8: a rerun killed midway left new CSVs beside the old report.html and a hidden
+    temporary nothing removed. The report is built beside its folder and swapped in whole; a
+    killed writer's temporaries (its pid gone) are removed by the next report, a user's never."""
+    import headkit.report
+
+    out = tmp_path / "out"
+    assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 0
+    before = _files(out)
+
+    def killed(*args, **kwargs):  # the tables are written: the process dies before the page
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(headkit.report, "report_html", killed)
+        assert main(["report", str(number_run), "--out", str(out), *REPORT, "--seed", "1"]) == 130
+    assert _files(out) == before  # the old report, whole: no new table beside its page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    # what a kill -9 leaves: a half-built folder beside OUT, an old folder moved aside, a temp page inside OUT
+    from headkit.io import temp_prefix
+
+    dead = temp_prefix("out").replace(f"-{os.getpid()}-", f"-{_dead_pid()}-")
+    (tmp_path / f"{dead}abc123.tmp").mkdir()
+    (tmp_path / f"{dead}abc123.tmp" / "accuracy.csv").write_text("half")
+    (tmp_path / f"{dead}def456.old").mkdir()
+    (out / ".report.html.k2j3h4g5.tmp").write_text("a 4 MB page, half written")
+    alive = tmp_path / f"{temp_prefix('out')}ghi789.tmp"  # this process's own: still being written
+    alive.mkdir()
+    (tmp_path / ".notes.tmp").write_text("the user's")
+    assert main(["report", str(number_run), "--out", str(out), *REPORT, "--seed", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, ".notes.tmp", "out"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ablation.csv", "accuracy.csv", "dynamics.csv", "heads.csv", "report.html",
+    ]  # fmt: skip
+    assert _files(out) != before  # seed 1's report
+    capsys.readouterr()
+
+    # a folder of other files is never swapped away
+    (out / "my_notes.txt").write_text("mine")
+    assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files that are not a headkit report's (my_notes.txt)" in err, err
+
+
+def test_a_full_disk_during_a_report_is_one_line_naming_the_folder(number_run, tmp_path, monkeypatch, capsys):
+    """Issue 18.11: ``report --out`` on a full disk ended in an OSError 28 traceback."""
+    import errno
+
+    def full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    out = tmp_path / "out"
+    assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"headkit: error: the disk is full: could not write {out}/accuracy.csv" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_largest_documented_seed_works(number_run, tmp_path, capsys):
+    """Issue 18.14: ``--seed 18446744073709551615`` did all the work, then failed naming a seed one higher."""
+    assert main(["report", str(number_run), "--out", str(tmp_path / "out"), *REPORT, "--seed", str(2**64 - 1)]) == 0
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
 # --------------------------------------------------------------------------- a real browser
 
 def _load_cdp():

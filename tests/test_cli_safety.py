@@ -120,6 +120,24 @@ def test_out_in_a_file_is_refused(run, tmp_path):
     assert_refused(headkit("ablate", str(run), "--out", str(tmp_path / "file" / "x.csv")), "is a file, not a directory")
 
 
+@pytest.mark.parametrize("command", ["eval", "classify", "report"])
+def test_out_that_is_a_fifo_a_loop_or_ends_in_a_slash_is_refused_before_any_work(run, tmp_path, command):
+    """Issue 18.1, 18.10, 18.13: a FIFO (as /dev/null would be, as root) was replaced by a regular
+    file, ``x.csv/`` wrote ``x.csv``, a symlink loop gave a traceback. (The run's weights are
+    garbage: a refusal after loading would name them instead.)"""
+    fifo, loop = tmp_path / "pipe.csv", tmp_path / "loop.csv"
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    argv = [a.format(run=run) for a in COMMANDS.get(command, [command, "{run}"])]
+    if command != "report":  # a report's --out is a folder: a trailing '/' is fine there
+        assert_refused(headkit(*argv, "--out", f"{tmp_path}/x.csv/"), "ends with '/', which names a directory")
+        assert_refused(headkit(*argv, "--out", str(fifo)), "exists and is not a regular file (a FIFO)")
+    assert_refused(headkit(*argv, "--out", str(loop)), "is a symlink loop")
+    assert_refused(headkit(*argv, "--out", ""), "--out is empty")
+    assert fifo.is_fifo() and loop.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.csv", "pipe.csv"]
+
+
 def test_out_over_the_commands_input_is_refused(tmp_path):
     model = tmp_path / "gptj"
     model.mkdir()

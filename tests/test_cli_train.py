@@ -114,6 +114,44 @@ def exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
+def test_train_refuses_a_folder_of_the_users_files_and_an_empty_out(tmp_path, capsys, monkeypatch):
+    """Issue 18.2: ``train --out DIR`` overwrote the user's own metrics.csv; ``--out ""`` trained into
+    the current directory."""
+    (tmp_path / "metrics.csv").write_text("mine\n")
+    assert main([*TRAIN, "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, f"{tmp_path} is not empty and holds no headkit run (it has metrics.csv): remove them")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"] and (tmp_path / "metrics.csv").read_text() == "mine\n"
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main([*TRAIN, "--out", ""]) == 2
+    one_line_error(capsys, "--out is empty: give a directory path")
+    assert list(empty.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_file(copy_run, tmp_path, capsys, monkeypatch):
+    """Issue 18.11: ``eval --out`` on a full disk ended in an OSError 28 traceback."""
+    import errno
+
+    def full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    out = tmp_path / "acc.csv"
+    assert main(["eval", str(copy_run), "--lengths", "8", "--n", "4", "--out", str(out), "--no-progress"]) == 2
+    one_line_error(capsys, f"the disk is full: could not write {out} (the file system holding {tmp_path})")
+    assert list(tmp_path.iterdir()) == []
+    # a full disk met outside headkit's own writes: one line too
+    import headkit.runs
+
+    def stat_full(run):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "x"))
+
+    monkeypatch.setattr(headkit.runs, "run_status", stat_full)
+    assert main(["info", str(copy_run)]) == 2
+    one_line_error(capsys, f"the disk is full: could not write {copy_run / 'x'}")
+
+
 def test_corrupted_run_is_one_line_error(copy_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(copy_run, run)
@@ -124,6 +162,33 @@ def test_corrupted_run_is_one_line_error(copy_run, tmp_path, capsys):
     last.write_bytes(last.read_bytes()[:100])
     assert main(["eval", str(run), "--no-progress"]) == 2
     one_line_error(capsys, "is corrupted or truncated")
+
+
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("run.json", b"\xff\xfe{", "run.json is corrupted: 'utf-8' codec can't decode byte 0xff in position 0"),
+        ("metrics.csv", b"step,accuracy\n\xff\xfe\n", "metrics.csv is corrupted: 'utf-8' codec can't decode byte 0xff"),
+        ("metrics.csv", b"step,accuracy\n0,0.5\n2\n", "metrics.csv is corrupted: line 3 has 1 field but its header has 2"),
+        ("metrics.csv", b"step,accuracy\n0,0.5,7,8\n", "metrics.csv is corrupted: line 2 has 4 fields but its header has 2"),
+        ("metrics.csv", b"step,accuracy\nabc,0.5\n", "metrics.csv is corrupted: line 2 has no step number"),
+    ],
+)
+def test_a_run_file_that_is_not_utf8_or_has_a_malformed_row_is_one_line(copy_run, tmp_path, capsys, name, content, words):
+    """Issue 18.12: invalid UTF-8 or a malformed row in run.json / metrics.csv crashed info and eval."""
+    run = tmp_path / "copy"
+    shutil.copytree(copy_run, run)
+    (run / name).write_bytes(content)
+    assert main(["info", str(run)]) == 2
+    one_line_error(capsys, words)
+    if name == "run.json":  # eval reads run.json (the checkpoint's place in its run), not metrics.csv
+        assert main(["eval", str(run), "--lengths", "8", "--n", "4", "--no-progress"]) == 2
+        one_line_error(capsys, words)
+    else:
+        from headkit.errors import HeadkitError
+
+        with pytest.raises(HeadkitError, match=r"metrics\.csv is corrupted"):  # what --resume reads
+            read_metrics(run)
 
 
 def test_installed_script_reports_errors_in_one_line(tmp_path):

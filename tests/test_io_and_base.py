@@ -25,6 +25,65 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temp left behind
 
 
+def test_a_full_disk_is_a_headkit_error_naming_the_file(tmp_path, monkeypatch):
+    """Issue 18.11: OSError 28 from a write became a traceback; now one DiskFullError line
+    naming the file and its folder, the old file unchanged and no temporary left."""
+    import errno
+
+    from headkit.errors import DiskFullError
+
+    target = tmp_path / "table.csv"
+    write_csv(target, pd.DataFrame({"a": [1, 2]}))
+
+    def full(self, path, **kwargs):
+        with open(path, "w") as handle:
+            handle.write("a\n1")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    with pytest.raises(DiskFullError, match=rf"^the disk is full: could not write {target} \(the file system holding {tmp_path}\)"):
+        write_csv(target, pd.DataFrame({"a": [3]}))
+    assert target.read_text() == "a\n1\n2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_atomic_folder_swaps_whole_and_stale_temporaries_are_only_headkits(tmp_path):
+    """Issue 18.8: a folder is built beside its target and swapped in whole; a temporary whose
+    writer is gone is removed (a folder moved aside by a swap killed between its two renames is
+    put back first); a user's hidden file and a running writer's temporary are left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from headkit.io import atomic_folder, clean_stale_temporaries, temp_prefix
+
+    target = tmp_path / "report"
+    with atomic_folder(target) as folder:
+        (folder / "a.csv").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as folder:
+            (folder / "b.csv").write_text("2")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"] and [p.name for p in target.iterdir()] == ["a.csv"]
+    with atomic_folder(target) as folder:
+        (folder / "b.csv").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["b.csv"]  # replaced whole: a.csv is gone
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = temp_prefix("report").replace(f"-{os.getpid()}-", f"-{gone.pid}-")
+    aside = tmp_path / f"{dead}x1.old"
+    (aside / "report").mkdir(parents=True)
+    os.rename(target, aside / "report")  # killed after moving the old folder aside, before the new one came
+    (tmp_path / f"{dead}x2.tmp").write_text("half")
+    mine = [tmp_path / ".report.x3.tmp", tmp_path / f"{temp_prefix('report')}x4.tmp"]
+    for path in mine:
+        path.write_text("keep")
+    assert sorted(p.name for p in clean_stale_temporaries(tmp_path)) == [f"{dead}x1.old", f"{dead}x2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report", *(p.name for p in mine)])
+    assert (target / "b.csv").read_text() == "2"  # put back
+
+
 def test_write_json_creates_parents(tmp_path):
     path = write_json(tmp_path / "a" / "b.json", {"x": 1})
     assert path.read_text().strip().startswith("{")

@@ -199,6 +199,77 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
     assert read_metrics(tmp_path / "cut")["step"].tolist() == read_metrics(tmp_path / "straight")["step"].tolist()
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_never_goes_into_a_folder_of_other_files_or_an_empty_path(tmp_path, monkeypatch):
+    """Issue 18.2: a new run wrote its metrics.csv over a user's own in a folder holding no run,
+    and ``out_dir=""`` trained into the current directory."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("my own numbers\n")
+    (mine / ".notes.tmp").write_text("mine too: never cleaned as a temporary\n")
+    before = _files(mine)
+    for resume in (False, True):
+        with pytest.raises(HeadkitError, match=r"mine is not empty and holds no headkit run \(it has \.notes\.tmp, metrics\.csv\): remove them"):
+            train(tiny(), out_dir=mine, resume=resume, progress=False)
+    assert _files(mine) == before and sorted(p.name for p in mine.iterdir()) == [".notes.tmp", "metrics.csv"]
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(HeadkitError, match="out_dir is empty: give the run directory"):
+        train(tiny(), out_dir="", progress=False)
+    assert list(here.iterdir()) == []
+
+
+def test_resume_refuses_when_checkpoints_exist_but_none_loads(tmp_path):
+    """Issue 18.3: with every optimizer.pt deleted, --resume silently trained from step 0 over the run."""
+    cfg = tiny(steps=4, checkpoint_steps=(2,))
+    train(cfg, out_dir=tmp_path, progress=False)
+    for _, folder in list_checkpoints(tmp_path):
+        (folder / "optimizer.pt").unlink()
+    before = _files(tmp_path)
+    with pytest.raises(
+        HeadkitError,
+        match=r"^cannot resume .*: none of its 2 checkpoints can be used \(step 4: .*step_0000004/optimizer\.pt not found; "
+        r"step 2: .*step_0000002/optimizer\.pt not found\); nothing was changed",
+    ):
+        train(TrainConfig.from_dict({**cfg.to_dict(), "steps": 6}), out_dir=tmp_path, resume=True, progress=False)
+    assert _files(tmp_path) == before  # metrics.csv, run.json and the checkpoints untouched
+
+
+def test_a_full_disk_stops_training_in_one_line_and_resume_is_exact(tmp_path, monkeypatch):
+    """Issue 18.11: torch.save on a full disk raised "basic_ios::clear"; now one line naming the
+    checkpoint and the last good one, and resuming from it gives the uninterrupted run bit for bit."""
+    import headkit.checkpoints as ckpt
+    from headkit.errors import DiskFullError
+
+    cfg = tiny(steps=4, checkpoint_steps=(2,))
+    straight = train(cfg, out_dir=tmp_path / "straight", progress=False)
+    real_save = ckpt.torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "step_0000004" in str(f):
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real_save(obj, f, *args, **kwargs)
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt.torch, "save", save)
+        with pytest.raises(
+            DiskFullError,
+            match=r"^the disk is probably full: could not write .*cut/checkpoints/step_0000004 \(torch: basic_ios::clear: "
+            r"iostream error\).*; training stopped at step 4, the last checkpoint is step 2 \(--resume continues from it\)$",
+        ):
+            train(cfg, out_dir=cut, progress=False)
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step_0000002"]  # no half-written step 4
+    resumed = train(cfg, out_dir=cut, resume=True, progress=False)
+    for name, tensor in straight.hf_model.state_dict().items():
+        assert torch.equal(resumed.hf_model.state_dict()[name], tensor), name
+    assert read_metrics(cut).drop(columns="elapsed_s").equals(read_metrics(tmp_path / "straight").drop(columns="elapsed_s"))
+
+
 # --- silently wrong results -------------------------------------------------------------------
 
 

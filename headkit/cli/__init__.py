@@ -83,6 +83,15 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("headkit: interrupted\n")
         return 130
+    except OSError as exc:  # a full disk outside headkit.io's writes: one line too
+        from headkit.io import disk_full
+
+        full = disk_full(exc, exc.filename or "a file")
+        if full is None:
+            raise
+        if distributed.reports(full):
+            sys.stderr.write(f"headkit: error: {full}\n")
+        return EXIT_USAGE
     return int(result or 0)
 
 

@@ -2,7 +2,8 @@
 
 Loads the run's latest checkpoint (`headkit.checkpoints.load_checkpoint`) and
 writes ``OUT/report.html`` (default ``OUT = RUN_DIR/report``; for a checkpoint
-directory ``./report_<its name>``, never inside the checkpoint), a single
+directory ``./report_<its name>``, never inside the checkpoint; an existing OUT must
+hold a report or nothing: the new one, built beside it, replaces it whole), a single
 self-contained file (`headkit.report`): interactive plotly graphs and
 circuitsvis attention widgets embedded, plotly.js and the circuitsvis bundle
 inlined once, so it opens offline with nothing else. The tables behind the
@@ -32,7 +33,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headkit.checks import CHECKPOINT_FILE, check_output_path
+from headkit.checks import CHECKPOINT_FILE, SEED_MAX, check_output_path
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.runs import is_run_dir, resolve_checkpoint
@@ -64,7 +65,8 @@ def _report(args: argparse.Namespace) -> int:
     one_checkpoint = (run / CHECKPOINT_FILE).is_file() and not is_run_dir(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
     out = Path(args.out) if args.out is not None else (Path(f"report_{run.name}") if one_checkpoint else run / "report")
-    check_output_path(out, directory=True, inputs=[run])  # before any work: writable, not a run's own files
+    check_output_path(out if args.out is None else args.out, directory=True, inputs=[run])  # before any work: not "", writable, not a run's files
+    _check_report_folder(out)
     use_threads(args.threads)
     from headkit.checkpoints import load_checkpoint
 
@@ -74,6 +76,27 @@ def _report(args: argparse.Namespace) -> int:
     tables, sections, about = _analyses(args, ckpt, dynamics=not one_checkpoint)
     _write(args, out, tables, sections, about)
     return 0
+
+
+REPORT_ENTRIES = ("report.html", "accuracy.csv", "heads.csv", "dynamics.csv", "ablation.csv", "figures")
+
+
+def _is_report_entry(name: str) -> bool:
+    """A file a report folder holds: its own, or a temporary of one (``.report.html.XXXX.tmp``)."""
+    return name in REPORT_ENTRIES or (name.endswith(".tmp") and name.startswith(tuple(f".{e}." for e in REPORT_ENTRIES)))
+
+
+def _check_report_folder(out: Path) -> None:
+    """An existing ``--out`` must hold a report (or nothing): the new report replaces the folder whole."""
+    if not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir() if not _is_report_entry(p.name))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise HeadkitError(
+            f"--out {out} holds files that are not a headkit report's ({shown}): a report replaces its folder "
+            "whole, so choose an empty or new folder"
+        )
 
 
 def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[dict[str, pd.DataFrame], list[Section], str]:
@@ -108,7 +131,7 @@ def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[d
         )  # fmt: skip
         sections.append(build.dynamics_section(tables["dynamics"], about=f"{task.name} {model_description(model)}"))
     print("mean ablation per hop ...")
-    batch = task.build(args.eval_n, seed=args.seed + 1)
+    batch = task.build(args.eval_n, seed=(args.seed + 1) % (SEED_MAX + 1))  # the largest seed wraps to 0
     tables["ablation"] = ablation_sweep_by_hop(model, batch, method="mean", metric=metrics.accuracy(batch, per_example=True))
     sections.append(build.ablation_section(tables["ablation"], about=about, n_prompts=args.eval_n))
     print("activation patching ...")
@@ -118,20 +141,23 @@ def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[d
 
 
 def _write(args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame], sections: list[Section], about: str) -> None:
-    """The tables as CSV, the figures as PNG with ``--png``, then report.html; lists the files."""
-    from headkit.io import write_csv, write_text
+    """The tables as CSV, the figures as PNG with ``--png``, then report.html, built in a temporary
+    folder that then replaces ``out`` whole (`headkit.io.atomic_folder`); lists the files."""
+    from headkit.io import atomic_folder, write_csv, write_text
     from headkit.plots import write_figure
     from headkit.report import report_html
 
-    written = [write_csv(out / f"{name}.csv", table) for name, table in tables.items()]
-    if args.png:
-        plots = [f for s in sections for f in s.figures if hasattr(f, "write_image")]
-        for i, figure in enumerate(plots):
-            written += write_figure(figure, out / "figures" / f"figure_{i + 1}", png=True, plotlyjs="directory")
-        if not any(p.suffix == ".png" for p in written):
-            print("no PNG written: PNG export needs kaleido >= 1 and a Chromium (pip install -e '.[figures]')")
-    page = out / "report.html"
-    written.append(write_text(page, report_html(f"headkit report: {about}", sections, root=out)))
+    with atomic_folder(out) as folder:
+        written = [write_csv(folder / f"{name}.csv", table) for name, table in tables.items()]
+        if args.png:
+            plots = [f for s in sections for f in s.figures if hasattr(f, "write_image")]
+            for i, figure in enumerate(plots):
+                written += write_figure(figure, folder / "figures" / f"figure_{i + 1}", png=True, plotlyjs="directory")
+            if not any(p.suffix == ".png" for p in written):
+                print("no PNG written: PNG export needs kaleido >= 1 and a Chromium (pip install -e '.[figures]')")
+        page = folder / "report.html"
+        written.append(write_text(page, report_html(f"headkit report: {about}", sections, root=folder)))
+        written = [out / path.relative_to(folder) for path in written]
     print(f"wrote {len(written)} files to {out}:")
     for path in written:
         print(f"  {path}")

@@ -40,7 +40,10 @@ _OVERRIDES = {
 
 
 def _train(args: argparse.Namespace) -> int:
+    from headkit.runs import check_no_foreign_files
+
     check_output_path(args.out, directory=True)  # writable, not inside another run's files or a checkpoint
+    check_no_foreign_files(args.out)  # a folder of the user's own files, holding no run: never written into
     given: dict[str, Any] = {
         field: getattr(args, option) for option, field in _OVERRIDES.items() if getattr(args, option) is not None
     }
