@@ -195,7 +195,7 @@ def build_skeleton(hf_config: Any, weights: WeightFiles, directory: Path, n_laye
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
     prefix = getattr(model, "base_model_prefix", "") + "."
     params = dict(model.named_parameters(remove_duplicate=False))
     lookup = _stored_names(model, weights.names())
