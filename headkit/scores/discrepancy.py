@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_int, check_length, check_tokens
+from headkit.checks import Head, check_int, check_length, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.capture import capture, resolve_heads
 from headkit.tasks.base import TaskBatch
@@ -87,6 +87,7 @@ def discrepancy(
         over the prompts: PosSym-2026's Δ(n) is a maximum over inputs of length n,
         Thm 3.2; the mean is headkit's typical-input view).
     """
+    check_model(model)
     if not callable(getattr(task, "build", None)):
         raise HeadkitError(
             f"task must be a TaskSpec (with build(n, *, seed, length)), got {type(task).__name__}"

@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from headkit.checks import Head, check_int, check_tokens
+from headkit.checks import Head, check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
@@ -170,6 +170,7 @@ def rope_frequency_scores(model: HookedTransformer, tokens: Int[Tensor, "batch p
     ``positional_score, symbolic_score, signal, n_pairs, n_signal_pairs, finite,
     swap``. Average over prompts with `average_over_prompts`.
     """
+    check_model(model)
     names, membership, thetas = rotary_components(model)
     run = prepare_swaps(model, tokens, options)
     head_list, swap = run.heads, run.options.swap
