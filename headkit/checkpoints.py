@@ -22,8 +22,10 @@ killed process can leave a hidden ``.step_*.tmp-*`` directory, which
 `headkit.runs.clean_temporaries` removes when the run is next opened).
 
 Reading: `load_checkpoint` checks everything before it builds a model: the
-files exist, meta.json parses and names a valid `ModelConfig` and task (no
-unknown task parameter), config.json agrees with the model_config, every
+files exist (as regular files), meta.json parses and names a valid `ModelConfig`
+and task (no unknown task parameter), its sizes fit the weight file's header (layer
+count, largest dimension, the task's vocabulary within the model's: nothing is
+built of a hostile ``n_layers`` or ``max_pointer``), config.json agrees with the model_config, every
 file's sha256 matches the one recorded (this catches truncation and flipped
 bytes), the step agrees with the directory name and the task with the run's
 ``run.json``. The model is then loaded with `headkit.load_gptj`; a model with a

@@ -256,3 +256,11 @@ def test_auto_map_in_config_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(HeadkitError, match=r"config\.json has an auto_map \(AutoConfig\)"):
         load_pretrained(directory)
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_gpt_neo_attention_types_that_expand_to_a_billion_layers_are_refused(tmp_path):
+    directory = save(tiny_hf("gpt_neo"), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "attention_types": [[["global", "local"], 10**9]]}))
+    with pytest.raises(HeadkitError, match=r"attention_types \(expanded\)=2000000000 but the weight files \(model\.safetensors\) hold 2 blocks"):
+        load_pretrained(directory)

@@ -200,9 +200,19 @@ def check_sizes(
 
 
 def check_config_sizes(raw: Mapping[str, Any], path: Path, weights: WeightFiles) -> None:
-    """`check_sizes` of the sizes a Hugging Face ``config.json`` (read as ``raw``) declares."""
+    """`check_sizes` of the sizes a Hugging Face ``config.json`` (read as ``raw``) declares.
+
+    GPT-Neo's ``attention_types`` (``[[kinds, repeats], ...]``), which transformers
+    expands into one entry per layer, counts as a layer count too.
+    """
     layers, sizes = config_sizes(raw, path)
     check_sizes(path, weights, layers=layers, sizes=sizes)
+    types = raw.get("attention_types")
+    if isinstance(types, list):
+        repeats = [t[1] for t in types if isinstance(t, list) and len(t) == 2 and isinstance(t[1], int)]
+        kinds = [t[0] for t in types if isinstance(t, list) and len(t) == 2 and isinstance(t[0], list)]
+        expanded = sum(abs(r) * len(k) for r, k in zip(repeats, kinds))
+        check_sizes(path, weights, layers=("attention_types (expanded)", expanded), sizes={})
 
 
 # --- weight files, read one tensor at a time ----------------------------------------
