@@ -22,8 +22,10 @@ killed process can leave a hidden ``.step_*.tmp-*`` directory, which
 `headkit.runs.clean_temporaries` removes when the run is next opened).
 
 Reading: `load_checkpoint` checks everything before it builds a model: the
-files exist, meta.json parses and names a valid `ModelConfig` and task (no
-unknown task parameter), config.json agrees with the model_config, every
+files exist (as regular files), meta.json parses and names a valid `ModelConfig`
+and task (no unknown task parameter), its sizes fit the weight file's header (layer
+count, largest dimension, the task's vocabulary within the model's: nothing is
+built of a hostile ``n_layers`` or ``max_pointer``), config.json agrees with the model_config, every
 file's sha256 matches the one recorded (this catches truncation and flipped
 bytes), the step agrees with the directory name and the task with the run's
 ``run.json``. The model is then loaded with `headkit.load_gptj`; a model with a
@@ -304,9 +306,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _check_file(folder: Path, name: str, meta: dict[str, Any]) -> Path:
+    from headkit.loading.files import check_regular_file
+
     path = folder / name
-    if not path.is_file():
-        raise HeadkitError(f"{path} not found")
+    check_regular_file(path)  # "not found", or not a regular file (/dev/zero would be hashed forever)
     recorded = meta["sha256"].get(name) if isinstance(meta["sha256"], dict) else None
     if recorded is None:
         raise HeadkitError(f"{folder / META_FILE} records no sha256 for {name}")
@@ -316,6 +319,30 @@ def _check_file(folder: Path, name: str, meta: dict[str, Any]) -> Path:
             f"{path} is corrupted or truncated: sha256 {actual[:12]}... != recorded {recorded[:12]}..."
         )
     return path
+
+
+def _check_sizes(folder: Path, config: ModelConfig, task: TaskSpec | None) -> None:
+    """meta.json's sizes, bounded by the weight file's header before any model or prompt is built of them.
+
+    Its ``n_layers`` by the blocks ``model.safetensors`` holds, its other sizes by
+    the largest stored dimension (`headkit.loading.files.check_sizes`), and its
+    task's vocabulary by the model's: a ``max_pointer`` of 10**9 would build a
+    vocabulary of a billion tokens before any prompt met the model.
+    """
+    from headkit.loading.files import check_sizes, open_weight_files
+
+    meta_path = folder / META_FILE
+    sizes = {"d_model": config.d_model, "d_vocab": config.d_vocab, "n_heads": config.n_heads,
+             "d_head": config.d_head, "d_mlp": config.d_mlp, "rotary_dim": config.rotary_dim}  # fmt: skip
+    check_sizes(
+        meta_path, open_weight_files(folder), layers=("n_layers", config.n_layers),
+        sizes={name: value for name, value in sizes.items() if value is not None},
+    )  # fmt: skip
+    if task is not None and task.d_vocab > config.d_vocab:
+        raise HeadkitError(
+            f"{meta_path}: task {task.name} {task.params} has a vocabulary of {task.d_vocab} tokens but "
+            f"model_config's d_vocab is {config.d_vocab}: its prompts would hold tokens the model cannot read"
+        )
 
 
 def _check_config_json(folder: Path, config: ModelConfig) -> None:
@@ -426,6 +453,7 @@ def load_checkpoint(
         train_config = TrainConfig.from_dict(meta["train_config"]) if meta["train_config"] else None
     except (HeadkitError, KeyError, TypeError, ValueError) as error:
         raise HeadkitError(f"{meta_path} is invalid: {error}") from None
+    _check_sizes(folder, config, task)
     _check_place(folder, step, task)
 
     if legacy:
@@ -462,6 +490,7 @@ def load_hf_model(directory: str | os.PathLike, *, dropout: float, device: str |
     meta = _read_meta(folder)
     model_path = _check_file(folder, MODEL_FILE, meta)
     config = ModelConfig.from_dict(meta["model_config"])
+    _check_sizes(folder, config, None)
     model = build_hf_model(config, seed=0, dropout=dropout, device="cpu")
     model.load_state_dict(load_file(str(model_path)), strict=True)
     check_finite(model, what=f"checkpoint {folder}")

@@ -34,7 +34,33 @@ QKV = ("q", "k", "v")
 _NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit and int() also accept '²', '١'
 
 
+def check_model(model: Any, *, name: str = "model") -> None:
+    """Refuse what no analysis can run: a model that is not headkit's analysis model, or one without weights.
+
+    A Hugging Face model (``TrainResult.hf_model``, a ``GPTJForCausalLM``) has no
+    hooks; a model on the ``meta`` device has shapes but no values. Both are named
+    in one line, before any forward pass.
+    """
+    if not hasattr(model, "cfg"):  # HookedTransformer, TransformerBridge, headkit's own HFLogits view have one
+        kind = type(model).__name__
+        if hasattr(model, "config") and hasattr(model, "save_pretrained"):
+            raise HeadkitError(
+                f"{name} is a Hugging Face {kind}, not headkit's analysis model (a TransformerBridge or HookedTransformer): "
+                "pass TrainResult.model (not TrainResult.hf_model), load_checkpoint(...).model, load_pretrained(DIR), "
+                "or headkit.bridge.build.wrap(model)"
+            )
+        raise HeadkitError(f"{name} must be a TransformerBridge or HookedTransformer (headkit's analysis model), got {kind}")
+    parameters = getattr(model, "named_parameters", None)
+    meta = next((n for n, p in parameters() if p.is_meta), None) if callable(parameters) else None
+    if meta is not None:
+        raise HeadkitError(
+            f"{name} is on the meta device (tensor {meta} has a shape but no values): "
+            "load its weights (load_pretrained, load_checkpoint) before analysing it"
+        )
+
+
 def check_layer(model: Model, layer: int) -> int:
+    check_model(model)
     n = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise HeadkitError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
@@ -214,6 +240,7 @@ def check_tokens(model: Model, tokens: Tensor, *, name: str = "tokens") -> Tenso
     """
     from torch import Tensor
 
+    check_model(model)
     if not isinstance(tokens, Tensor):
         raise HeadkitError(f"{name} must be a torch tensor of token ids, got {type(tokens).__name__}")
     if tokens.ndim != 2:

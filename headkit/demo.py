@@ -237,7 +237,9 @@ def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     from headkit.gptj_hf import HFLogits
     from headkit.runs import resolve_checkpoint
 
-    hf = GPTJForCausalLM.from_pretrained(resolve_checkpoint(run_dir), attn_implementation="sdpa")
+    hf = GPTJForCausalLM.from_pretrained(
+        resolve_checkpoint(run_dir), attn_implementation="sdpa", trust_remote_code=False
+    )
     if longest > hf.config.n_positions:
         return model
     return HFLogits(hf.to(model.cfg.device).eval())

@@ -52,7 +52,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from headkit.model_types import Model
 
-from headkit.checks import check_finite, check_int, check_length
+from headkit.checks import check_finite, check_int, check_length, check_model
 from headkit.errors import HeadkitError
 from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, check_memory
 from headkit.tasks.params import EXTENDS, require_choice
@@ -226,6 +226,7 @@ def evaluate(
     row per (length, hop) and one ``hop="all"`` row per length, with the columns
     ``task, extend, length, added, hop, n, accuracy`` (module docstring).
     """
+    check_model(model)
     check_int("n", n)  # prompts per length
     check_int("batch_size", batch_size)
     require_choice("extend", extend, EXTENDS)

@@ -57,6 +57,7 @@ from headkit.errors import HeadkitError
 from headkit.loading.build import LoadOptions, Weights, build_model
 from headkit.loading.files import (
     WeightFiles,
+    check_config_sizes,
     open_weight_files,
     read_hf_config,
     resolve_checkpoint_dir,
@@ -108,7 +109,7 @@ def _hf_config(directory: Path) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        return AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as error:
         raise HeadkitError(f"{directory / 'config.json'} is not a valid config: {error}") from None
 
@@ -130,7 +131,7 @@ def tl_config(directory: Path, hf_config: Any, options: LoadOptions, *, model_na
         try:
             cfg = get_pretrained_model_config(
                 str(neutral), fold_ln=options.fold_ln, device=options.device, n_devices=options.n_devices,
-                dtype=options.dtype, local_files_only=True,
+                dtype=options.dtype, local_files_only=True, trust_remote_code=False,
             )
         except Exception as error:  # TL's mapping reads fields the config lacks
             raise HeadkitError(
@@ -194,7 +195,7 @@ def build_skeleton(hf_config: Any, weights: WeightFiles, directory: Path, n_laye
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
     prefix = getattr(model, "base_model_prefix", "") + "."
     params = dict(model.named_parameters(remove_duplicate=False))
     lookup = _stored_names(model, weights.names())
@@ -213,6 +214,7 @@ def build_skeleton(hf_config: Any, weights: WeightFiles, directory: Path, n_laye
                 f"{weights.file(found)}: tensor {found} has shape {weights.shape(found)}, "
                 f"config.json implies {tuple(p.shape)}"
             )
+        weights.check_dtype(found)
         stored[name] = found
     return Skeleton(model=model, stored=stored, layers=_decoder_layers(model, n_layers))
 
@@ -373,12 +375,14 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> HookedTransforme
     """
     checked = LoadOptions.of("load_pretrained", options)
     directory = resolve_checkpoint_dir(name_or_dir)
-    architecture = architecture_of(read_hf_config(directory), directory / "config.json")
+    raw = read_hf_config(directory)
+    architecture = architecture_of(raw, directory / "config.json")
     if architecture == "GPTJForCausalLM":
         return gptj_from_directory(directory, checked, model_name=directory.name)
 
-    hf_config = _hf_config(directory)
     weights = open_weight_files(directory)
+    check_config_sizes(raw, directory / "config.json", weights)  # before transformers builds anything of them
+    hf_config = _hf_config(directory)
     cfg = tl_config(directory, hf_config, checked, model_name=Path(str(name_or_dir)).name)
     skeleton = build_skeleton(hf_config, weights, directory, cfg.n_layers)
     parts = partial(converted_components, skeleton, directory, weights, cfg, checked)  # given the expected tensors

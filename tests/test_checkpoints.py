@@ -21,7 +21,7 @@ from headkit.models import ModelConfig, model_from_config
 from headkit.tasks.base import TaskSpec
 
 CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
-TASK = TaskSpec("number", {"target_window": 8, "max_hops": 4})
+TASK = TaskSpec("number", {"target_window": 8, "max_hops": 4, "n_letters": 24})  # d_vocab 24 + 16 = CONFIG.d_vocab
 
 
 def model(seed: int = 0):
@@ -263,3 +263,60 @@ def test_hooked_transformer_that_is_not_a_gptj_is_refused(tmp_path):
         m.blocks[1].ln2.w.mul_(2)
     with pytest.raises(HeadkitError, match=r"blocks\.1\.ln2\.w differs from ln1\.w"):
         save_checkpoint(tmp_path / "c", m, model_config=CONFIG, step=0)
+
+
+# --- issue 18: sizes bounded by the weight headers, special files ----------------------
+
+
+def rewrite_meta(path: Path, **changes) -> None:
+    """Change meta.json (and config.json to agree, with its recorded sha256), as a hostile file would."""
+    meta = json.loads((path / "meta.json").read_text())
+    for key, value in changes.items():
+        section, field = key.split("__")
+        target = meta[section] if section == "model_config" else meta[section]["params"]
+        target[field] = value
+    if "model_config__n_layers" in changes:
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "n_layer": changes["model_config__n_layers"]}))
+        meta["sha256"]["config.json"] = ckpt._sha256(path / "config.json")
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["format2", "format1"])
+def test_a_billion_layers_in_meta_json_is_refused_from_the_weight_header(tmp_path, legacy):
+    path = write(tmp_path, 1)
+    if legacy:  # a format-1 checkpoint: HookedTransformer names, no config.json
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model().state_dict().items()}, str(path / "model.safetensors"))
+        meta = json.loads((path / "meta.json").read_text())
+        meta |= {"format": 1, "sha256": {"model.safetensors": ckpt._sha256(path / "model.safetensors")}}
+        (path / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(path, model_config__n_layers=10**9)
+    message = r"meta\.json: n_layers=1000000000 but the weight files \(model\.safetensors\) hold 2 blocks"
+    with pytest.raises(HeadkitError, match=message):
+        load_checkpoint(path, device="cpu")
+    with pytest.raises(HeadkitError, match=message):
+        ckpt.load_hf_model(path, dropout=0.0)
+
+
+def test_a_billion_token_task_in_meta_json_is_refused_before_any_prompt(tmp_path):
+    path = write(tmp_path, 1, task=TASK)
+    rewrite_meta(path, task__max_pointer=10**9)
+    with pytest.raises(HeadkitError, match=r"meta\.json: task number .*'max_pointer': 1000000000.* has a vocabulary of "
+                       r"1000000024 tokens but model_config's d_vocab is 40"):
+        load_checkpoint(path, device="cpu")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_weight_file_that_is_a_device_is_not_reported_missing(tmp_path, special):
+    import os
+
+    path = write(tmp_path, 1)
+    (path / "model.safetensors").unlink()
+    if special == "fifo":
+        os.mkfifo(path / "model.safetensors")
+    else:
+        (path / "model.safetensors").symlink_to(special)
+    with pytest.raises(HeadkitError, match=r"model\.safetensors is not a regular file \(a (character device|FIFO)\)"):
+        load_checkpoint(path, device="cpu")

@@ -346,3 +346,56 @@ def test_check_bool_takes_true_and_false_only() -> None:
     for bad in (1, 0, "yes", None):
         with pytest.raises(HeadkitError, match=rf"flag={bad!r} must be True or False"):
             check_bool("flag", bad)
+
+
+# --- issue 18: a model no analysis can run ----------------------------------------------
+
+
+def _not_analysable():
+    """TrainResult.hf_model's kind (a Hugging Face GPT-J) and a HookedTransformer on the meta device."""
+    from transformer_lens import HookedTransformer
+
+    from headkit.gptj_hf import build_hf_model
+    from headkit.models import ModelConfig, gptj_config
+
+    config = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64)
+    with torch.device("meta"):
+        meta = HookedTransformer(gptj_config(config, seed=None), move_to_device=False)
+    return {"hf_model": build_hf_model(config, seed=0, dropout=0.0, device="cpu"), "meta": meta}
+
+
+MODEL_PROBLEMS = {
+    "hf_model": r"model is a Hugging Face GPTJForCausalLM, not headkit's analysis model .*not TrainResult\.hf_model",
+    "meta": r"model is on the meta device \(tensor embed\.W_E has a shape but no values\)",
+}
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    ["activation_patching", "ablate", "head_census", "evaluate", "previous_token_scores", "discrepancy",
+     "rope_frequency_scores", "ablation_sweep", "induction_scores", "copying_scores", "composition_scores"],
+)  # fmt: skip
+def test_hf_model_and_meta_model_are_refused_by_name(analysis):
+    """Each was an AttributeError ('no attribute cfg') or torch's 'Cannot copy out of meta tensor'."""
+    import headkit as hk
+    from headkit.tasks import TaskSpec
+
+    task = TaskSpec("number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 34, "max_pointer": 6})
+    batch = task.build(2, seed=0)
+    metric = lambda logits: logits[:, -1, 0].mean()  # noqa: E731
+    calls = {
+        "activation_patching": lambda m: hk.activation_patching(m, batch.tokens, batch.tokens.flip(0), metric),
+        "ablate": lambda m: hk.ablate(m, batch.tokens, [(0, 0)]),
+        "head_census": lambda m: hk.head_census(m, batch.tokens),
+        "evaluate": lambda m: hk.evaluate(m, task),
+        "previous_token_scores": lambda m: hk.previous_token_scores(m, batch.tokens),
+        "discrepancy": lambda m: hk.discrepancy(m, task, lengths=[task.length]),
+        "rope_frequency_scores": lambda m: hk.rope_frequency_scores(m, batch.tokens),
+        "ablation_sweep": lambda m: hk.ablation_sweep(m, batch),
+        "induction_scores": lambda m: hk.induction_scores(m),
+        "copying_scores": lambda m: hk.copying_scores(m),
+        "composition_scores": lambda m: hk.composition_scores(m),
+    }
+    for kind, model in _not_analysable().items():
+        with pytest.raises(HeadkitError, match=MODEL_PROBLEMS[kind]):
+            calls[analysis](model)

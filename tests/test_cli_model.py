@@ -127,3 +127,38 @@ def test_model_whose_activations_are_not_finite_is_refused(tmp_path, capsys, key
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "of layer 0 is not finite" in err, err
         assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
+def test_remote_code_never_runs_even_when_stdin_says_yes(tmp_path, name):
+    """An auto_map names Python in the model directory; `echo y | headkit classify` once ran it (issue 18)."""
+    import json
+
+    directory = tmp_path / "m"
+    tokenizer = word_tokenizer()
+    T.AutoModelForCausalLM.from_config(
+        T.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    ).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    marker = tmp_path / "MARKER"
+    (directory / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import GPT2Config, PreTrainedTokenizerFast\n"
+        "class EvilConfig(GPT2Config):\n    model_type = 'evil'\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )  # fmt: skip
+    config = json.loads((directory / name).read_text())
+    unknown = {"model_type": "evil"} if name == "config.json" else {"tokenizer_class": "EvilTokenizer"}
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    (directory / name).write_text(json.dumps({**config, **unknown, "auto_map": auto_map}))
+    script = Path(sys.executable).with_name("headkit")
+    done = subprocess.run(
+        [str(script), "classify", "--model", str(directory), "--device", "cpu", "--n-prompts", "2",
+         "--out", str(tmp_path / "c.csv")],
+        input="y\n" * 4, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert not marker.exists(), "the model directory's Python ran"
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and f"{directory / name} has an auto_map (AutoConfig, AutoTokenizer)" in done.stderr
+    assert "[y/N]" not in done.stdout + done.stderr and not (tmp_path / "c.csv").exists()

@@ -163,7 +163,7 @@ def test_config_disagreeing_with_weights_is_one_line(tmp_path):
     assert "\n" not in message
     assert "tensor model.layers.0.mlp.gate_proj.weight has shape (64, 32), config.json implies (48, 32)" in message
     (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
-    with pytest.raises(HeadkitError, match=r"the weights lack tensor model\.layers\.2\.") as error:
+    with pytest.raises(HeadkitError, match=r"num_hidden_layers=3 but the weight files \(model\.safetensors\) hold 2 blocks") as error:
         load_pretrained(directory)
     assert "\n" not in str(error.value)
 
@@ -195,3 +195,72 @@ def test_tokenizer_in_the_directory_is_attached(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<s>").save_pretrained(directory)
     model = load_pretrained(directory)
     assert model.to_tokens("w3 w5").tolist() == [[0, 3, 5]]
+
+
+# --- issue 18: memory bombs, integer weights, remote code, negative sizes ------------
+
+LAYER_FIELD = {"gpt2": "n_layer", "gptj": "n_layer", "llama": "num_hidden_layers"}
+
+
+@pytest.mark.parametrize(
+    "loader, kind", [(load_pretrained, "gpt2"), (load_pretrained, "llama"), (load_pretrained, "gptj"), (load_gptj, "gptj")]
+)
+def test_a_billion_layers_is_refused_from_the_weight_headers(tmp_path, kind, loader):
+    """config.json's layer count is checked against the blocks the weight files hold before anything is built."""
+    directory = save(tiny_hf(kind), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    field = LAYER_FIELD[kind]
+    (directory / "config.json").write_text(json.dumps({**config, field: 10**9}))
+    with pytest.raises(HeadkitError, match=rf"config\.json: {field}=1000000000 but the weight files \(model\.safetensors\) hold 2 blocks"):
+        loader(directory)
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "intermediate_size", "vocab_size"])
+def test_a_size_larger_than_every_stored_tensor_is_refused(tmp_path, field):
+    directory = save(tiny_hf("llama"), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, field: 10**9}))
+    with pytest.raises(HeadkitError, match=rf"{field}=1000000000 but no tensor in the weight files \(model\.safetensors\) has a dimension that large"):
+        load_pretrained(directory)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gptj", "llama"])
+def test_a_negative_hidden_size_is_named(tmp_path, kind):
+    directory = save(tiny_hf(kind), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    field = "hidden_size" if kind == "llama" else "n_embd"
+    (directory / "config.json").write_text(json.dumps({**config, field: -32}))
+    with pytest.raises(HeadkitError, match=rf"config\.json: {field}=-32 is out of range: allowed 1 or more"):
+        load_pretrained(directory)
+
+
+@pytest.mark.parametrize("loader, kind", [(load_pretrained, "llama"), (load_gptj, "gptj")])
+def test_integer_weights_are_refused_before_loading(tmp_path, loader, kind):
+    """An I32 tensor holding a float tensor's bytes would load as values near 1e9."""
+    from safetensors.torch import load_file, save_file
+
+    directory = save(tiny_hf(kind), tmp_path)
+    state = load_file(directory / "model.safetensors")
+    name = next(n for n in state if ".1." in n and state[n].dim() == 2)
+    state[name] = state[name].view(torch.int32)
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HeadkitError, match=rf"tensor {name} is stored as I32: model weights must be floating point"):
+        loader(directory)
+
+
+def test_auto_map_in_config_is_refused_and_nothing_runs(tmp_path):
+    directory = save(tiny_hf("gpt2"), tmp_path)
+    (directory / "evil.py").write_text(f"open({str(tmp_path / 'MARKER')!r}, 'w').write('ran')\n")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": "evil", "auto_map": {"AutoConfig": "evil.C"}}))
+    with pytest.raises(HeadkitError, match=r"config\.json has an auto_map \(AutoConfig\)"):
+        load_pretrained(directory)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_gpt_neo_attention_types_that_expand_to_a_billion_layers_are_refused(tmp_path):
+    directory = save(tiny_hf("gpt_neo"), tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "attention_types": [[["global", "local"], 10**9]]}))
+    with pytest.raises(HeadkitError, match=r"attention_types \(expanded\)=2000000000 but the weight files \(model\.safetensors\) hold 2 blocks"):
+        load_pretrained(directory)

@@ -66,6 +66,7 @@ from headkit.checks import (
     check_finite,
     check_heads,
     check_layer,
+    check_model,
     check_optional_int,
     check_position,
     check_seed,
@@ -318,6 +319,7 @@ def ablation_sweep(
     forward pass (heads of a layer run stacked, see `sweep_patches`). Columns: see
     the module docstring; one row per head, or one row for the set.
     """
+    check_model(model)
     metric = metric if metric is not None else default_metric(batch, per_example=False)
     evaluate = scalar_metric(metric, where="ablation_sweep metric")
     baseline, rows = _sweep(

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
+from headkit.checks import check_model
 from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # only the types: the command line imports this module cheaply
@@ -145,6 +146,7 @@ def available_sites(model: Model) -> list[str]:
 
 def check_site(model: Model, site: str) -> Site:
     """The `Site` called ``site``; unknown or absent in this model is an error listing the allowed."""
+    check_model(model)
     allowed = ", ".join(available_sites(model))
     missing = missing_sites(model)
     if site in missing:

@@ -55,6 +55,7 @@ from headkit.errors import HeadkitError
 from headkit.loading.build import LoadOptions, Processing, Weights, build_model
 from headkit.loading.files import (
     WeightFiles,
+    check_config_sizes,
     open_weight_files,
     read_hf_config,
     resolve_checkpoint_dir,
@@ -200,6 +201,7 @@ def check_weights(weights: WeightFiles, shapes: GPTJShapes, directory: Path) -> 
                 f"{weights.file(stored)}: tensor {stored} has shape {weights.shape(stored)}, "
                 f"config.json implies {shape}"
             )
+        weights.check_dtype(stored)
     return aliases
 
 
@@ -284,6 +286,7 @@ def gptj_from_directory(directory: Path, options: LoadOptions, *, model_name: st
     """`load_gptj` of a resolved checkpoint directory with checked options."""
     shapes = read_gptj_config(directory)
     weights = open_weight_files(directory)
+    check_config_sizes(read_hf_config(directory), directory / "config.json", weights)  # before any per-layer list
     aliases = check_weights(weights, shapes, directory)
     tokenizer = saved_tokenizer(directory)
     cfg = hooked_config(shapes, options, model_name=model_name)

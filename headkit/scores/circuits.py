@@ -42,6 +42,7 @@ from jaxtyping import Float
 from torch import Tensor
 from headkit.model_types import Model
 
+from headkit.checks import check_model
 from headkit.errors import HeadkitError
 
 COPYING_COLUMNS = ["layer", "head", "copying_score"]
@@ -54,6 +55,7 @@ Factors = tuple[
 
 def _weights_dtype(model: Model) -> torch.dtype:
     """Compute in float32 at least (bf16/fp16 weights are upcast), float64 stays."""
+    check_model(model)  # the weights scores read: a model with real ones
     return torch.promote_types(model.cfg.dtype, torch.float32)
 
 
@@ -112,6 +114,7 @@ def composition_scores(model: Model, *, kind: str = "k") -> pd.DataFrame:
     with one row per pair with ``source_layer < target_layer`` (heads in the same
     or a later layer cannot compose; TransformerLens reports 0 for them).
     """
+    check_model(model)
     if kind not in TARGET_CIRCUITS:
         raise HeadkitError(f"composition kind {kind!r} is not known: allowed {', '.join(TARGET_CIRCUITS)}")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

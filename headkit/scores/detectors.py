@@ -43,7 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from headkit.model_types import Model
 
-from headkit.checks import check_int, check_tokens
+from headkit.checks import check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.capture import capture, resolve_heads
 
@@ -283,6 +283,7 @@ def induction_scores(
     to fit a small vocabulary or context: `default_half_length`). Returns ``layer,
     head, induction_score, is_induction`` with ``is_induction = induction_score > threshold``.
     """
+    check_model(model)
     if not 0.0 <= threshold <= 1.0:
         raise HeadkitError(f"threshold={threshold} is out of range: allowed 0..1")
     check_int("batch_size", batch_size)

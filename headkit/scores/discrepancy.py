@@ -29,7 +29,7 @@ from torch import Tensor
 from headkit.model_types import Model
 from headkit.bridge.probe import require
 
-from headkit.checks import Head, check_int, check_length, check_tokens
+from headkit.checks import Head, check_int, check_length, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.scores.capture import capture, resolve_heads
 from headkit.tasks.base import TaskBatch
@@ -88,6 +88,7 @@ def discrepancy(
         over the prompts: PosSym-2026's Δ(n) is a maximum over inputs of length n,
         Thm 3.2; the mean is headkit's typical-input view).
     """
+    check_model(model)
     require(model, "discrepancy")  # a bridge must hold pre-softmax scores in hook_attn_scores
     if not callable(getattr(task, "build", None)):
         raise HeadkitError(

@@ -42,7 +42,7 @@ from torch import Tensor
 from headkit.model_types import Model, attn_scale
 from headkit.bridge.probe import require
 
-from headkit.checks import Head, check_int, check_tokens
+from headkit.checks import Head, check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
@@ -173,6 +173,7 @@ def rope_frequency_scores(model: Model, tokens: Int[Tensor, "batch pos"], **opti
     ``positional_score, symbolic_score, signal, n_pairs, n_signal_pairs, finite,
     swap``. Average over prompts with `average_over_prompts`.
     """
+    check_model(model)
     names, membership, thetas = rotary_components(model)
     run = prepare_swaps(model, tokens, options)
     head_list, swap = run.heads, run.options.swap
