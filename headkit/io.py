@@ -272,6 +272,8 @@ def read_json(path: str | os.PathLike, *, missing: str) -> Any:
     or not valid JSON (``{path} is not valid JSON: ...``)."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # /dev/zero, a FIFO, a directory: reading one would hang or never end
+            raise HeadkitError(f"{path} is not a regular file: a JSON file must be one")
         raise HeadkitError(f"{path} not found: {missing}")
     try:
         return json.loads(path.read_text())

@@ -183,3 +183,19 @@ def test_read_json_and_stored_fields_name_the_problem(tmp_path):
         stored_fields(ModelConfig, {"size": 1, "n_layers": 2, "colour": 0}, what="model config")
     with pytest.raises(HeadkitError, match="model config must be a JSON object, got list"):
         stored_fields(ModelConfig, [1], what="model config")
+
+
+def test_read_json_names_a_special_file_instead_of_calling_it_missing(tmp_path):
+    """/dev/zero or a FIFO as config.json was reported "not found" (issue 18 #14)."""
+    import os
+
+    from headkit.errors import HeadkitError
+    from headkit.io import read_json
+
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero", tmp_path):
+        with pytest.raises(HeadkitError, match=r"is not a regular file: a JSON file must be one"):
+            read_json(path, missing="give a model directory")
+    with pytest.raises(HeadkitError, match=r"not found: give a model directory"):
+        read_json(tmp_path / "absent.json", missing="give a model directory")
