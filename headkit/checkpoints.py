@@ -55,7 +55,7 @@ from transformers import GPTJForCausalLM
 
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
-from headkit.io import disk_full, honour_umask, read_json
+from headkit.io import disk_full, honour_umask, read_json, swap_folder
 from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
 # run-directory layout (torch-free, for `headkit info`): re-exported here
 from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
@@ -201,24 +201,6 @@ def _write_into(
     _fsync(folder)
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is replaced only after the swap."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.rename(target, old / target.name)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old / target.name, target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    _fsync(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_types(**values: tuple[Any, type, bool]) -> None:
     """Each ``name=(value, expected type, None allowed)`` checked; else a HeadkitError naming it."""
     for name, (value, kind, optional) in values.items():
@@ -281,7 +263,7 @@ def save_checkpoint(
         extra = {OPTIMIZER_FILE: optimizer_state, RNG_FILE: rng_state}
         _write_into(tmp, state, _hf_config_json(model_config, dropout), meta, extra)
         honour_umask(tmp)  # mkdtemp makes it 0700, safetensors its file 0600
-        _swap_into_place(tmp, target)
+        swap_folder(tmp, target)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         full = disk_full(error, target)  # ENOSPC, or torch.save's "basic_ios::clear"

@@ -105,7 +105,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         honour_umask(tmp)  # mkdtemp makes it 0700
-        _swap_folder(tmp, target)
+        swap_folder(tmp, target)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         full = error if isinstance(error, DiskFullError) else disk_full(error, target)
@@ -114,8 +114,12 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _swap_folder(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+def swap_folder(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed after.
+
+    The parent directory is synced after the rename, so the swap survives a crash.
+    Shared by `atomic_folder` (reports) and `headkit.checkpoints` (checkpoint folders).
+    """
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".old"))
@@ -127,6 +131,11 @@ def _swap_folder(tmp: Path, target: Path) -> None:
             os.rename(old / target.name, target)
             shutil.rmtree(old, ignore_errors=True)
         raise
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -20,7 +20,7 @@ What this module decides for every command:
   refused at once, naming the holder's pid. The kernel drops an ``fcntl`` lock
   when its process dies, so a lock file left by a killed process is stale and is
   simply taken over (logged); a clean exit removes the file.
-- `clean_temporaries`: hidden ``.step_*.tmp-*`` / ``.old-*`` directories and
+- `clean_temporaries`: hidden ``.step_*.tmp-*`` / ``.old-*`` / ``.step_*.headkit-*`` directories and
   ``.*.tmp`` files that a killed process left behind, removed on the next open
   (only under the lock, so never another writer's files in flight).
 - `newest_valid_checkpoint`: the newest checkpoint that loads (a truncated latest
@@ -192,7 +192,9 @@ def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
             continue
         for path in folder.iterdir():
             name = path.name
-            stale_dir = path.is_dir() and name.startswith(".step_") and (".tmp-" in name or ".old-" in name)
+            stale_dir = path.is_dir() and name.startswith(".step_") and any(
+                mark in name for mark in (".tmp-", ".old-", ".headkit-")  # the last: io.swap_folder's aside copy
+            )
             stale_file = path.is_file() and name.startswith(".") and name.endswith(".tmp")
             if stale_dir:
                 shutil.rmtree(path, ignore_errors=True)
