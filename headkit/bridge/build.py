@@ -87,13 +87,17 @@ def boot(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: s
     """A local Hugging Face directory as a bridge: ``from_pretrained`` offline, then `wrap`.
 
     Nothing is fetched (``local_files_only``) and no code from the directory runs
-    (``trust_remote_code=False``).
+    (``trust_remote_code=False``; a config with an ``auto_map`` is refused). Before
+    transformers builds anything, the config's sizes are checked against the weight
+    files' headers (`headkit.loading.files`), as `load_pretrained` does.
     """
     from transformers import AutoModelForCausalLM
 
+    from headkit.loading.files import check_config_sizes, open_weight_files, read_hf_config
+
     path = Path(directory)
-    if not (path / "config.json").is_file():
-        raise HeadkitError(f"{path} has no config.json: not a Hugging Face model directory")
+    raw = read_hf_config(path)  # refuses a missing config, an auto_map, non-positive sizes
+    check_config_sizes(raw, path / "config.json", open_weight_files(path))
     hf_model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, trust_remote_code=False, torch_dtype=dtype
     )

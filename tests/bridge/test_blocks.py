@@ -84,3 +84,24 @@ def test_require_names_the_architecture_and_the_hook():
     with pytest.raises(HeadkitError, match=r"rotary needs hook_rot_q/hook_rot_k .*GPTNeoXForCausalLM"):
         require(neox, "rotary")
     require(wrap(build("gptj")), "rotary")
+
+
+def test_boot_loads_a_directory_offline_and_keeps_issue_18s_checks(tmp_path):
+    """`boot` = from_pretrained (local, no remote code) + wrap; an auto_map and a config whose
+    sizes the weights do not hold are refused before transformers builds anything."""
+    import json
+
+    from headkit.bridge.build import boot
+
+    hf = build("llama")
+    hf.save_pretrained(tmp_path / "m")
+    tokens = torch.randint(0, VOCAB, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(boot(tmp_path / "m")(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "evil.Config"}}))
+    with pytest.raises(HeadkitError, match="has an auto_map"):
+        boot(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
+    with pytest.raises(HeadkitError, match="num_hidden_layers=1000000000 but the weight files"):
+        boot(tmp_path / "m")
