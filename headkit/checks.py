@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
     from torch import Tensor
+
     from headkit.model_types import Model
 
 from headkit.errors import HeadkitError, NonFiniteError

@@ -38,8 +38,8 @@ from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # the heavy modules load when the demo runs
     import pandas as pd
-    from headkit.model_types import Model
 
+    from headkit.model_types import Model
     from headkit.training import TrainConfig
 
 logger = logging.getLogger(__name__)

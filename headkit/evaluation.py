@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from headkit.model_types import Model
 
 from headkit.checks import check_finite, check_int, check_length, check_model
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, check_memory
 from headkit.tasks.params import EXTENDS, require_choice
 from headkit.tasks.registry import TaskSpec

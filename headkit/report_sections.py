@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # heavy modules load when a section is built
     import pandas as pd
-    from headkit.model_types import Model
 
+    from headkit.model_types import Model
     from headkit.report import Section
     from headkit.tasks.base import TaskBatch
 

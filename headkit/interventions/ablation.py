@@ -59,7 +59,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.checks import (
     Head,
@@ -76,6 +75,7 @@ from headkit.errors import HeadkitError
 from headkit.interventions.engine import sweep_patches
 from headkit.interventions.metrics import Metric, check_scalar, default_metric, scalar_metric
 from headkit.interventions.sites import ABLATION_METHODS, DEFAULT_ABLATION_METHOD, Patch, hook_name
+from headkit.model_types import Model
 from headkit.tasks.base import TaskBatch, make_generator
 
 logger = logging.getLogger(__name__)

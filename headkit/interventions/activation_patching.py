@@ -64,9 +64,8 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from headkit.model_types import Model
-from headkit.bridge.probe import require
 
+from headkit.bridge.probe import require
 from headkit.checks import check_heads, check_layer, check_optional_int, check_token_pair
 from headkit.errors import HeadkitError
 from headkit.interventions import sites
@@ -87,6 +86,7 @@ from headkit.interventions.sites import (  # noqa: F401  (re-exported: the sites
     check_site,
     site_heads,
 )
+from headkit.model_types import Model
 
 COLUMNS = ("layer", "head", "position", "value", "normalised")
 T = TypeVar("T")

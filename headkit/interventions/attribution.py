@@ -38,13 +38,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from headkit.model_types import Model
 from transformer_lens.hook_points import HookPoint
 
 from headkit.checks import check_finite, check_token_pair
 from headkit.errors import HeadkitError
 from headkit.interventions import sites
 from headkit.interventions.metrics import Metric, run_value
+from headkit.model_types import Model
 
 # site -> (hook name inside blocks.{layer}.attn, axis of head_index in that activation): the
 # head sites of headkit.interventions.sites

@@ -46,13 +46,12 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from headkit.model_types import Model
 from transformer_lens.hook_points import HookPoint
 
 from headkit.checks import (
     FINAL,
-    HeadInput,
     Head,
+    HeadInput,
     Receiver,
     check_heads,
     check_optional_int,
@@ -63,8 +62,10 @@ from headkit.checks import (
 from headkit.errors import HeadkitError
 from headkit.interventions import engine
 from headkit.interventions.engine import Restart
-from headkit.interventions.metrics import Metric, normalise as normalise_values, run_value, scalar_metric
+from headkit.interventions.metrics import Metric, run_value, scalar_metric
+from headkit.interventions.metrics import normalise as normalise_values
 from headkit.interventions.sites import QKV, SITES, hook_name, site_heads
+from headkit.model_types import Model
 
 # receiver kind -> its hook's name inside blocks.{layer}.attn (hook_q, hook_k, hook_v)
 QKV_HOOKS: dict[str, str] = {kind: SITES[kind].hook.removeprefix("attn.") for kind in QKV}

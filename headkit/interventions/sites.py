@@ -39,6 +39,7 @@ from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:  # only the types: the command line imports this module cheaply
     from torch import Tensor
+
     from headkit.model_types import Model
 
 ALL = -1  # the head of a layer site, the position column of an all-position patch

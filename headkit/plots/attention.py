@@ -19,11 +19,11 @@ import torch
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Int
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.checks import check_int, check_layer, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
+from headkit.model_types import Model
 from headkit.tasks.base import TaskBatch
 
 

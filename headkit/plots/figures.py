@@ -15,9 +15,9 @@ import math
 
 import pandas as pd
 import plotly.graph_objects as go
-from headkit.model_types import Model
 
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 
 LABEL_COLOURS = {
     "positional": "#1f77b4",

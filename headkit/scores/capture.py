@@ -38,12 +38,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from headkit.bridge.blocks import BlockInputs, run_blocks
-from headkit.model_types import Model
 
+from headkit.bridge.blocks import BlockInputs, run_blocks
 from headkit.checks import Head, check_finite, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
+from headkit.model_types import Model
 
 # what can be captured -> the site (`headkit.interventions.sites.hook_name`) of block l's
 # attention that holds it, [batch, head_index, query_pos, key_pos]

@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Int
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.checks import check_tokens
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.scores.circuits import TARGET_CIRCUITS, composition_scores, copying_scores
 from headkit.scores.detectors import (
     DETECTION_PATTERNS,

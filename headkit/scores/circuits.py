@@ -40,10 +40,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.checks import check_model
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 
 COPYING_COLUMNS = ["layer", "head", "copying_score"]
 COMPOSITION_COLUMNS = ["source_layer", "source_head", "target_layer", "target_head", "kind", "score"]

@@ -41,10 +41,10 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.checks import check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.scores.capture import capture, resolve_heads
 
 DETECTOR_COLUMNS = ["layer", "head", "detector", "score"]

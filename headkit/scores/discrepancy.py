@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from headkit.model_types import Model
-from headkit.bridge.probe import require
 
+from headkit.bridge.probe import require
 from headkit.checks import Head, check_int, check_length, check_model, check_tokens
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.scores.capture import capture, resolve_heads
 from headkit.tasks.base import TaskBatch
 

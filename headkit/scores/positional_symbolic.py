@@ -52,13 +52,12 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from headkit.model_types import Model
 
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.scores.capture import head_reader
 from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
 from headkit.scores.swap_plan import prepare_swaps
-
 
 SCORE_COLUMNS = ["prompt", "layer", "head", "query_pos", *METRIC_COLUMNS]
 PAPER_GAMMAS = (0.1, 0.05)  # PosSym-2026 reports pure heads at these gammas

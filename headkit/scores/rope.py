@@ -39,12 +39,12 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from headkit.model_types import Model, attn_scale
-from headkit.bridge.probe import require
 
+from headkit.bridge.probe import require
 from headkit.checks import Head, check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
+from headkit.model_types import Model, attn_scale
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
 from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
 from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, prepare_swaps

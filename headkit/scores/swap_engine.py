@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from headkit.model_types import Model
 
-from headkit.distributed import map_cells
 from headkit.bridge.blocks import recorded_inputs
+from headkit.distributed import map_cells
+from headkit.model_types import Model
 from headkit.scores.capture import RowReader, block_rows, model_rows
 from headkit.scores.swap_plan import (  # noqa: F401  (re-exported: the engine's former home of the plans)
     RELATIVE_POSITION_TYPES,

@@ -14,9 +14,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from headkit.bridge.probe import require
-from headkit.model_types import Model
 
+from headkit.bridge.probe import require
 from headkit.checks import (
     Head,
     check_bool,
@@ -28,6 +27,7 @@ from headkit.checks import (
     check_tokens,
 )
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.scores.capture import resolve_heads, resolve_query_positions
 
 SWAP_MODES = ("residual", "tokens")
