@@ -25,11 +25,7 @@ import torch
 from torch import Tensor
 
 from headkit.errors import HeadkitError
-
-
-def is_bridge(model: Any) -> bool:
-    """Whether ``model`` is a TransformerLens `TransformerBridge` (else a HookedTransformer)."""
-    return hasattr(model, "original_model") or type(model).__name__ == "TransformerBridge"
+from headkit.model_types import is_bridge
 
 
 @dataclass

@@ -23,14 +23,16 @@ model itself, with two short random prompts, before an analysis trusts it:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from headkit.bridge.blocks import is_bridge, record_block_inputs, run_blocks
+from headkit.bridge.blocks import record_block_inputs, run_blocks
 from headkit.errors import HeadkitError
+from headkit.model_types import is_bridge
 
 TOLERANCE = 1e-4  # relative: float32 reruns of the same arithmetic agree far closer
 
@@ -122,15 +124,14 @@ def probe(model: Any, *, n_pos: int = 8) -> Faithfulness:
     return Faithfulness(architecture_of(model), pattern_fires, pre_softmax, rotary, pattern_edits, block_alone)
 
 
-_PROBED: dict[int, Faithfulness] = {}
+_PROBED: weakref.WeakKeyDictionary[Any, Faithfulness] = weakref.WeakKeyDictionary()
 
 
 def faithfulness(model: Any) -> Faithfulness:
-    """`probe`'s verdict for ``model``, probed once per model object."""
-    key = id(model)
-    if key not in _PROBED or _PROBED[key].architecture != architecture_of(model):
-        _PROBED[key] = probe(model)
-    return _PROBED[key]
+    """`probe`'s verdict for ``model``, probed once per model object (forgotten with the model)."""
+    if model not in _PROBED:
+        _PROBED[model] = probe(model)
+    return _PROBED[model]
 
 
 def require(model: Any, analysis: str) -> None:
