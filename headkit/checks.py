@@ -461,3 +461,9 @@ def _check_writable(folder: Path, where: str) -> None:
         raise HeadkitError(f"{where}: cannot write in {existing} ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def some_names(names: Sequence[str], *, shown: int = 3) -> str:
+    """The first ``shown`` names for a message, then how many more: ``a, b, c and 4 more``."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

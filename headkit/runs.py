@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headkit.checks import check_int
+from headkit.checks import check_int, some_names
 from headkit.errors import HeadkitError
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def check_no_foreign_files(run_dir: str | os.PathLike) -> None:
         return
     others = sorted(p.name for p in run_dir.iterdir() if not _is_headkit_file(p.name))
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        shown = some_names(others)
         raise HeadkitError(
             f"{run_dir} is not empty and holds no headkit run (it has {shown}): "
             "remove them or choose another directory"

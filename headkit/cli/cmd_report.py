@@ -33,7 +33,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headkit.checks import CHECKPOINT_FILE, SEED_MAX, check_output_path
+from headkit.checks import CHECKPOINT_FILE, SEED_MAX, check_output_path, some_names
 from headkit.cli import args as types
 from headkit.errors import HeadkitError
 from headkit.runs import is_run_dir, resolve_checkpoint
@@ -92,7 +92,7 @@ def _check_report_folder(out: Path) -> None:
         return
     others = sorted(p.name for p in out.iterdir() if not _is_report_entry(p.name))
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        shown = some_names(others)
         raise HeadkitError(
             f"--out {out} holds files that are not a headkit report's ({shown}): a report replaces its folder "
             "whole, so choose an empty or new folder"

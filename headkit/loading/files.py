@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from headkit.checks import check_int
+from headkit.checks import check_int, some_names
 from headkit.errors import HeadkitError
 from headkit.io import read_json
 
@@ -257,7 +257,7 @@ class WeightFiles:
     def described(self) -> str:
         """The weight files by name, for messages."""
         names = sorted({p.name for p in self._location.values()})
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") if names else "none"
+        return some_names(names) if names else "none"
 
     def block_count(self) -> int:
         """How many numbered blocks the tensor names hold (``model.layers.{i}.``, ``transformer.h.{i}.``).
