@@ -34,10 +34,14 @@ from transformers.models.gptj import modeling_gptj
 
 
 def _sin_cos(positions: Tensor, rotary_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """GPT-J's rotary angles at ``positions`` ([batch, pos] or [1, pos]): sin and cos, [., pos, rotary_dim / 2]."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=positions.device) / rotary_dim))
-    angles = positions.float()[..., None] * inv_freq  # [batch, pos, rotary_dim / 2]
-    return torch.sin(angles).to(dtype), torch.cos(angles).to(dtype)
+    """GPT-J's rotary sin and cos at ``positions`` ([batch, pos] or [1, pos]), each [., pos, rotary_dim / 2].
+
+    Read from Hugging Face's own table (``create_sinusoidal_positions``: sin then cos per
+    position), sized to the largest position asked for, so no context limit applies.
+    """
+    table = modeling_gptj.create_sinusoidal_positions(int(positions.max()) + 1, rotary_dim)  # [n, rotary_dim]
+    sincos = table.to(positions.device)[positions].to(dtype)  # [., pos, rotary_dim]
+    return sincos[..., : rotary_dim // 2], sincos[..., rotary_dim // 2 :]
 
 
 def _rotate(x: Tensor, sin: Tensor, cos: Tensor, rotary_dim: int) -> Tensor:

@@ -2,8 +2,9 @@
 
 A bridge block is Hugging Face's block: it takes the hidden state *and* what the
 model computes once before its first block (rotary embeddings, the causal mask,
-ALiBi biases, position ids). Given rotary embeddings but no mask it runs silently
-non-causal; ``blocks[l](resid)`` alone fails. `record_block_inputs` records, in one
+ALiBi biases, position ids); which of them it needs, and what it does without one,
+differs by architecture and transformers release (TransformerLens 4.3's check of
+the bridge found blocks given rotary embeddings but no mask running non-causal). `record_block_inputs` records, in one
 ordinary forward, the arguments the model hands each block; `run_blocks` replays
 them with another hidden state, so a block run alone gets exactly what the full
 forward gave it, for every architecture, with no per-architecture code. On a
