@@ -11,7 +11,8 @@ Layout of a run and of one checkpoint (see `headkit.runs` for the run)::
         rng.pt              optional, the RNG state (dropout) at that step, for exact resume
 
 So a checkpoint opens in any Hugging Face tool (``GPTJForCausalLM.from_pretrained``),
-and headkit opens it through `headkit.load_gptj` as a HookedTransformer.
+and headkit opens it as Hugging Face's model wrapped in TransformerLens's
+`TransformerBridge` (`headkit.bridge.build.wrap`).
 
 Writing: everything goes into a hidden temporary sibling directory, each file
 and the directory are fsynced, and only then is the directory renamed into
@@ -28,10 +29,12 @@ count, largest dimension, the task's vocabulary within the model's: nothing is
 built of a hostile ``n_layers`` or ``max_pointer``), config.json agrees with the model_config, every
 file's sha256 matches the one recorded (this catches truncation and flipped
 bytes), the step agrees with the directory name and the task with the run's
-``run.json``. The model is then loaded with `headkit.load_gptj`; a model with a
-non-finite weight is refused, naming the tensor. Checkpoints of format 1
-(headkit before the Hugging Face backend: a HookedTransformer state dict, no
-config.json) are still read.
+``run.json``. The model is then loaded with ``GPTJForCausalLM.from_pretrained``
+(offline, no remote code) and wrapped; a model with a non-finite weight is
+refused, naming the tensor. Checkpoints of format 1 (headkit before the Hugging
+Face backend: a HookedTransformer state dict, no config.json) are still read: as a
+HookedTransformer on TransformerLens 3.x, and on 4.x as the GPT-J they convert to
+(refused, naming the tensor, where a GPT-J cannot hold them).
 """
 
 from __future__ import annotations
@@ -50,13 +53,13 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.io import disk_full, honour_umask, read_json, swap_folder
-from headkit.models import DTYPES, ModelConfig, gptj_config, model_from_config, resolve_dtype
+from headkit.model_types import Model, has_hooked_transformer, is_bridge, is_hooked
+from headkit.models import DTYPES, ModelConfig, gptj_config, resolve_dtype, synthetic
 # run-directory layout (torch-free, for `headkit info`): re-exported here
 from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
 from headkit.tasks.registry import TaskSpec
@@ -79,7 +82,7 @@ class Checkpoint:
     """A checkpoint as loaded: the model plus everything recorded with it."""
 
     path: Path  # the checkpoint directory
-    model: HookedTransformer  # loaded through headkit.load_gptj, in eval mode
+    model: Model  # a TransformerBridge of the Hugging Face GPT-J, in eval mode
     model_config: ModelConfig
     step: int  # training step at which it was written
     task: TaskSpec | None  # the task trained on, to build fresh prompts
@@ -126,8 +129,10 @@ def _dtype_name(dtypes: set[torch.dtype]) -> str:
     return names[0]
 
 
-def _check_model_matches(model: HookedTransformer, config: ModelConfig) -> str:
-    """Refuse a model whose state dict is not the one ``config`` builds; return its dtype name."""
+def _check_model_matches(model: Model, config: ModelConfig) -> str:
+    """Refuse a HookedTransformer whose state dict is not the one ``config`` builds; return its dtype name."""
+    from transformer_lens import HookedTransformer  # only reached with a HookedTransformer (TransformerLens 3.x)
+
     with torch.device("meta"):
         expected = HookedTransformer(gptj_config(config, seed=None), move_to_device=False).state_dict()
     actual = model.state_dict()
@@ -211,7 +216,7 @@ def _check_types(**values: tuple[Any, type, bool]) -> None:
 
 def save_checkpoint(
     directory: str | os.PathLike,
-    model: GPTJForCausalLM | HookedTransformer,
+    model: GPTJForCausalLM | Model,
     *,
     model_config: ModelConfig,
     step: int,
@@ -223,26 +228,32 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` and its metadata atomically into ``directory``; return it.
 
-    ``model`` is the `GPTJForCausalLM` training trains, or a HookedTransformer
-    that is a GPT-J (converted with `headkit.gptj_hf.hf_state_from_hooked`).
+    ``model`` is the `GPTJForCausalLM` training trains, a `TransformerBridge` of
+    one (what `load_checkpoint` returns), or (TransformerLens 3.x) a
+    HookedTransformer that is a GPT-J (converted with `headkit.gptj_hf.hf_state_from_tl`).
     ``directory`` is usually ``checkpoint_dir(run_dir, step)``. An existing
     checkpoint there is replaced. Task parameters that JSON cannot hold are
     stored as strings.
     """
     from headkit import __version__
-    from headkit.gptj_hf import hf_state, hf_state_from_hooked
+    from headkit.gptj_hf import hf_state, hf_state_from_tl
 
     _check_types(model_config=(model_config, ModelConfig, False), task=(task, TaskSpec, True),
                  train_config=(train_config, TrainConfig, True))  # fmt: skip
 
+    if is_bridge(model) and isinstance(getattr(model, "original_model", None), GPTJForCausalLM):
+        model = model.original_model  # the bridge runs this module in place: its weights are the model's
     if isinstance(model, GPTJForCausalLM):
         dtype = _check_hf_matches(model, model_config)
         state, dropout = hf_state(model), float(model.config.resid_pdrop)
-    elif isinstance(model, HookedTransformer):
+    elif is_hooked(model):
         dtype = _check_model_matches(model, model_config)
-        state, dropout = hf_state_from_hooked(model, model_config), 0.0
+        state, dropout = hf_state_from_tl(model.state_dict(), model_config), 0.0
     else:
-        raise HeadkitError(f"model must be a GPTJForCausalLM or a HookedTransformer, got {type(model).__name__}")
+        raise HeadkitError(
+            "model must be a GPTJForCausalLM, a TransformerBridge of one, or a HookedTransformer, "
+            f"got {type(model).__name__}"
+        )
     meta = {
         "format": FORMAT_VERSION,
         "headkit_version": __version__,
@@ -349,28 +360,36 @@ def check_finite(model: torch.nn.Module, *, what: str) -> None:
             raise HeadkitError(f"{what}: tensor {name} has {bad} non-finite value(s) (NaN or inf)")
 
 
-def _hooked_from_hf_dir(folder: Path, config: ModelConfig, dtype: torch.dtype, device) -> HookedTransformer:
-    """The HookedTransformer of a Hugging Face checkpoint directory, via `headkit.load_gptj`."""
-    from headkit.loading import load_gptj
+def _model_from_hf_dir(folder: Path, dtype: torch.dtype, device) -> Model:
+    """The Hugging Face GPT-J of a checked checkpoint directory, wrapped (`headkit.bridge.build.wrap`).
 
-    loaded = load_gptj(folder, dtype=dtype, device=device)
-    loaded.cfg.default_prepend_bos = False  # synthetic tasks have no BOS (as headkit.models)
-    if not config.attn_only:
-        return loaded
-    # GPT-J always has an MLP; an attn_only model's is zero and frozen (headkit.gptj_hf): drop it.
-    model = model_from_config(config, dtype=dtype, device=loaded.cfg.device)
-    state = {k: v for k, v in loaded.state_dict().items() if k in model.state_dict()}
-    model.load_state_dict(state, strict=True)
-    return model
+    Offline and without remote code; an ``attn_only`` model keeps its zero, one-unit
+    MLPs (`headkit.gptj_hf`), which add exactly nothing.
+    """
+    from headkit.bridge.build import from_pretrained, wrap
+
+    hf_model = from_pretrained(GPTJForCausalLM, folder, dtype=dtype)
+    if device is not None:
+        hf_model.to(device)
+    return synthetic(wrap(hf_model, model_name=folder.name))
 
 
-def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: torch.dtype, device) -> HookedTransformer:
-    """A format-1 checkpoint (a HookedTransformer state dict)."""
+def _read_legacy(model_path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(str(model_path))
+        return load_file(str(model_path))
     except Exception as error:
         raise HeadkitError(f"{model_path} is not a readable safetensors file: {error}") from None
-    model = model_from_config(config, dtype=dtype, device=device)
+
+
+def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: torch.dtype, device) -> Model:
+    """A format-1 checkpoint (a HookedTransformer state dict): a HookedTransformer on
+    TransformerLens 3.x (as it was written); on 4.x the GPT-J it converts to, wrapped."""
+    state = _read_legacy(model_path)
+    if not has_hooked_transformer():
+        return _legacy_as_gptj(model_path, state, config, dtype, device)
+    from transformer_lens import HookedTransformer
+
+    model = HookedTransformer(gptj_config(config, seed=None, dtype=dtype, device=device))
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
@@ -385,6 +404,28 @@ def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: to
         raise HeadkitError(f"{model_path} holds tensors the model_config has no place for: {', '.join(extra[:3])}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _legacy_as_gptj(model_path: Path, state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype, device) -> Model:
+    """TransformerLens 4.x: a format-1 state dict as the Hugging Face GPT-J it describes, wrapped."""
+    from headkit.bridge.build import wrap
+    from headkit.gptj_hf import build_hf_model, hf_state_from_tl
+
+    try:
+        hf_state = hf_state_from_tl(state, config)
+    except KeyError as error:
+        raise HeadkitError(f"{model_path} lacks tensor {error.args[0]} (format 1)") from None
+    except HeadkitError as error:
+        raise HeadkitError(
+            f"{model_path} (format 1) holds a model a GPT-J cannot hold ({error}); it loads as a "
+            "HookedTransformer with TransformerLens 3.x"
+        ) from None
+    hf_model = build_hf_model(config, seed=0, device="cpu")
+    try:
+        hf_model.load_state_dict(hf_state, strict=True)
+    except RuntimeError as error:
+        raise HeadkitError(f"{model_path} (format 1) does not fit its model_config: {error}") from None
+    return synthetic(wrap(hf_model.to(dtype=dtype, device=device or "cpu")))
 
 
 def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
@@ -442,7 +483,7 @@ def load_checkpoint(
         model = _legacy_model(folder, model_path, config, dtype, device)
     else:
         _check_config_json(folder, config)
-        model = _hooked_from_hf_dir(folder, config, dtype, device)
+        model = _model_from_hf_dir(folder, dtype, device)
     check_finite(model, what=f"checkpoint {folder}")
     model.eval()
 

@@ -2,8 +2,8 @@
 
 PosSym-2026 trained Hugging Face's GPT-J from scratch (with dropout 0.1, which
 TransformerLens cannot apply); headkit trains the same class (`headkit.training`)
-and analyses it as a HookedTransformer loaded through `headkit.load_gptj`
-(`headkit.checkpoints`). This module holds the three conversions that needs:
+and analyses that same module wrapped in TransformerLens's `TransformerBridge`
+(`headkit.bridge.build.wrap`; `headkit.checkpoints`). This module holds what that needs:
 
 - `hf_config`: `ModelConfig` (+ dropout) -> `GPTJConfig`, with the attention
   kernel (`ATTN_IMPLEMENTATION`, PyTorch's scaled-dot-product attention, which
@@ -12,20 +12,24 @@ and analyses it as a HookedTransformer loaded through `headkit.load_gptj`
   normal(0, 0.02), as in the paper's code). GPT-J always has an MLP; for an
   ``attn_only`` config its MLP is one unit wide, zero and frozen, so it adds exactly
   nothing, and loading drops it again (`headkit.checkpoints`).
-- `hf_state_from_hooked`: a HookedTransformer's weights in Hugging Face names, for a
-  model that is a GPT-J (Q/K/V/O biases zero, ``ln2 == ln1``); anything else is refused.
+- `hf_state`: the weights to save, in Hugging Face's names, of the model or of a
+  bridge wrapping it (the bridge nests each module as ``_original_component``).
+- `hf_state_from_tl`: a state dict in HookedTransformer's names (a user's
+  HookedTransformer on TransformerLens 3.x, or a format-1 checkpoint) in Hugging Face
+  names, for a model that is a GPT-J (Q/K/V/O biases zero, ``ln2 == ln1``); anything
+  else is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from types import SimpleNamespace
 from typing import Literal
 
 import einops
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
@@ -93,18 +97,31 @@ def build_hf_model(
     return model.to(device)
 
 
+_WRAPPED = re.compile(r"\._original_component(?=\.)|^_original_component\.")
+
+
 def hf_state(model: GPTJForCausalLM) -> dict[str, Tensor]:
-    """The weights to save (persistent tensors, on CPU, contiguous)."""
-    return {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    """The weights to save (persistent tensors, on CPU, contiguous), in Hugging Face's names.
+
+    ``model`` may have been wrapped by a `TransformerBridge` (which nests each of its
+    modules as ``_original_component`` and adds aliases of the same tensors): the
+    names are those of an unwrapped `GPTJForCausalLM` of the same config.
+    """
+    with torch.device("meta"):
+        expected = GPTJForCausalLM(model.config).state_dict().keys()
+    found = {_WRAPPED.sub("", name): t for name, t in model.state_dict().items()}
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise HeadkitError(f"model lacks {', '.join(missing[:3])}: it is not the GPT-J its config describes")
+    return {name: found[name].detach().to("cpu").contiguous() for name in expected}
 
 
-def hf_state_from_hooked(model: HookedTransformer, cfg: ModelConfig) -> dict[str, Tensor]:
-    """A GPT-J-shaped HookedTransformer's weights in Hugging Face names and layouts.
+def hf_state_from_tl(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """A GPT-J-shaped state dict in HookedTransformer's names, in Hugging Face names and layouts.
 
     Refuses a model that a GPT-J cannot hold: non-zero Q/K/V/O biases or
     ``ln2`` different from ``ln1`` (GPT-J has one LayerNorm per block).
     """
-    sd = model.state_dict()
     out: dict[str, Tensor] = {"transformer.wte.weight": sd["embed.W_E"]}
     d_mlp = _ATTN_ONLY_MLP if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
     for layer in range(cfg.n_layers):

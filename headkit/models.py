@@ -1,26 +1,35 @@
-"""GPT-J-style HookedTransformers built from a few sizes.
+"""GPT-J-style models built from a few sizes, as the analyses see them.
 
 GPT-J (Wang & Komatsuzaki 2021) is the architecture of the positional-vs-symbolic
 papers: rotary position embeddings applied to adjacent pairs of each query/key
 head dimension (``rotate_every_two``), attention and MLP computed in parallel
 from one LayerNorm of the residual, ``gelu_new``, no biases on Q/K/V/O, a biased
-unembedding. `gptj_config` turns a small `ModelConfig` into TransformerLens's
-`HookedTransformerConfig` with exactly those choices, and `gptj_model` builds the
-model, seeded, so that the same sizes and seed give the same weights.
+unembedding. `model_from_config` (and `gptj_model`) build Hugging Face's
+`GPTJForCausalLM` of a small `ModelConfig` — the class training trains, seeded,
+Hugging Face's own initialisation (`headkit.gptj_hf.build_hf_model`) — and wrap it
+in TransformerLens's `TransformerBridge` with headkit's GPT-J attention
+(`headkit.bridge.build.wrap`), so the same sizes and seed give the same weights on
+TransformerLens 3.9 and 4.x. `gptj_config` (TransformerLens 3.x only) is the
+`HookedTransformerConfig` of the same architecture, for comparisons with a
+HookedTransformer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.checks import check_int, check_length, check_optional_int
 from headkit.errors import HeadkitError
 from headkit.io import stored_fields
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headkit.model_types import Model
 
 # Default context (GPT-J's n_positions): the rotary tables of a default model cover
 # PosSym-2026's longest usual test (17 + 996 added tokens) and more. They hold no
@@ -100,8 +109,19 @@ def gptj_config(
     seed: int | None = 0,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "float32",
-) -> HookedTransformerConfig:
-    """The TransformerLens config of a GPT-J-style model with the sizes in ``cfg``."""
+) -> Any:
+    """The `HookedTransformerConfig` of a GPT-J-style model with the sizes in ``cfg``.
+
+    TransformerLens 3.x only (4.0 removed HookedTransformer): for comparing headkit's
+    bridge with a HookedTransformer of the same architecture.
+    """
+    from headkit.model_types import has_hooked_transformer
+
+    if not has_hooked_transformer():
+        raise HeadkitError("gptj_config builds a HookedTransformerConfig, which TransformerLens 4 removed: "
+                           "use model_from_config (a TransformerBridge)")
+    from transformer_lens import HookedTransformerConfig
+
     head = cfg.head_dim
     return HookedTransformerConfig(
         n_layers=cfg.n_layers,
@@ -143,11 +163,11 @@ def gptj_model(
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "float32",
-) -> HookedTransformer:
-    """A freshly initialised GPT-J-style HookedTransformer.
+) -> TransformerBridge:
+    """A freshly initialised GPT-J-style model (`model_from_config` of these sizes).
 
-    The same sizes and ``seed`` give the same weights (TransformerLens seeds its
-    initialisation from ``cfg.seed``). ``attn_only=True`` drops the MLPs.
+    The same sizes and ``seed`` give the same weights. ``attn_only=True``: the MLPs
+    add nothing (zero and frozen, `headkit.gptj_hf`).
     """
     sizes = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx)
     cfg = ModelConfig(**sizes, rotary_dim=rotary_dim, d_mlp=d_mlp, d_head=d_head, attn_only=attn_only)
@@ -160,14 +180,31 @@ def model_from_config(
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "float32",
-) -> HookedTransformer:
-    """Build the HookedTransformer for ``cfg`` (seeded initialisation)."""
-    model = HookedTransformer(gptj_config(cfg, seed=seed, device=device, dtype=dtype))
-    model.eval()
+) -> TransformerBridge:
+    """The model of ``cfg`` as analyses see it: a seeded `GPTJForCausalLM`, wrapped.
+
+    ``device=None`` puts it on CUDA when a GPU is present, else the CPU (as
+    TransformerLens's default). In eval mode; the bridge runs the Hugging Face
+    module in place, so its parameters are the Hugging Face model's.
+    """
+    # headkit.gptj_hf builds on ModelConfig (defined here), hence the import at call time
+    from headkit.bridge.build import wrap
+    from headkit.gptj_hf import build_hf_model
+
+    dtype = resolve_dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf_model = build_hf_model(cfg, seed=seed, device=device).to(dtype)
+    return synthetic(wrap(hf_model))
+
+
+def synthetic(model: Model) -> Model:
+    """``model`` set up for headkit's synthetic tasks (no BOS prepended); returns it."""
+    model.cfg.default_prepend_bos = False
     return model
 
 
-def check_fits_context(model: HookedTransformer, length: int, *, what: str = "sequence") -> None:
+def check_fits_context(model: Model, length: int, *, what: str = "sequence") -> None:
     """Refuse a sequence longer than the model's context before any forward pass.
 
     TransformerLens's rotary tables stop at ``n_ctx`` and a longer input fails
@@ -176,13 +213,14 @@ def check_fits_context(model: HookedTransformer, length: int, *, what: str = "se
     check_length(length, model.cfg.n_ctx, name=f"{what} length")
 
 
-def extend_context(model: HookedTransformer, n_ctx: int) -> HookedTransformer:
+def extend_context(model: Model, n_ctx: int) -> Model:
     """Let a rotary ``model`` take sequences up to ``n_ctx`` tokens, in place; returns it.
 
-    Rotary tables hold no parameters: TransformerLens computes them from the position
-    alone and grows them on demand up to ``cfg.n_ctx``, so raising ``cfg.n_ctx`` makes
-    the model compute exactly what the same weights built with the larger ``n_ctx``
-    compute. For models trained with a short ``n_ctx`` (e.g. 257) to be tested with
+    Rotary tables hold no parameters: TransformerLens and headkit's GPT-J attention
+    compute them from the position alone (HookedTransformer grows its tables on demand
+    up to ``cfg.n_ctx``), so raising ``cfg.n_ctx`` (and, for a bridge, its Hugging Face
+    config's ``n_positions``) makes the model compute exactly what the same weights
+    built with the larger ``n_ctx`` compute. For models trained with a short ``n_ctx`` (e.g. 257) to be tested with
     PosSym-2026's +996 added tokens. Models with learned position embeddings cannot grow.
     """
     check_int("n_ctx", n_ctx)
@@ -193,4 +231,7 @@ def extend_context(model: HookedTransformer, n_ctx: int) -> HookedTransformer:
         )
     if n_ctx > model.cfg.n_ctx:
         model.cfg.n_ctx = n_ctx
+        hf_config = getattr(getattr(model, "original_model", None), "config", None)
+        if hf_config is not None and hasattr(hf_config, "n_positions"):
+            hf_config.n_positions = n_ctx
     return model

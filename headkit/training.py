@@ -3,8 +3,8 @@
 PosSym-2026 (SPEC 2.3) trained `transformers.GPTJForCausalLM` with the Hugging
 Face Trainer; headkit trains the same model class (`headkit.gptj_hf`: its
 dropouts, scaled-dot-product attention) with its own small loop, and every
-analysis then loads a checkpoint through `headkit.load_gptj` into a
-HookedTransformer (`headkit.checkpoints`). What defines a run (`TrainConfig`, its
+analysis then sees the trained model wrapped in TransformerLens's `TransformerBridge`
+(`headkit.checkpoints`, `headkit.bridge.build.wrap`). What defines a run (`TrainConfig`, its
 presets and learning-rate schedule) lives in `headkit.train_config`, re-exported
 here. The recipe:
 
@@ -67,7 +67,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.checks import check_device, check_length
@@ -75,6 +74,7 @@ from headkit.errors import DiskFullError, HeadkitError, NonFiniteError, is_out_o
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
+from headkit.model_types import Model
 from headkit.models import ModelConfig
 from headkit.runs import METRICS_FILE, RUN_FILE
 from headkit.tasks.base import IGNORE, TaskBatch
@@ -102,7 +102,7 @@ _TRAIN_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 0, 1, 2  # seed streams: training
 class TrainResult:
     """What `train` returns."""
 
-    model: HookedTransformer  # the trained model as analyses see it (via load_gptj), eval mode
+    model: Model  # the trained model as analyses see it (a TransformerBridge), eval mode
     metrics: pd.DataFrame  # every metrics row of the run (the content of metrics.csv)
     run_dir: Path | None  # where the run was written, or None
     step: int  # updates done
@@ -339,16 +339,15 @@ def _save(cfg: TrainConfig, run_dir: Path, state: _State, device: torch.device) 
     state.last_saved = state.step
 
 
-def hooked_from_hf(model: GPTJForCausalLM, cfg: ModelConfig) -> HookedTransformer:
-    """The HookedTransformer analyses see for a trained Hugging Face model: written
-    as a checkpoint into a temporary directory and loaded through `headkit.load_gptj`."""
-    import tempfile
+def wrapped_copy(model: GPTJForCausalLM) -> Model:
+    """The model analyses see for a trained Hugging Face model: a copy of it, wrapped
+    (`headkit.bridge.build.wrap` changes the module it wraps; training keeps its own)."""
+    import copy
 
-    from headkit.checkpoints import load_checkpoint, save_checkpoint
+    from headkit.bridge.build import wrap
+    from headkit.models import synthetic
 
-    with tempfile.TemporaryDirectory(prefix="headkit-") as tmp:
-        path = save_checkpoint(Path(tmp) / "model", model, model_config=cfg, step=0)
-        return load_checkpoint(path, device=next(model.parameters()).device).model
+    return synthetic(wrap(copy.deepcopy(model).eval()))
 
 
 def train(
@@ -496,13 +495,7 @@ def _update(cfg: TrainConfig, state: _State, step: int, device: torch.device) ->
 
 
 def _result(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device) -> TrainResult:
-    """What `train` returns: the trained model as analyses see it (from its last checkpoint, if written)."""
-    if run_dir is not None:
-        from headkit.checkpoints import checkpoint_dir, load_checkpoint
-
-        hooked = load_checkpoint(checkpoint_dir(run_dir, state.step), device=device).model
-    else:
-        hooked = hooked_from_hf(state.model, cfg.model)
+    """What `train` returns: the trained model as analyses see it (no read-back of the checkpoint)."""
     return TrainResult(
-        model=hooked, metrics=pd.DataFrame(state.rows), run_dir=run_dir, step=state.step, hf_model=state.model
+        model=wrapped_copy(state.model), metrics=pd.DataFrame(state.rows), run_dir=run_dir, step=state.step, hf_model=state.model
     )

@@ -77,8 +77,10 @@ class GPTJAttention(AttentionBridge):
         q = self.hook_rot_q(_rotate(q, sin, cos, rotary_dim).transpose(1, 2)).transpose(1, 2)
         k = self.hook_rot_k(_rotate(k, sin, cos, rotary_dim).transpose(1, 2)).transpose(1, 2)
 
-        # [batch, head, query, key], computed in float32 as Hugging Face does
-        scores = torch.einsum("bqnh,bknh->bnqk", q.float(), k.float()) * hf_attn.scaling
+        # [batch, head, query, key], half precisions computed in float32 as Hugging Face does
+        # (float64 stays float64, as in a HookedTransformer)
+        compute = torch.promote_types(q.dtype, torch.float32)
+        scores = torch.einsum("bqnh,bknh->bnqk", q.to(compute), k.to(compute)) * hf_attn.scaling
         causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=hidden.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
         mask = kwargs.get("attention_mask")
@@ -86,7 +88,7 @@ class GPTJAttention(AttentionBridge):
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask[..., -n_pos:, -n_pos:], float("-inf"))
             else:
-                extra = mask[..., -n_pos:, -n_pos:].float()
+                extra = mask[..., -n_pos:, -n_pos:].to(compute)
                 scores = scores + extra.masked_fill(extra <= torch.finfo(mask.dtype).min, float("-inf"))
         scores = self.hook_attn_scores(scores)
         pattern = torch.softmax(scores, dim=-1)

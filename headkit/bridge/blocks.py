@@ -99,9 +99,35 @@ def recorded_inputs(model: Any, tokens: Tensor, *, stop_at_layer: int | None = N
     """
     if not is_bridge(model):
         return None
+    stop = model.cfg.n_layers if stop_at_layer is None else stop_at_layer
     with torch.no_grad(), record_block_inputs(model, batch=tokens.shape[0], n_pos=tokens.shape[1]) as inputs:
-        model(tokens, return_type=None, stop_at_layer=stop_at_layer)
+        run_until(model, tokens, stop)
     return inputs
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward after the last block needed."""
+
+
+def run_until(model: Any, tokens: Tensor, stop: int, fwd_hooks: list | tuple = ()) -> None:
+    """Forward ``tokens`` with ``fwd_hooks`` through blocks ``0 … stop-1`` and no further.
+
+    ``stop_at_layer=stop`` does this, except on a bridge with ``stop`` the last
+    block, where TransformerLens then runs the final norm and the unembedding too: a
+    hook on the last block's output ends that forward there.
+    """
+    hooks = list(fwd_hooks)
+    if not (is_bridge(model) and stop >= model.cfg.n_layers):
+        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
+        return
+
+    def end(x: Tensor, hook: Any) -> None:
+        raise _Stop
+
+    try:  # run_with_hooks removes its hooks on the way out
+        model.run_with_hooks(tokens, fwd_hooks=[*hooks, (f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", end)], return_type=None)
+    except _Stop:
+        pass
 
 
 def _output(out: Any) -> Tensor:

@@ -26,7 +26,9 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from headkit.bridge.attention import GPTJAttention
+from headkit.bridge.probe import faithfulness
 from headkit.errors import HeadkitError
+from headkit.loading.options import PROCESSING_FLAGS, Processing
 
 
 def _gptj_attention(adapter: Any) -> None:
@@ -53,15 +55,16 @@ def wrap(
     hf_model: torch.nn.Module,
     *,
     tokenizer: Any = None,
-    processing: bool = False,
+    processing: bool | Processing = False,
     model_name: str = "headkit",
 ) -> TransformerBridge:
     """``hf_model`` as a `TransformerBridge` in compatibility mode, wrapped in place.
 
-    ``processing=True`` folds LayerNorms and centres weights as
-    ``enable_compatibility_mode()`` does by default (log-probabilities unchanged);
-    the default keeps the raw weights, so the bridge computes what ``hf_model``
-    computes. The model is put in eval mode.
+    ``processing=True`` folds LayerNorms, centres writing weights and the unembedding
+    and folds value biases, as ``enable_compatibility_mode()`` does by default
+    (log-probabilities unchanged); a `Processing` picks steps one by one. The default
+    keeps the raw weights, so the bridge computes what ``hf_model`` computes. The
+    model is put in eval mode. A ``tokenizer`` is attached as ``bridge.tokenizer``.
     """
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise HeadkitError(f"wrap needs a Hugging Face model (a torch module with a config), got {type(hf_model).__name__}")
@@ -72,18 +75,48 @@ def wrap(
             hf_model,
             architecture,
             hf_config=hf_model.config,
-            tokenizer=tokenizer,
+            tokenizer=None,
             model_name=model_name,
             post_adapter_hook=HEADKIT_ATTENTION.get(architecture),
         )
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise HeadkitError(f"TransformerLens has no bridge for architecture {architecture}: {exc}") from exc
-    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not processing)
+    steps = processing if isinstance(processing, Processing) else Processing(**dict.fromkeys(PROCESSING_FLAGS, bool(processing)))
+    flags = {flag: getattr(steps, flag) for flag in PROCESSING_FLAGS}
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not steps.needed, **flags)
+    if tokenizer is not None:
+        bridge.tokenizer = tokenizer  # TransformerLens's own tokenizer setup looks the name up on the hub
     bridge.eval()
+    weight = next(hf_model.parameters(), None)
+    if weight is not None and not (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"):
+        # probed now, on the model as built: an analysis's checks later cost no forward pass
+        # (bf16 on a CPU is probed at first use: some CPUs cannot multiply bf16 matrices)
+        faithfulness(bridge)
     return bridge
 
 
-def boot(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str | None = None, tokenizer: Any = None, processing: bool = False) -> TransformerBridge:
+def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Module:
+    """``cls.from_pretrained(path)`` offline, no remote code, in ``dtype``, without transformers'
+    progress bar (headkit's one-line errors stay one line)."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, dtype=dtype)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def boot(
+    directory: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    tokenizer: Any = None,
+    processing: bool | Processing = False,
+) -> TransformerBridge:
     """A local Hugging Face directory as a bridge: ``from_pretrained`` offline, then `wrap`.
 
     Nothing is fetched (``local_files_only``) and no code from the directory runs
@@ -98,9 +131,10 @@ def boot(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: s
     path = Path(directory)
     raw = read_hf_config(path)  # refuses a missing config, an auto_map, non-positive sizes
     check_config_sizes(raw, path / "config.json", open_weight_files(path))
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, trust_remote_code=False, torch_dtype=dtype
-    )
+    try:
+        hf_model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    except (ValueError, KeyError, OSError) as error:  # an architecture or a file transformers cannot load
+        raise HeadkitError(f"{path}: transformers cannot load it as a causal LM: {error}") from None
     if device is not None:
         hf_model.to(device)
     return wrap(hf_model, tokenizer=tokenizer, processing=processing, model_name=path.name)

@@ -39,7 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headkit.bridge.blocks import BlockInputs, run_blocks
+from headkit.bridge.blocks import BlockInputs, run_blocks, run_until
 from headkit.checks import Head, check_finite, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
@@ -185,9 +185,7 @@ def model_rows(
     if keep_resid:
         hooks += [(hook_name("resid_pre", l), partial(keep, layer=l)) for l in reader.layers]
     with torch.no_grad():
-        model.run_with_hooks(
-            tokens.to(model.cfg.device), fwd_hooks=hooks, return_type=None, stop_at_layer=max(reader.layers) + 1
-        )
+        run_until(model, tokens.to(model.cfg.device), max(reader.layers) + 1, hooks)
     return torch.cat([store[l] for l in reader.layers], dim=1), resid  # [batch, unit, ...]
 
 

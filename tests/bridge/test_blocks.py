@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from headkit.bridge import blocks as blocks_mod
+from headkit.bridge import probe as probe_mod
 from headkit.bridge.blocks import record_block_inputs, run_blocks, unembed
 from headkit.bridge.build import wrap
 from headkit.bridge.probe import probe, require
@@ -56,6 +57,7 @@ def test_the_probe_catches_a_block_run_without_its_causal_mask(monkeypatch):
     monkeypatch.setattr(blocks_mod.BlockInputs, "for_layer", without_causal_mask)
     verdict = probe(bridge)
     assert not verdict.block_alone
+    probe_mod._PROBED.pop(bridge)  # wrap probed the model as built; probe it again as it now runs
     with pytest.raises(HeadkitError, match=r"swap needs blocks\[l\] run alone .* LlamaForCausalLM"):
         require(bridge, "swap")
 

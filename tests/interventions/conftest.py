@@ -6,6 +6,7 @@ import pytest
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.models import gptj_model
+from hooked import hooked_gptj
 
 TINY = dict(
     n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=30, n_ctx=16,
@@ -15,7 +16,11 @@ TINY = dict(
 
 def tiny_model(gptj: bool = False, **overrides) -> HookedTransformer:
     """A tiny model built from config in eval mode: `TINY` with ``overrides``, or headkit's
-    GPT-J-style model (``gptj=True``: parallel attention and MLP, rotary) of the same size."""
+    GPT-J-style model (``gptj=True``: parallel attention and MLP, rotary; a TransformerBridge)
+    of the same size (``gptj="hooked"``: the same as a HookedTransformer)."""
+    if gptj == "hooked":
+        keep = ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx", "seed")
+        return hooked_gptj(**{**{k: TINY[k] for k in keep}, **overrides})
     if gptj:
         keep = ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx", "seed")
         return gptj_model(**{**{k: TINY[k] for k in keep}, **overrides})

@@ -22,6 +22,7 @@ from headkit.interventions.ablation import (
 from headkit.interventions.metrics import answer_logprob, logit_diff
 from headkit.models import gptj_model
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab
+from model_edits import bias, logits_from
 
 BATCH, POS, VOCAB = 6, 7, 40
 HEADS = [(0, 1), (1, 0)]
@@ -225,9 +226,9 @@ def knockout_by_hand(model, tokens, layer, head, query, key, renormalise):
             for k in range(q + 1):
                 z[:, q] += pattern[:, :, q, k, None] * v[:, k]
         attn = model.blocks[layer].attn
-        attn_out = torch.einsum("bqhd,hdm->bqm", z, attn.W_O) + attn.b_O
+        attn_out = torch.einsum("bqhd,hdm->bqm", z, attn.W_O) + bias(attn.b_O)
         resid = cache["resid_pre", layer] + attn_out + cache["mlp_out", layer]  # GPT-J: parallel
-        return model(resid, start_at_layer=layer + 1)
+        return logits_from(model, tokens, resid, layer + 1)
 
 
 @pytest.mark.parametrize("renormalise", [False, True])

@@ -15,6 +15,7 @@ from transformer_lens import patching
 
 from headkit.errors import HeadkitError
 from headkit.interventions.attribution import SITES, attribution_patching
+from model_edits import livelier
 
 D_VOCAB = 40
 D_MODEL = 32
@@ -31,7 +32,7 @@ def _tokens(seed, batch=4, length=10):
 
 @pytest.fixture
 def model64(tiny_gptj):
-    return tiny_gptj(n_layers=3, d_model=D_MODEL, n_heads=2, d_vocab=D_VOCAB).to(torch.float64)
+    return livelier(tiny_gptj(n_layers=3, d_model=D_MODEL, n_heads=2, d_vocab=D_VOCAB).to(torch.float64), scale=4.0)
 
 
 def _hook_name(layer, site):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_edits import negative_eps
 from headkit.errors import HeadkitError
 from headkit.evaluation import evaluate
 from headkit.interventions.ablation import (
@@ -156,9 +157,7 @@ def test_evaluate_of_a_nan_model_is_an_error_not_an_accuracy(nan_model):
 def test_evaluate_of_finite_weights_with_nan_activations_is_an_error(batch):
     """Issue 18: finite weights, a negative LayerNorm epsilon (as a config.json can set)."""
     model = _model(batch)
-    for module in model.modules():
-        if hasattr(module, "eps"):
-            module.eps = -10.0
+    negative_eps(model)
     assert all(p.isfinite().all() for p in model.parameters())
     with pytest.raises(HeadkitError, match=rf"the model's logits on number prompts of length \d+ {NOT_FINITE}"):
         evaluate(model, TASK, n=8)

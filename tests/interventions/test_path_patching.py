@@ -13,6 +13,9 @@ import math
 
 import pytest
 import torch
+
+from headkit.model_types import is_bridge
+from model_edits import livelier
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
@@ -50,7 +53,7 @@ def corrupted():
 
 @pytest.fixture
 def gptj(tiny_gptj):
-    return tiny_gptj(n_layers=3, d_model=32, n_heads=2, d_vocab=D_VOCAB)
+    return livelier(tiny_gptj(n_layers=3, d_model=32, n_heads=2, d_vocab=D_VOCAB))
 
 
 @pytest.fixture
@@ -67,6 +70,9 @@ def sequential():
 
 def _with_forward_hooks(model, hooks, tokens):
     """Run ``model(tokens)`` with plain module forward hooks {module path: fn(output)}."""
+    if is_bridge(model):  # a bridge reshapes around its hook points: go through TransformerLens's hook API
+        with torch.no_grad():
+            return model.run_with_hooks(tokens, fwd_hooks=[(n, lambda act, hook, fn=fn: fn(act)) for n, fn in hooks.items()])
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)) for name, fn in hooks.items()]
     try:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from model_edits import negative_eps
 from headkit.scores.capture import capture, query_chunks
 
 # heads out of (layer, head) order, over three layers: the result keeps this order
@@ -91,20 +92,24 @@ def test_reduce_runs_per_layer_on_each_chunk_with_its_tokens(model):
 
 def test_stops_after_the_last_layer_asked_for(model):
     tokens = prompts(batch=2)
-    calls = {name: 0 for name in ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "ln_final.hook_normalized")}
+    # attention outputs, not hook_resid_pre: a bridge's stop_at_layer fires the next block's input hook, then stops
+    calls = {name: 0 for name in ("blocks.1.attn.hook_z", "blocks.2.attn.hook_z", "ln_final.hook_normalized")}
 
-    def count(x, hook):
-        calls[hook.name] += 1
+    def counter(name):
+        def count(x, hook):  # a bridge names the hook natively (blocks.1.hook_in): count by the name asked for
+            calls[name] += 1
+
+        return count
 
     for name in calls:
-        model.add_hook(name, count)
+        model.add_hook(name, counter(name))
     try:
         capture(model, tokens, [(0, 1)], site="logits")
         assert calls == {name: 0 for name in calls}  # nothing after layer 0 runs
         capture(model, tokens, [(1, 0)], query_pos=torch.tensor([3, 5]))
-        assert calls == {"blocks.1.hook_resid_pre": 2, "blocks.2.hook_resid_pre": 0, "ln_final.hook_normalized": 0}
+        assert calls == {"blocks.1.attn.hook_z": 2, "blocks.2.attn.hook_z": 0, "ln_final.hook_normalized": 0}
         capture(model, tokens, [(2, 2)], query_pos=None)
-        assert calls["blocks.2.hook_resid_pre"] == 1 and calls["ln_final.hook_normalized"] == 0  # no unembedding
+        assert calls["blocks.2.attn.hook_z"] == 1 and calls["ln_final.hook_normalized"] == 0  # no unembedding
     finally:
         model.reset_hooks()
 
@@ -147,10 +152,7 @@ def test_bad_heads_and_queries_raise_before_any_forward(model, refused_before_fo
 
 def break_norms(model: HookedTransformer) -> HookedTransformer:
     """A negative LayerNorm epsilon: every weight finite, every normalised activation NaN."""
-    for module in model.modules():
-        if hasattr(module, "eps"):
-            module.eps = -10.0
-    return model
+    return negative_eps(model)
 
 
 def _analyses():

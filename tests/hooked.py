@@ -1,0 +1,34 @@
+"""HookedTransformers for the tests that need one (TransformerLens 3.x; 4.0 removed it).
+
+headkit's models are TransformerBridges (`headkit.models.model_from_config`); on
+TransformerLens 3.x a user's own HookedTransformer still works in every analysis.
+Tests of that path, and tests whose hand-built weights a GPT-J cannot hold (Q/K
+biases, ``d_head`` other than ``d_model / n_heads``), build one here and carry
+`needs_hooked`, which skips them — visibly, with its reason — on TransformerLens 4.x.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from headkit.model_types import HookedTransformer, has_hooked_transformer
+
+REASON = "builds a HookedTransformer, which TransformerLens 4 removed (the TransformerLens 3.9 run covers it)"
+needs_hooked = pytest.mark.skipif(not has_hooked_transformer(), reason=REASON)
+
+
+def hooked_gptj(
+    n_layers: int = 2, d_model: int = 32, n_heads: int = 2, d_vocab: int = 40, n_ctx: int = 64, *, seed: int = 0,
+    **sizes: Any,
+) -> Any:
+    """headkit's GPT-J architecture as a HookedTransformer (`headkit.models.gptj_config`), eval mode."""
+    from headkit.models import ModelConfig, gptj_config
+
+    if not has_hooked_transformer():
+        pytest.skip(REASON)
+    cfg = ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx, **sizes)
+    model = HookedTransformer(gptj_config(cfg, seed=seed))
+    model.eval()
+    return model

@@ -1,0 +1,53 @@
+"""Edits the tests make to a model, written once for a HookedTransformer and a bridge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def negative_eps(model: Any) -> Any:
+    """A negative LayerNorm epsilon (as a config.json can set): every weight finite, every
+    normalised activation NaN. A HookedTransformer's LayerNorms read their module's ``eps``;
+    a bridge's read its TransformerLens config's ``eps``."""
+    for module in model.modules():
+        if hasattr(module, "eps"):
+            module.eps = -10.0
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "eps"):
+            config.eps = -10.0
+    model.cfg.eps = -10.0
+    return model
+
+
+def logits_from(model: Any, tokens: Any, resid: Any, start: int) -> Any:
+    """The logits of ``resid`` [batch, pos, d_model] fed to block ``start`` and on, for a slow
+    reference: ``start_at_layer`` on a HookedTransformer; on a bridge (which has none) its
+    blocks rerun with the inputs of a forward of ``tokens`` (`headkit.bridge.blocks`, whose
+    runs the probe checks against the full forward)."""
+    from headkit.bridge.blocks import recorded_inputs, run_blocks, unembed
+    from headkit.model_types import is_bridge
+
+    if not is_bridge(model):
+        return model(resid, start_at_layer=start)
+    return unembed(model, run_blocks(model, resid, start, inputs=recorded_inputs(model, tokens)))
+
+
+def bias(value: Any) -> Any:
+    """A bias, or 0 where a bridge has none (TransformerLens gives ``None`` for an absent bias)."""
+    return 0.0 if value is None else value
+
+
+def livelier(model: Any, scale: float = 8.0) -> Any:
+    """Every weight matrix of ``model`` times ``scale``, in place; returns it.
+
+    Hugging Face initialises GPT-J's matrices with std 0.02, so in a tiny random model
+    one head's effect on a metric is ~1e-6, near float32 noise; scaled up, heads
+    attend sharply and patching effects are far above rounding (what the tests of
+    interventions need to tell right from wrong)."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(scale)
+    return model
