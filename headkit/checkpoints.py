@@ -360,7 +360,7 @@ def check_finite(model: torch.nn.Module, *, what: str) -> None:
             raise HeadkitError(f"{what}: tensor {name} has {bad} non-finite value(s) (NaN or inf)")
 
 
-def _model_from_hf_dir(folder: Path, dtype: torch.dtype, device) -> Model:
+def _model_from_hf_dir(folder: Path, config: ModelConfig, dtype: torch.dtype, device) -> Model:
     """The Hugging Face GPT-J of a checked checkpoint directory, wrapped (`headkit.bridge.build.wrap`).
 
     Offline and without remote code; an ``attn_only`` model keeps its zero, one-unit
@@ -371,7 +371,7 @@ def _model_from_hf_dir(folder: Path, dtype: torch.dtype, device) -> Model:
     hf_model = from_pretrained(GPTJForCausalLM, folder, dtype=dtype)
     if device is not None:
         hf_model.to(device)
-    return synthetic(wrap(hf_model, model_name=folder.name))
+    return synthetic(wrap(hf_model, model_name=folder.name), attn_only=config.attn_only)
 
 
 def _read_legacy(model_path: Path) -> dict[str, torch.Tensor]:
@@ -425,7 +425,7 @@ def _legacy_as_gptj(model_path: Path, state: dict[str, torch.Tensor], config: Mo
         hf_model.load_state_dict(hf_state, strict=True)
     except RuntimeError as error:
         raise HeadkitError(f"{model_path} (format 1) does not fit its model_config: {error}") from None
-    return synthetic(wrap(hf_model.to(dtype=dtype, device=device or "cpu")))
+    return synthetic(wrap(hf_model.to(dtype=dtype, device=device or "cpu")), attn_only=config.attn_only)
 
 
 def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
@@ -483,7 +483,7 @@ def load_checkpoint(
         model = _legacy_model(folder, model_path, config, dtype, device)
     else:
         _check_config_json(folder, config)
-        model = _model_from_hf_dir(folder, dtype, device)
+        model = _model_from_hf_dir(folder, config, dtype, device)
     check_finite(model, what=f"checkpoint {folder}")
     model.eval()
 

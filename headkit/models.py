@@ -195,12 +195,18 @@ def model_from_config(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     hf_model = build_hf_model(cfg, seed=seed, device=device).to(dtype)
-    return synthetic(wrap(hf_model))
+    return synthetic(wrap(hf_model), attn_only=cfg.attn_only)
 
 
-def synthetic(model: Model) -> Model:
-    """``model`` set up for headkit's synthetic tasks (no BOS prepended); returns it."""
+def synthetic(model: Model, *, attn_only: bool = False) -> Model:
+    """``model`` set up for headkit's synthetic tasks (no BOS prepended); returns it.
+
+    ``attn_only``: the model's MLPs are the zero, one-unit stand-ins of an
+    attention-only GPT-J (`headkit.gptj_hf`); its config says so, so that analyses
+    offer no MLP site (their output is exactly zero).
+    """
     model.cfg.default_prepend_bos = False
+    model.cfg.attn_only = attn_only
     return model
 
 

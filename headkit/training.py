@@ -339,7 +339,7 @@ def _save(cfg: TrainConfig, run_dir: Path, state: _State, device: torch.device) 
     state.last_saved = state.step
 
 
-def wrapped_copy(model: GPTJForCausalLM) -> Model:
+def wrapped_copy(model: GPTJForCausalLM, cfg: ModelConfig) -> Model:
     """The model analyses see for a trained Hugging Face model: a copy of it, wrapped
     (`headkit.bridge.build.wrap` changes the module it wraps; training keeps its own)."""
     import copy
@@ -347,7 +347,7 @@ def wrapped_copy(model: GPTJForCausalLM) -> Model:
     from headkit.bridge.build import wrap
     from headkit.models import synthetic
 
-    return synthetic(wrap(copy.deepcopy(model).eval()))
+    return synthetic(wrap(copy.deepcopy(model).eval()), attn_only=cfg.attn_only)
 
 
 def train(
@@ -497,5 +497,5 @@ def _update(cfg: TrainConfig, state: _State, step: int, device: torch.device) ->
 def _result(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch.device) -> TrainResult:
     """What `train` returns: the trained model as analyses see it (no read-back of the checkpoint)."""
     return TrainResult(
-        model=wrapped_copy(state.model), metrics=pd.DataFrame(state.rows), run_dir=run_dir, step=state.step, hf_model=state.model
+        model=wrapped_copy(state.model, cfg.model), metrics=pd.DataFrame(state.rows), run_dir=run_dir, step=state.step, hf_model=state.model
     )

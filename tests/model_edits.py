@@ -51,3 +51,20 @@ def livelier(model: Any, scale: float = 8.0) -> Any:
             if parameter.dim() == 2:
                 parameter.mul_(scale)
     return model
+
+
+def block_pattern(model: Any, tokens: Any, resid: Any, layer: int) -> Any:
+    """Layer ``layer``'s attention pattern when its block alone runs on ``resid`` [batch, pos,
+    d_model]: ``start_at_layer``/``stop_at_layer`` on a HookedTransformer; on a bridge the
+    block reruns with the inputs of a forward of ``tokens`` (same length)."""
+    from headkit.bridge.blocks import recorded_inputs, run_blocks
+    from headkit.model_types import is_bridge
+
+    if not is_bridge(model):
+        _, cache = model.run_with_cache(resid, start_at_layer=layer, stop_at_layer=layer + 1)
+        return cache["pattern", layer]
+    kept: dict[str, Any] = {}
+    inputs = recorded_inputs(model, tokens)
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: kept.setdefault("p", p.detach()))]):
+        run_blocks(model, resid, layer, layer + 1, inputs=inputs)
+    return kept["p"]

@@ -85,7 +85,7 @@ def wrap(
     flags = {flag: getattr(steps, flag) for flag in PROCESSING_FLAGS}
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not steps.needed, **flags)
     if tokenizer is not None:
-        bridge.tokenizer = tokenizer  # TransformerLens's own tokenizer setup looks the name up on the hub
+        attach_tokenizer(bridge, tokenizer)
     bridge.eval()
     weight = next(hf_model.parameters(), None)
     if weight is not None and not (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"):
@@ -93,6 +93,19 @@ def wrap(
         # (bf16 on a CPU is probed at first use: some CPUs cannot multiply bf16 matrices)
         faithfulness(bridge)
     return bridge
+
+
+def attach_tokenizer(bridge: TransformerBridge, tokenizer: Any) -> None:
+    """Give ``bridge`` an in-memory tokenizer (TransformerLens's own setup looks its name up on the hub).
+
+    As HookedTransformer's ``set_tokenizer``: a tokenizer without a BOS token uses its EOS
+    token, and ``cfg.tokenizer_prepends_bos`` records whether encoding adds a token by
+    itself (otherwise the bridge's ``to_tokens`` would drop each prompt's first word).
+    """
+    if getattr(tokenizer, "bos_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.bos_token = tokenizer.eos_token
+    bridge.tokenizer = tokenizer
+    bridge.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
 
 def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Module:

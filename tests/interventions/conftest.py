@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.model_bridge import TransformerBridge
+
+from headkit.model_types import HookedTransformer, Model
 
 from headkit.models import gptj_model
-from hooked import hooked_gptj
+from hooked import REASON, hooked_gptj
 
 TINY = dict(
     n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=30, n_ctx=16,
@@ -14,7 +16,7 @@ TINY = dict(
 )  # fmt: skip
 
 
-def tiny_model(gptj: bool = False, **overrides) -> HookedTransformer:
+def tiny_model(gptj: bool | str = False, **overrides) -> Model:
     """A tiny model built from config in eval mode: `TINY` with ``overrides``, or headkit's
     GPT-J-style model (``gptj=True``: parallel attention and MLP, rotary; a TransformerBridge)
     of the same size (``gptj="hooked"``: the same as a HookedTransformer)."""
@@ -24,6 +26,10 @@ def tiny_model(gptj: bool = False, **overrides) -> HookedTransformer:
     if gptj:
         keep = ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx", "seed")
         return gptj_model(**{**{k: TINY[k] for k in keep}, **overrides})
+    if HookedTransformer is None:
+        pytest.skip(REASON)
+    from transformer_lens import HookedTransformerConfig
+
     model = HookedTransformer(HookedTransformerConfig(**{**TINY, **overrides}))
     model.eval()
     return model
@@ -42,4 +48,6 @@ def no_forward(monkeypatch):
     def forward(*args, **kwargs):
         raise AssertionError("a forward pass ran before the input was checked")
 
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    monkeypatch.setattr(TransformerBridge, "forward", forward)
+    if HookedTransformer is not None:
+        monkeypatch.setattr(HookedTransformer, "forward", forward)

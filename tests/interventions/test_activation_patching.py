@@ -205,17 +205,17 @@ def no_hooks_left(model) -> bool:
         (dict(batch_size=True), r"batch_size must be an integer, got True"),
     ],
 )
-def test_bad_input_is_refused_before_any_forward(tokens, no_forward, kwargs, message):
+def test_bad_input_is_refused_before_any_forward(tokens, models, no_forward, kwargs, message):
     clean, corrupted = tokens
-    model = MODELS["gptj"]()
+    model = models["gptj"]  # built (and probed) before forward passes are forbidden
     with pytest.raises(HeadkitError, match=message):
         activation_patching(model, clean, corrupted, metric, **kwargs)
 
 
-def test_shapes_must_match(tokens, no_forward):
+def test_shapes_must_match(tokens, models, no_forward):
     clean, corrupted = tokens
     with pytest.raises(HeadkitError, match=r"clean_tokens shape \(3, 6\) and corrupted_tokens shape \(3, 5\) differ"):
-        activation_patching(MODELS["gptj"](), clean, corrupted[:, :5], metric)
+        activation_patching(models["gptj"], clean, corrupted[:, :5], metric)
 
 
 def test_metric_without_a_scalar_is_refused_on_the_clean_run(tokens, monkeypatch):

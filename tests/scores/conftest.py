@@ -15,9 +15,8 @@ from typing import Callable, Mapping, Sequence
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
-
-from headkit.models import gptj_model
+from headkit.model_types import Model
+from hooked import hooked_gptj
 
 ROTARY_DIM = 8
 D_MODEL, D_HEAD = 32, 16
@@ -39,7 +38,7 @@ def build_lookup_model(
     content_heads: Sequence[int],
     amp: float = 8.0,
     content: float = 8.0,
-) -> HookedTransformer:
+) -> Model:
     """One attention-only layer (d_model 32, d_head 16, rotary_dim 8), answers known by construction.
 
     Tokens ``0..n_symbols-1`` are symbols, ``n_symbols + s`` the pointer asking for
@@ -53,7 +52,8 @@ def build_lookup_model(
       unrotated direction e_s: logit content²/4 on the matching symbol, 0 elsewhere.
     - every other weight and bias is zero (a head with neither attends uniformly).
     """
-    model = gptj_model(
+    # a HookedTransformer: the q/k biases below have no place in a GPT-J (so on TransformerLens 3.x only)
+    model = hooked_gptj(
         1, D_MODEL, n_heads, 2 * n_symbols, n_ctx, rotary_dim=ROTARY_DIM, d_head=D_HEAD, attn_only=True
     )
     emb = hadamard(D_MODEL)[1 : 2 * n_symbols + 1]
@@ -83,7 +83,7 @@ def build_lookup_prompts(n: int, *, n_symbols: int, seed: int = 0) -> torch.Tens
 
 
 @pytest.fixture
-def lookup_model() -> Callable[..., HookedTransformer]:
+def lookup_model() -> Callable[..., Model]:
     """`build_lookup_model`: a hand-built one-layer model of positional/content/uniform heads."""
     return build_lookup_model
 
@@ -122,10 +122,10 @@ def tiny_number_run(tmp_path_factory):
 
 
 @pytest.fixture
-def no_hooks_left() -> Callable[[HookedTransformer], bool]:
+def no_hooks_left() -> Callable[[Model], bool]:
     """``no_hooks_left(model)``: True when no forward or backward hook is left on the model."""
 
-    def check(model: HookedTransformer) -> bool:
+    def check(model: Model) -> bool:
         return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
     return check
@@ -137,7 +137,7 @@ def refused_before_forward(no_hooks_left) -> Callable[..., str]:
     `HeadkitError` ``fn`` raises, asserting that no forward pass started and no hook is left."""
     from headkit.errors import HeadkitError
 
-    def run(model: HookedTransformer, fn: Callable[..., object], *args: object, **kwargs: object) -> str:
+    def run(model: Model, fn: Callable[..., object], *args: object, **kwargs: object) -> str:
         calls: list[int] = []
         handle = model.embed.register_forward_pre_hook(lambda *a: calls.append(1))
         try:

@@ -7,6 +7,7 @@ import torch
 
 from headkit.errors import HeadkitError
 from headkit.scores.circuits import composition_scores, copying_scores
+from hooked import hooked_gptj
 
 
 @pytest.fixture
@@ -65,9 +66,9 @@ def test_composition_equals_transformer_lens(model, kind):
     assert (expected[valid] > 0).all()
 
 
-def test_composition_of_orthogonal_subspaces_is_zero(tiny_gptj):
+def test_composition_of_orthogonal_subspaces_is_zero():
     """A source that writes only into dims 0..7 cannot K-compose with a key reading dims 8..15."""
-    model = tiny_gptj(n_layers=2, d_model=16, n_heads=1, d_head=8, d_vocab=16)
+    model = hooked_gptj(n_layers=2, d_model=16, n_heads=1, d_vocab=16, d_head=8)  # d_head != d_model / n_heads
     low, high = torch.eye(16)[:, :8], torch.eye(16)[:, 8:]  # [d_model, d_head]
     with torch.no_grad():
         model.blocks[0].attn.W_O.copy_(low.T[None])

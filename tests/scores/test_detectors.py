@@ -10,6 +10,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformer_lens.head_detector import detect_head
 from transformers import PreTrainedTokenizerFast
 
+from headkit.bridge.build import attach_tokenizer
 from headkit.errors import HeadkitError
 from headkit.scores.detectors import (
     detector_scores,
@@ -35,7 +36,7 @@ def word_tokenizer(d_vocab: int) -> PreTrainedTokenizerFast:
 @pytest.fixture
 def model_and_prompts(tiny_gptj):
     model = tiny_gptj(n_layers=2, d_model=32, n_heads=2, d_vocab=D_VOCAB, n_ctx=32)
-    model.set_tokenizer(word_tokenizer(D_VOCAB))
+    attach_tokenizer(model, word_tokenizer(D_VOCAB))
     gen = torch.Generator().manual_seed(1)
     # small id range so that duplicates (and induction targets) occur often
     tokens = torch.randint(2, 9, (4, 10), generator=gen)

@@ -96,11 +96,12 @@ def test_heads_subset_matches_all_heads_and_stops_early(tiny_gptj):
     model = tiny_gptj(n_layers=3, d_vocab=12)
     tokens = torch.randint(0, 12, (2, 7), generator=torch.Generator().manual_seed(2))
     later_layer_calls = []
-    handle = model.blocks[2].register_forward_pre_hook(lambda *a: later_layer_calls.append(1))
+    # layer 2's attention never runs (a bridge's stop_at_layer enters block 2 and stops at its input)
+    model.add_hook("blocks.2.attn.hook_pattern", lambda pattern, hook: later_layer_calls.append(1))
     try:
         some = positional_symbolic_scores(model, tokens, heads=[(1, 1), (0, 0)])
     finally:
-        handle.remove()
+        model.reset_hooks()
     assert not later_layer_calls  # the forward stopped after layer 1
     everything = positional_symbolic_scores(model, tokens)
     keyed = everything.set_index(["prompt", "layer", "head"])
@@ -238,7 +239,10 @@ def test_hooks_removed_after_an_error_inside_the_forward(no_hooks_left, tiny_gpt
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(model.blocks[1], "forward", boom)
-    with pytest.raises(RuntimeError):
-        positional_symbolic_scores(model, tokens)
+    handle = model.blocks[1].register_forward_pre_hook(boom)  # a torch hook, not one of TransformerLens's
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            positional_symbolic_scores(model, tokens)
+    finally:
+        handle.remove()
     assert no_hooks_left(model)

@@ -13,8 +13,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from transformers.models.gptj import modeling_gptj
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from headkit.model_types import has_hooked_transformer
+from hooked import hooked_gptj
 from headkit.errors import HeadkitError
 from headkit.scores.rope import (
     ROPE_COLUMNS,
@@ -32,12 +35,18 @@ def test_components_match_transformer_lens_rotary_tables(tiny_gptj):
     names, membership, thetas = rotary_components(model)
     assert names == ["f0", "f1", "f2", "f3", "nope"]
     assert membership.sum(0).tolist() == [1.0] * 16  # every dim in exactly one component
-    attn = model.blocks[0].attn
+    # the angle Hugging Face's GPT-J turns dims (2f, 2f+1) by between positions 0 and 1 (its
+    # sinusoid table: sin of every frequency, then cos); a HookedTransformer's own tables
+    table = modeling_gptj.create_sinusoidal_positions(2, 8)[1]  # [rotary_dim]: sin then cos at position 1
+    sin, cos = table[:4], table[4:]
+    hooked = hooked_gptj(d_model=32, n_heads=2, rotary_dim=8) if has_hooked_transformer() else None
     for f in range(4):
         assert membership[f, 2 * f] == 1 and membership[f, 2 * f + 1] == 1
-        # the angle TransformerLens turns dims (2f, 2f+1) by between positions 0 and 1
-        angle = math.atan2(float(attn.rotary_sin[1, 2 * f]), float(attn.rotary_cos[1, 2 * f]))
-        assert thetas[f] == pytest.approx(angle, rel=1e-5)
+        assert thetas[f] == pytest.approx(math.atan2(float(sin[f]), float(cos[f])), rel=1e-5)
+        if hooked is not None:
+            attn = hooked.blocks[0].attn
+            angle = math.atan2(float(attn.rotary_sin[1, 2 * f]), float(attn.rotary_cos[1, 2 * f]))
+            assert thetas[f] == pytest.approx(angle, rel=1e-5)
     assert math.isnan(thetas[4])
 
 

@@ -26,6 +26,8 @@ from headkit.scores.positional_symbolic import (
     positional_symbolic_scores,
 )
 from headkit.scores.swap_engine import pair_scores
+from hooked import hooked_gptj
+from model_edits import block_pattern
 
 N_SYMBOLS = 8
 
@@ -56,12 +58,13 @@ def slow_scores(model, tokens, *, swap, query_pos, tau, blocks, skip_identical):
                     new = tokens[p, order]
                     changed = not torch.equal(new, tokens[p])
                     _, c2 = model.run_with_cache(new[None])
+                    pattern = c2["pattern", layer]
                 else:
                     new = resid[order]
                     changed = not torch.equal(new, resid)
-                    _, c2 = model.run_with_cache(new[None], start_at_layer=layer, stop_at_layer=layer + 1)
+                    pattern = block_pattern(model, tokens[p : p + 1], new[None], layer)
                 if changed or not skip_identical:
-                    swaps[i, j] = c2["pattern", layer][0, :, q].tolist()
+                    swaps[i, j] = pattern[0, :, q].tolist()
             for head in range(n_heads):
                 d = means(base[head])
                 gaps, pos_s, sym_s = [], [], []
@@ -150,7 +153,7 @@ def two_layer_lookup(lookup_model, **layout) -> HookedTransformer:
     layer 0 that writes nothing (so block 1's input is the embedding)."""
     one = lookup_model(**layout)
     cfg = one.cfg
-    model = gptj_model(
+    model = hooked_gptj(
         2, cfg.d_model, cfg.n_heads, cfg.d_vocab, cfg.n_ctx, rotary_dim=cfg.rotary_dim, d_head=cfg.d_head,
         attn_only=True,
     )  # fmt: skip
