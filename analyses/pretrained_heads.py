@@ -42,6 +42,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from analyses.common import Timer, output_dir, run_script, write_outputs
+from headkit.bridge.probe import architecture_of
 from headkit.errors import HeadkitError
 
 # TransformerLens and transformers are imported in main, so that a bad command
@@ -129,7 +130,7 @@ def main(cfg: PretrainedConfig, *, out: str | Path | None = None, png: bool = Tr
 
     summary = {
         "model": cfg.model,
-        "architecture": model.cfg.original_architecture,
+        "architecture": architecture_of(model),
         "one_hop_accuracy": {
             task: {int(r.length): round(float(r.accuracy), 4) for r in group.itertuples()}
             for task, group in hops.groupby("task")

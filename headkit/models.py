@@ -237,7 +237,22 @@ def extend_context(model: Model, n_ctx: int) -> Model:
         )
     if n_ctx > model.cfg.n_ctx:
         model.cfg.n_ctx = n_ctx
-        hf_config = getattr(getattr(model, "original_model", None), "config", None)
-        if hf_config is not None and hasattr(hf_config, "n_positions"):
-            hf_config.n_positions = n_ctx
+        _grow_gptj_tables(getattr(model, "original_model", None), n_ctx)
     return model
+
+
+def _grow_gptj_tables(hf_model: torch.nn.Module | None, n_ctx: int) -> None:
+    """A bridged Hugging Face GPT-J's sinusoid table (``rotary_emb.embed_positions``, which stops
+    at ``n_positions``) regrown to ``n_ctx`` positions with Hugging Face's own function."""
+    if hf_model is None:
+        return
+    from transformers.models.gptj import modeling_gptj
+
+    for module in hf_model.modules():
+        if isinstance(module, modeling_gptj.GPTJRotaryEmbedding):
+            table = modeling_gptj.create_sinusoidal_positions(n_ctx, module.pos_embd_dim)
+            module.embed_positions = table.to(module.embed_positions.device)
+            module.max_positions = n_ctx
+    config = getattr(hf_model, "config", None)
+    if config is not None and hasattr(config, "n_positions"):
+        config.n_positions = n_ctx

@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # importlib import mode: make `analyses` importab
     sys.path.insert(0, str(ROOT))
 
 from analyses import r5_induction, r6_tree, r7_copy  # noqa: E402
+from model_edits import bias
 from headkit.errors import HeadkitError  # noqa: E402
 from headkit.models import gptj_model  # noqa: E402
 from headkit.tasks import tree_task  # noqa: E402
@@ -166,7 +167,7 @@ def _linear_reference(model, tokens):
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(model.cfg.d_head)  # [batch, head, q, k]
     pattern = scores * torch.ones_like(scores).tril()  # causal, no softmax
     z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # [batch, q, head, d_head]
-    attn_out = torch.einsum("bqhd,hdm->bqm", z, model.W_O[0]) + model.b_O[0]
+    attn_out = torch.einsum("bqhd,hdm->bqm", z, model.W_O[0]) + bias(model.blocks[0].attn.b_O)
     resid = cache["hook_embed"] + attn_out  # rotary: no positional embedding
     return model.unembed(model.ln_final(resid))
 

@@ -17,10 +17,13 @@ from headkit.checkpoints import (
     save_checkpoint,
 )
 from headkit.errors import HeadkitError
+from headkit.model_types import is_bridge, is_hooked
 from headkit.models import ModelConfig, model_from_config
 from headkit.tasks.base import TaskSpec
+from hooked import hooked_gptj, needs_hooked
 
-CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
+SIZES = dict(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)
+CONFIG = ModelConfig(**SIZES)
 TASK = TaskSpec("number", {"target_window": 8, "max_hops": 4, "n_letters": 24})  # d_vocab 24 + 16 = CONFIG.d_vocab
 
 
@@ -233,12 +236,10 @@ def test_run_dir_errors(tmp_path):
         latest_checkpoint(tmp_path / "empty")
 
 
-def test_format_1_checkpoints_still_load(tmp_path):
-    """headkit before the Hugging Face backend wrote a HookedTransformer state dict, no config.json."""
+def _format_1(folder, original) -> None:
+    """A format-1 checkpoint of ``original`` in ``folder``: a HookedTransformer state dict, no config.json."""
     from safetensors.torch import save_file
 
-    original = model(seed=4)
-    folder = tmp_path / "old"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(folder / "model.safetensors"))
     meta = {
@@ -246,19 +247,38 @@ def test_format_1_checkpoints_still_load(tmp_path):
         "metrics": {}, "train_config": {}, "sha256": {"model.safetensors": ckpt._sha256(folder / "model.safetensors")},
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta))
-    loaded = load_checkpoint(folder, device="cpu")
-    assert loaded.step == 3 and loaded.task == TASK
+
+
+@needs_hooked
+def test_format_1_checkpoints_still_load(tmp_path, monkeypatch):
+    """headkit before the Hugging Face backend wrote a HookedTransformer state dict, no config.json:
+    a HookedTransformer again on TransformerLens 3.x, the GPT-J it converts to where 4.x has none."""
+    original = hooked_gptj(**SIZES, seed=4)
+    _format_1(tmp_path / "old", original)
+    loaded = load_checkpoint(tmp_path / "old", device="cpu")
+    assert loaded.step == 3 and loaded.task == TASK and is_hooked(loaded.model)
     with torch.no_grad():
         assert torch.equal(loaded.model(tokens()), original(tokens()))
+    monkeypatch.setattr(ckpt, "has_hooked_transformer", lambda: False)  # as on TransformerLens 4.x
+    converted = load_checkpoint(tmp_path / "old", device="cpu").model
+    assert is_bridge(converted)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(tokens()), original(tokens()), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        original.blocks[0].ln2.w.mul_(2)  # a HookedTransformer that no GPT-J holds
+    _format_1(tmp_path / "other", original)
+    with pytest.raises(HeadkitError, match=r"format 1\) holds a model a GPT-J cannot hold .*ln2\.w differs"):
+        load_checkpoint(tmp_path / "other", device="cpu")
 
 
+@needs_hooked
 def test_hooked_transformer_that_is_not_a_gptj_is_refused(tmp_path):
-    m = model()
+    m = hooked_gptj(**SIZES)
     with torch.no_grad():
         m.blocks[0].attn.b_Q.fill_(0.5)
     with pytest.raises(HeadkitError, match=r"blocks\.0\.attn\.b_Q is not zero"):
         save_checkpoint(tmp_path / "c", m, model_config=CONFIG, step=0)
-    m = model()
+    m = hooked_gptj(**SIZES)
     with torch.no_grad():
         m.blocks[1].ln2.w.mul_(2)
     with pytest.raises(HeadkitError, match=r"blocks\.1\.ln2\.w differs from ln1\.w"):

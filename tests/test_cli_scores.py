@@ -146,12 +146,25 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
     assert table.label.notna().all()
 
 
+def forward_raises(monkeypatch, error: BaseException) -> None:
+    """Every forward of a headkit model raises ``error``; the probe a bridge gets when it is
+    wrapped (which runs forwards) reports faithful hooks without running, so loading succeeds."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headkit.bridge import probe as probe_mod
+
+    def forward(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(probe_mod, "probe", lambda model, **kw: probe_mod.Faithfulness("test", True, True, True, True, True))
+    monkeypatch.setattr(TransformerBridge, "forward", forward)
+
+
 @pytest.mark.parametrize("error", ["OutOfMemoryError", "RuntimeError", "MemoryError"])
 @pytest.mark.parametrize("command", ["classify", "dynamics", "discrepancy"])
 def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, command, error):
     """Issue 18: out of memory inside classify was a traceback (training already said it in one line)."""
     import torch
-    from transformer_lens import HookedTransformer
 
     raised = {
         "OutOfMemoryError": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -159,10 +172,7 @@ def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, comma
         "MemoryError": MemoryError(),
     }[error]
 
-    def forward(*args, **kwargs):
-        raise raised
-
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    forward_raises(monkeypatch, raised)
     extra = ["--lengths", "12"] if command == "discrepancy" else []
     out = tmp_path / "x.csv"
     assert main([command, str(run_dir), "--n-prompts", "3", "--no-progress", *extra, "--out", str(out)]) == 2
@@ -173,11 +183,6 @@ def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, comma
 
 
 def test_other_runtime_errors_keep_their_traceback(run_dir, tmp_path, monkeypatch):
-    from transformer_lens import HookedTransformer
-
-    def forward(*args, **kwargs):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    forward_raises(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main(["classify", str(run_dir), "--n-prompts", "3"])

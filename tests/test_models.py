@@ -34,11 +34,16 @@ def test_same_seed_same_weights_and_different_seed_differs():
     assert not torch.equal(a.W_E, c.W_E)
 
 
-def test_attn_only_has_no_mlp():
+def test_attn_only_mlps_add_nothing():
+    """Hugging Face's GPT-J always has an MLP: an attention-only model's is one unit wide, zero and
+    frozen, its output exactly zero, and the config says attn_only (so no analysis offers an MLP site)."""
     model = gptj_model(n_layers=2, d_model=16, d_vocab=20, n_ctx=16, attn_only=True)
-    assert not any("mlp" in name for name, _ in model.named_parameters())
-    logits = model(torch.randint(0, 20, (2, 7)))
+    mlp = [p for name, p in model.original_model.named_parameters() if ".mlp." in name]
+    assert mlp and all(not p.any() and not p.requires_grad and p.shape[0] in (1, 16) for p in mlp)
+    assert model.cfg.attn_only
+    logits, cache = model.run_with_cache(torch.randint(0, 20, (2, 7)))
     assert logits.shape == (2, 7, 20)
+    assert all(not cache[f"blocks.{l}.hook_mlp_out"].any() for l in range(2))
 
 
 def test_rotary_is_relative_position_only():

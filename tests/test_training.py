@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from transformers import GPTJForCausalLM
+
+from headkit.model_types import is_bridge
 from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.models import ModelConfig
@@ -249,16 +252,24 @@ def test_corrupted_run_json_is_a_clear_error(tmp_path):
 
 
 def test_training_keeps_the_model_a_gptj(tiny_gptj):
-    """No Q/K/V/O biases (they stay 0) and one shared LayerNorm per block (ln2 == ln1)."""
+    """What train returns is Hugging Face's GPT-J (a copy of the one trained) seen through a bridge:
+    no Q/K/V/O biases, one LayerNorm per block, and the weights moved from their initialisation."""
     cfg = tiny(steps=3, eval_every=3)
-    model = train(cfg, progress=False).model
+    result = train(cfg, progress=False)
+    model = result.model
+    assert is_bridge(model) and isinstance(model.original_model, GPTJForCausalLM)
+    assert model.original_model is not result.hf_model  # training keeps its own module
     fresh = tiny_gptj(n_layers=2, d_model=16, n_heads=2, d_vocab=14, n_ctx=40, seed=cfg.seed)
     for block, start in zip(model.blocks, fresh.blocks):
         for name in ("b_Q", "b_K", "b_V", "b_O"):
-            assert not getattr(block.attn, name).any(), name
-        assert torch.equal(block.ln2.w, block.ln1.w) and torch.equal(block.ln2.b, block.ln1.b)
+            bias = getattr(block.attn, name)
+            assert bias is None or not bias.any(), name
+        assert not hasattr(block, "ln2") or block.ln2 is None or torch.equal(block.ln2.w, block.ln1.w)
         assert not torch.equal(block.ln1.w, start.ln1.w)  # the shared LayerNorm did train
         assert not torch.equal(block.attn.W_Q, start.attn.W_Q)
+    hf = {name: p for name, p in result.hf_model.named_parameters()}
+    assert all(name.startswith(("transformer.", "lm_head.")) for name in hf)
+    assert not any(name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias", "out_proj.bias")) for name in hf)
 
 
 def test_a_run_interrupted_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):

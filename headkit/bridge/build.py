@@ -116,10 +116,21 @@ def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Mod
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, dtype=dtype)
+        # eager attention: TransformerLens's hooks see the scores and pattern of Hugging Face's
+        # eager code (with scaled-dot-product attention some never fire)
+        model = cls.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation="eager"
+        )
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
+    for name, tensor in model.named_parameters():  # named as in the files
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise HeadkitError(
+                f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or infinity): the checkpoint is broken"
+            )
+    return model
 
 
 def boot(

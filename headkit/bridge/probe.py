@@ -57,14 +57,15 @@ HOOKS = {
 
 @dataclass(frozen=True)
 class Faithfulness:
-    """What `probe` found; ``None`` where a property does not apply."""
+    """What `probe` found; ``None`` where a property does not apply, or is unknown because the
+    probe's activations were not finite."""
 
     architecture: str
     pattern_fires: bool
-    scores_pre_softmax: bool
+    scores_pre_softmax: bool | None
     rotary_hooks: bool | None
-    pattern_edits: bool
-    block_alone: bool
+    pattern_edits: bool | None
+    block_alone: bool | None
 
     def failing(self, needs: tuple[str, ...]) -> list[str]:
         return [need for need in needs if getattr(self, need) is False]
@@ -96,6 +97,11 @@ def probe(model: Any, *, n_pos: int = 8) -> Faithfulness:
     with record_block_inputs(model, batch=tokens.shape[0], n_pos=tokens.shape[1]) as inputs:
         logits, cache = model.run_with_cache(tokens)
     layer0 = "blocks.0.attn."
+    if not bool(torch.isfinite(logits).all()):
+        # activations that are not finite (e.g. a negative LayerNorm epsilon) compare with nothing:
+        # each value check is unknown (None), and the analysis itself names the non-finite activation
+        pattern = cache.cache_dict.get(layer0 + "hook_pattern")
+        return Faithfulness(architecture_of(model), pattern is not None, None, None, None, None)  # type: ignore[arg-type]
     scores, pattern = cache.cache_dict.get(layer0 + "hook_attn_scores"), cache.cache_dict.get(layer0 + "hook_pattern")
     pattern_fires = pattern is not None
     pre_softmax = (
@@ -129,9 +135,12 @@ _PROBED: weakref.WeakKeyDictionary[Any, Faithfulness] = weakref.WeakKeyDictionar
 
 def faithfulness(model: Any) -> Faithfulness:
     """`probe`'s verdict for ``model``, probed once per model object (forgotten with the model)."""
-    if model not in _PROBED:
-        _PROBED[model] = probe(model)
-    return _PROBED[model]
+    if model in _PROBED:
+        return _PROBED[model]
+    verdict = probe(model)
+    if verdict.scores_pre_softmax is not None:  # a verdict of finite activations: kept
+        _PROBED[model] = verdict
+    return verdict
 
 
 def require(model: Any, analysis: str) -> None:

@@ -53,6 +53,18 @@ Factors = tuple[
 ]
 
 
+def _stacked(model: Model, name: str, dtype: torch.dtype) -> Tensor:
+    """``model.W_Q`` … ``W_O`` [n_layers, n_heads, …] in ``dtype``, a grouped-query model's shared
+    key/value heads repeated per query head (query head ``h`` reads key/value head
+    ``h // (n_heads / n_kv)``, as HookedTransformer's ``W_K``/``W_V`` give them; a bridge gives
+    the ``n_kv`` stored heads)."""
+    weight = getattr(model, name).to(dtype)
+    n_heads = model.cfg.n_heads
+    if weight.shape[1] != n_heads:
+        weight = weight.repeat_interleave(n_heads // weight.shape[1], dim=1)
+    return weight
+
+
 def _weights_dtype(model: Model) -> torch.dtype:
     """Compute in float32 at least (bf16/fp16 weights are upcast), float64 stays."""
     check_model(model)  # the weights scores read: a model with real ones
@@ -66,8 +78,8 @@ def copying_scores(model: Model) -> pd.DataFrame:
         W_E = model.W_E.to(dtype)  # [d_vocab, d_model]
         W_U = model.W_U.to(dtype)  # [d_model, d_vocab]
         unembed_embed = W_U @ W_E  # [d_model, d_model]
-        W_V = model.W_V.to(dtype)  # [n_layers, n_heads, d_model, d_head]
-        W_O = model.W_O.to(dtype)  # [n_layers, n_heads, d_head, d_model]
+        W_V = _stacked(model, "W_V", dtype)  # [n_layers, n_heads, d_model, d_head]
+        W_O = _stacked(model, "W_O", dtype)  # [n_layers, n_heads, d_head, d_model]
         small = W_O @ unembed_embed @ W_V  # [n_layers, n_heads, d_head, d_head] = W_O W_U W_E W_V
         eig = torch.linalg.eigvals(small.double())  # [n_layers, n_heads, d_head], complex
         score = eig.sum(-1).real / eig.abs().sum(-1)  # Σλ is real: complex λ come in conjugate pairs
@@ -81,17 +93,17 @@ def copying_scores(model: Model) -> pd.DataFrame:
 
 def _qk(model: Model, dtype: torch.dtype) -> Factors:
     """W_QK = W_Q @ W_Kᵀ as (left, right) factors."""
-    return model.W_Q.to(dtype), model.W_K.to(dtype).transpose(-2, -1)
+    return _stacked(model, "W_Q", dtype), _stacked(model, "W_K", dtype).transpose(-2, -1)
 
 
 def _qk_transposed(model: Model, dtype: torch.dtype) -> Factors:
     """W_QKᵀ = W_K @ W_Qᵀ as (left, right) factors."""
-    return model.W_K.to(dtype), model.W_Q.to(dtype).transpose(-2, -1)
+    return _stacked(model, "W_K", dtype), _stacked(model, "W_Q", dtype).transpose(-2, -1)
 
 
 def _ov(model: Model, dtype: torch.dtype) -> Factors:
     """W_OV = W_V @ W_O as (left, right) factors."""
-    return model.W_V.to(dtype), model.W_O.to(dtype)
+    return _stacked(model, "W_V", dtype), _stacked(model, "W_O", dtype)
 
 
 # composition kind -> factors of the later (target) head's circuit
