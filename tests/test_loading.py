@@ -1,4 +1,4 @@
-"""load_gptj against Hugging Face's own GPT-J forward and TransformerLens's own conversion.
+"""load_gptj against Hugging Face's own GPT-J forward and (TransformerLens 3.x) its own conversion.
 
 Every checkpoint here is a tiny random `GPTJForCausalLM` written by the test with
 ``save_pretrained``; nothing is downloaded.
@@ -15,7 +15,9 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
-from headkit.loading import LoadOptions, hooked_config, load_gptj, read_gptj_config
+from headkit.loading import load_gptj
+from headkit.model_types import is_bridge
+from hooked import needs_hooked
 
 D_VOCAB = 50
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
@@ -69,7 +71,6 @@ def test_log_probs_match_huggingface(tmp_path, tokens, n_inner, flags):
     hf = tiny_hf(n_inner=n_inner)
     model = load_gptj(save(hf, tmp_path), **flags)
     assert model.cfg.d_mlp == (n_inner or 4 * 32)
-    assert model.cfg.normalization_type == ("LNPre" if flags.get("fold_ln") else "LN")
     diff = (tl_log_probs(model, tokens) - hf_log_probs(hf, tokens)).abs().max().item()
     assert diff <= 1e-4
 
@@ -81,24 +82,39 @@ def test_rotary_on_the_whole_head(tmp_path, tokens):
     assert (tl_log_probs(model, tokens) - hf_log_probs(hf, tokens)).abs().max() <= 1e-4
 
 
+@needs_hooked
 @pytest.mark.parametrize("flags", [{}, PROCESSING], ids=["raw", "all"])
-def test_weights_equal_transformer_lens_conversion(tmp_path, flags):
-    """The same tensors as TransformerLens's convert_gptj_weights + load_and_process_state_dict."""
+def test_weights_and_log_probs_equal_transformer_lens_conversion(tmp_path, tokens, flags):
+    """The bridge holds the weights TransformerLens 3.9's own GPT-J conversion makes
+    (``convert_gptj_weights``), and with processing computes the same log-probabilities
+    as ``load_and_process_state_dict``."""
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions.gptj import convert_gptj_weights
 
     hf = tiny_hf()
-    ours = load_gptj(save(hf, tmp_path), **flags)
-    cfg = hooked_config(read_gptj_config(tmp_path), LoadOptions(dtype=torch.float32, device="cpu"), model_name="ref")
-    reference = HookedTransformer(cfg)
+    ours = load_gptj(save(hf, tmp_path), device="cpu", **flags)
+    assert is_bridge(ours)
+    reference = HookedTransformer(_hooked_cfg(hf))
     reference.load_and_process_state_dict(
-        convert_gptj_weights(hf, reference.cfg),
-        **{**{name: False for name in PROCESSING}, **flags},
+        convert_gptj_weights(hf, reference.cfg), **{**{name: False for name in PROCESSING}, **flags}
     )
-    ref_state, our_state = reference.state_dict(), ours.state_dict()
-    assert ref_state.keys() == our_state.keys()
-    for name, ref in ref_state.items():
-        torch.testing.assert_close(our_state[name], ref, atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(tl_log_probs(ours, tokens), tl_log_probs(reference, tokens), atol=1e-5, rtol=1e-5)
+    if not flags:
+        for name in ("W_E", "W_Q", "W_K", "W_V", "W_O", "W_U"):
+            torch.testing.assert_close(getattr(ours, name), getattr(reference, name), msg=name)
+
+
+def _hooked_cfg(hf: GPTJForCausalLM):
+    """TransformerLens 3.9's GPT-J config for a Hugging Face GPT-J config (its own mapping)."""
+    from transformer_lens import HookedTransformerConfig
+
+    c = hf.config
+    return HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn=c.activation_function,
+        eps=c.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="rotary",
+        rotary_dim=c.rotary_dim, rotary_adjacent_pairs=True, parallel_attn_mlp=True, device="cpu",
+    )  # fmt: skip
 
 
 def test_bfloat16_load(tmp_path, tokens):
@@ -107,7 +123,6 @@ def test_bfloat16_load(tmp_path, tokens):
     fp32 = load_gptj(directory)
     bf16 = load_gptj(directory, dtype="bfloat16")
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
-    assert bf16.blocks[0].attn.rotary_sin.dtype == torch.bfloat16
     # This machine's CPU advertises AMX, which the sandbox does not grant: oneDNN's
     # bf16 matmul dies with SIGILL. Torch's own kernels (mkldnn off) are fine.
     with torch.backends.mkldnn.flags(enabled=False):
@@ -269,5 +284,5 @@ def test_bad_options(tmp_path):
         load_gptj(directory, dtype="float64")
     with pytest.raises(HeadkitError, match="n_devices=0 is out of range: allowed 1 or more"):
         load_gptj(directory, n_devices=0)
-    with pytest.raises(HeadkitError, match="n_devices=2 needs a CUDA device"):
+    with pytest.raises(HeadkitError, match="n_devices=2: headkit loads a model onto one device"):
         load_gptj(directory, n_devices=2, device="cpu")

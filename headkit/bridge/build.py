@@ -98,14 +98,51 @@ def wrap(
 def attach_tokenizer(bridge: TransformerBridge, tokenizer: Any) -> None:
     """Give ``bridge`` an in-memory tokenizer (TransformerLens's own setup looks its name up on the hub).
 
-    As HookedTransformer's ``set_tokenizer``: a tokenizer without a BOS token uses its EOS
-    token, and ``cfg.tokenizer_prepends_bos`` records whether encoding adds a token by
+    As HookedTransformer's ``set_tokenizer``: a tokenizer without a BOS (or padding) token
+    uses its EOS token, and ``cfg.tokenizer_prepends_bos`` records whether encoding adds a token by
     itself (otherwise the bridge's ``to_tokens`` would drop each prompt's first word).
     """
-    if getattr(tokenizer, "bos_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
-        tokenizer.bos_token = tokenizer.eos_token
+    eos = getattr(tokenizer, "eos_token", None)
+    if getattr(tokenizer, "bos_token", None) is None and eos is not None:
+        tokenizer.bos_token = eos
+    if getattr(tokenizer, "pad_token", None) is None and eos is not None:
+        tokenizer.pad_token = eos  # to_tokens pads a batch of prompts
     bridge.tokenizer = tokenizer
     bridge.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+
+
+def _check_against_files(path: Path, weights: Any) -> None:
+    """Every tensor the config's model declares that the files hold: a floating-point dtype and the
+    shape the config implies, from the files' headers, before anything is read (one line naming
+    the first that differs; transformers' own report is many lines, after the reading)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, OSError, TypeError) as error:
+        raise HeadkitError(f"{path}: transformers cannot build a causal LM of its config.json: {error}") from None
+    for name, tensor in skeleton.state_dict().items():
+        if name not in weights:
+            continue  # tied, renamed or buffers: transformers' own loading decides
+        weights.check_dtype(name)
+        if weights.shape(name) != tuple(tensor.shape):
+            raise HeadkitError(
+                f"{weights.file(name)}: tensor {name} has shape {weights.shape(name)}, "
+                f"config.json implies {tuple(tensor.shape)}"
+            )
+
+
+def _own_memory(model: torch.nn.Module) -> None:
+    """Copy, one tensor at a time, every weight transformers left as a view of the memory-mapped
+    file: a file rewritten (or truncated) in place later must not change (or crash) the model."""
+    with torch.no_grad():
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for name, tensor in store.items():
+                    if tensor is not None and tensor.device.type == "cpu":
+                        tensor.data = tensor.data.clone()
 
 
 def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Module:
@@ -124,6 +161,7 @@ def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Mod
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
+    _own_memory(model)
     for name, tensor in model.named_parameters():  # named as in the files
         if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -154,7 +192,9 @@ def boot(
 
     path = Path(directory)
     raw = read_hf_config(path)  # refuses a missing config, an auto_map, non-positive sizes
-    check_config_sizes(raw, path / "config.json", open_weight_files(path))
+    weights = open_weight_files(path)
+    check_config_sizes(raw, path / "config.json", weights)
+    _check_against_files(path, weights)
     try:
         hf_model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
     except (ValueError, KeyError, OSError) as error:  # an architecture or a file transformers cannot load
