@@ -367,7 +367,10 @@ def _model_from_hf_dir(folder: Path, config: ModelConfig, dtype: torch.dtype, de
     MLPs (`headkit.gptj_hf`), which add exactly nothing.
     """
     from headkit.bridge.build import from_pretrained, wrap
+    from headkit.loading.files import open_weight_files
+    from headkit.loading.gptj import check_weights, read_gptj_config
 
+    check_weights(open_weight_files(folder), read_gptj_config(folder), folder)  # from the headers, one line
     hf_model = from_pretrained(GPTJForCausalLM, folder, dtype=dtype)
     if device is not None:
         hf_model.to(device)
