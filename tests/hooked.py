@@ -32,3 +32,14 @@ def hooked_gptj(
     model = HookedTransformer(gptj_config(cfg, seed=seed))
     model.eval()
     return model
+
+
+def hooked_model(**config: Any) -> Any:
+    """``HookedTransformer(HookedTransformerConfig(**config))`` in eval mode (skipped on TransformerLens 4.x)."""
+    if not has_hooked_transformer():
+        pytest.skip(REASON)
+    from transformer_lens import HookedTransformerConfig
+
+    model = HookedTransformer(HookedTransformerConfig(**config))
+    model.eval()
+    return model

@@ -68,3 +68,22 @@ def block_pattern(model: Any, tokens: Any, resid: Any, layer: int) -> Any:
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: kept.setdefault("p", p.detach()))]):
         run_blocks(model, resid, layer, layer + 1, inputs=inputs)
     return kept["p"]
+
+
+def forbid_forward(monkeypatch: Any, error: BaseException) -> None:
+    """Every forward of a model raises ``error``, except the faithfulness probe a bridge gets when
+    it is wrapped (stubbed as faithful without running), so that loading succeeds and only the
+    analysis's own forward passes meet ``error``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headkit.bridge import probe as probe_mod
+    from headkit.model_types import HookedTransformer
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    faithful = probe_mod.Faithfulness("stub", True, True, True, True, True)
+    monkeypatch.setattr(probe_mod, "probe", lambda model, **kwargs: faithful)
+    monkeypatch.setattr(TransformerBridge, "forward", forward)
+    if HookedTransformer is not None:
+        monkeypatch.setattr(HookedTransformer, "forward", forward)

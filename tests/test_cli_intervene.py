@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from transformer_lens import HookedTransformer
 
+from model_edits import forbid_forward
 from headkit.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from headkit.cli import main
 from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
@@ -142,10 +142,7 @@ def test_path_patch_given_senders(run_dir, loaded, tmp_path, capsys):
 def no_forward(monkeypatch):
     """Any forward pass fails loudly: errors below must be raised before one."""
 
-    def forward(*args, **kwargs):
-        raise AssertionError("a forward pass ran before the input was checked")
-
-    monkeypatch.setattr(HookedTransformer, "forward", forward)
+    forbid_forward(monkeypatch, AssertionError("a forward pass ran before the input was checked"))
 
 
 @pytest.mark.parametrize(

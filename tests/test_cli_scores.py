@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from model_edits import forbid_forward
 from headkit.checkpoints import latest_checkpoint, load_checkpoint
 from headkit.cli import main
 from headkit.models import ModelConfig
@@ -146,20 +147,6 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
     assert table.label.notna().all()
 
 
-def forward_raises(monkeypatch, error: BaseException) -> None:
-    """Every forward of a headkit model raises ``error``; the probe a bridge gets when it is
-    wrapped (which runs forwards) reports faithful hooks without running, so loading succeeds."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from headkit.bridge import probe as probe_mod
-
-    def forward(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(probe_mod, "probe", lambda model, **kw: probe_mod.Faithfulness("test", True, True, True, True, True))
-    monkeypatch.setattr(TransformerBridge, "forward", forward)
-
-
 @pytest.mark.parametrize("error", ["OutOfMemoryError", "RuntimeError", "MemoryError"])
 @pytest.mark.parametrize("command", ["classify", "dynamics", "discrepancy"])
 def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, command, error):
@@ -172,7 +159,7 @@ def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, comma
         "MemoryError": MemoryError(),
     }[error]
 
-    forward_raises(monkeypatch, raised)
+    forbid_forward(monkeypatch, raised)
     extra = ["--lengths", "12"] if command == "discrepancy" else []
     out = tmp_path / "x.csv"
     assert main([command, str(run_dir), "--n-prompts", "3", "--no-progress", *extra, "--out", str(out)]) == 2
@@ -183,6 +170,6 @@ def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, comma
 
 
 def test_other_runtime_errors_keep_their_traceback(run_dir, tmp_path, monkeypatch):
-    forward_raises(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    forbid_forward(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main(["classify", str(run_dir), "--n-prompts", "3"])

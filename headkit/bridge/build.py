@@ -88,9 +88,10 @@ def wrap(
         attach_tokenizer(bridge, tokenizer)
     bridge.eval()
     weight = next(hf_model.parameters(), None)
-    if weight is not None and not (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"):
+    if weight is not None and weight.device.type != "meta" and not (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"):
         # probed now, on the model as built: an analysis's checks later cost no forward pass
-        # (bf16 on a CPU is probed at first use: some CPUs cannot multiply bf16 matrices)
+        # (bf16 on a CPU is probed at first use: some CPUs cannot multiply bf16 matrices;
+        # a model on the meta device holds no values to probe)
         faithfulness(bridge)
     return bridge
 

@@ -13,9 +13,10 @@ import logging
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import patching as tl
 
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.errors import HeadkitError
 from headkit.interventions.activation_patching import (
     COLUMNS,
@@ -35,7 +36,7 @@ def sequential_model(**overrides) -> HookedTransformer:
         act_fn="gelu", normalization_type="LN", parallel_attn_mlp=False, seed=0,
     )  # fmt: skip
     kwargs.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**kwargs))
+    model = hooked_model(**kwargs)
     model.eval()
     return model
 

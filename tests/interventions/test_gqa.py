@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
 from headkit.interventions.activation_patching import activation_patching, site_heads
@@ -23,11 +24,11 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=2, d_model=32, n_heads=N_HEADS, d_head=8, n_key_value_heads=N_KV, d_mlp=64,
         d_vocab=D_VOCAB, n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0,
     )  # fmt: skip
-    model = HookedTransformer(cfg)
+    model = hooked_model(**cfg)
     model.eval()
     return model
 

@@ -14,9 +14,10 @@ import math
 import pytest
 import torch
 
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.model_types import is_bridge
 from model_edits import livelier
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from headkit.errors import HeadkitError
 from headkit.interventions.path_patching import (
@@ -59,11 +60,11 @@ def gptj(tiny_gptj):
 @pytest.fixture
 def sequential():
     """A standard GPT-2-style block: attention, then MLP (it has hook_resid_mid)."""
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=3, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=D_VOCAB, n_ctx=32,
         act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=0,
     )
-    model = HookedTransformer(cfg)
+    model = hooked_model(**cfg)
     model.eval()
     return model
 
@@ -348,7 +349,7 @@ def _model(**overrides):
         n_layers=3, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=D_VOCAB, n_ctx=32,
         act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=0,
     )  # fmt: skip
-    model = HookedTransformer(HookedTransformerConfig(**{**base, **overrides}))
+    model = hooked_model(**{**base, **overrides})
     model.eval()
     return model
 

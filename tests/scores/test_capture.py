@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from model_edits import negative_eps
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.scores.capture import capture, query_chunks
 
 # heads out of (layer, head) order, over three layers: the result keeps this order
@@ -16,11 +17,11 @@ CACHE_NAMES = {"pattern": "pattern", "logits": "attn_scores"}
 
 def standard_model() -> HookedTransformer:
     """A tiny GPT-2-style model (absolute positions, MLPs, LayerNorm) from config."""
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=3, d_model=24, n_heads=3, d_head=8, d_mlp=48, n_ctx=16, d_vocab=20,
         act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", seed=1,
     )  # fmt: skip
-    return HookedTransformer(cfg).eval()
+    return hooked_model(**cfg).eval()
 
 
 @pytest.fixture(params=["gptj", "standard"])

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from transformers.models.gptj import modeling_gptj
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.model_types import has_hooked_transformer
 from hooked import hooked_gptj
 from headkit.errors import HeadkitError
@@ -94,11 +95,11 @@ def test_handbuilt_fast_pair_is_positional_and_unrotated_part_symbolic(lookup_mo
 
 
 def test_non_rotary_model_is_refused():
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10,
         attn_only=True, positional_embedding_type="standard", act_fn="gelu",
     )
-    model = HookedTransformer(cfg)
+    model = hooked_model(**cfg)
     with pytest.raises(HeadkitError, match="rotary"):
         rope_frequency_scores(model, torch.zeros(1, 5, dtype=torch.long))
 

@@ -13,8 +13,9 @@ import math
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from headkit.model_types import HookedTransformer
+from hooked import hooked_model
 from headkit.errors import HeadkitError
 from headkit.models import gptj_model
 from headkit.scores.positional_symbolic import (
@@ -181,11 +182,11 @@ def test_handbuilt_rotary_positional_and_content_heads_in_residual_mode(lookup_m
 
 
 def test_residual_swap_is_refused_for_absolute_positions_and_tokens_mode_works():
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10,
         attn_only=True, positional_embedding_type="standard", act_fn="gelu",
     )  # fmt: skip
-    model = HookedTransformer(cfg)
+    model = hooked_model(**cfg)
     tokens = torch.randint(0, 10, (2, 6), generator=torch.Generator().manual_seed(0))
     with pytest.raises(HeadkitError, match="swap='tokens'") as err:
         positional_symbolic_scores(model, tokens)
