@@ -49,13 +49,13 @@ if __package__ in (None, ""):  # run as a file: make `analyses` importable
 
 import pandas as pd
 import plotly.graph_objects as go
-from transformer_lens import HookedTransformer
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
 from headkit.demo import DEMO_CHECKPOINTS
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
+from headkit.model_types import Model
 from headkit.models import DEFAULT_N_CTX, ModelConfig, extend_context
 from headkit.paper import R1_ADDED, r1_comparison
 from headkit.plots import accuracy_by_length_figure, write_figure
@@ -148,7 +148,7 @@ def check_lengths(lengths: Sequence[int], *, steps: int, tiny: bool) -> None:
             raise HeadkitError(f"length {length!r} is out of range: allowed 17..{n_ctx} (the models' n_ctx)")
 
 
-def final_model(run_dir: Path) -> tuple[HookedTransformer, TaskSpec]:
+def final_model(run_dir: Path) -> tuple[Model, TaskSpec]:
     """The model of a run's last checkpoint and the task it was trained on."""
     ckpt = open_checkpoint(run_dir)
     if ckpt.task is None:

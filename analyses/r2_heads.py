@@ -51,13 +51,13 @@ if __package__ in (None, ""):  # run as a file: make `analyses` importable
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from transformer_lens import HookedTransformer
 
 from analyses.common import Timer, output_dir
 from analyses.r1_length import DEFAULT_RUNS, DEFAULT_STEPS, final_model, run_script, shared_runs, write_analysis
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablation_sweep_by_hop
 from headkit.interventions.metrics import accuracy
+from headkit.model_types import Model
 from headkit.plots import head_scores_figure
 from headkit.paper import R2_LAYERS, R2_PURE, count_verdict, layer_span
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, PAPER_GAMMAS, classify_heads, paper_column
@@ -93,13 +93,13 @@ def check_config(cfg: HeadsConfig) -> None:
             raise HeadkitError(f"{name}={value!r} must be a positive integer")
 
 
-def classify(model: HookedTransformer, spec: TaskSpec, *, n_prompts: int, seed: int) -> pd.DataFrame:
+def classify(model: Model, spec: TaskSpec, *, n_prompts: int, seed: int) -> pd.DataFrame:
     """`classify_heads` on ``n_prompts`` fresh prompts of the task (defaults of headkit)."""
     return classify_heads(model, spec.build(n_prompts, seed=seed).tokens)
 
 
 def ablation_table(
-    model: HookedTransformer, spec: TaskSpec, *, n: int, n_reference: int, seed: int
+    model: Model, spec: TaskSpec, *, n: int, n_reference: int, seed: int
 ) -> pd.DataFrame:
     """Per head: accuracy without/with mean ablation, overall and per hop (wide, one row per head)."""
     batch = spec.build(n, seed=seed)

@@ -71,11 +71,11 @@ from jaxtyping import Int
 from torch import Tensor
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
+from headkit.model_types import Model
 from headkit.models import ModelConfig, model_from_config
 from headkit.scores.circuits import composition_scores
 from headkit.scores.detectors import induction_scores_from_tokens, previous_token_scores
@@ -144,7 +144,7 @@ def quick_config() -> R5Config:
                     warmup_steps=1, eval_every=2, eval_n=8)
 
 
-def head_scores(model: HookedTransformer, batch: TaskBatch, *, half_length: int) -> dict[str, np.ndarray]:
+def head_scores(model: Model, batch: TaskBatch, *, half_length: int) -> dict[str, np.ndarray]:
     """Induction [n_heads] (layer 1), previous-token [n_heads] (layer 0), K-composition [n_heads, n_heads] (L0 -> L1)."""
     n_heads = model.cfg.n_heads
     ind = induction_scores_from_tokens(model, batch.tokens, half_length=half_length, batch_size=batch.n)
@@ -164,7 +164,7 @@ OFFSETS = {"self": 0, "previous": 1, "two_back": 2, "three_back": 3}  # name -> 
 FIRST_QUERY = 5  # offsets are read at queries >= this, so that no offset lands on BOS
 
 
-def layer0_offsets(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> dict[str, dict[str, float]]:
+def layer0_offsets(model: Model, tokens: Int[Tensor, "batch pos"]) -> dict[str, dict[str, float]]:
     """Mean attention of each layer-0 head by key offset (self, 1-3 back), on BOS, and elsewhere."""
     name = "blocks.0.attn.hook_pattern"
     with torch.no_grad():

@@ -52,11 +52,11 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
+from headkit.model_types import Model
 from headkit.models import ModelConfig
 from headkit.tasks import tree_task
 from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
@@ -136,7 +136,7 @@ def key_regions(batch: TaskBatch, *, min_depth: int) -> tuple[Int[Tensor, "batch
 
 
 def attention_by_region(
-    model: HookedTransformer, batch: TaskBatch, *, min_depth: int
+    model: Model, batch: TaskBatch, *, min_depth: int
 ) -> pd.DataFrame:
     """Per layer and region: the answer position's mean attention share (module docstring, step 2)."""
     regions, names = key_regions(batch, min_depth=min_depth)
@@ -161,7 +161,7 @@ def attention_by_region(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def path_accuracy(model: HookedTransformer, batch: TaskBatch) -> float:
+def path_accuracy(model: Model, batch: TaskBatch) -> float:
     """Share of prompts whose every scored path token is predicted right (teacher-forced)."""
     with torch.no_grad():
         predicted = model(batch.tokens).argmax(-1)  # [batch, pos]

@@ -57,11 +57,11 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
+from headkit.model_types import Model
 from headkit.models import gptj_model
 from headkit.tasks import copy_task
 from headkit.tasks.base import IGNORE
@@ -107,11 +107,11 @@ def quick_config() -> R7Config:
 # --- attention types: model -> context manager that makes its layer use that attention ---
 
 
-def _softmax(model: HookedTransformer) -> contextlib.AbstractContextManager:
+def _softmax(model: Model) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _linear(model: HookedTransformer) -> contextlib.AbstractContextManager:
+def _linear(model: Model) -> contextlib.AbstractContextManager:
     stash: dict[str, Tensor] = {}
 
     def keep_scores(scores: Float[Tensor, "batch head_index query_pos key_pos"], hook: HookPoint) -> None:
@@ -124,7 +124,7 @@ def _linear(model: HookedTransformer) -> contextlib.AbstractContextManager:
     return model.hooks(fwd_hooks=[(SCORES, keep_scores), (PATTERN, use_scores)])
 
 
-ATTENTIONS: dict[str, Callable[[HookedTransformer], contextlib.AbstractContextManager]] = {
+ATTENTIONS: dict[str, Callable[[Model], contextlib.AbstractContextManager]] = {
     "softmax": _softmax,
     "linear": _linear,
 }

@@ -160,6 +160,6 @@ def check_site(model: Model, site: str) -> Site:
 def site_heads(model: Model, site: str) -> int:
     """Heads at a head site: k and v have ``n_key_value_heads`` in grouped-query models."""
     n_kv = model.cfg.n_key_value_heads
-    if site in ("k", "v") and n_kv is not None and not model.cfg.ungroup_grouped_query_attention:
+    if site in ("k", "v") and n_kv is not None and not getattr(model.cfg, "ungroup_grouped_query_attention", False):
         return n_kv
     return model.cfg.n_heads
