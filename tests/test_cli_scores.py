@@ -106,6 +106,7 @@ def test_classify_pretrained_gptj_without_tokenizer_is_refused(tmp_path, capsys)
 
     config = GPTJConfig(n_layer=2, n_embd=32, n_head=2, rotary_dim=8, vocab_size=48, n_positions=64)
     GPTJForCausalLM(config).save_pretrained(tmp_path / "gptj")
+    capsys.readouterr()  # save_pretrained's own progress bar
     out = tmp_path / "heads.csv"
     assert main(["classify", "--gptj", str(tmp_path / "gptj"), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
