@@ -100,6 +100,7 @@ class DemoResult:
     accuracy: pd.DataFrame | None = None  # evaluate's table, both tasks
     r1: pd.DataFrame | None = None  # R1 beside PosSym-2026 (prefix protocol at the paper's lengths), else None
     heads: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> classify_heads table
+    r2: pd.DataFrame | None = None  # pure heads at gamma 0.1 beside PosSym-2026's (headkit.paper.r2_comparison)
     ablation: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> ablation_sweep_by_hop table
     report: Path | None = None  # OUT/report.html
     files: list[Path] = field(default_factory=list)  # files written, in order
@@ -302,6 +303,24 @@ def step_classify(options: DemoOptions, result: DemoResult, say: Say) -> None:
         result.files.append(write_csv(result.out / f"heads_{task}.csv", heads))
         say(f"\n{task} heads ({CLASSIFY_PROMPTS} prompts of length {tokens.shape[1]}):")
         say(_table(heads[["layer", "head", "label", "purity", "positional_score", "symbolic_score", "signal"]], "{:.2f}"))
+    _say_r2(result, say)
+
+
+def _say_r2(result: DemoResult, say: Say) -> None:
+    """R2: pure heads at the paper's gamma 0.1 with their layers, beside the paper's counts, and the verdict."""
+    from headkit.paper import r2_comparison, r2_verdict
+
+    table = r2_comparison(result.heads, gamma=0.1)
+    if table.empty:
+        return
+    result.r2 = table
+    say(
+        "\nR2 against PosSym-2026 (pure heads: s_pos >= 0.9 and s_sym <= 0.1 or mirrored, the paper's gamma 0.1; "
+        "the paper's model has 12 one-head layers, this one n_layers):"
+    )
+    say(_table(table.drop(columns="verdict").assign(count=table["verdict"])))
+    for task, line in r2_verdict(table, result.heads).items():
+        say(f"R2 {task}: {line}")
 
 
 def step_ablate(options: DemoOptions, result: DemoResult, say: Say) -> None:
