@@ -99,3 +99,11 @@ def test_classify_step_prints_r2_beside_the_papers_counts(tmp_path, monkeypatch)
     assert row.loc[("letter", "symbolic"), "paper"] == 11
     assert "R2 number: not reproduced: no pure positional head where the paper has 4" in said
     assert "R2 letter: reproduced in kind (symbolic); counts compared by layout, not number" in said
+
+
+def test_report_dynamics_use_every_checkpoint():
+    """The report's learning dynamics classify all 12 checkpoints (it took 4 and skipped steps 400-800, issue 19)."""
+    for cfg in demo.demo_configs(demo.DemoOptions()).values():
+        steps = demo._report_steps(cfg)
+        assert steps == [*cfg.checkpoint_steps, cfg.steps] and len(steps) == 12
+        assert {400, 600, 800} <= set(steps)
