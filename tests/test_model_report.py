@@ -1,0 +1,171 @@
+"""``headkit report --model DIR --suite ...`` (headkit.model_report): find, confirm, roles, look.
+
+Tiny GPT-2 (absolute positions), Llama (grouped-query) and GPT-J checkpoints with a
+word-level tokenizer, all saved by the test. The GPT-2 one has two heads wired by
+hand in layer 0, with one-hot position dimensions (dims 0..47) beside random token
+dimensions (48..95):
+
+- L0H1, a previous-token head: its query reads position t, its key position s + 1,
+  so each token attends to the one before it; its output weights are zero, so it
+  changes nothing: the report must find it (detector ~1) and flag that no
+  intervention confirms it;
+- L0H0, a positional S-inhibition head: it attends from every position to position
+  10 (where IOI's S2, the repeated name, stands in every default template) and
+  writes minus that token's embedding, so the tied unembedding lowers the repeated
+  name's logit: IO − S goes up on clean prompts, not on the twins (S2 replaced by a
+  third name). The report must label it positional and confirm it by ablation,
+  patching and path patching.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+import transformers as T
+
+from headkit.cli import main
+from headkit.errors import HeadkitError
+from headkit.model_report import ModelReportOptions, roles_table
+from headkit.tasks.natural import word_tokenizer
+
+POS = 48  # one-hot position dimensions (n_positions; the induction suite is 40 tokens)
+S2 = 10  # IOI's repeated name in the default templates, with the word-level tokenizer
+
+
+def _wired_gpt2(directory):
+    tokenizer = word_tokenizer()
+    config = T.GPT2Config(vocab_size=len(tokenizer), n_positions=POS, n_embd=2 * POS, n_layer=2, n_head=2,
+                          bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(config)
+    d, dh = 2 * POS, POS  # d_model, d_head
+    with torch.no_grad():
+        wte = torch.zeros(len(tokenizer), d)
+        wte[:, POS:] = torch.randn(len(tokenizer), POS)
+        model.transformer.wte.weight.copy_(wte)  # tied to the unembedding
+        model.transformer.wpe.weight.copy_(torch.cat([4 * torch.eye(POS), torch.zeros(POS, POS)], dim=1))
+        attn = model.transformer.h[0].attn
+        w = torch.zeros(d, 3 * d)  # Conv1D: x @ w; columns q | k | v, each head0 | head1
+        b = torch.zeros(3 * d)
+        u = torch.zeros(dh)
+        u[0] = 5.0
+        b[0:dh] = u  # head 0 query: constant
+        w[S2, d : d + dh] = torch.eye(dh)[0]  # head 0 key: position 10 only
+        w[POS:, 2 * d : 2 * d + dh] = torch.eye(dh)  # head 0 value: the token dimensions
+        w[:POS, dh : 2 * dh] = 3 * torch.eye(POS)  # head 1 query: position t (sharp)
+        w[: POS - 1, d + dh : d + 2 * dh] = torch.eye(POS)[1:]  # head 1 key: position s + 1
+        attn.c_attn.weight.copy_(w)
+        attn.c_attn.bias.copy_(b)
+        out = torch.zeros(d, d)
+        out[:dh, POS:] = -3.0 * torch.eye(dh)  # head 0 writes minus the token; head 1 writes nothing
+        attn.c_proj.weight.copy_(out)
+        attn.c_proj.bias.zero_()
+        for block in model.transformer.h:  # MLPs off: the wiring alone decides
+            block.mlp.c_proj.weight.zero_()
+            block.mlp.c_proj.bias.zero_()
+        model.transformer.h[1].attn.c_proj.weight.mul_(0.1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _random(kind, directory):
+    tokenizer = word_tokenizer()
+    v = len(tokenizer)
+    config = {
+        "llama": T.LlamaConfig(vocab_size=v, max_position_embeddings=128, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+        "gptj": T.GPTJConfig(vocab_size=v, n_positions=128, n_embd=32, n_layer=2, n_head=4, rotary_dim=4),
+    }[kind]  # fmt: skip
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def wired(tmp_path_factory):
+    return _wired_gpt2(tmp_path_factory.mktemp("gpt2"))
+
+
+def _report(model_dir, out, *suites, n="6"):
+    argv = ["report", "--model", str(model_dir), *[a for s in suites for a in ("--suite", s)], "--n-prompts", n,
+            "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def wired_report(wired, tmp_path_factory):
+    return _report(wired, tmp_path_factory.mktemp("page") / "page", "ioi", "induction", n="8")
+
+
+def test_report_finds_and_confirms_the_hand_wired_heads(wired_report):
+    roles = pd.read_csv(wired_report / "ioi_roles.csv").set_index(["layer", "head"])
+    inhibit, previous = roles.loc[(0, 0)], roles.loc[(0, 1)]
+    assert inhibit["label"] == "positional" and inhibit["role"] == "positional"  # found: attends to a slot
+    assert inhibit["confirmed"] and min(inhibit["ablation"], inhibit["patching"], inhibit["path_to_logits"]) > 0.5
+    assert roles.index[0] == (0, 0)  # first by effect
+    assert previous["role"] == "previous-token" and previous["role_score"] > 0.9  # found
+    assert not previous["confirmed"] and "no intervention moves the metric" in previous["note"]  # flagged
+    census = pd.read_csv(wired_report / "ioi_census.csv").set_index(["layer", "head"])
+    assert census.loc[(0, 1), "previous_token"] > 0.9 and census.loc[(0, 0), "previous_token"] < 0.5
+
+
+def test_report_writes_page_config_and_tables(wired_report):
+    names = {p.name for p in wired_report.iterdir()}
+    for suite in ("ioi", "induction"):
+        assert {f"{suite}_{t}.csv" for t in ("census", "ablation", "patching", "paths", "roles")} <= names
+    assert "ioi_paths_to_queries.csv" in names and {"report.html", "config.json"} <= names
+    config = json.loads((wired_report / "config.json").read_text())
+    assert config["suites"] == ["ioi", "induction"] and config["n_prompts"] == 8 and config["method"] == "mean"
+    page = (wired_report / "report.html").read_text()
+    for part in ("find — head census", "confirm — ablation", "roles — the evidence joined", "look — attention"):
+        assert page.count(part) == 2  # once per suite
+    assert "Clean prompts" in page and "var CircuitsVis" in page and "[answer here]" in page
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=.https?:", page)  # nothing loaded from a host
+
+
+@pytest.mark.parametrize("kind", ["llama", "gptj"])
+def test_report_runs_on_llama_and_gptj(kind, tmp_path):
+    out = _report(_random(kind, tmp_path / kind), tmp_path / "page", "ioi", n="4")
+    roles = pd.read_csv(out / "ioi_roles.csv")
+    assert len(roles) == 8 and set(roles.columns) >= {"role", "ablation", "patching", "path_to_logits", "confirmed"}
+
+
+def test_small_baseline_gap_warns_and_confirms_nothing():
+    census = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "label": "mixed", "purity": 1.0, "previous_token": [0.9, 0.1],
+                           "duplicate_token": 0.0, "induction_score": 0.0})  # fmt: skip
+    effects = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "ablation": [float("nan")] * 2, "patching": [0.3, -0.05]})
+    roles = roles_table(census, effects, threshold=0.1)
+    assert roles["head"].tolist() == [0, 1]  # sorted by |effect|
+    assert roles.loc[0, "confirmed"] and roles.loc[0, "role"] == "previous-token"
+    assert roles.loc[1, "role"] == "mixed" and not roles.loc[1, "confirmed"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report", "--model", "{dir}", "--suite", "nope"], "argument --suite: invalid choice: 'nope'"),
+        (["report", "--model", "{dir}"], "--out FOLDER is needed with --model"),
+        (["report", "RUN", "--model", "{dir}", "--out", "x"], "give exactly one of RUN_DIR"),
+        (["report", "--model", "{dir}", "--suite", "ioi", "--suite", "ioi", "--out", "x"], "repeat a suite"),
+    ],
+)
+def test_bad_input_is_one_line(wired, tmp_path, capsys, argv, message):
+    argv = [a.replace("{dir}", str(wired)).replace("x", str(tmp_path / "x")) if a == "x" or a == "{dir}" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_options_are_checked():
+    with pytest.raises(HeadkitError, match="unknown prompt suite 'x'"):
+        ModelReportOptions(suites=("x",))
+    with pytest.raises(HeadkitError, match="method='median' is unknown"):
+        ModelReportOptions(method="median")
