@@ -169,3 +169,64 @@ def test_options_are_checked():
         ModelReportOptions(suites=("x",))
     with pytest.raises(HeadkitError, match="method='median' is unknown"):
         ModelReportOptions(method="median")
+
+
+# --------------------------------------------------------------------------- a real browser, the whole page
+
+
+def _load_cdp():
+    """tests/chromium_cdp.py (a helper, not a test module; tests/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("headkit_chromium_cdp", Path(__file__).with_name("chromium_cdp.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_cdp = _load_cdp()
+RECTS = (
+    "[...document.querySelectorAll('.js-plotly-plot, .headkit-attention-widget, table')].map(e => {"
+    " const r = e.getBoundingClientRect(); const c = e.classList;"
+    " return [c.contains('js-plotly-plot') ? 'plot' : c.contains('headkit-attention-widget') ? 'view' : 'table', r.left, r.top + window.scrollY,"
+    " r.width, r.height]; })"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cdp.chromium_path() is None, reason="SKIPPED LOUDLY: no Chromium (apt-get install -y chromium)")
+def test_model_report_renders_every_figure_down_the_whole_page(wired_report):
+    """Every plot, attention widget and table is drawn and visible in a screenshot of the full page height."""
+    import io
+    import os
+
+    from PIL import Image
+
+    result = _cdp.open_page(
+        wired_report / "report.html",
+        ready=(
+            "document.readyState === 'complete' && "
+            "[...document.querySelectorAll('.headkit-attention-widget')].every(e => e.childElementCount > 0) && "
+            "[...document.querySelectorAll('.js-plotly-plot')].every(e => e.querySelector('.main-svg'))"
+        ),
+        expressions={"rects": RECTS, "online": "navigator.onLine"},
+    )
+    assert result.failed_requests == [] and result.console_errors == []
+    assert result.values["online"] is False  # networking was off
+    rects = result.values["rects"]
+    kinds = [r[0] for r in rects]
+    # per suite: 2 census maps + 3 effect maps (+1 for IOI's paths to queries); 2 views per suite; 1 roles table each
+    assert kinds.count("plot") == 11 and kinds.count("view") == 4 and kinds.count("table") == 2
+    image = Image.open(io.BytesIO(result.screenshot)).convert("RGB")
+    if os.environ.get("HEADKIT_KEEP_SCREENSHOT"):
+        image.save(os.environ["HEADKIT_KEEP_SCREENSHOT"])
+    assert image.height == result.height > 2 * _cdp.TILE  # the whole page, stitched from several captures
+    for kind, left, top, width, height in rects:
+        assert width > 100 and height > 50, (kind, width, height)
+        crop = image.crop((int(left), int(top), int(left + width), int(min(top + height, image.height))))
+        small = crop.resize((max(1, crop.width // 4), max(1, crop.height // 4)))
+        inked = sum(n for n, rgb in small.getcolors(maxcolors=1 << 20) if min(rgb) < 235)
+        assert inked > 0.01 * small.width * small.height, (kind, top)  # drawn, not blank
