@@ -226,13 +226,12 @@ def _role_map(census: pd.DataFrame, roles: pd.DataFrame, *, title: str):
     grid = roles.pivot(index="layer", columns="head", values="role_score").sort_index()
     names = roles.pivot(index="layer", columns="head", values="role").reindex_like(grid)
     text = [[f"{names.iloc[i, j]}<br>{grid.iloc[i, j]:.2f}" for j in range(grid.shape[1])] for i in range(grid.shape[0])]
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.values, x=[f"H{h}" for h in grid.columns], y=[f"L{layer}" for layer in grid.index],
-            colorscale="Greens", zmin=0, zmax=1, colorbar={"title": "strongest detector score"},
-            text=text, texttemplate="%{text}",
-        )  # fmt: skip
-    )
+    heatmap = go.Heatmap(
+        z=grid.values, x=[f"H{h}" for h in grid.columns], y=[f"L{layer}" for layer in grid.index],
+        colorscale="Greens", zmin=0, zmax=1, colorbar={"title": "strongest detector score"},
+        text=text, texttemplate="%{text}",
+    )  # fmt: skip
+    fig = go.Figure(heatmap)
     fig.update_layout(
         title=title, xaxis={"title": "head"}, yaxis={"title": "layer", "autorange": "reversed"},
         height=max(320, 40 * grid.shape[0] + 180),

@@ -118,11 +118,12 @@ def r2_comparison(heads: Mapping[str, pd.DataFrame], *, gamma: float = 0.1) -> p
         for kind in ("positional", "symbolic"):
             layers = table.loc[table[column] == kind, "layer"].tolist()
             paper = R2_PURE[gamma][task][kind]
-            rows.append(dict(
-                task=task, kind=kind, paper=paper, paper_layers=R2_LAYERS[task][kind] if gamma == 0.1 else "",
-                headkit=len(layers), headkit_layers=layer_span(layers), n_layers=int(table["layer"].max()) + 1,
-                verdict=count_verdict(len(layers), paper),
-            ))  # fmt: skip
+            rows.append({
+                "task": task, "kind": kind, "paper": paper,
+                "paper_layers": R2_LAYERS[task][kind] if gamma == 0.1 else "",
+                "headkit": len(layers), "headkit_layers": layer_span(layers), "n_layers": int(table["layer"].max()) + 1,
+                "verdict": count_verdict(len(layers), paper),
+            })  # fmt: skip
     table = pd.DataFrame(rows)
     table.attrs["column"] = column
     return table

@@ -28,8 +28,8 @@ def _options(command: str) -> set[str]:
 
 def _readme_commands() -> list[str]:
     """Every ``headkit ...`` command line of the README: in code blocks and in backticks."""
-    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.S))
-    lines = [m.group(1) for m in re.finditer(r"^\s*(headkit [^\n#]*)", blocks, flags=re.M)]
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL))
+    lines = [m.group(1) for m in re.finditer(r"^\s*(headkit [^\n#]*)", blocks, flags=re.MULTILINE)]
     quoted = [m.group(1) for m in re.finditer(r"`(headkit [^`]+)`", README)]
     return [c.strip() for c in dict.fromkeys(lines + quoted) if c.split()[1:2] and not c.startswith("headkit --help")]
 
@@ -85,7 +85,7 @@ def test_readme_states_no_test_count_that_goes_stale():
 
 def test_constraints_claim_matches_the_file():
     """The README says what constraints/cpu.txt pins and what pip does where no CPU torch is installed."""
-    pin = re.search(r"^torch==([\w.+]+)", (ROOT / "constraints" / "cpu.txt").read_text(), flags=re.M).group(1)
+    pin = re.search(r"^torch==([\w.+]+)", (ROOT / "constraints" / "cpu.txt").read_text(), flags=re.MULTILINE).group(1)
     paragraph = next(p for p in README.split("\n\n") if "constraints/cpu.txt` pins" in p)
     assert pin in paragraph
     assert "download.pytorch.org/whl/cpu" in paragraph  # where the CPU build comes from elsewhere
