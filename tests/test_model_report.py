@@ -164,6 +164,12 @@ def test_bad_input_is_one_line(wired, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_suite_without_model_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["report", str(tmp_path / "run"), "--suite", "ioi", "--out", str(tmp_path / "x")]) == 2
+    assert "--suite applies to --model DIR" in capsys.readouterr().err
+
+
 def test_options_are_checked():
     with pytest.raises(HeadkitError, match="unknown prompt suite 'x'"):
         ModelReportOptions(suites=("x",))
