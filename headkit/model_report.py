@@ -138,6 +138,7 @@ def roles_table(
     for column in ("ablation", "patching", "path_to_logits"):
         if column not in table:
             table[column] = math.nan
+        table[column] = table[column].round(6) + 0.0  # no "-0.000" on the page
     table = table.sort_values("effect", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     return pd.DataFrame(table[list(ROLES_COLUMNS)])
 
@@ -188,12 +189,13 @@ def _effects(model: Model, batch: TaskBatch, options: ModelReportOptions, bar) -
 
 
 def _query_paths(model: Model, batch: TaskBatch, roles: pd.DataFrame, options: ModelReportOptions) -> pd.DataFrame | None:
-    """IOI: path patching from every earlier head to the queries of the top heads by path effect (name movers)."""
+    """IOI: path patching from every earlier head to the queries of the top heads by path effect (name movers):
+    heads past layer 0 whose direct effect on the logits reaches the threshold; None when there are none."""
     import pandas as pd
 
     from headkit.interventions.path_patching import path_patching_sweep
 
-    movers = roles[(roles["layer"] > 0) & roles["path_to_logits"].notna()]
+    movers = roles[(roles["layer"] > 0) & (roles["path_to_logits"].abs() >= options.effect_threshold)]
     movers = movers.reindex(movers["path_to_logits"].abs().sort_values(ascending=False).index).head(options.top_heads)
     if movers.empty:
         return None
@@ -301,6 +303,11 @@ def suite_report(
     effect_tables = [("ablation", out["ablation"], f"Mean ablation of each head ({options.method})"),
                      ("patching", out["patching"], "Activation patching of each head's output (z, denoising)"),
                      ("paths", out["paths"], "Path patching from each head to the logits")]  # fmt: skip
+    if suite == "ioi" and "paths_to_queries" not in out:
+        base += (
+            f" No head past layer 0 reaches the threshold ({options.effect_threshold}) by path patching to the "
+            "logits, so there are no name movers whose queries to patch."
+        )
     if "paths_to_queries" in out:
         receivers = out["paths_to_queries"]["receivers"].iloc[0]
         effect_tables.append(("paths_to_queries", out["paths_to_queries"], f"Path patching to the queries of {receivers}"))

@@ -36,10 +36,11 @@ POS = 48  # one-hot position dimensions (n_positions; the induction suite is 40 
 S2 = 10  # IOI's repeated name in the default templates, with the word-level tokenizer
 
 
-def _wired_gpt2(directory):
+def _wired_gpt2(directory, *, inhibit_layer=0):
+    """The GPT-2 of the module docstring; ``inhibit_layer=1`` puts the S-inhibition head at L1H0 instead."""
     tokenizer = word_tokenizer()
     config = T.GPT2Config(vocab_size=len(tokenizer), n_positions=POS, n_embd=2 * POS, n_layer=2, n_head=2,
-                          bos_token_id=0, eos_token_id=0)
+                          bos_token_id=0, eos_token_id=0)  # fmt: skip
     torch.manual_seed(0)
     model = T.GPT2LMHeadModel(config)
     d, dh = 2 * POS, POS  # d_model, d_head
@@ -48,26 +49,23 @@ def _wired_gpt2(directory):
         wte[:, POS:] = torch.randn(len(tokenizer), POS)
         model.transformer.wte.weight.copy_(wte)  # tied to the unembedding
         model.transformer.wpe.weight.copy_(torch.cat([4 * torch.eye(POS), torch.zeros(POS, POS)], dim=1))
-        attn = model.transformer.h[0].attn
-        w = torch.zeros(d, 3 * d)  # Conv1D: x @ w; columns q | k | v, each head0 | head1
-        b = torch.zeros(3 * d)
-        u = torch.zeros(dh)
-        u[0] = 5.0
-        b[0:dh] = u  # head 0 query: constant
-        w[S2, d : d + dh] = torch.eye(dh)[0]  # head 0 key: position 10 only
-        w[POS:, 2 * d : 2 * d + dh] = torch.eye(dh)  # head 0 value: the token dimensions
-        w[:POS, dh : 2 * dh] = 3 * torch.eye(POS)  # head 1 query: position t (sharp)
-        w[: POS - 1, d + dh : d + 2 * dh] = torch.eye(POS)[1:]  # head 1 key: position s + 1
-        attn.c_attn.weight.copy_(w)
-        attn.c_attn.bias.copy_(b)
-        out = torch.zeros(d, d)
-        out[:dh, POS:] = -3.0 * torch.eye(dh)  # head 0 writes minus the token; head 1 writes nothing
-        attn.c_proj.weight.copy_(out)
-        attn.c_proj.bias.zero_()
-        for block in model.transformer.h:  # MLPs off: the wiring alone decides
-            block.mlp.c_proj.weight.zero_()
+        # Conv1D: x @ w; columns q | k | v, each head0 | head1
+        w = {layer: torch.zeros(d, 3 * d) for layer in (0, 1)}
+        b = {layer: torch.zeros(3 * d) for layer in (0, 1)}
+        out = {layer: torch.zeros(d, d) for layer in (0, 1)}
+        b[inhibit_layer][0] = 5.0  # head 0 query: constant
+        w[inhibit_layer][S2, d] = 1.0  # head 0 key: position 10 only
+        w[inhibit_layer][POS:, 2 * d : 2 * d + dh] = torch.eye(dh)  # head 0 value: the token dimensions
+        out[inhibit_layer][:dh, POS:] = -3.0 * torch.eye(dh)  # head 0 writes minus the token
+        w[0][:POS, dh : 2 * dh] = 3 * torch.eye(POS)  # L0H1 query: position t (sharp)
+        w[0][: POS - 1, d + dh : d + 2 * dh] = torch.eye(POS)[1:]  # L0H1 key: position s + 1; it writes nothing
+        for layer, block in enumerate(model.transformer.h):
+            block.attn.c_attn.weight.copy_(w[layer])
+            block.attn.c_attn.bias.copy_(b[layer])
+            block.attn.c_proj.weight.copy_(out[layer])
+            block.attn.c_proj.bias.zero_()
+            block.mlp.c_proj.weight.zero_()  # MLPs off: the wiring alone decides
             block.mlp.c_proj.bias.zero_()
-        model.transformer.h[1].attn.c_proj.weight.mul_(0.1)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -120,7 +118,9 @@ def test_report_writes_page_config_and_tables(wired_report):
     names = {p.name for p in wired_report.iterdir()}
     for suite in ("ioi", "induction"):
         assert {f"{suite}_{t}.csv" for t in ("census", "ablation", "patching", "paths", "roles")} <= names
-    assert "ioi_paths_to_queries.csv" in names and {"report.html", "config.json"} <= names
+    assert {"report.html", "config.json"} <= names
+    assert "ioi_paths_to_queries.csv" not in names  # the only head with an effect is in layer 0: no name mover
+    assert "no name movers whose queries to patch" in (wired_report / "report.html").read_text()
     config = json.loads((wired_report / "config.json").read_text())
     assert config["suites"] == ["ioi", "induction"] and config["n_prompts"] == 8 and config["method"] == "mean"
     page = (wired_report / "report.html").read_text()
@@ -128,6 +128,17 @@ def test_report_writes_page_config_and_tables(wired_report):
         assert page.count(part) == 2  # once per suite
     assert "Clean prompts" in page and "var CircuitsVis" in page and "[answer here]" in page
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=.https?:", page)  # nothing loaded from a host
+
+
+def test_ioi_name_mover_gets_its_query_paths(tmp_path):
+    """With the S-inhibition head at L1H0 (a name mover: direct effect on the logits), IOI's report also
+    path-patches every layer-0 head to its query."""
+    out = _report(_wired_gpt2(tmp_path / "gpt2", inhibit_layer=1), tmp_path / "page", "ioi")
+    roles = pd.read_csv(out / "ioi_roles.csv").set_index(["layer", "head"])
+    assert roles.loc[(1, 0), "confirmed"] and roles.loc[(1, 0), "path_to_logits"] > 0.5
+    queries = pd.read_csv(out / "ioi_paths_to_queries.csv")
+    assert set(queries["receivers"]) == {"L1H0.q"} and sorted(zip(queries["layer"], queries["head"])) == [(0, 0), (0, 1)]
+    assert "Path patching to the queries of L1H0.q" in (out / "report.html").read_text()
 
 
 @pytest.mark.parametrize("kind", ["llama", "gptj"])
@@ -224,8 +235,8 @@ def test_model_report_renders_every_figure_down_the_whole_page(wired_report):
     assert result.values["online"] is False  # networking was off
     rects = result.values["rects"]
     kinds = [r[0] for r in rects]
-    # per suite: 2 census maps + 3 effect maps (+1 for IOI's paths to queries); 2 views per suite; 1 roles table each
-    assert kinds.count("plot") == 11 and kinds.count("view") == 4 and kinds.count("table") == 2
+    # per suite: 2 census maps + 3 effect maps (IOI's paths to queries: no name mover here); 2 views; 1 roles table
+    assert kinds.count("plot") == 10 and kinds.count("view") == 4 and kinds.count("table") == 2
     image = Image.open(io.BytesIO(result.screenshot)).convert("RGB")
     if os.environ.get("HEADKIT_KEEP_SCREENSHOT"):
         image.save(os.environ["HEADKIT_KEEP_SCREENSHOT"])
