@@ -1,27 +1,22 @@
-"""Pretrained heads: census, one-hop tasks by length, IOI path patching and an attention view of any model.
+"""Pretrained heads: the report page of `headkit report --model`, plus one-hop tasks by length, for any model.
 
 ``python analyses/pretrained_heads.py --model DIR [--quick] [--out FOLDER]``
 loads a pretrained model of any architecture `headkit.pretrained.load_pretrained`
 knows, with its own tokenizer (saved in DIR), and runs on it:
 
-1. the head census (`headkit.scores.census.head_census`, composition off) on
-   IOI prompts (`headkit.tasks.ioi.ioi_task`), which also classifies every head
-   positional/symbolic (PosSym-2025);
+1. `headkit.model_report.model_report`, the code of ``headkit report --model DIR
+   --suite ioi --suite induction`` (find: head census; confirm: ablation,
+   activation patching, path patching to the logits and to the name movers'
+   queries; roles; look: attention views), written as ``report.html``;
 2. the one-hop number and letter tasks in text (`headkit.tasks.natural`) at
    each length of ``lengths``: exact-match accuracy at the last position
    (PosSym-2026, Table 3 reports frontier models below 0.5 on the number task
-   at length 32 and above 0.88 / 0.65 on the letter task at 32 / 100);
-3. IOI path patching from every head to the logits (`path_patching_sweep`,
-   receiver ``final``; Wang et al. 2022), metric logit difference IO - S, ABC
-   twin, normalised as in `headkit.interventions.path_patching`;
-4. an attention view: the attention pattern, on the first IOI prompt, of the
-   head whose path-patching effect is largest in size.
+   at length 32 and above 0.88 / 0.65 on the letter task at 32 / 100).
 
-Outputs (analyses/common.py): ``results.csv`` (one row per head: the census
-columns and ``ioi_path_patching`` / ``ioi_path_patching_normalised``),
-``summary.json`` (the one-hop accuracy by task and length, the IOI clean and
-corrupted logit differences, the top heads), ``config.json`` and the figure
-``pretrained_heads`` (four panels).
+Outputs: ``report.html``, ``results.csv`` (the IOI roles table: one row per
+head, sorted by effect), ``summary.json`` (the one-hop accuracy by task and
+length, the IOI clean and corrupted logit differences, the confirmed heads) and
+``config.json``.
 """
 
 from __future__ import annotations
@@ -37,11 +32,9 @@ if __package__ in (None, ""):  # run as a file: make `analyses` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 
-from analyses.common import Timer, output_dir, run_script, write_outputs
+from analyses.common import Timer, output_dir, run_script
 from headkit.bridge.probe import architecture_of
 from headkit.errors import HeadkitError
 
@@ -52,6 +45,7 @@ log = logging.getLogger(__name__)
 
 NAME = "pretrained_heads"
 ONE_HOP = ("number", "letter")
+SUITES = ("ioi", "induction")  # the report's prompt suites
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,7 @@ class PretrainedConfig:
     """Settings of the pretrained-heads analysis."""
 
     model: str = ""  # model directory (or cached hub id) with its tokenizer
-    n_prompts: int = 64  # IOI prompts (census and path patching)
+    n_prompts: int = 64  # prompts per report suite (census, ablation, patching, path patching)
     n_one_hop: int = 64  # one-hop prompts per task and length
     lengths: tuple[int, ...] = (16, 32, 64, 100)  # one-hop list lengths (letters/pairs + query)
     seed: int = 0
@@ -97,37 +91,26 @@ def one_hop_accuracy(model, tokenizer, cfg: PretrainedConfig) -> pd.DataFrame:
 
 
 def main(cfg: PretrainedConfig, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
-    """Run the four parts on ``cfg.model``; write the outputs; return one row per head."""
-    from headkit.interventions.metrics import logit_diff
-    from headkit.interventions.path_patching import path_patching_sweep
+    """The report page and the one-hop accuracies of ``cfg.model``; returns the IOI roles table.
+
+    ``png`` is accepted for the analyses' common signature; the page holds every figure.
+    """
+    from analyses.common import config_dict
+    from headkit.io import write_csv, write_json, write_text
+    from headkit.model_report import ModelReportOptions, model_report
+    from headkit.plots import model_description
     from headkit.pretrained import load_pretrained, require_tokenizer
-    from headkit.scores.census import head_census
-    from headkit.tasks.ioi import ioi_task
+    from headkit.report import report_html
 
     timer = Timer()
+    options = ModelReportOptions(suites=SUITES, n_prompts=cfg.n_prompts, seed=cfg.seed, progress=False)
     tokenizer = require_tokenizer(cfg.model)  # before any weight is read
-    ioi = ioi_task(cfg.n_prompts, seed=cfg.seed, tokenizer=tokenizer)
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    device = model.cfg.device
-    ioi = ioi.to(device)
-
-    census = head_census(
-        model, ioi.tokens, n_random=cfg.n_prompts, seed=cfg.seed, composition_kinds=(),
-        vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)), bos_id=tokenizer.bos_token_id,
-    )  # fmt: skip
-    patched = path_patching_sweep(model, ioi.tokens, ioi.corrupted.tokens, "final", logit_diff(ioi))
-    effects = patched.rename(columns={"value": "ioi_path_patching", "normalised": "ioi_path_patching_normalised"})
-    table = census.merge(effects[["layer", "head", "ioi_path_patching", "ioi_path_patching_normalised"]],
-                         on=["layer", "head"], how="left")  # fmt: skip
+    about = f"{cfg.model}: {model_description(model)}"
+    tables, sections = model_report(model, tokenizer, options, about=about)
     hops = one_hop_accuracy(model, tokenizer, cfg)
-
-    top = table.iloc[(table["ioi_path_patching"] - patched.attrs["clean"]).abs().argsort()[::-1].values[:1]]
-    layer, head = int(top["layer"].iloc[0]), int(top["head"].iloc[0])
-    with torch.no_grad():
-        _, cache = model.run_with_cache(ioi.tokens[:1], names_filter=f"blocks.{layer}.attn.hook_pattern")
-    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].float().cpu()
-    labels = [f"{i}:{s}" for i, s in enumerate(ioi.decode(0))]
-
+    roles, ablation = tables["ioi_roles"], tables["ioi_ablation"]
+    clean = float(ablation["baseline"].iloc[0])
     summary = {
         "model": cfg.model,
         "architecture": architecture_of(model),
@@ -135,38 +118,19 @@ def main(cfg: PretrainedConfig, *, out: str | Path | None = None, png: bool = Tr
             task: {int(r.length): round(float(r.accuracy), 4) for r in group.itertuples()}
             for task, group in hops.groupby("task")
         },
-        "ioi_logit_diff": {"clean": patched.attrs["clean"], "corrupted": patched.attrs["corrupted"]},
-        "ioi_top_head": f"{layer}.{head}",
-        "labels": table["label"].value_counts().to_dict() if "label" in table else {},
+        "ioi_logit_diff": {"clean": clean, "corrupted": tables["ioi_paths"].attrs.get("corrupted")},
+        "ioi_confirmed_heads": [f"L{r.layer}H{r.head} {r.role}" for r in roles[roles["confirmed"]].itertuples()],
         "elapsed_s": timer(),
     }
-    write_outputs(output_dir(NAME, out), cfg=cfg, table=table, summary=summary,
-                  figure=figure(table, hops, pattern, labels, f"L{layer}H{head}"), figure_name=NAME, png=png)  # fmt: skip
-    return table
-
-
-def figure(table: pd.DataFrame, hops: pd.DataFrame, pattern: torch.Tensor, labels: list[str], head: str) -> go.Figure:
-    """One-hop accuracy by length; positional vs symbolic score; IOI path patching; one attention pattern."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=(
-        "one-hop accuracy by length", "heads: positional vs symbolic score",
-        "IOI path patching to the logits (normalised)", f"attention of {head} on an IOI prompt",
-    ))  # fmt: skip
-    for task, group in hops.groupby("task"):
-        fig.add_trace(go.Scatter(x=group.length, y=group.accuracy, mode="lines+markers", name=f"{task} (text)"), 1, 1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
-    fig.update_xaxes(title_text="list length", row=1, col=1)
-    if "positional_score" in table:
-        fig.add_trace(go.Scatter(
-            x=table.positional_score, y=table.symbolic_score, mode="markers", name="heads",
-            text=[f"L{l}H{h} {lab}" for l, h, lab in zip(table.layer, table["head"], table.get("label", ""))],
-        ), 1, 2)  # fmt: skip
-    grid = table.pivot(index="layer", columns="head", values="ioi_path_patching_normalised")
-    fig.add_trace(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), colorscale="RdBu",
-                             zmid=0, showscale=False), 2, 1)  # fmt: skip
-    fig.add_trace(go.Heatmap(z=pattern.numpy(), x=labels, y=labels, colorscale="Blues", showscale=False), 2, 2)
-    fig.update_yaxes(autorange="reversed", row=2, col=2)
-    fig.update_layout(title="Pretrained heads", height=900)
-    return fig
+    folder = output_dir(NAME, out)
+    for path in (
+        write_json(folder / "config.json", config_dict(cfg)),
+        write_csv(folder / "results.csv", roles),
+        write_json(folder / "summary.json", summary),
+        write_text(folder / "report.html", report_html(f"pretrained heads: {about}", sections, root=folder)),
+    ):
+        log.info("wrote %s", path)
+    return roles
 
 
 def _cli(argv: Sequence[str] | None = None) -> None:

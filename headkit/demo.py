@@ -51,7 +51,6 @@ ACCURACY_FILE = "accuracy.csv"
 # resumes, and analyses R3 (head roles over training) reads them; dense early, where roles change fastest
 DEMO_CHECKPOINTS = (100, 200, 300, 400, 600, 800, 1000, 1200, 1400, 1600, 1800)
 DEMO_EVAL_EVERY = 50  # a metrics row (accuracy per hop) every 50 updates: R3's step at 90 %
-REPORT_CHECKPOINTS = 4  # checkpoints the report's head-roles-over-training section classifies
 DEMO_PROMPT_SEED = 2024  # prompts of the classification and ablation steps (disjoint from training seeds)
 CLASSIFY_PROMPTS = 64  # prompts per task for the swap metric
 ABLATION_PROMPTS = 512  # prompts per task for the ablation sweep
@@ -100,6 +99,7 @@ class DemoResult:
     accuracy: pd.DataFrame | None = None  # evaluate's table, both tasks
     r1: pd.DataFrame | None = None  # R1 beside PosSym-2026 (prefix protocol at the paper's lengths), else None
     heads: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> classify_heads table
+    r2: pd.DataFrame | None = None  # pure heads at gamma 0.1 beside PosSym-2026's (headkit.paper.r2_comparison)
     ablation: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> ablation_sweep_by_hop table
     report: Path | None = None  # OUT/report.html
     files: list[Path] = field(default_factory=list)  # files written, in order
@@ -302,6 +302,24 @@ def step_classify(options: DemoOptions, result: DemoResult, say: Say) -> None:
         result.files.append(write_csv(result.out / f"heads_{task}.csv", heads))
         say(f"\n{task} heads ({CLASSIFY_PROMPTS} prompts of length {tokens.shape[1]}):")
         say(_table(heads[["layer", "head", "label", "purity", "positional_score", "symbolic_score", "signal"]], "{:.2f}"))
+    _say_r2(result, say)
+
+
+def _say_r2(result: DemoResult, say: Say) -> None:
+    """R2: pure heads at the paper's gamma 0.1 with their layers, beside the paper's counts, and the verdict."""
+    from headkit.paper import r2_comparison, r2_verdict
+
+    table = r2_comparison(result.heads, gamma=0.1)
+    if table.empty:
+        return
+    result.r2 = table
+    say(
+        "\nR2 against PosSym-2026 (pure heads: s_pos >= 0.9 and s_sym <= 0.1 or mirrored, the paper's gamma 0.1; "
+        "the paper's model has 12 one-head layers, this one n_layers):"
+    )
+    say(_table(table.drop(columns="verdict").assign(count=table["verdict"])))
+    for task, line in r2_verdict(table, result.heads).items():
+        say(f"R2 {task}: {line}")
 
 
 def step_ablate(options: DemoOptions, result: DemoResult, say: Say) -> None:
@@ -333,9 +351,9 @@ def step_ablate(options: DemoOptions, result: DemoResult, say: Say) -> None:
 
 
 def _report_steps(cfg: TrainConfig) -> list[int]:
-    """`REPORT_CHECKPOINTS` checkpoint steps spread over the run, the final one included."""
-    every = max(1, len(cfg.checkpoint_steps) // (REPORT_CHECKPOINTS - 1))
-    return sorted({*cfg.checkpoint_steps[every - 1 :: every][: REPORT_CHECKPOINTS - 1], cfg.steps})
+    """Every checkpoint step of the run, the final one included: a subset skipped the window where
+    the number task's hops switch on (steps 400-800 of the cpu preset; issue 19)."""
+    return sorted({*cfg.checkpoint_steps, cfg.steps})
 
 
 def step_report(options: DemoOptions, result: DemoResult, say: Say) -> None:

@@ -99,3 +99,54 @@ def layer_span(layers: Sequence[int]) -> str:
             parts.append(f"L{start}" if start == prev else f"L{start}-L{prev}")
             start = cur
     return ",".join(parts)
+
+
+def r2_comparison(heads: Mapping[str, pd.DataFrame], *, gamma: float = 0.1) -> pd.DataFrame:
+    """Pure heads at ``gamma`` per task and kind beside the paper's counts and layers (R2).
+
+    ``heads``: task -> `classify_heads` table (its ``pure_paper_<gamma>`` column). One row
+    per (task, kind) of `R2_PURE`: ``task, kind, paper, paper_layers, headkit,
+    headkit_layers, n_layers, verdict`` (`count_verdict`: the paper has 12 layers, so
+    a smaller model's counts differ by layout; `r2_verdict` says whether the kinds
+    and their order in depth reproduce).
+    """
+    column = f"pure_paper_{gamma:g}"
+    rows = []
+    for task, table in heads.items():
+        if task not in R2_PURE[gamma] or column not in table:
+            continue
+        for kind in ("positional", "symbolic"):
+            layers = table.loc[table[column] == kind, "layer"].tolist()
+            paper = R2_PURE[gamma][task][kind]
+            rows.append({
+                "task": task, "kind": kind, "paper": paper,
+                "paper_layers": R2_LAYERS[task][kind] if gamma == 0.1 else "",
+                "headkit": len(layers), "headkit_layers": layer_span(layers), "n_layers": int(table["layer"].max()) + 1,
+                "verdict": count_verdict(len(layers), paper),
+            })  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.attrs["column"] = column
+    return table
+
+
+def r2_verdict(table: pd.DataFrame, heads: Mapping[str, pd.DataFrame] | None = None) -> dict[str, str]:
+    """Task -> one line from `r2_comparison`'s numbers: do the kinds of pure heads, and their
+    order in depth (positional before symbolic, checked when ``heads`` is given), reproduce the paper's?"""
+    out = {}
+    for task, part in table.groupby("task", sort=False):
+        count = dict(zip(part["kind"], part["headkit"]))
+        paper = dict(zip(part["kind"], part["paper"]))
+        missing = [k for k in ("positional", "symbolic") if paper[k] > 0 and count[k] == 0]
+        extra = [k for k in ("positional", "symbolic") if paper[k] == 0 and count[k] > 0]
+        if missing or extra:
+            said = [f"no pure {k} head where the paper has {paper[k]}" for k in missing]
+            said += [f"{count[k]} pure {k} where the paper has none" for k in extra]
+            out[task] = "not reproduced: " + "; ".join(said)
+        else:
+            kinds = " and ".join(k for k in ("positional", "symbolic") if paper[k] > 0)
+            out[task] = f"reproduced in kind ({kinds}); counts compared by layout, not number"
+            if heads is not None and count["positional"] and count["symbolic"]:
+                pure = heads[task].set_index("layer")[table.attrs["column"]]
+                if max(pure[pure == "positional"].index) > min(pure[pure == "symbolic"].index):
+                    out[task] = f"kinds reproduced ({kinds}), order not: a positional head sits above a symbolic one"
+    return out

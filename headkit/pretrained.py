@@ -100,5 +100,10 @@ def require_tokenizer(name_or_dir: str | Path, *, option: str = "--model") -> An
     directory = resolve_checkpoint_dir(name_or_dir)
     tokenizer = saved_tokenizer(directory)
     if tokenizer is None:
-        raise HeadkitError(f"{option} {name_or_dir} holds no tokenizer: the prompts need the model's own tokenizer")
+        from headkit.loading.files import TOKENIZER_FILES
+
+        raise HeadkitError(
+            f"{option} {name_or_dir} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
+            "the prompts need the model's own tokenizer"
+        )
     return tokenizer

@@ -78,8 +78,9 @@ def dynamics_section(table: pd.DataFrame, *, about: str) -> Section:
     return Section(
         "Learning dynamics over checkpoints",
         how_to_read=(
-            "top: held-out accuracy per hop at each checkpoint; bottom: each head's symbolic − positional score "
-            "(above 0: symbolic) at the same checkpoints, grey open circles where the head is inactive."
+            "top: held-out accuracy per hop at each checkpoint (black: all hops, greys with dashes: each hop); "
+            "bottom: each head's symbolic − positional score (above 0: symbolic) at the same checkpoints, one "
+            "colour per head, grey open circles where the head is inactive. Every saved checkpoint is used."
         ),
         figures=(figure,),
     )
@@ -97,7 +98,8 @@ def ablation_section(table: pd.DataFrame, *, about: str, n_prompts: int) -> Sect
         "Ablation per hop",
         how_to_read=(
             "each cell is the accuracy change when one head's output is replaced by its mean, on prompts of "
-            "one hop count; red = the task needs that head, white = no effect."
+            "one hop count; red = the task needs that head (accuracy drops), white = no effect, blue = accuracy "
+            "rises. Red means the same on every heat map of this page: the head carries the effect."
         ),
         figures=(figure,),
         tables=(("accuracy change under mean ablation, by hop", wide),),
@@ -126,7 +128,8 @@ def patching_section(model: Model, batch: TaskBatch, *, about: str) -> Section:
         "Activation patching",
         how_to_read=(
             "clean activations are patched into the run on corrupted prompts (same length, another answer); "
-            "blue 1 = the patch restores the clean answer fully, white 0 = no effect, red = it pushes further away."
+            "red 1 = the patch restores the clean answer fully, white 0 = no effect, blue = it pushes further away. "
+            "Red means the same on every heat map of this page: the head carries the effect."
         ),
         figures=(
             patching_figure(heads, title=f"Patching each head's output (z){common}"),

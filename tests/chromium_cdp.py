@@ -35,7 +35,8 @@ class PageResult:
     failed_requests: list[str] = field(default_factory=list)  # URL and error text of each failed load
     console_errors: list[str] = field(default_factory=list)  # console.error, uncaught exceptions, log errors
     values: dict[str, object] = field(default_factory=dict)  # expression -> its value after loading
-    screenshot: bytes = b""  # PNG of the full page
+    screenshot: bytes = b""  # PNG of the full page, every pixel of its height (taken in tiles)
+    height: int = 0  # the page's full height in CSS pixels (document.documentElement.scrollHeight)
 
 
 class _Session:
@@ -74,6 +75,33 @@ class _Session:
         return result.get("result", {}).get("value")
 
 
+TILE = 4000  # screenshot tile height: one capture of a tall page stops at the GPU's texture limit (~16k px)
+
+
+def _full_screenshot(session: _Session, *, width: int, height: int) -> bytes:
+    """The whole page, top to bottom: the window scrolled by `TILE` pixels, each view captured and stitched.
+
+    The viewport keeps one size throughout (set before the page was measured), so nothing
+    re-lays out between the measurement and the pixels (one capture beyond the viewport
+    resizes it, and responsive figures then move).
+    """
+    import io
+
+    from PIL import Image
+
+    page = Image.new("RGB", (width, height), "white")
+    for top in range(0, height, TILE):
+        session.evaluate(f"window.scrollTo(0, {top})")
+        time.sleep(0.3)
+        scrolled = int(session.evaluate("window.scrollY"))
+        data = session.call("Page.captureScreenshot", format="png")["data"]
+        page.paste(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), (0, scrolled))
+    session.evaluate("window.scrollTo(0, 0)")
+    out = io.BytesIO()
+    page.save(out, format="PNG")
+    return out.getvalue()
+
+
 def open_page(
     path: Path, *, expressions: dict[str, str], ready: str, timeout: float = 120, width: int = 1300
 ) -> PageResult:
@@ -109,13 +137,14 @@ def open_page(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"page not ready ({ready}) within {timeout} s")
             time.sleep(0.25)
-        time.sleep(1.0)  # let late errors arrive
+        # the viewport the screenshot is taken in, set before measuring (figures re-lay out on resize)
+        session.call("Emulation.setDeviceMetricsOverride", width=width, height=TILE, deviceScaleFactor=1, mobile=False)
+        time.sleep(1.0)  # let late errors arrive, and the layout settle
         values = {name: session.evaluate(expr) for name, expr in expressions.items()}
         height = int(session.evaluate("document.documentElement.scrollHeight"))
-        session.call("Emulation.setDeviceMetricsOverride", width=width, height=min(height, 12000), deviceScaleFactor=1, mobile=False)
-        shot = base64.b64decode(session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"])
+        shot = _full_screenshot(session, width=width, height=height)
         session.call("Runtime.evaluate", expression="0")  # drain events that arrived meanwhile
-        result = PageResult(values=values, screenshot=shot)
+        result = PageResult(values=values, screenshot=shot, height=height)
         for event in session.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Network.loadingFailed":

@@ -91,6 +91,30 @@ def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.parametrize("command", ["classify", "patch", "discrepancy"])
+def test_model_without_tokenizer_files_is_refused_naming_them(tmp_path, capsys, command):
+    """classify --model exited 0 with NaN rows on such a directory while the others refused it (issue 19)."""
+    T.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "m")
+    extra = ["--lengths", "9"] if command == "discrepancy" else []
+    assert main([command, "--model", str(tmp_path / "m"), *extra, "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"headkit: error: --model {tmp_path / 'm'} holds no tokenizer (none of tokenizer.json, vocab.json, "
+        "tokenizer_config.json): the prompts need the model's own tokenizer\n"
+    )
+    assert not (tmp_path / "x.csv").exists()  # refused before any weight file is read: the directory has none
+
+
+def test_discrepancy_letter_length_it_cannot_build_is_refused_before_loading(model_dir, tmp_path, capsys):
+    """``--task letter --lengths 40,80`` with a word-level tokenizer: 40 is not a letter prompt's length."""
+    argv = ["discrepancy", "--model", str(model_dir), "--task", "letter", "--lengths", "41,40", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "letter prompts cannot have length 40" in err and "nearest lengths 39 and 41" in err
+    assert main([*argv[:-3], "41,81", "--n-prompts", "2", "--device", "cpu", "--out", str(tmp_path / "d.csv")]) == 0
+    assert sorted(pd.read_csv(tmp_path / "d.csv")["length"].unique()) == [41, 81]
+
+
 @pytest.mark.slow
 def test_model_without_tokenizer_is_refused_through_a_real_process(tmp_path):
     T.AutoModelForCausalLM.from_config(

@@ -191,6 +191,10 @@ def test_report_renders_offline_in_headless_chromium(report):
             "plots": "document.querySelectorAll('.js-plotly-plot .main-svg .cartesianlayer').length",
             "views": "[...document.querySelectorAll('.headkit-attention-widget')].filter(e => e.querySelector('canvas, svg, table, div')).length",
             "online": "navigator.onLine",
+            "rects": (
+                "[...document.querySelectorAll('.js-plotly-plot, .headkit-attention-widget')].map(e => {"
+                " const r = e.getBoundingClientRect(); return [r.left, r.top + window.scrollY, r.width, r.height]; })"
+            ),
         },
     )
     assert result.failed_requests == []
@@ -206,6 +210,12 @@ def test_report_renders_offline_in_headless_chromium(report):
     colours = small.getcolors(maxcolors=1 << 20)
     non_white = sum(count for count, rgb in colours if min(rgb) < 235)
     assert len(colours) > 100 and non_white > 0.05 * small.width * small.height  # not blank
+    assert image.height == result.height  # every pixel of the page's height (issue 19: it stopped at 12,000)
+    for left, top, width, height in result.values["rects"]:  # each figure drawn where it stands, down the page
+        crop = image.crop((int(left), int(top), int(left + width), int(min(top + height, image.height))))
+        small = crop.resize((max(1, crop.width // 4), max(1, crop.height // 4)))
+        inked = sum(n for n, rgb in small.getcolors(maxcolors=1 << 20) if min(rgb) < 235)
+        assert width > 100 and height > 50 and inked > 0.01 * small.width * small.height, (left, top, width, height)
     if os.environ.get("HEADKIT_KEEP_SCREENSHOT"):
         image.save(os.environ["HEADKIT_KEEP_SCREENSHOT"])
 

@@ -101,19 +101,18 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, argv, messa
     assert not out.exists()
 
 
-def test_classify_pretrained_gptj_without_tokenizer(tmp_path, capsys):
+def test_classify_pretrained_gptj_without_tokenizer_is_refused(tmp_path, capsys):
+    """Issue 19: it wrote a census of NaN swap scores; now it refuses, as every other --model command does."""
     from transformers import GPTJConfig, GPTJForCausalLM
 
     config = GPTJConfig(n_layer=2, n_embd=32, n_head=2, rotary_dim=8, vocab_size=48, n_positions=64)
     GPTJForCausalLM(config).save_pretrained(tmp_path / "gptj")
+    capsys.readouterr()  # save_pretrained's own progress bar
     out = tmp_path / "heads.csv"
-    assert main(["classify", "--gptj", str(tmp_path / "gptj"), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 0
-    table = pd.read_csv(out)
-    assert list(table.columns) == CENSUS_COLUMNS
-    assert len(table) == 4
-    assert table.induction_score.notna().all() and table.copying_score.notna().all()
-    assert table.positional_score.isna().all() and table.max_k_in.isna().all()
-    assert "no tokenizer" in capsys.readouterr().out
+    assert main(["classify", "--gptj", str(tmp_path / "gptj"), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no tokenizer (none of tokenizer.json, vocab.json, tokenizer_config.json)" in err
+    assert not out.exists()
 
 
 def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, capsys):

@@ -74,3 +74,36 @@ def test_run_demo_returns_its_tables_and_prints_nothing(tiny_configs, tmp_path, 
     assert set(result.accuracy["length"]) == {17, 33}
     assert set(result.r1["added"]) == {0}  # R1 rows only where a length is one of the paper's (17 = +0)
     assert result.heads == {} and result.ablation == {} and result.report is None
+
+
+def test_classify_step_prints_r2_beside_the_papers_counts(tmp_path, monkeypatch):
+    """R2 beside R1 (issue 19): pure heads at gamma 0.1 with their layers, the paper's counts, a computed verdict."""
+    from headkit.scores import positional_symbolic
+
+    labels = {"number": ["symbolic"] * 6, "letter": ["symbolic"] * 6}  # "all six heads symbolic"
+    tables = iter(
+        pd.DataFrame({"layer": range(6), "head": 0, "label": "symbolic", "purity": 1.0, "positional_score": 0.0,
+                      "symbolic_score": 1.0, "signal": 0.5, "pure_paper_0.1": labels[t]})
+        for t in ("number", "letter")
+    )  # fmt: skip
+    monkeypatch.setattr(positional_symbolic, "classify_heads", lambda model, tokens: next(tables))
+    options = demo.DemoOptions(progress=False)
+    result = demo.DemoResult(out=tmp_path, configs=demo.demo_configs(options), models={"number": None, "letter": None})
+    said: list[str] = []
+    demo.step_classify(options, result, said.append)
+    text = "\n".join(said)
+    assert "R2 against PosSym-2026" in text
+    row = result.r2.set_index(["task", "kind"])
+    assert row.loc[("number", "positional"), ["paper", "paper_layers", "headkit", "verdict"]].tolist() == [4, "L0-L3", 0, "4 fewer"]
+    assert row.loc[("number", "symbolic"), ["paper", "paper_layers", "headkit_layers"]].tolist() == [8, "L4-L11", "L0-L5"]
+    assert row.loc[("letter", "symbolic"), "paper"] == 11
+    assert "R2 number: not reproduced: no pure positional head where the paper has 4" in said
+    assert "R2 letter: reproduced in kind (symbolic); counts compared by layout, not number" in said
+
+
+def test_report_dynamics_use_every_checkpoint():
+    """The report's learning dynamics classify all 12 checkpoints (it took 4 and skipped steps 400-800, issue 19)."""
+    for cfg in demo.demo_configs(demo.DemoOptions()).values():
+        steps = demo._report_steps(cfg)
+        assert steps == [*cfg.checkpoint_steps, cfg.steps] and len(steps) == 12
+        assert {400, 600, 800} <= set(steps)

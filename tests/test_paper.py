@@ -37,3 +37,32 @@ def test_r1_comparison_pairs_each_measurement_with_fig_5b():
 def test_counts_and_layer_spans():
     assert count_verdict(4, 4) == "same" and count_verdict(2, 4) == "2 fewer" and count_verdict(5, 4) == "1 more"
     assert layer_span([0, 1, 2, 3]) == "L0-L3" and layer_span([3, 0, 1, 5]) == "L0-L1,L3,L5" and layer_span([]) == "none"
+
+
+def _heads(labels):
+    """A classify_heads-like table: one head per layer, its pure_paper_0.1 label."""
+    return pd.DataFrame({"layer": range(len(labels)), "head": 0, "pure_paper_0.1": labels})
+
+
+def test_r2_comparison_counts_and_layers_beside_the_paper():
+    from headkit.paper import r2_comparison, r2_verdict
+
+    heads = {
+        "number": _heads(["positional", "positional", "mixed", "symbolic", "symbolic", "symbolic"]),
+        "letter": _heads(["symbolic"] * 6),
+    }
+    table = r2_comparison(heads)
+    row = table.set_index(["task", "kind"])
+    assert row.loc[("number", "positional"), ["paper", "paper_layers", "headkit", "headkit_layers", "verdict"]].tolist() == [
+        4, "L0-L3", 2, "L0-L1", "2 fewer"
+    ]
+    assert row.loc[("number", "symbolic"), ["headkit", "headkit_layers", "n_layers"]].tolist() == [3, "L3-L5", 6]
+    assert row.loc[("letter", "symbolic"), ["paper", "headkit", "verdict"]].tolist() == [11, 6, "5 fewer"]
+    verdicts = r2_verdict(table, heads)
+    assert verdicts["number"].startswith("reproduced in kind (positional and symbolic)")
+    assert verdicts["letter"].startswith("reproduced in kind (symbolic)")
+    # all six heads symbolic is the paper's letter finding, not its number finding
+    verdicts = r2_verdict(r2_comparison({"number": _heads(["symbolic"] * 6)}))
+    assert verdicts["number"] == "not reproduced: no pure positional head where the paper has 4"
+    swapped = {"number": _heads(["symbolic", "positional", "symbolic"])}
+    assert r2_verdict(r2_comparison(swapped), swapped)["number"].startswith("kinds reproduced (positional and symbolic), order not")

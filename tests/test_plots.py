@@ -186,3 +186,46 @@ def test_attention_view_displays_offline_with_caption(tiny_gptj):
     assert view.html(bundle=False).count("var CircuitsVis") == 0
     with pytest.raises(HeadkitError, match=r"prompt index=9 is out of range: allowed 0\.\.3"):
         task_attention_view(model, batch, 9)
+
+
+def _hls(colour: str) -> tuple[float, float, float]:
+    import colorsys
+
+    return colorsys.rgb_to_hls(*(int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)))
+
+
+def test_dynamics_colours_mean_one_thing_each():
+    """Hop 2's accuracy and head L1H0 were both orange (#d95f02, #ff7f0e; issue 19): accuracy lines are
+    now black and greys told apart by dash, head lines the only coloured ones."""
+    from headkit.plots import dynamics_figure
+
+    rows = [
+        dict(step=s, layer=layer, head=0, positional_score=0.2, symbolic_score=0.8, label="symbolic", accuracy=0.5,
+             **{f"accuracy_hop{h}": 0.5 for h in range(1, 5)})
+        for s in (1, 2) for layer in range(6)
+    ]  # fmt: skip
+    fig = dynamics_figure(pd.DataFrame(rows))
+    accuracy = [t for t in fig.data if t.name.startswith("accuracy")]
+    heads = [t for t in fig.data if t.name.startswith("L")]
+    assert len(accuracy) == 5 and len(heads) == 6
+    for trace in accuracy:
+        _, lightness, saturation = _hls(trace.line.color)
+        assert saturation < 0.05 and lightness < 0.6, trace.name  # black or a dark grey, never the inactive grey
+    assert len({(t.line.color, t.line.dash) for t in accuracy}) == 5
+    assert all(_hls(t.line.color)[2] > 0.3 for t in heads)  # every head line has a hue
+
+
+def test_effects_are_red_where_the_head_matters_in_ablation_and_patching():
+    """One convention, stated on both figures: red = the head carries the effect (ablation: the metric
+    drops; patching: the clean answer comes back). Patching used blue for that (issue 19)."""
+    from headkit.plots import EFFECT_CONVENTION, ablation_by_hop_figure
+
+    patch = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "normalised": [1.0, -1.0]})
+    ablation = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "hop": [1, 1], "delta": [-1.0, 1.0]})
+    for fig, effect in ((patching_figure(patch), 1.0), (ablation_by_hop_figure(ablation), -1.0)):
+        trace = fig.data[0]
+        scale = [c for _, c in trace.colorscale]
+        red_end = scale[-1] if effect > 0 else scale[0]
+        r, g, b = (int(x) for x in re.findall(r"\d+", red_end)[:3])
+        assert r > b + 50 and r > g + 50, (trace.colorscale, effect)  # a red (RdBu ends in 103,0,31)
+        assert EFFECT_CONVENTION in " ".join(a.text for a in fig.layout.annotations)

@@ -41,9 +41,12 @@ def test_end_to_end(checkpoint, tmp_path):
     cfg = pretrained_heads.quick_config(str(directory))
     table = pretrained_heads.main(cfg, out=tmp_path, png=False)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "results.csv", "summary.json", "pretrained_heads.html"} <= names
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), table, check_dtype=False)
-    assert len(table) == 2 * 4 and table["ioi_path_patching"].notna().all()
+    assert {"config.json", "results.csv", "summary.json", "report.html"} == names
+    written = pd.read_csv(tmp_path / "results.csv", keep_default_na=False, na_values=[""], dtype={"note": str})
+    pd.testing.assert_frame_equal(written.drop(columns="note"), table.drop(columns="note"), check_dtype=False)
+    assert len(table) == 2 * 4 and {"role", "ablation", "patching", "path_to_logits", "confirmed"} <= set(table.columns)
+    page = (tmp_path / "report.html").read_text()
+    assert "ioi: confirm" in page and "induction: look" in page  # the page of headkit report --model
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["architecture"] == "LlamaForCausalLM"
     # one-hop accuracy against Hugging Face's own forward on the same prompts

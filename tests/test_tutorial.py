@@ -32,5 +32,17 @@ def test_tutorial_executes_and_displays_offline(tmp_path, monkeypatch):
     assert len(views) == 1 and "var CircuitsVis" in views[0] and "[q]" in views[0]  # bundle inlined
     html = [d["text/html"] for d in data if "text/html" in d]
     assert not [h for h in html if REMOTE.search(h)]
-    assert (tmp_path / "tutorial-run" / "run.json").is_file()  # it trained its tiny model where it ran
+    assert list(tmp_path.iterdir()) == []  # its tiny model went to a temporary folder, not where it ran (issue 19)
     print(f"tutorial executed in {elapsed:.1f} s")  # noqa: T201 (shown with -s)
+
+
+def test_notebook_is_committed_without_outputs():
+    """Outputs (plotly.js and the circuitsvis bundle, ~11 MB once run) are not stored in the repository (issue 19)."""
+    import json
+
+    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert code and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in code)
+    assert NOTEBOOK.stat().st_size < 50_000
+    source = "".join(line for cell in code for line in cell["source"])
+    assert "tempfile.mkdtemp(" in source and "tutorial-run" not in source  # trains into a temporary folder

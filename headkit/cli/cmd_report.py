@@ -19,6 +19,13 @@ read this":
    stream by position (``resid_pre``), denoising (`activation_patching`);
 6. attention views of a few example prompts per hop count (`task_attention_view`).
 
+``headkit report --model DIR --suite SUITE [--suite ...] --out FOLDER``: the same
+page for a pretrained model (`headkit.model_report`): per suite, find (head census),
+confirm (ablation, activation patching, path patching to the logits; for IOI also to
+the name movers' queries), roles (the evidence joined per head, sorted by effect) and
+look (attention views of the top heads), with ``config.json`` and every table as CSV
+beside ``report.html``. DIR must hold the model's tokenizer files.
+
 ``--png`` also writes every plotly figure as ``OUT/figures/figure_N.png`` for
 papers (needs kaleido >= 1 and a Chromium: ``pip install -e ".[figures]"``),
 beside a small interactive ``figure_N.html`` sharing one ``plotly.min.js``.
@@ -61,6 +68,11 @@ def default_lengths(trained: int, n_ctx: int) -> list[int]:
 
 
 def _report(args: argparse.Namespace) -> int:
+    types.check_run_or_model(args)
+    if args.model is not None:
+        return _report_model(args)
+    if args.suite:
+        raise HeadkitError("--suite applies to --model DIR (a run's report uses its own task)")
     run = types.check_run_dir(args.run_dir)
     one_checkpoint = (run / CHECKPOINT_FILE).is_file() and not is_run_dir(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
@@ -78,12 +90,43 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_ENTRIES = ("report.html", "accuracy.csv", "heads.csv", "dynamics.csv", "ablation.csv", "figures")
+def _report_model(args: argparse.Namespace) -> int:
+    """``report --model DIR``: find, confirm, roles and look per suite (`headkit.model_report`)."""
+    if args.out is None:
+        raise HeadkitError("--out FOLDER is needed with --model (the page, config.json and the CSVs go there)")
+    out = Path(args.out)
+    check_output_path(args.out, directory=True, inputs=types.inputs_of(args))
+    _check_report_folder(out)
+    from headkit.model_report import ModelReportOptions
+
+    options = ModelReportOptions(
+        suites=tuple(args.suite or ("ioi",)), n_prompts=args.n_prompts, seed=args.seed, method=args.method,
+        effect_threshold=args.threshold, progress=not args.no_progress,
+    )  # fmt: skip
+    from headkit.pretrained import require_tokenizer
+
+    require_tokenizer(args.model)  # before the weights load
+    use_threads(args.threads)
+    from headkit.model_report import model_report
+    from headkit.plots import model_description
+    from headkit.pretrained import load_pretrained
+
+    model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
+    about = f"{args.model}: {model_description(model)}"
+    print(f"report of {about} on {', '.join(options.suites)}")
+    tables, sections = model_report(model, model.tokenizer, options, about=about)
+    config = {"model": str(args.model), "dtype": args.dtype, "device": str(model.cfg.device), **options.as_json()}
+    _write(args, out, tables, sections, about, config=config)
+    return 0
+
+
+REPORT_ENTRIES = ("report.html", "accuracy.csv", "heads.csv", "dynamics.csv", "ablation.csv", "figures", "config.json")
 
 
 def _is_report_entry(name: str) -> bool:
     """A file a report folder holds: its own, or a temporary of one (``.report.html.XXXX.tmp``)."""
-    return name in REPORT_ENTRIES or (name.endswith(".tmp") and name.startswith(tuple(f".{e}." for e in REPORT_ENTRIES)))
+    own = name in REPORT_ENTRIES or (name.endswith(".csv") and "_" in name)  # --model: <suite>_<table>.csv
+    return own or (name.endswith(".tmp") and name.startswith(tuple(f".{e}." for e in REPORT_ENTRIES)))
 
 
 def _check_report_folder(out: Path) -> None:
@@ -140,7 +183,10 @@ def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[d
     return tables, sections, about
 
 
-def _write(args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame], sections: list[Section], about: str) -> None:
+def _write(
+    args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame], sections: list[Section], about: str,
+    *, config: dict | None = None,
+) -> None:
     """The tables as CSV, the figures as PNG with ``--png``, then report.html, built in a temporary
     folder that then replaces ``out`` whole (`headkit.io.atomic_folder`); lists the files."""
     from headkit.io import atomic_folder, write_csv, write_text
@@ -149,6 +195,10 @@ def _write(args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame],
 
     with atomic_folder(out) as folder:
         written = [write_csv(folder / f"{name}.csv", table) for name, table in tables.items()]
+        if config is not None:
+            import json
+
+            written.append(write_text(folder / "config.json", json.dumps(config, indent=2) + "\n"))
         if args.png:
             plots = [f for s in sections for f in s.figures if hasattr(f, "write_image")]
             for i, figure in enumerate(plots):
@@ -165,9 +215,17 @@ def _write(args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame],
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "report", help="one self-contained HTML page with every figure of a trained run (works offline)"
+        "report", help="one self-contained HTML page with every figure of a trained run or a pretrained model (offline)"
     )
-    types.add_run(p)
+    types.add_run(p, optional=True)
+    p.add_argument("--model", help="a pretrained model directory (with its tokenizer) instead of RUN_DIR")
+    p.add_argument(
+        "--suite", action="append", choices=types.suite_names(), default=None,
+        help="--model: a prompt suite, repeat for several (default ioi)",
+    )  # fmt: skip
+    p.add_argument("--dtype", default="float32", help="--model weights dtype: float32, float16, bfloat16")
+    p.add_argument("--method", choices=("zero", "mean", "resample"), default="mean", help="--model: ablation (default mean)")
+    types.add_float(p, "--threshold", default=0.1, help="--model: normalised effect that confirms a role (default 0.1)")
     p.add_argument(
         "--out", default=None,
         help="folder of report.html and its tables (default RUN_DIR/report; for a checkpoint directory ./report_NAME)",

@@ -6,10 +6,9 @@
   task, with its default parameters). All composition kinds by default.
 - ``classify --model DIR [--n-prompts N] [--out heads.csv]`` (``--gptj`` is an
   alias): the same for a pretrained model of any architecture
-  `headkit.pretrained.load_pretrained` loads. When DIR holds a tokenizer the
-  task prompts are IOI sentences (`headkit.tasks.ioi_task`) and the heads are also
-  classified positional/symbolic; without one only the token-free scores are
-  filled (detectors on repeated random tokens, induction, copying). Composition
+  `headkit.pretrained.load_pretrained` loads, on IOI sentences
+  (`headkit.tasks.ioi_task`) built with DIR's own tokenizer; a DIR without
+  tokenizer files is refused before its weights load, naming the files looked for. Composition
   is off by default here (``--composition k`` etc. turns it on: it costs about
   ``(n_layers · n_heads)² · d_model · d_head²`` operations per kind).
 - ``dynamics RUN_DIR [--eval-n N] [--out dynamics.csv]``: `headkit.scores.dynamics.track_heads`
@@ -122,15 +121,13 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
 
 
 def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
-    from headkit.pretrained import load_pretrained
+    from headkit.pretrained import load_pretrained, require_tokenizer
     from headkit.scores.census import head_census
+    from headkit.tasks.ioi import ioi_task
 
+    require_tokenizer(args.model)  # IOI prompts need it: refused before the weights load
     model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     tokenizer = model.tokenizer
-    if tokenizer is None:
-        census = head_census(model, None, n_random=args.n_prompts, seed=args.seed, composition_kinds=kinds)
-        return f"{args.model}: no tokenizer, repeated random tokens only", census
-    from headkit.tasks.ioi import ioi_task
 
     batch = ioi_task(args.n_prompts, seed=args.seed, tokenizer=tokenizer)
     census = head_census(
@@ -188,12 +185,15 @@ def _dynamics(args: argparse.Namespace) -> int:
     return _finish(table, DYNAMICS_SHOWN + [c for c in table.columns if c.startswith("accuracy_hop")], out)
 
 
-def _model_and_suite(args: argparse.Namespace):
-    """(pretrained model, its natural-language suite as a TaskSpec-like, title) for ``--model``."""
+def _model_and_suite(args: argparse.Namespace, lengths: list[int]):
+    """(pretrained model, its natural-language suite as a TaskSpec-like, title) for ``--model``;
+    ``lengths`` checked against the suite before the weights load."""
     from headkit.pretrained import load_pretrained, require_tokenizer
     from headkit.tasks.natural import NaturalSpec
 
     suite = NaturalSpec(args.task or "number", require_tokenizer(args.model))
+    for length in lengths:
+        suite.check_length(length)
     model = load_pretrained(args.model, device=args.device)
     return model, suite, f"{args.model} on the {suite.name} suite"
 
@@ -211,7 +211,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
     from headkit.scores.discrepancy import discrepancy
 
     if args.model is not None:
-        model, task, what = _model_and_suite(args)
+        model, task, what = _model_and_suite(args, lengths)
     else:
         ckpt = _latest(args)
         model, task = ckpt.model, _task_of(ckpt, args.task)

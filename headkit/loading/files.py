@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["config.json", "*.safetensors", "*.json", "*.txt", "*.model"]
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # any one means a saved tokenizer
 
 
 # --- where the checkpoint lives ----------------------------------------------------
@@ -135,7 +135,7 @@ def _refuse_auto_map(raw: Mapping[str, Any], path: Path) -> None:
 
 def saved_tokenizer(directory: Path) -> Any | None:
     """The tokenizer saved in ``directory`` (BOS prepended, as TransformerLens does), or None when there is none."""
-    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return None
     refuse_remote_code(directory)
     from transformers import AutoTokenizer

@@ -23,6 +23,7 @@ from headkit.plots.attention import AttentionView, attention_patterns, task_atte
 from headkit.plots.figures import (
     ACCURACY_COLOURS,
     DASHES,
+    EFFECT_CONVENTION,
     INACTIVE_GREY,
     LABEL_COLOURS,
     MAX_CELLS_WITH_VALUES,

@@ -29,7 +29,12 @@ INACTIVE_GREY = LABEL_COLOURS["inactive"]
 # distinct line colours (plotly's D3 palette without its grey, which means "inactive")
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-ACCURACY_COLOURS = ("#222222", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")  # Dark2, after black
+# accuracy lines: black, then dark greys told apart by dash, so that every hue on a dynamics
+# figure is a head (hop 2 and L1H0 were both orange before issue 19); lighter than #8a8a8a
+# would read as the inactive grey
+ACCURACY_COLOURS = ("#000000", "#3c3c3c", "#5e5e5e", "#7a7a7a", "#8a8a8a")
+# one convention for effects on every ablation and patching heat map
+EFFECT_CONVENTION = "red: the head carries the effect (ablated: the metric drops; patched: the clean answer returns); blue: the opposite"
 MAX_CELLS_WITH_VALUES = 150  # heat maps with at most this many cells write each value in its cell
 
 
@@ -184,6 +189,7 @@ def patching_figure(
     title: str = "Patching",
     columns: str = "head",
     bound: float | None = None,
+    red: str = "positive",
 ) -> go.Figure:
     """Heat map of a per-(layer, head) intervention table (patching or ablation).
 
@@ -191,14 +197,16 @@ def patching_figure(
     shows its value when the grid is small. ``columns="position"`` draws a
     by-position table (one column per position). The colour scale spans
     ``±bound`` (default: the largest absolute value, at least 1 for
-    ``normalised``, where 1 is the full effect).
+    ``normalised``, where 1 is the full effect). ``red``: which sign the head's
+    effect has in ``value`` (`EFFECT_CONVENTION`): ``"positive"`` for patching (1 =
+    the clean answer restored), ``"negative"`` for an ablation's change of the metric.
     """
     _check_columns(results, {"layer", columns, value}, what="table")
     grid = results.pivot_table(index="layer", columns=columns, values=value, aggfunc="mean")
     return _diverging_heatmap(
         grid.values, x=[f"{columns[0].upper()}{c}" if columns == "head" else str(c) for c in grid.columns],
         y=[f"L{layer}" for layer in grid.index], colour_title=value, title=title, xaxis_title=columns,
-        yaxis_title="layer", bound=bound if bound is not None else (1.0 if value == "normalised" else None),
+        yaxis_title="layer", bound=bound if bound is not None else (1.0 if value == "normalised" else None), red=red,
     )  # fmt: skip
 
 
@@ -214,26 +222,33 @@ def ablation_by_hop_figure(
     return _diverging_heatmap(
         grid.values, x=[f"hop {h}" for h in grid.columns], y=[f"L{layer}H{head}" for layer, head in grid.index],
         colour_title=value, title=title, xaxis_title="hops of the prompt", yaxis_title="head ablated", bound=bound,
+        red="negative",
     )  # fmt: skip
 
 
 def _diverging_heatmap(
-    values, *, x, y, colour_title: str, title: str, xaxis_title: str, yaxis_title: str, bound: float | None = None
+    values, *, x, y, colour_title: str, title: str, xaxis_title: str, yaxis_title: str, bound: float | None = None,
+    red: str = "negative",
 ) -> go.Figure:
-    """RdBu heat map centred at 0 (white), symmetric ``±bound``; values in the cells of small grids."""
+    """Red-blue heat map centred at 0 (white), symmetric ``±bound``, red at the ``red`` end (the head's
+    effect, `EFFECT_CONVENTION`, written under the map); values in the cells of small grids."""
+    if red not in ("positive", "negative"):
+        raise HeadkitError(f"red={red!r} is unknown: allowed positive, negative")
     largest = pd.DataFrame(values).abs().max().max()
     largest = float(largest) if pd.notna(largest) and largest > 0 else 0.0
     bound = max(bound or 0.0, largest) or 1.0
     text = _cell_text(values)
     fig = go.Figure(
         go.Heatmap(
-            z=values, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound,
+            z=values, x=x, y=y, colorscale="RdBu" if red == "negative" else "RdBu_r", zmid=0, zmin=-bound, zmax=bound,
             colorbar={"title": colour_title}, text=text, texttemplate="%{text}" if text is not None else None,
         )  # fmt: skip
     )
     fig.update_layout(
         title=title, yaxis={"autorange": "reversed", "title": yaxis_title}, xaxis={"title": xaxis_title},
-        height=max(320, 32 * len(y) + 180),
+        height=max(320, 32 * len(y) + 180), margin={"b": 90},
+        annotations=[{"text": EFFECT_CONVENTION, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0,
+                      "y": -0.02, "yshift": -60, "xanchor": "left", "font": {"size": 11, "color": "#555"}}],
     )  # fmt: skip
     return fig
 
@@ -241,7 +256,7 @@ def _diverging_heatmap(
 def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") -> go.Figure:
     """`track_heads`'s table over training: accuracy per hop (top) and each head's score (bottom).
 
-    Top panel: black for all hops, a Dark2 colour per hop. Bottom panel:
+    Top panel: black for all hops, a dark grey and a dash per hop (no hue: hues are heads). Bottom panel:
     ``symbolic_score - positional_score`` of every head against the checkpoint
     step, one D3 colour (and past nine heads a line style) per head; points
     where the head is ``inactive`` are drawn as grey open circles.
@@ -262,7 +277,7 @@ def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") ->
                 x=per_step["step"], y=per_step[column], mode="lines+markers", legendgroup="accuracy",
                 name="accuracy: all hops" if column == "accuracy" else f"accuracy: hop {column.removeprefix('accuracy_hop')}",
                 line={"color": ACCURACY_COLOURS[i % len(ACCURACY_COLOURS)], "width": 4 if column == "accuracy" else 2,
-                      "dash": "solid" if column == "accuracy" else DASHES[1 + i % (len(DASHES) - 1)]},
+                      "dash": "solid" if column == "accuracy" else DASHES[1 + (i - 1) % (len(DASHES) - 1)]},
             ),  # fmt: skip
             row=1,
             col=1,

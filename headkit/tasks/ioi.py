@@ -131,6 +131,11 @@ def _name_ids(tokenizer: PreTrainedTokenizerBase, names: Sequence[str]) -> list[
                 f"name {name!r} is not a single token with its leading space: {' ' + name!r} "
                 f"tokenises to {len(toks)} tokens {pieces}; remove it from names"
             )
+        if toks[0] == tokenizer.unk_token_id and " " + name != tokenizer.unk_token:
+            raise HeadkitError(
+                f"name {name!r} is unknown to the tokenizer ({' ' + name!r} becomes its unknown token "
+                f"{tokenizer.unk_token!r}); remove it from names"
+            )
         ids.append(toks[0])
     return ids
 

@@ -360,8 +360,8 @@ class NaturalSpec:
     ``length`` here is the whole prompt (BOS and frame included), as
     `headkit.scores.discrepancy.discrepancy` asks; it is turned into the suite's
     own list length. Only the suites with a ``length`` parameter (number,
-    letter, duplicate) take it; the letter suite's prompts are one token short
-    when the list length comes out even (pairs plus the query are odd).
+    letter, duplicate) take it; the letter suite's list is pairs plus the query,
+    an odd count, so it refuses the other lengths (`check_length`).
     """
 
     name: str
@@ -374,9 +374,23 @@ class NaturalSpec:
         bos = 1 if self.params.get("prepend_bos", True) else 0
         return bos + (len(self.tokenizer.encode(frame, add_special_tokens=False)) if frame else 0)
 
+    def check_length(self, length: int) -> None:
+        """Refuse a whole prompt length the suite cannot build (before any prompt is built).
+
+        The letter suite's list is pairs plus the query, an odd count, so only every
+        other length exists; the error names the two nearest that do.
+        """
+        frame = self.overhead()
+        if self.name == "letter" and (length - frame) % 2 == 0:
+            raise HeadkitError(
+                f"letter prompts cannot have length {length}: after the {frame}-token frame (BOS included) come "
+                f"symbol-digit pairs and the query, an odd count; nearest lengths {length - 1} and {length + 1}"
+            )
+
     def build(self, n: int, *, seed: int, length: int | None = None, **overrides) -> TaskBatch:
         params = {**self.params, **overrides}
         if length is not None:
+            self.check_length(length)
             if self.name not in ("number", "letter", "duplicate"):
                 raise HeadkitError(f"prompt suite {self.name!r} has no length: lengths apply to number, letter, duplicate")
             params["length"] = length - self.overhead()

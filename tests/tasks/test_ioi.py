@@ -148,3 +148,16 @@ def test_bad_parameters_name_themselves(tokenizer, kwargs, name):
     args = dict(n=5, seed=0, tokenizer=tokenizer) | kwargs
     with pytest.raises(HeadkitError, match=name):
         ioi_task(args.pop("n"), **args)
+
+
+def test_name_the_tokenizer_does_not_know_is_named():
+    """A word-level tokenizer maps an unknown name to its unknown token: the error names the word (issue 19)."""
+    from headkit.tasks.natural import suite_words, word_tokenizer
+
+    tok = word_tokenizer([w for w in suite_words() if w != "Mary"])
+    names = ["Mary", *[n for n in NAMES if n != "Mary"][:3]]
+    with pytest.raises(HeadkitError) as error:
+        ioi_task(4, seed=0, tokenizer=tok, names=names)
+    assert str(error.value) == (
+        "name 'Mary' is unknown to the tokenizer (' Mary' becomes its unknown token '<bos>'); remove it from names"
+    )

@@ -96,3 +96,27 @@ def test_bad_parameters_are_refused(tok):
         build_suite("number", 2, seed=0, tokenizer="gpt2")
     with pytest.raises(HeadkitError, match="n=0 is out of range"):
         build_suite("duplicate", 0, seed=0, tokenizer=tok)
+
+
+def test_letter_suite_lengths_it_cannot_build_are_refused_naming_the_nearest(tok):
+    """The list after the frame is pairs plus the query, an odd count: half the whole lengths are impossible.
+
+    Before issue 19 `discrepancy` found out after building (``task built prompts of
+    length 39 when asked for 40``); now the suite says so before any prompt is built.
+    """
+    from headkit.tasks.natural import NaturalSpec
+
+    spec = NaturalSpec("letter", tok)
+    frame = spec.overhead()
+    good = frame + 21  # 10 pairs and the query
+    assert spec.build(2, seed=0, length=good).tokens.shape[1] == good
+    spec.check_length(good)
+    with pytest.raises(HeadkitError) as error:
+        spec.check_length(good + 1)
+    assert str(error.value) == (
+        f"letter prompts cannot have length {good + 1}: after the {frame}-token frame (BOS included) come "
+        f"symbol-digit pairs and the query, an odd count; nearest lengths {good} and {good + 2}"
+    )
+    with pytest.raises(HeadkitError, match=f"cannot have length {good + 1}"):
+        spec.build(2, seed=0, length=good + 1)
+    NaturalSpec("number", tok).check_length(good + 1)  # the other suites take every length
