@@ -43,3 +43,34 @@ def hooked_model(**config: Any) -> Any:
     model = HookedTransformer(HookedTransformerConfig(**config))
     model.eval()
     return model
+
+
+def hooked_from_hf_gptj(hf: Any) -> Any:
+    """TransformerLens 3.9's own HookedTransformer of a Hugging Face GPT-J: its GPT-J config
+    mapping and its ``convert_gptj_weights``, raw weights (no processing); an independent
+    reference for headkit's bridge. Build it before the Hugging Face model is wrapped."""
+    if not has_hooked_transformer():
+        pytest.skip(REASON)
+    from transformer_lens.pretrained.weight_conversions.gptj import convert_gptj_weights
+
+    cfg = hooked_gptj_config(hf.config)
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(
+        convert_gptj_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False,
+    )  # fmt: skip
+    model.eval()
+    return model
+
+
+def hooked_gptj_config(c: Any) -> Any:
+    """TransformerLens 3.9's GPT-J ``HookedTransformerConfig`` for a Hugging Face ``GPTJConfig``."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn=c.activation_function,
+        eps=c.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="rotary",
+        rotary_dim=c.rotary_dim, rotary_adjacent_pairs=True, parallel_attn_mlp=True, device="cpu",
+        default_prepend_bos=False,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ from transformers import GPTJConfig, GPTJForCausalLM
 from headkit.errors import HeadkitError
 from headkit.loading import load_gptj
 from headkit.model_types import is_bridge
-from hooked import needs_hooked
+from hooked import hooked_gptj_config, needs_hooked
 
 D_VOCAB = 50
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
@@ -94,7 +94,7 @@ def test_weights_and_log_probs_equal_transformer_lens_conversion(tmp_path, token
     hf = tiny_hf()
     ours = load_gptj(save(hf, tmp_path), device="cpu", **flags)
     assert is_bridge(ours)
-    reference = HookedTransformer(_hooked_cfg(hf))
+    reference = HookedTransformer(hooked_gptj_config(hf.config))
     reference.load_and_process_state_dict(
         convert_gptj_weights(hf, reference.cfg), **{**{name: False for name in PROCESSING}, **flags}
     )
@@ -102,19 +102,6 @@ def test_weights_and_log_probs_equal_transformer_lens_conversion(tmp_path, token
     if not flags:
         for name in ("W_E", "W_Q", "W_K", "W_V", "W_O", "W_U"):
             torch.testing.assert_close(getattr(ours, name), getattr(reference, name), msg=name)
-
-
-def _hooked_cfg(hf: GPTJForCausalLM):
-    """TransformerLens 3.9's GPT-J config for a Hugging Face GPT-J config (its own mapping)."""
-    from transformer_lens import HookedTransformerConfig
-
-    c = hf.config
-    return HookedTransformerConfig(
-        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn=c.activation_function,
-        eps=c.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="rotary",
-        rotary_dim=c.rotary_dim, rotary_adjacent_pairs=True, parallel_attn_mlp=True, device="cpu",
-    )  # fmt: skip
 
 
 def test_bfloat16_load(tmp_path, tokens):

@@ -135,21 +135,42 @@ def _check_against_files(path: Path, weights: Any) -> None:
             )
 
 
-def _own_memory(model: torch.nn.Module) -> None:
-    """Copy, one tensor at a time, every weight transformers left as a view of the memory-mapped
-    file: a file rewritten (or truncated) in place later must not change (or crash) the model."""
+def _own_memory(model: torch.nn.Module, weights: Any) -> None:
+    """Give ``model`` weights in memory it owns, one tensor at a time.
+
+    transformers leaves each weight a view of the memory-mapped file: a file rewritten
+    (or truncated) in place later would change (or crash) the model, and cloning the
+    views would page the whole file in next to the copy (2x the checkpoint). Instead
+    each tensor the files hold as transformers loaded it (same shape, same first and
+    last values) is read again from the file straight into fresh memory (``readinto``,
+    no mapping; checked finite by `headkit.loading.files.WeightFiles.read`) and cast;
+    a tensor transformers changed on loading, or the files do not hold, is cloned.
+    """
+    seen: set[int] = set()
     with torch.no_grad():
-        for module in model.modules():
-            for store in (module._parameters, module._buffers):
-                for name, tensor in store.items():
-                    if tensor is not None and tensor.device.type == "cpu":
-                        tensor.data = tensor.data.clone()
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if id(tensor) in seen or tensor.device.type != "cpu":
+                continue
+            seen.add(id(tensor))
+            fresh = None
+            if name in weights and weights.shape(name) == tuple(tensor.shape):
+                fresh = weights.read(name).to(tensor.dtype)
+                if fresh.numel() and not _same_ends(fresh, tensor):
+                    fresh = None  # transformers converted it on loading: keep its version
+            tensor.data = fresh if fresh is not None else tensor.data.clone()
 
 
-def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Module:
+def _same_ends(a: torch.Tensor, b: torch.Tensor) -> bool:
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    return torch.equal(flat_a[:16], flat_b[:16]) and torch.equal(flat_a[-16:], flat_b[-16:])
+
+
+def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype, weights: Any = None) -> torch.nn.Module:
     """``cls.from_pretrained(path)`` offline, no remote code, in ``dtype``, without transformers'
     progress bar (headkit's one-line errors stay one line)."""
     from transformers.utils import logging as hf_logging
+
+    from headkit.loading.files import open_weight_files
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -162,8 +183,8 @@ def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype) -> torch.nn.Mod
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    _own_memory(model)
-    for name, tensor in model.named_parameters():  # named as in the files
+    _own_memory(model, weights if weights is not None else open_weight_files(path))
+    for name, tensor in model.named_parameters():  # the few not read from the files
         if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise HeadkitError(
@@ -197,7 +218,7 @@ def boot(
     check_config_sizes(raw, path / "config.json", weights)
     _check_against_files(path, weights)
     try:
-        hf_model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+        hf_model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, weights=weights)
     except (ValueError, KeyError, OSError) as error:  # an architecture or a file transformers cannot load
         raise HeadkitError(f"{path}: transformers cannot load it as a causal LM: {error}") from None
     if device is not None:

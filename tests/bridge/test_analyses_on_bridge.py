@@ -3,7 +3,7 @@ HookedTransformer's table for the same weights (issue 16: "same numbers").
 
 One tiny GPT-J (Hugging Face, random weights, vocabulary of the number task) seen two
 ways: wrapped in place by `headkit.bridge.build.wrap`, and (TransformerLens 3.9 only)
-converted to a HookedTransformer by headkit's `load_gptj`. Each analysis's numeric
+converted to a HookedTransformer by TransformerLens 3.9's own ``convert_gptj_weights``. Each analysis's numeric
 columns must agree within 1e-5. On TransformerLens 4.x, where there is no
 HookedTransformer, each analysis runs on the bridge and must return finite numbers
 in its documented columns.
@@ -17,6 +17,7 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 import headkit as hk
+from hooked import hooked_from_hf_gptj
 from headkit.bridge.build import wrap
 from headkit.interventions.metrics import default_metric
 from headkit.model_types import has_hooked_transformer
@@ -56,13 +57,8 @@ def models(tmp_path_factory):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         hf = GPTJForCausalLM(config).eval()
-    hooked = None
-    if has_hooked_transformer():
-        from headkit.loading import load_gptj
-
-        directory = tmp_path_factory.mktemp("gptj")
-        hf.save_pretrained(directory)
-        hooked = load_gptj(directory, device="cpu")
+    # TransformerLens 3.9's own HookedTransformer of the same weights (its conversion, not headkit's)
+    hooked = hooked_from_hf_gptj(hf) if has_hooked_transformer() else None
     return wrap(hf), hooked
 
 

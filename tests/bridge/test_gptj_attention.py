@@ -1,8 +1,8 @@
 """headkit's GPT-J attention on the bridge: Hugging Face's numbers, HookedTransformer's hooks.
 
 References: Hugging Face's own ``GPTJForCausalLM`` forward (logits, padding), and on
-TransformerLens 3.9, a HookedTransformer of the same weights built by headkit's
-`load_gptj` (every hook the analyses read, within 1e-5), plus TransformerLens's own
+TransformerLens 3.9, a HookedTransformer of the same weights built by TransformerLens's
+own ``convert_gptj_weights`` (every hook the analyses read, within 1e-5), plus TransformerLens's own
 stock GPT-J adapter, which shows why headkit replaces its attention.
 """
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
+from hooked import hooked_from_hf_gptj
 from headkit.bridge.build import wrap
 from headkit.bridge.probe import probe
 
@@ -96,16 +97,8 @@ def test_transformer_lens_stock_gptj_adapter_is_what_headkit_replaces():
 
 
 def test_every_hook_equals_hooked_transformer_on_transformer_lens_3(tmp_path):
-    transformer_lens = pytest.importorskip("transformer_lens")
-    try:
-        transformer_lens.HookedTransformer  # removed in TransformerLens 4.0
-    except (ImportError, AttributeError):
-        pytest.skip("TransformerLens >= 4 has no HookedTransformer to compare with (this test runs in CI's 3.9 environment)")
-    from headkit.loading import load_gptj
-
     hf = tiny_gptj(rotary_dim=8)
-    hf.save_pretrained(tmp_path)
-    hooked = load_gptj(tmp_path, device="cpu")
+    hooked = hooked_from_hf_gptj(hf)  # TransformerLens 3.9's own conversion (skipped on 4.x, with the reason)
     bridge = wrap(hf)
     tokens = torch.randint(0, 50, (2, 9))
     ht_logits, ht_cache = hooked.run_with_cache(tokens)
