@@ -11,7 +11,8 @@ and analyses that same module wrapped in TransformerLens's `TransformerBridge`
 - `build_hf_model`: a seeded `GPTJForCausalLM` (Hugging Face's own initialisation,
   normal(0, 0.02), as in the paper's code). GPT-J always has an MLP; for an
   ``attn_only`` config its MLP is one unit wide, zero and frozen, so it adds exactly
-  nothing, and loading drops it again (`headkit.checkpoints`).
+  nothing; the wrapped model keeps it and its config says ``attn_only``, so analyses
+  offer no MLP site (`headkit.models.synthetic`, `headkit.checkpoints`).
 - `hf_state`: the weights to save, in Hugging Face's names, of the model or of a
   bridge wrapping it (the bridge nests each module as ``_original_component``).
 - `hf_state_from_tl`: a state dict in HookedTransformer's names (a user's

@@ -2,7 +2,8 @@
 config.json, its weight files (one tensor at a time) and its tokenizer.
 
 Both loaders (`headkit.loading.gptj.load_gptj`, `headkit.pretrained.load_pretrained`)
-read checkpoints only through this module:
+and `headkit.bridge.build.boot` find and check a checkpoint through this module before
+transformers' ``from_pretrained`` reads its weights:
 
 - `resolve_checkpoint_dir`: a local directory, or a hub repo id found in the local
   Hugging Face cache (downloaded only when the hub is reachable and
@@ -15,9 +16,10 @@ read checkpoints only through this module:
 - `open_weight_files`: ``model.safetensors``, sharded safetensors with an index, or
   ``pytorch_model.bin`` (sharded or not), opened from their headers only, so that a
   missing or truncated file is found before any tensor is read (a device, FIFO or
-  directory in a weight file's place is refused as not a regular file);
-  `WeightFiles.read` then reads one tensor into memory the model owns, refusing
-  non-float dtypes (header only) and NaN and infinity;
+  directory in a weight file's place is refused as not a regular file), with each
+  tensor's shape and dtype (non-float dtypes are refused from the header);
+  `WeightFiles.read` reads one tensor into memory of its own, refusing NaN and
+  infinity (the loaders themselves leave the reading to ``from_pretrained``);
 - `check_sizes` / `check_config_sizes`: the sizes a config declares, bounded by the
   weight files' headers (its layer count by the blocks they hold, every other size
   by their largest dimension) before anything is built from them;

@@ -13,8 +13,9 @@ Hugging Face directory (or the hub name, resolved through the local cache):
    code) in the target dtype, then TransformerLens's `TransformerBridge` wrapped
    around it in place, with headkit's GPT-J attention (`headkit.bridge.build`).
    transformers builds the model on the ``meta`` device and fills it tensor by
-   tensor, so the load holds one copy of the weights (see docs/loading.md and
-   ``benchmarks/load_memory.py`` for measured peaks).
+   tensor; weights left as views of the memory-mapped file are then copied out
+   of it, one tensor at a time (docs/loading.md; measured peaks: docs/bridge.md,
+   ``benchmarks/load_memory.py``).
 
 The optional weight processing (``fold_ln``, ``center_writing_weights``,
 ``center_unembed``, ``fold_value_biases``) is TransformerLens's own, applied by
