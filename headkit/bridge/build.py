@@ -144,8 +144,11 @@ def _own_memory(model: torch.nn.Module, weights: Any) -> None:
     each tensor the files hold as transformers loaded it (same shape, same first and
     last values) is read again from the file straight into fresh memory (``readinto``,
     no mapping; checked finite by `headkit.loading.files.WeightFiles.read`) and cast;
-    a tensor transformers changed on loading, or the files do not hold, is cloned.
+    a tensor transformers changed on loading, or the files do not hold, is cloned and
+    checked here.
     """
+    from headkit.loading.files import all_finite, non_finite_count
+
     seen: set[int] = set()
     with torch.no_grad():
         for name, tensor in model.state_dict(keep_vars=True).items():
@@ -157,7 +160,14 @@ def _own_memory(model: torch.nn.Module, weights: Any) -> None:
                 fresh = weights.read(name).to(tensor.dtype)
                 if fresh.numel() and not _same_ends(fresh, tensor):
                     fresh = None  # transformers converted it on loading: keep its version
-            tensor.data = fresh if fresh is not None else tensor.data.clone()
+            if fresh is None:  # not read (and checked) from the files: copied, then checked here
+                fresh = tensor.data.clone()
+                if fresh.is_floating_point() and not all_finite(fresh):
+                    bad = non_finite_count(fresh)
+                    raise HeadkitError(
+                        f"tensor {name} holds {bad} non-finite value(s) (NaN or infinity): the checkpoint is broken"
+                    )
+            tensor.data = fresh
 
 
 def _same_ends(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -183,13 +193,10 @@ def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype, weights: Any = 
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    _own_memory(model, weights if weights is not None else open_weight_files(path))
-    for name, tensor in model.named_parameters():  # the few not read from the files
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise HeadkitError(
-                f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or infinity): the checkpoint is broken"
-            )
+    try:
+        _own_memory(model, weights if weights is not None else open_weight_files(path))
+    except HeadkitError as error:
+        raise HeadkitError(f"{path}: {error}" if not str(error).startswith(str(path)) else str(error)) from None
     return model
 
 

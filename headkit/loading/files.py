@@ -296,8 +296,8 @@ class WeightFiles:
             tensor = self._reader(path, name)
         except Exception as error:
             raise HeadkitError(f"{path}: cannot read tensor {name}: {error}") from None
-        if tensor.is_floating_point() and not _all_finite(tensor):
-            bad = sum(int((~torch.isfinite(c)).sum()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
+        if tensor.is_floating_point() and not all_finite(tensor):
+            bad = non_finite_count(tensor)
             raise HeadkitError(
                 f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or infinity): "
                 "the checkpoint is broken"
@@ -312,9 +312,14 @@ FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "float64", "float32", "fl
 _FINITE_CHUNK = 1 << 22  # elements checked at once: a few MiB of temporaries, whatever the tensor's size
 
 
-def _all_finite(tensor: Tensor) -> bool:
+def all_finite(tensor: Tensor) -> bool:
     """No NaN or infinity in ``tensor``, checked in chunks (a whole-tensor isfinite costs ~2x its size)."""
     return all(bool(torch.isfinite(c).all()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
+
+
+def non_finite_count(tensor: Tensor) -> int:
+    """How many NaN or infinite values ``tensor`` holds, counted in chunks."""
+    return sum(int((~torch.isfinite(c)).sum()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
 
 
 def _safetensors_files(files: list[Path]) -> WeightFiles:
