@@ -161,7 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-steps", help="extra steps to checkpoint at, e.g. 500,1000")
     p.add_argument(
         "--preset", choices=types.preset_names(),
-        help="model and schedule: cpu (default, minutes on a CPU) or paper (PosSym-2026, for a GPU)",
+        help="model and schedule: cpu (default, minutes on a CPU) or paper (PosSym-2026: 12 layers, 6,750 updates, ~25 min on one quiet CPU core at ~4.7 updates/s)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     types.add_compute(p, device_help="torch device: auto (default: cuda if a GPU is present), cpu, cuda")
