@@ -1,15 +1,10 @@
-"""``headkit --help``, ``headkit CMD --help`` and argument errors answer at once (issue 10).
+"""``headkit --help``, ``headkit CMD --help``, argument errors and ``headkit info`` answer at once (issue 10).
 
-They used to take 13-18 s because building the parser imported torch. Two pins:
-
-- the parser imports none of torch, TransformerLens, pandas, numpy (a deterministic
-  check, for ``--help`` of every command and for an argument error);
-- timed against bare ``python -c pass`` as a ratio plus a constant, best of three
-  runs each: ``headkit`` must start within ``RATIO`` times bare Python plus
-  ``SLACK_S``. On this 2-core machine under load, bare Python took 0.12-0.18 s,
-  ``headkit --help`` 0.42-0.58 s and ``python -c "import torch"`` 6.5 s (pandas
-  alone 1.9 s), so the bound (about 1.2 s loaded, 0.9 s quiet) passes with margin
-  and fails on a torch or pandas import.
+They used to take 13-18 s because building the parser imported torch. The pin here is
+deterministic: the parser, an argument error and ``info`` import none of torch,
+TransformerLens, pandas, numpy or transformers (``python -c "import torch"`` alone
+took 6.5 s on this machine under load). How long they take beside bare Python is
+measured by ``benchmarks/cli_startup.py``, not asserted here (no timed tests).
 """
 
 from __future__ import annotations
@@ -18,35 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(sys.executable).with_name("headkit")
-RATIO, SLACK_S = 4.0, 0.75
 HEAVY = ("torch", "transformer_lens", "pandas", "numpy", "transformers")
 COMMANDS = ("train", "eval", "info", "demo", "ablate", "patch", "path-patch", "classify", "dynamics", "discrepancy")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _best_of_three(argv: list[str]) -> float:
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        subprocess.run(argv, capture_output=True, env=ENV, timeout=120)
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [["--help"], ["ablate", "--help"], ["classify", "nowhere", "--seed", str(2**70), "--out", "x.csv"]],
-)
-def test_help_and_argument_errors_start_like_bare_python(argv):
-    bare = _best_of_three([sys.executable, "-c", "pass"])
-    took = _best_of_three([str(SCRIPT), *argv])
-    assert took < RATIO * bare + SLACK_S, f"headkit {' '.join(argv)}: {took:.2f} s vs bare python {bare:.2f} s"
 
 
 PROBE = """
@@ -95,7 +68,7 @@ def run_files(tmp_path):
     return run
 
 
-def test_info_reads_a_run_without_heavy_imports_and_fast(run_files):
+def test_info_reads_a_run_without_heavy_imports(run_files):
     done = subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY), "info", str(run_files)],
         capture_output=True, text=True, env=ENV, timeout=120,
@@ -104,6 +77,3 @@ def test_info_reads_a_run_without_heavy_imports_and_fast(run_files):
     assert "task copy, 4 steps planned" in done.stdout and "last metrics (step 4)" in done.stdout
     assert "incomplete: last checkpoint at step 2 of 4, metrics reach step 4" in done.stdout
     assert done.stdout.splitlines()[-1] == "HEAVY:", done.stdout
-    bare = _best_of_three([sys.executable, "-c", "pass"])
-    took = _best_of_three([str(SCRIPT), "info", str(run_files)])
-    assert took < RATIO * bare + SLACK_S, f"headkit info: {took:.2f} s vs bare python {bare:.2f} s"

@@ -73,7 +73,9 @@ def test_accuracy_and_patching_figures(tmp_path):
     assert "plotly" in paths[0].read_text()[:200000].lower()
     with pytest.raises(HeadkitError, match="cannot write a dict"):
         write_figure({}, tmp_path / "x")
-    assert isinstance(fig, go.Figure)
+    # the two curves are the pooled accuracy and hop 1's, each over the two lengths
+    assert sorted(list(trace.y) for trace in fig.data) == [[1.0, 0.5], [1.0, 0.7]]
+    assert all(list(trace.x) == [17, 33] for trace in fig.data)
 
 
 def test_plotlyjs_directory_mode_writes_library_once(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from headkit.cli import build_parser, main
 from headkit.errors import HeadkitError
+import headkit.threads as threads_module
 from headkit.threads import OVERSUBSCRIPTION, auto_threads, max_threads, usable_cpus, use_threads
 
 
@@ -38,8 +39,16 @@ def test_use_threads_sets_torch(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert use_threads() == 1  # the environment's setting wins over the automatic choice
     monkeypatch.delenv("OMP_NUM_THREADS")
-    expected = auto_threads()
-    assert use_threads() == expected and torch.get_num_threads() == expected
+    # no setting: the automatic choice from this machine's readings, here fixed: 4 usable
+    # CPUs, a load of 1.6 -> round(4 - 1.6) = 2 threads (under torch's own default of 4)
+    monkeypatch.setattr(threads_module, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (1.6, 1.0, 1.0))
+    torch.set_num_threads(4)
+    assert use_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+    torch.set_num_threads(4)
+    assert use_threads() == 4 and torch.get_num_threads() == 4
+    torch.set_num_threads(1)
     with pytest.raises(HeadkitError, match="--threads=0 is out of range: allowed 1 or more"):
         use_threads(0)
 

@@ -112,7 +112,18 @@ def test_path_patching_q_and_final_receivers(loaded):
     # every layer-0 head as sender to the final output: the corrupted run's layer-0 output only
     every = [(0, h) for h in range(model.cfg.n_heads)]
     value = path_patching(model, batch.tokens, batch.corrupted.tokens, every, "final", metric)
-    assert value == value  # a number
+    # by hand: the clean run with layer 0's head outputs taken from the corrupted run and every
+    # later head's output frozen to its clean value (only MLPs and the logits recomputed)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(batch.tokens)
+        _, corrupted_cache = model.run_with_cache(batch.corrupted.tokens)
+        hooks = [
+            (f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: (corrupted_cache if l == 0 else clean_cache)[f"blocks.{l}.attn.hook_z"])
+            for l in range(model.cfg.n_layers)
+        ]
+        expected = metric(model.run_with_hooks(batch.tokens, fwd_hooks=hooks)).item()
+    assert value == pytest.approx(expected, abs=TOL)
+    assert abs(value - clean) > TOL  # the corrupted layer 0 does move the metric
 
 
 def test_path_patching_k_and_v_receivers(loaded):
