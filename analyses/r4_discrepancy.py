@@ -48,11 +48,17 @@ from plotly.subplots import make_subplots
 
 from analyses.common import Timer, output_dir
 from analyses.r1_length import (
-    DEFAULT_RUNS, DEFAULT_STEPS, check_lengths, final_model, run_script, shared_runs, write_analysis,
+    DEFAULT_RUNS,
+    DEFAULT_STEPS,
+    check_lengths,
+    final_model,
+    run_script,
+    shared_runs,
+    write_analysis,
 )  # fmt: skip
 from analyses.r2_heads import HeadsConfig, classify
-from headkit.paper import R1_ADDED
 from headkit.errors import HeadkitError
+from headkit.paper import R1_ADDED
 from headkit.plots import model_description
 from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
 

@@ -68,8 +68,8 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from jaxtyping import Int
-from torch import Tensor
 from plotly.subplots import make_subplots
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses.common import Timer, output_dir, run_script, write_outputs

@@ -35,7 +35,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-
 MODES = ("residual", "tokens", "loop")
 
 

@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from headkit.errors import HeadkitError
 from headkit.io import disk_full, honour_umask, read_json, swap_folder
 from headkit.model_types import Model, has_hooked_transformer, is_bridge, is_hooked
 from headkit.models import DTYPES, ModelConfig, gptj_config, resolve_dtype, synthetic
+
 # run-directory layout (torch-free, for `headkit info`): re-exported here
 from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
 from headkit.tasks.registry import TaskSpec

@@ -32,8 +32,12 @@ from typing import Any, Callable
 
 import jaxtyping
 import torch
-from jaxtyping import AbstractArray, AnnotationError, TypeCheckError
-from jaxtyping import _storage  # the shape-memo stack: one entry per running jaxtyped call
+from jaxtyping import (
+    AbstractArray,
+    AnnotationError,
+    TypeCheckError,
+    _storage,  # the shape-memo stack: one entry per running jaxtyped call
+)
 
 _RET = re.compile(r"ret[0-9]*")  # the keyword jaxtyping adds for the return value
 

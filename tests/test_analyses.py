@@ -18,10 +18,11 @@ if str(ROOT) not in sys.path:  # importlib import mode: make `analyses` importab
     sys.path.insert(0, str(ROOT))
 
 from analyses import r5_induction, r6_tree, r7_copy  # noqa: E402
-from model_edits import bias
 from headkit.errors import HeadkitError  # noqa: E402
 from headkit.models import gptj_model  # noqa: E402
 from headkit.tasks import tree_task  # noqa: E402
+
+from model_edits import bias
 
 OUTPUT_FILES = {"config.json", "results.csv", "summary.json"}
 

@@ -20,6 +20,7 @@ from headkit.errors import HeadkitError
 from headkit.model_types import is_bridge, is_hooked
 from headkit.models import ModelConfig, model_from_config
 from headkit.tasks.base import TaskSpec
+
 from hooked import hooked_gptj, needs_hooked
 
 SIZES = dict(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64, rotary_dim=8)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import os
 from pathlib import Path
 
+import pytest
+import torch
 from transformers import GPTJForCausalLM
 
 from headkit.checks import (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from model_edits import forbid_forward
 from headkit.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from headkit.cli import main
 from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
@@ -19,6 +18,8 @@ from headkit.interventions.metrics import accuracy, logit_diff
 from headkit.interventions.path_patching import path_patching_sweep
 from headkit.models import ModelConfig, model_from_config
 from headkit.tasks import TaskSpec
+
+from model_edits import forbid_forward
 
 TASK = TaskSpec(
     "number",
@@ -197,8 +198,8 @@ def test_metric_names_of_the_command_line_are_the_library_metrics():
 
 def test_run_markers_of_the_output_check_are_the_training_constants():
     # check_output_path knows a run by these names without importing headkit.training
-    from headkit.checks import CHECKPOINT_FILE, RUN_FILE, RUN_OWNED
     from headkit.checkpoints import META_FILE, checkpoint_dir
+    from headkit.checks import CHECKPOINT_FILE, RUN_FILE, RUN_OWNED
     from headkit.training import METRICS_FILE
     from headkit.training import RUN_FILE as TRAINING_RUN_FILE
 

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_edits import forbid_forward
 from headkit.checkpoints import latest_checkpoint, load_checkpoint
 from headkit.cli import main
 from headkit.models import ModelConfig
@@ -15,6 +14,8 @@ from headkit.scores.discrepancy import discrepancy
 from headkit.scores.dynamics import DYNAMICS_COLUMNS
 from headkit.tasks.base import TaskSpec
 from headkit.training import TrainConfig, train
+
+from model_edits import forbid_forward
 
 TASK = TaskSpec(
     "number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 8}

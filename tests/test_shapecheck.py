@@ -8,6 +8,7 @@ from jaxtyping import Float, TypeCheckError, jaxtyped
 from torch import Tensor
 
 from headkit.errors import HeadkitError
+
 from shapecheck import check_shapes
 
 

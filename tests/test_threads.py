@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import headkit.threads as threads_module
 from headkit.cli import build_parser, main
 from headkit.errors import HeadkitError
-import headkit.threads as threads_module
 from headkit.threads import OVERSUBSCRIPTION, auto_threads, max_threads, usable_cpus, use_threads
 
 

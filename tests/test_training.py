@@ -8,12 +8,11 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from transformers import GPTJForCausalLM
 
-from headkit.model_types import is_bridge
 from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
+from headkit.model_types import is_bridge
 from headkit.models import ModelConfig
 from headkit.tasks import TaskSpec
 from headkit.training import (

@@ -19,11 +19,18 @@ from headkit.loading.files import (
     resolve_checkpoint_dir,
     saved_tokenizer,
 )
-from headkit.loading.gptj import GPTJ_HUB_NAME, GPTJShapes, check_weights, expected_hf_shapes, load_gptj, read_gptj_config
+from headkit.loading.gptj import (
+    GPTJ_HUB_NAME,
+    GPTJShapes,
+    check_weights,
+    expected_hf_shapes,
+    load_gptj,
+    read_gptj_config,
+)
 from headkit.loading.options import PROCESSING_FLAGS, LoadOptions, Processing
 
 __all__ = [
     "GPTJ_HUB_NAME", "GPTJShapes", "LoadOptions", "PROCESSING_FLAGS", "Processing", "WEIGHT_FORMATS", "WeightFiles",
-    "check_weights", "expected_hf_shapes", "load_gptj", "open_weight_files", "read_gptj_config",
+    "check_weights", "expected_hf_shapes", "load_gptj", "open_weight_files", "read_gptj_config", "read_hf_config",
     "resolve_checkpoint_dir", "saved_tokenizer",
 ]  # fmt: skip

@@ -37,3 +37,9 @@ from headkit.plots.figures import (
 )
 from headkit.plots.output import OFFLINE_RENDERER, PLOTLYJS_MODES, use_offline_renderer, write_figure
 
+__all__ = [
+    "ACCURACY_COLOURS", "DASHES", "EFFECT_CONVENTION", "INACTIVE_GREY", "LABEL_COLOURS", "MAX_CELLS_WITH_VALUES",
+    "OFFLINE_RENDERER", "PLOTLYJS_MODES", "SERIES_COLOURS", "AttentionView", "ablation_by_hop_figure",
+    "accuracy_by_length_figure", "attention_patterns", "dynamics_figure", "head_scores_figure", "model_description",
+    "patching_figure", "task_attention_view", "use_offline_renderer", "write_figure",
+]  # fmt: skip

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from headkit.errors import HeadkitError
 from headkit.checks import check_bool, check_int
+from headkit.errors import HeadkitError
 from headkit.tasks.base import IGNORE, TaskBatch, decode_ids, make_generator
 from headkit.tasks.params import require
 

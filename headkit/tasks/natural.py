@@ -47,11 +47,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from headkit.errors import HeadkitError
 from headkit.checks import check_bool, check_int
+from headkit.errors import HeadkitError
 from headkit.tasks.base import IGNORE, TaskBatch, make_generator
-from headkit.tasks.params import require
 from headkit.tasks.ioi import TokenizerVocab, ioi_task
+from headkit.tasks.params import require
 
 LETTERS: tuple[str, ...] = tuple(string.ascii_lowercase)
 SYMBOLS: tuple[str, ...] = tuple(string.ascii_lowercase + string.ascii_uppercase)

@@ -43,7 +43,15 @@ from torch import Tensor
 
 from headkit.tasks.base import TaskBatch, Vocab
 from headkit.tasks.chains import (
-    balanced_hops, chain_batch, chain_counts_to, chain_ends, joint_balanced, pad_chains, prepend, sample_chains, start_chains,
+    balanced_hops,
+    chain_batch,
+    chain_counts_to,
+    chain_ends,
+    joint_balanced,
+    pad_chains,
+    prepend,
+    sample_chains,
+    start_chains,
 )
 from headkit.tasks.params import LETTER_NAMES, MAX_LETTERS, NumberParams, builder_of  # noqa: F401
 

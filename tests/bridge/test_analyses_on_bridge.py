@@ -17,11 +17,12 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 import headkit as hk
-from hooked import hooked_from_hf_gptj
 from headkit.bridge.build import wrap
 from headkit.interventions.metrics import default_metric
 from headkit.model_types import has_hooked_transformer
 from headkit.tasks import number_task
+
+from hooked import hooked_from_hf_gptj
 
 TASK = hk.TaskSpec("number", {})
 BATCH = number_task(12, seed=0)

@@ -13,6 +13,7 @@ import torch
 
 from headkit.bridge.build import wrap
 from headkit.bridge.probe import Faithfulness, probe
+
 from tiny_architectures import CONFIGS, VOCAB, build
 
 F, T, N = False, True, None

@@ -12,6 +12,7 @@ from headkit.bridge.blocks import record_block_inputs, run_blocks, unembed
 from headkit.bridge.build import wrap
 from headkit.bridge.probe import probe, require
 from headkit.errors import HeadkitError
+
 from tiny_architectures import VOCAB, build
 
 

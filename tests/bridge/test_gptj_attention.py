@@ -8,13 +8,13 @@ stock GPT-J adapter, which shows why headkit replaces its attention.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
-from hooked import hooked_from_hf_gptj
 from headkit.bridge.build import wrap
 from headkit.bridge.probe import probe
+
+from hooked import hooked_from_hf_gptj
 
 HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z")
 

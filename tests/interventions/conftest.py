@@ -6,8 +6,8 @@ import pytest
 from transformer_lens.model_bridge import TransformerBridge
 
 from headkit.model_types import HookedTransformer, Model
-
 from headkit.models import gptj_model
+
 from hooked import REASON, hooked_gptj
 
 TINY = dict(

@@ -22,6 +22,7 @@ from headkit.interventions.ablation import (
 from headkit.interventions.metrics import answer_logprob, logit_diff
 from headkit.models import gptj_model
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab
+
 from model_edits import bias, logits_from
 
 BATCH, POS, VOCAB = 6, 7, 40

@@ -15,8 +15,6 @@ import pytest
 import torch
 from transformer_lens import patching as tl
 
-from headkit.model_types import HookedTransformer
-from hooked import hooked_model
 from headkit.errors import HeadkitError
 from headkit.interventions.activation_patching import (
     COLUMNS,
@@ -25,7 +23,10 @@ from headkit.interventions.activation_patching import (
     available_sites,
     sweep_patches,
 )
+from headkit.model_types import HookedTransformer
 from headkit.models import gptj_model
+
+from hooked import hooked_model
 
 BATCH, POS, VOCAB = 3, 6, 40
 

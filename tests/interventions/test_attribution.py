@@ -15,6 +15,7 @@ from transformer_lens import patching
 
 from headkit.errors import HeadkitError
 from headkit.interventions.attribution import SITES, attribution_patching
+
 from model_edits import livelier
 
 D_VOCAB = 40

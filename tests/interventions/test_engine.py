@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from headkit.errors import HeadkitError, NonFiniteError
 from headkit.interventions import engine
-from headkit.model_types import is_bridge
 from headkit.interventions.engine import Restart, layer_output, resumes_after_attention, sweep_patches
 from headkit.interventions.sites import ALL, SITES, Patch, available_sites, check_site, hook_name, site_heads
+from headkit.model_types import is_bridge
 
 VOCAB, BATCH, POS = 30, 3, 6
 

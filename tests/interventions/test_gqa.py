@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headkit.model_types import HookedTransformer
-from hooked import hooked_model
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
 from headkit.interventions.activation_patching import activation_patching, site_heads
 from headkit.interventions.attribution import attribution_patching
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab
+
+from hooked import hooked_model
 
 D_VOCAB, N_HEADS, N_KV = 40, 4, 2
 ATOL = 1e-5

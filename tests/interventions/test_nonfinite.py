@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_edits import negative_eps
 from headkit.errors import HeadkitError
 from headkit.evaluation import evaluate
 from headkit.interventions.ablation import (
@@ -27,6 +26,8 @@ from headkit.interventions.metrics import METRICS, accuracy, logit_diff
 from headkit.interventions.path_patching import path_patching, path_patching_sweep
 from headkit.models import ModelConfig, model_from_config
 from headkit.tasks import TaskSpec
+
+from model_edits import negative_eps
 
 TASK = TaskSpec("number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 6})
 NOT_FINITE = "is not finite"

@@ -14,11 +14,6 @@ import math
 import pytest
 import torch
 
-from headkit.model_types import HookedTransformer
-from hooked import hooked_model
-from headkit.model_types import is_bridge
-from model_edits import livelier
-
 from headkit.errors import HeadkitError
 from headkit.interventions.path_patching import (
     parse_receiver,
@@ -26,6 +21,10 @@ from headkit.interventions.path_patching import (
     path_patching,
     path_patching_sweep,
 )
+from headkit.model_types import is_bridge
+
+from hooked import hooked_model
+from model_edits import livelier
 
 ATOL = 1e-5
 D_VOCAB = 40

@@ -15,7 +15,6 @@ import pytest
 import torch
 import transformers as T
 
-
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
 from headkit.interventions.activation_patching import activation_patching, available_sites, site_heads

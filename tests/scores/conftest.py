@@ -15,7 +15,9 @@ from typing import Callable, Mapping, Sequence
 
 import pytest
 import torch
+
 from headkit.model_types import Model
+
 from hooked import hooked_gptj
 
 ROTARY_DIM = 8

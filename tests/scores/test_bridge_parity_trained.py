@@ -18,6 +18,7 @@ from headkit.interventions.metrics import default_metric
 from headkit.interventions.path_patching import path_patching_sweep
 from headkit.model_types import is_bridge, is_hooked
 from headkit.scores.positional_symbolic import classify_heads
+
 from hooked import hooked_from_hf_gptj, needs_hooked
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_edits import negative_eps
 from headkit.model_types import HookedTransformer
-from hooked import hooked_model
 from headkit.scores.capture import capture, query_chunks
+
+from hooked import hooked_model
+from model_edits import negative_eps
 
 # heads out of (layer, head) order, over three layers: the result keeps this order
 HEADS = [(2, 1), (0, 0), (1, 2), (0, 2), (2, 0)]

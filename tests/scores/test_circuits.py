@@ -7,6 +7,7 @@ import torch
 
 from headkit.errors import HeadkitError
 from headkit.scores.circuits import composition_scores, copying_scores
+
 from hooked import hooked_gptj
 
 

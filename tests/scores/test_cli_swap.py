@@ -10,6 +10,7 @@ from headkit.checkpoints import latest_checkpoint, load_checkpoint
 from headkit.cli import main
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads, classify_heads_by_hop
 
+
 @pytest.fixture
 def run_dir(tiny_number_run):
     return tiny_number_run[0]

@@ -11,6 +11,7 @@ from headkit.evaluation import evaluate
 from headkit.scores.dynamics import DYNAMICS_COLUMNS, track_heads
 from headkit.scores.positional_symbolic import classify_heads
 
+
 @pytest.fixture
 def run_dir(tiny_number_run):
     return tiny_number_run[0]

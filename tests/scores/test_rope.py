@@ -15,11 +15,8 @@ import pytest
 import torch
 from transformers.models.gptj import modeling_gptj
 
-from headkit.model_types import HookedTransformer
-from hooked import hooked_model
-from headkit.model_types import has_hooked_transformer
-from hooked import hooked_gptj
 from headkit.errors import HeadkitError
+from headkit.model_types import has_hooked_transformer
 from headkit.scores.rope import (
     ROPE_COLUMNS,
     average_over_prompts,
@@ -27,6 +24,8 @@ from headkit.scores.rope import (
     rope_frequency_scores,
     rotary_components,
 )
+
+from hooked import hooked_gptj, hooked_model
 
 N_SYMBOLS = 8
 

@@ -14,9 +14,8 @@ import math
 import pytest
 import torch
 
-from headkit.model_types import HookedTransformer
-from hooked import hooked_model
 from headkit.errors import HeadkitError
+from headkit.model_types import HookedTransformer
 from headkit.models import gptj_model
 from headkit.scores.positional_symbolic import (
     classify_heads,
@@ -27,7 +26,8 @@ from headkit.scores.positional_symbolic import (
     positional_symbolic_scores,
 )
 from headkit.scores.swap_engine import pair_scores
-from hooked import hooked_gptj
+
+from hooked import hooked_gptj, hooked_model
 from model_edits import block_pattern
 
 N_SYMBOLS = 8
