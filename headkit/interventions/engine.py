@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headkit.bridge.blocks import BlockInputs, record_block_inputs, run_blocks, unembed
+from headkit.bridge.blocks import BlockInputs, recorded_inputs, run_blocks, unembed
 from headkit.bridge.probe import require
 from headkit.checks import check_finite
 from headkit.distributed import map_cells
@@ -110,8 +110,9 @@ class Restart:
     A HookedTransformer's blocks take the residual alone, plus the shortformer position
     embedding and the padding mask; a TransformerBridge's blocks take what the full
     forward handed them (rotary embeddings, causal mask, ...), recorded once
-    (`headkit.bridge.blocks.record_block_inputs`) after the bridge's probe has shown that
-    its blocks run alone exactly.
+    (`headkit.bridge.blocks.recorded_inputs`) after the bridge's probe has shown that
+    its blocks run alone exactly, on one prompt of the batch's length (they depend on
+    the length alone) and stopped after the last block.
     """
 
     shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None  # shortformer models add it to q and k
@@ -122,9 +123,8 @@ class Restart:
     def of(cls, model: Model, tokens: Int[Tensor, "batch pos"]) -> "Restart":
         if is_bridge(model):
             require(model, "restart")
-            with torch.no_grad(), record_block_inputs(model, batch=tokens.shape[0], n_pos=tokens.shape[1]) as inputs:
-                model(tokens, return_type=None)
-            return cls(None, None, inputs)
+            # the inputs depend on the length alone (no padding mask here): one prompt's serve the batch
+            return cls(None, None, recorded_inputs(model, tokens[:1]))
         _, _, shortformer, attention_mask = model.input_to_embed(tokens)
         return cls(shortformer, attention_mask)
 
