@@ -484,10 +484,10 @@ def load_checkpoint(
 
     if legacy:
         model = _legacy_model(folder, model_path, config, dtype, device)
-    else:
+        check_finite(model, what=f"checkpoint {folder}")
+    else:  # every weight checked finite as it was read from the file (headkit.bridge.build.from_pretrained)
         _check_config_json(folder, config)
         model = _model_from_hf_dir(folder, config, dtype, device)
-    check_finite(model, what=f"checkpoint {folder}")
     model.eval()
 
     optimizer_state = rng_state = None
