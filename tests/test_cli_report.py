@@ -12,6 +12,8 @@ import pytest
 
 from headkit.cli import main
 
+import chromium_cdp as _cdp  # tests/ is on sys.path (tests/conftest.py)
+
 N = 16  # prompts per length / ablation / patching: tiny, the page is what is tested
 REPORT = ["--n", str(N), "--n-prompts", "8", "--no-progress", "--threads", "1"]
 
@@ -155,20 +157,7 @@ def test_the_largest_documented_seed_works(number_run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- a real browser
 
-def _load_cdp():
-    """tests/chromium_cdp.py (a helper, not a test module; tests/ is not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("headkit_chromium_cdp", Path(__file__).with_name("chromium_cdp.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_cdp = _load_cdp()
 chromium_path, open_page = _cdp.chromium_path, _cdp.open_page
 
 CHROMIUM_MISSING = (

@@ -32,6 +32,8 @@ from headkit.errors import HeadkitError
 from headkit.model_report import ModelReportOptions, roles_table
 from headkit.tasks.natural import word_tokenizer
 
+import chromium_cdp as _cdp  # tests/ is on sys.path (tests/conftest.py)
+
 POS = 48  # one-hot position dimensions (n_positions; the induction suite is 40 tokens)
 S2 = 10  # IOI's repeated name in the default templates, with the word-level tokenizer
 
@@ -191,20 +193,7 @@ def test_options_are_checked():
 # --------------------------------------------------------------------------- a real browser, the whole page
 
 
-def _load_cdp():
-    """tests/chromium_cdp.py (a helper, not a test module; tests/ is not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("headkit_chromium_cdp", Path(__file__).with_name("chromium_cdp.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_cdp = _load_cdp()
 RECTS = (
     "[...document.querySelectorAll('.js-plotly-plot, .headkit-attention-widget, table')].map(e => {"
     " const r = e.getBoundingClientRect(); const c = e.classList;"
