@@ -42,10 +42,10 @@ if __package__ in (None, ""):  # run as a file: make `analyses` importable
 import pandas as pd
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, run_script
-from headkit import paper
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.io import write_csv, write_json
+from headkit.report import paper
 
 TASKS = ("number", "letter")
 EMERGE_AT = 0.9  # R3: a hop has emerged once its held-out accuracy reaches this (the paper's)
@@ -75,7 +75,7 @@ def _commit() -> str:
 
 def finished_runs(cfg: PaperPresetConfig) -> tuple[dict[tuple[str, int], Path], list[str]]:
     """(task, seed) -> run directory of every complete run; and the missing or unfinished ones, named."""
-    from headkit.runs import run_status
+    from headkit.training.layout import run_status
 
     found, missing = {}, []
     for task in TASKS:
@@ -101,11 +101,12 @@ def step_at(metrics: pd.DataFrame, hop: int, threshold: float = EMERGE_AT) -> fl
 
 def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
     """R1, R2 and R3 of one finished run (its final checkpoint and metrics.csv)."""
-    from headkit.checkpoints import latest_checkpoint, load_checkpoint
     from headkit.evaluation import evaluate
     from headkit.models import extend_context
     from headkit.scores.positional_symbolic import classify_heads
-    from headkit.train_config import read_metrics
+    from headkit.training.checkpoints import load_checkpoint
+    from headkit.training.config import read_metrics
+    from headkit.training.layout import latest_checkpoint
 
     ckpt = load_checkpoint(latest_checkpoint(run), device="cpu")
     task = ckpt.task

@@ -97,10 +97,10 @@ def main(cfg: PretrainedConfig, *, out: str | Path | None = None, png: bool = Tr
     """
     from analyses.common import config_dict
     from headkit.io import write_csv, write_json, write_text
-    from headkit.model_report import ModelReportOptions, model_report
+    from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.plots import model_description
-    from headkit.pretrained import load_pretrained, require_tokenizer
-    from headkit.report import report_html
+    from headkit.report.model import ModelReportOptions, model_report
+    from headkit.report.page import report_html
 
     timer = Timer()
     options = ModelReportOptions(suites=SUITES, n_prompts=cfg.n_prompts, seed=cfg.seed, progress=False)

@@ -51,17 +51,19 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analyses.common import REPO_ROOT, Timer, config_dict, output_dir, quiet_figure_export, run_script
-from headkit.demo import DEMO_CHECKPOINTS
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.io import write_csv, write_json
+from headkit.model_config import DEFAULT_N_CTX, ModelConfig
 from headkit.model_types import Model
-from headkit.models import DEFAULT_N_CTX, ModelConfig, extend_context
-from headkit.paper import R1_ADDED, r1_comparison
+from headkit.models import extend_context
 from headkit.plots import accuracy_by_length_figure, write_figure
-from headkit.runs import open_checkpoint, train_or_reuse
-from headkit.tasks.base import TaskSpec
-from headkit.training import TrainConfig, default_config
+from headkit.report.demo import DEMO_CHECKPOINTS
+from headkit.report.paper import R1_ADDED, r1_comparison
+from headkit.tasks.registry import TaskSpec
+from headkit.training.config import TrainConfig, default_config
+from headkit.training.loop import train_or_reuse
+from headkit.training.runs import open_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -58,10 +58,10 @@ from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablation_sweep_by_hop
 from headkit.interventions.metrics import accuracy
 from headkit.model_types import Model
-from headkit.paper import R2_LAYERS, R2_PURE, count_verdict, layer_span
 from headkit.plots import head_scores_figure
+from headkit.report.paper import R2_LAYERS, R2_PURE, count_verdict, layer_span
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, PAPER_GAMMAS, classify_heads, paper_column
-from headkit.tasks.base import TaskSpec
+from headkit.tasks.registry import TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,11 @@ from plotly.subplots import make_subplots
 from analyses.common import Timer, output_dir
 from analyses.r1_length import DEFAULT_RUNS, DEFAULT_STEPS, run_script, shared_runs, write_analysis
 from headkit.errors import HeadkitError
-from headkit.paper import R3_PAPER_STEPS, R3_STEP_AT_90
+from headkit.report.paper import R3_PAPER_STEPS, R3_STEP_AT_90
 from headkit.scores.dynamics import track_heads
 from headkit.scores.positional_symbolic import paper_column
-from headkit.training import curriculum_overrides, read_metrics, read_run_config
+from headkit.training.config import read_metrics, read_run_config
+from headkit.training.loop import curriculum_overrides
 
 log = logging.getLogger(__name__)
 

@@ -58,8 +58,8 @@ from analyses.r1_length import (
 )  # fmt: skip
 from analyses.r2_heads import HeadsConfig, classify
 from headkit.errors import HeadkitError
-from headkit.paper import R1_ADDED
 from headkit.plots import model_description
+from headkit.report.paper import R1_ADDED
 from headkit.scores.discrepancy import DISCREPANCY_COLUMNS, discrepancy
 
 log = logging.getLogger(__name__)

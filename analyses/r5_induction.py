@@ -75,8 +75,9 @@ from tqdm.auto import tqdm
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
+from headkit.model_config import ModelConfig
 from headkit.model_types import Model
-from headkit.models import ModelConfig, model_from_config
+from headkit.models import model_from_config
 from headkit.scores.circuits import composition_scores
 from headkit.scores.detectors import induction_scores_from_tokens, previous_token_scores
 from headkit.tasks import repeated_tokens_task

@@ -56,11 +56,13 @@ from torch import Tensor
 from analyses.common import Timer, output_dir, run_script, write_outputs
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
+from headkit.model_config import ModelConfig
 from headkit.model_types import Model
-from headkit.models import ModelConfig
 from headkit.tasks import tree_task
-from headkit.tasks.base import IGNORE, TaskBatch, TaskSpec
-from headkit.training import TrainConfig, train
+from headkit.tasks.base import IGNORE, TaskBatch
+from headkit.tasks.registry import TaskSpec
+from headkit.training.config import TrainConfig
+from headkit.training.loop import train
 
 log = logging.getLogger(__name__)
 

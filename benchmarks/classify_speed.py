@@ -52,7 +52,8 @@ def build(args: argparse.Namespace):
 def loop_scores(model, tokens: torch.Tensor) -> pd.DataFrame:
     """The plain reference: one full forward per (original or swapped) prompt."""
     from headkit.scores.positional_symbolic import SCORE_COLUMNS
-    from headkit.scores.swap_engine import block_means, make_plan, pair_scores, swapped_tokens
+    from headkit.scores.swap_engine import block_means, pair_scores, swapped_tokens
+    from headkit.scores.swap_plan import make_plan
 
     plan = make_plan(tokens)  # every single key before the query, all pairs
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

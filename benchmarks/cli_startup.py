@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from headkit.training import default_config
+    from headkit.training.config import default_config
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"

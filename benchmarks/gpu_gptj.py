@@ -51,7 +51,7 @@ import torch.distributed as dist
 from headkit import distributed
 from headkit.interventions.activation_patching import activation_patching
 from headkit.io import write_json
-from headkit.loading import expected_hf_shapes, load_gptj, read_gptj_config
+from headkit.loading.gptj import expected_hf_shapes, load_gptj, read_gptj_config
 from headkit.scores.census import head_census
 
 

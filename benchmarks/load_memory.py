@@ -102,7 +102,7 @@ def _reset_peak() -> bool:
 
 
 def _load_headkit(directory: Path, processed: bool):
-    from headkit.pretrained import load_pretrained
+    from headkit.loading.pretrained import load_pretrained
 
     return load_pretrained(directory, dtype="bfloat16", device="cpu", **(PROCESSING if processed else {}))
 

@@ -35,10 +35,11 @@ import torch
 
 from headkit.evaluation import evaluate
 from headkit.io import write_csv
-from headkit.paper import R1_ADDED, R2_PURE, R3_STEP_AT_90, count_verdict, layer_span, r1_comparison
-from headkit.runs import open_checkpoint, train_or_reuse
+from headkit.report.paper import R1_ADDED, R2_PURE, R3_STEP_AT_90, count_verdict, layer_span, r1_comparison
 from headkit.scores.positional_symbolic import PAPER_GAMMAS, classify_heads, paper_column
-from headkit.training import TrainConfig, default_config, read_metrics
+from headkit.training.config import TrainConfig, default_config, read_metrics
+from headkit.training.loop import train_or_reuse
+from headkit.training.runs import open_checkpoint
 
 TASKS = ("number", "letter")
 ADDED = R1_ADDED  # tokens added before the trained 17 (Fig. 5B)

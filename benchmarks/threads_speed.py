@@ -16,7 +16,7 @@ import time
 import torch
 
 from headkit.models import model_from_config
-from headkit.training import default_config
+from headkit.training.config import default_config
 
 
 def _block(model, opt, tokens, steps: int) -> tuple[float, float]:

@@ -32,9 +32,11 @@ from transformer_lens import HookedTransformer
 from transformers import GPTJForCausalLM
 
 from headkit.gptj_hf import build_hf_model
-from headkit.models import ModelConfig, model_from_config
+from headkit.model_config import ModelConfig
+from headkit.models import model_from_config
 from headkit.tasks import IGNORE, TaskSpec
-from headkit.training import default_config, make_optimizer, train_step
+from headkit.training.config import default_config
+from headkit.training.loop import make_optimizer, train_step
 
 # --- the previous headkit loop (TransformerLens), kept only for this benchmark -------------
 

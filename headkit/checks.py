@@ -10,13 +10,8 @@ checks that need torch import it when called.
 
 from __future__ import annotations
 
-import errno
 import operator
-import os
 import re
-import stat
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
@@ -364,103 +359,6 @@ def check_device(device: str) -> str:
     return str(parsed)
 
 
-# --------------------------------------------------------------------------- output paths
-
-RUN_FILE = "run.json"  # marks a run directory (headkit.training.RUN_FILE)
-RUN_OWNED = (RUN_FILE, "metrics.csv", "checkpoints")  # a run directory's own entries (and hidden files)
-CHECKPOINT_FILE = "meta.json"  # marks a checkpoint directory (headkit.checkpoints)
-
-
-def check_output_path(
-    out: str | os.PathLike,
-    *,
-    inputs: Iterable[str | os.PathLike] = (),
-    option: str = "--out",
-    directory: bool = False,
-) -> Path:
-    """``out`` as a Path a command may write, checked before any work.
-
-    Refused, naming the reason: a path that would write over a file belonging to a
-    run directory (its ``run.json``, ``metrics.csv``, anything under
-    ``checkpoints/``, its hidden lock and temporary files) or into a checkpoint
-    directory; a path equal to one of ``inputs``, or an existing file inside an
-    input directory; a directory where a file is expected (or a file where
-    ``directory=True`` expects a directory); and a location where nothing can be
-    written (a read-only directory, ``/proc``, a parent that is a file), tested by
-    creating and removing a temporary file in the nearest existing directory. Also
-    refused: an empty path, a file path ending in ``/``, a symlink loop, a dangling
-    symlink, and an existing target that is not a regular file (a device, FIFO or
-    socket: `headkit.io.atomic_path` would replace it). A symlink to a regular file
-    is allowed: the write goes through it to its target.
-    """
-    text = os.fspath(out)
-    where = f"{option} {out}"
-    if text == "":
-        raise HeadkitError(f"{option} is empty: give a {'directory' if directory else 'file'} path")
-    if not directory and text.endswith(("/", os.sep)):
-        raise HeadkitError(f"{where} ends with '/', which names a directory: give a file name (without the '/')")
-    path = Path(out)
-    try:
-        os.stat(path)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise HeadkitError(f"{where} is a symlink loop: give a path that resolves") from None
-    if path.is_symlink() and not path.exists():
-        raise HeadkitError(f"{where} is a symlink to {os.readlink(path)}, which does not exist: give the target itself")
-    if path.exists():
-        if directory and not path.is_dir():
-            raise HeadkitError(f"{where} exists and is not a directory")
-        if not directory and path.is_dir():
-            raise HeadkitError(f"{where} is a directory: give a file name")
-        if not directory and not path.is_file():
-            raise HeadkitError(
-                f"{where} exists and is not a regular file ({_file_kind(path)}): headkit writes a file by "
-                "replacing it, and never replaces a device, FIFO or socket"
-            )
-    target = path.resolve()
-    _check_not_run_owned(target, where)
-    for item in inputs:
-        source = Path(item).resolve()
-        if target == source or (path.exists() and not directory and source in target.parents):
-            raise HeadkitError(f"{where} would write over this command's input {item}: choose another path")
-    _check_writable(target if directory and path.is_dir() else target.parent, where)
-    return path
-
-
-def _file_kind(path: Path) -> str:
-    mode = path.stat().st_mode
-    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
-        if test(mode):
-            return kind
-    return "not a file"
-
-
-def _check_not_run_owned(target: Path, where: str) -> None:
-    for folder in target.parents:
-        if (folder / CHECKPOINT_FILE).is_file():
-            raise HeadkitError(f"{where} is inside the checkpoint {folder}: a checkpoint's files are never overwritten")
-        if (folder / RUN_FILE).is_file():
-            entry = target.relative_to(folder).parts[0]
-            if entry in RUN_OWNED or entry.startswith("."):
-                raise HeadkitError(
-                    f"{where} would write over {folder / entry}, which belongs to the run {folder}: "
-                    f"choose a path outside {', '.join(RUN_OWNED)} (e.g. {folder / 'results.csv'})"
-                )
-
-
-def _check_writable(folder: Path, where: str) -> None:
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise HeadkitError(f"{where}: {existing} is a file, not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".headkit-write-test-")
-    except OSError as exc:
-        raise HeadkitError(f"{where}: cannot write in {existing} ({exc.strerror or exc})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def some_names(names: Sequence[str], *, shown: int = 3) -> str:

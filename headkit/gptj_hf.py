@@ -34,7 +34,7 @@ from torch import Tensor
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
-from headkit.models import ModelConfig
+from headkit.model_config import ModelConfig
 
 ATTN_IMPLEMENTATION = "sdpa"  # torch.nn.functional.scaled_dot_product_attention (GPT-J supports it)
 _ATTN_ONLY_MLP = 1  # MLP width standing in for "no MLP" (zero and frozen)

@@ -24,7 +24,8 @@ def hooked_gptj(
     **sizes: Any,
 ) -> Any:
     """headkit's GPT-J architecture as a HookedTransformer (`headkit.models.gptj_config`), eval mode."""
-    from headkit.models import ModelConfig, gptj_config
+    from headkit.model_config import ModelConfig
+    from headkit.models import gptj_config
 
     if not has_hooked_transformer():
         pytest.skip(REASON)

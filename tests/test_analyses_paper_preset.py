@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from analyses import paper_preset, r1_length
-from headkit import paper
 from headkit.errors import HeadkitError
-from headkit.training import train
+from headkit.report import paper
+from headkit.training.loop import train
 
 
 @pytest.fixture(scope="module")

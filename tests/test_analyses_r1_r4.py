@@ -18,9 +18,9 @@ if str(ROOT) not in sys.path:  # importlib import mode: make `analyses` importab
     sys.path.insert(0, str(ROOT))
 
 from analyses import r1_length, r2_heads, r3_dynamics, r4_discrepancy  # noqa: E402
-from headkit.checkpoints import list_checkpoints  # noqa: E402
 from headkit.errors import HeadkitError  # noqa: E402
-from headkit.training import read_metrics  # noqa: E402
+from headkit.training.config import read_metrics
+from headkit.training.layout import list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_r4_trend_slope_of_a_known_power_law():
 def test_r1_to_r3_paper_tables_on_hand_made_inputs(runs, tmp_path):
     """R1's paper_comparison.csv is written; R2 counts the paper's pure heads per kind and
     gamma; R3 puts the paper's step at 0.9 beside headkit's, as fractions of each run."""
-    from headkit.paper import R1_ACCURACY, R2_PURE
+    from headkit.report.paper import R1_ACCURACY, R2_PURE
 
     r1_length.main(dataclasses.replace(r1_length.quick_config(), runs=str(runs)), out=tmp_path / "r1", png=False)
     r1 = pd.read_csv(tmp_path / "r1" / "paper_comparison.csv")

@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import headkit.checkpoints as ckpt
-from headkit.checkpoints import (
-    checkpoint_dir,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+import headkit.training.checkpoints as ckpt
 from headkit.errors import HeadkitError
+from headkit.model_config import ModelConfig
 from headkit.model_types import is_bridge, is_hooked
-from headkit.models import ModelConfig, model_from_config
-from headkit.tasks.base import TaskSpec
+from headkit.models import model_from_config
+from headkit.tasks.registry import TaskSpec
+from headkit.training.checkpoints import load_checkpoint, save_checkpoint
+from headkit.training.layout import checkpoint_dir, latest_checkpoint, list_checkpoints
 
 from hooked import hooked_gptj, needs_hooked
 
@@ -62,7 +58,7 @@ def test_bfloat16_round_trip_keeps_dtype(tmp_path):
 
 
 def test_metadata_round_trip(tmp_path):
-    from headkit.training import TrainConfig
+    from headkit.training.config import TrainConfig
 
     # issue 11: train_config is a TrainConfig (it was a free-form dict), read back as one
     train_config = TrainConfig(task=TASK, model=CONFIG, lr=1e-3, batch_size=128, schedule="cosine", seed=5)

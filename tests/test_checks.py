@@ -13,7 +13,6 @@ from headkit.checks import (
     check_device,
     check_finite,
     check_heads,
-    check_output_path,
     check_position,
     check_tokens,
     parse_head,
@@ -22,6 +21,7 @@ from headkit.checks import (
     parse_receivers,
 )
 from headkit.errors import HeadkitError
+from headkit.training.layout import check_output_path
 
 
 def test_check_heads(tiny_gptj):
@@ -356,7 +356,7 @@ def _not_analysable():
     """TrainResult.hf_model's kind (a Hugging Face GPT-J) and headkit's model on the meta device."""
     from headkit.bridge.build import wrap
     from headkit.gptj_hf import build_hf_model, hf_config
-    from headkit.models import ModelConfig
+    from headkit.model_config import ModelConfig
 
     config = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=40, n_ctx=64)
     with torch.device("meta"):

@@ -74,11 +74,12 @@ def test_a_missing_run_dir_fails_before_torch_is_imported(command, tmp_path):
 def test_choices_are_the_library_registries():
     from headkit.evaluation import EXTENDS
     from headkit.interventions.ablation import METHODS, ablation_sweep
-    from headkit.interventions.activation_patching import DIRECTIONS, SITES
+    from headkit.interventions.activation_patching import DIRECTIONS
     from headkit.interventions.metrics import METRICS
+    from headkit.interventions.sites import SITES
     from headkit.tasks import BUILDERS
     from headkit.tasks.natural import SUITES
-    from headkit.training import PRESETS
+    from headkit.training.config import PRESETS
 
     assert types.task_names() == tuple(BUILDERS)
     assert types.metric_names() == tuple(METRICS)

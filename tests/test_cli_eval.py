@@ -12,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.cli import main
 from headkit.evaluation import COLUMNS, evaluate
 from headkit.models import extend_context
-from headkit.training import default_config, train
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import default_config
+from headkit.training.layout import list_checkpoints
+from headkit.training.loop import train
 
 TRAIN = ["train", "--task", "number", "--steps", "2", "--batch-size", "8", "--eval-every", "2", "--no-progress"]
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from headkit.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from headkit.cli import main
 from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
 from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.metrics import accuracy, logit_diff
 from headkit.interventions.path_patching import path_patching_sweep
-from headkit.models import ModelConfig, model_from_config
+from headkit.model_config import ModelConfig
+from headkit.models import model_from_config
 from headkit.tasks import TaskSpec
+from headkit.training.checkpoints import load_checkpoint, save_checkpoint
+from headkit.training.layout import checkpoint_dir, latest_checkpoint
 
 from model_edits import forbid_forward
 
@@ -194,18 +196,6 @@ def test_metric_names_of_the_command_line_are_the_library_metrics():
     from headkit.interventions.metrics import METRICS
 
     assert metric_names() == tuple(METRICS)
-
-
-def test_run_markers_of_the_output_check_are_the_training_constants():
-    # check_output_path knows a run by these names without importing headkit.training
-    from headkit.checkpoints import META_FILE, checkpoint_dir
-    from headkit.checks import CHECKPOINT_FILE, RUN_FILE, RUN_OWNED
-    from headkit.training import METRICS_FILE
-    from headkit.training import RUN_FILE as TRAINING_RUN_FILE
-
-    assert RUN_FILE == TRAINING_RUN_FILE and METRICS_FILE in RUN_OWNED
-    assert checkpoint_dir("run", 1).parent.name in RUN_OWNED
-    assert CHECKPOINT_FILE == META_FILE
 
 
 def test_ablate_mean_of_one_prompt_warns(run_dir, tmp_path, capsys, caplog):

@@ -21,7 +21,7 @@ import transformers as T
 from headkit.cli import main
 from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.metrics import logit_diff
-from headkit.pretrained import load_pretrained
+from headkit.loading.pretrained import load_pretrained
 from headkit.tasks.natural import build_suite, word_tokenizer
 
 

@@ -21,7 +21,8 @@ REPORT = ["--n", str(N), "--n-prompts", "8", "--no-progress", "--threads", "1"]
 @pytest.fixture(scope="module")
 def number_run(tmp_path_factory):
     """A 2-layer d_model 16 number-task run with checkpoints at steps 2 and 4."""
-    from headkit.training import default_config, train
+    from headkit.training.config import default_config
+    from headkit.training.loop import train
 
     cfg = default_config("number")
     cfg = dataclasses.replace(
@@ -42,7 +43,7 @@ def report(number_run, tmp_path_factory):
 
 def expected_views(seed: int = 1) -> int:
     """Attention views the report shows: two prompts per hop count of its batch (seed 0 + 1)."""
-    from headkit.report_sections import VIEWS_PER_HOP
+    from headkit.report.sections import VIEWS_PER_HOP
     from headkit.tasks import TaskSpec
 
     hops = TaskSpec("number").build(N, seed=seed).hops
@@ -93,7 +94,7 @@ def test_a_report_rerun_replaces_the_folder_whole_and_cleans_what_a_killed_one_l
     """Issue 18.8: a rerun killed midway left new CSVs beside the old report.html and a hidden
     temporary nothing removed. The report is built beside its folder and swapped in whole; a
     killed writer's temporaries (its pid gone) are removed by the next report, a user's never."""
-    import headkit.report
+    import headkit.report.page
 
     out = tmp_path / "out"
     assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 0
@@ -103,7 +104,7 @@ def test_a_report_rerun_replaces_the_folder_whole_and_cleans_what_a_killed_one_l
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(headkit.report, "report_html", killed)
+        patch.setattr(headkit.report.page, "report_html", killed)
         assert main(["report", str(number_run), "--out", str(out), *REPORT, "--seed", "1"]) == 130
     assert _files(out) == before  # the old report, whole: no new table beside its page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -221,7 +222,7 @@ def test_png_option_writes_figure_files_or_says_why_not(number_run, tmp_path, ca
 
 def test_a_checkpoint_directory_gets_a_report_beside_not_inside_it(number_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    from headkit.checkpoints import latest_checkpoint
+    from headkit.training.layout import latest_checkpoint
 
     checkpoint = latest_checkpoint(number_run)
     before = sorted(p.name for p in checkpoint.iterdir())

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from headkit.checkpoints import checkpoint_dir, save_checkpoint
-from headkit.models import ModelConfig, model_from_config
+from headkit.model_config import ModelConfig
+from headkit.models import model_from_config
 from headkit.tasks import TaskSpec
-from headkit.training import default_config
+from headkit.training.checkpoints import save_checkpoint
+from headkit.training.config import default_config
+from headkit.training.layout import checkpoint_dir
 
 SCRIPT = Path(sys.executable).with_name("headkit")
 TASK = TaskSpec("number", {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letters": 10, "max_pointer": 6})

@@ -6,14 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headkit.checkpoints import latest_checkpoint, load_checkpoint
 from headkit.cli import main
-from headkit.models import ModelConfig
+from headkit.model_config import ModelConfig
 from headkit.scores.census import CENSUS_COLUMNS, head_census
 from headkit.scores.discrepancy import discrepancy
 from headkit.scores.dynamics import DYNAMICS_COLUMNS
-from headkit.tasks.base import TaskSpec
-from headkit.training import TrainConfig, train
+from headkit.tasks.registry import TaskSpec
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import TrainConfig
+from headkit.training.layout import latest_checkpoint
+from headkit.training.loop import train
 
 from model_edits import forbid_forward
 
@@ -122,7 +124,7 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
     from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import GPTJConfig, GPTJForCausalLM, PreTrainedTokenizerFast
 
-    from headkit.loading import load_gptj
+    from headkit.loading.gptj import load_gptj
     from headkit.tasks.ioi import NAMES, TEMPLATES, ioi_task
 
     # a word-level tokenizer that knows every IOI word: each name is one token

@@ -58,7 +58,7 @@ def test_parser_and_argument_errors_import_nothing_heavy(argv, tmp_path):
 @pytest.fixture
 def run_files(tmp_path):
     """A run directory's files as training writes them (run.json, metrics.csv, checkpoint folders)."""
-    from headkit.training import default_config
+    from headkit.training.config import default_config
 
     run = tmp_path / "run"
     (run / "checkpoints" / "step_0000002").mkdir(parents=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.cli import main
 from headkit.evaluation import COLUMNS, evaluate
-from headkit.training import read_metrics, read_run_config
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import read_metrics, read_run_config
+from headkit.training.layout import list_checkpoints
 
 # the copy task's default model is one attention-only layer: cheap to train from the command line
 TRAIN = ["train", "--task", "copy", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--no-progress"]
@@ -142,12 +143,12 @@ def test_a_full_disk_is_one_line_naming_the_file(copy_run, tmp_path, capsys, mon
     one_line_error(capsys, f"the disk is full: could not write {out} (the file system holding {tmp_path})")
     assert list(tmp_path.iterdir()) == []
     # a full disk met outside headkit's own writes: one line too
-    import headkit.runs
+    import headkit.training.layout
 
     def stat_full(run):
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "x"))
 
-    monkeypatch.setattr(headkit.runs, "run_status", stat_full)
+    monkeypatch.setattr(headkit.training.layout, "run_status", stat_full)
     assert main(["info", str(copy_run)]) == 2
     one_line_error(capsys, f"the disk is full: could not write {copy_run / 'x'}")
 
@@ -206,7 +207,7 @@ def test_installed_script_reports_errors_in_one_line(tmp_path):
 @pytest.fixture
 def small_demo(monkeypatch):
     """The demo's flow with its default configs shrunk to 2-layer d_model 16 models."""
-    from headkit import training
+    from headkit.training import config as training
 
     real = training.default_config
 
@@ -246,8 +247,8 @@ def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
 def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(small_demo, tmp_path, capsys, monkeypatch):
     """Default evaluation = tokens added before the prompt (PosSym-2026 Fig. 5B); the R1
     table carries the paper's value, headkit's and a verdict. ``--extend window`` too."""
-    from headkit import demo as cmd_demo
-    from headkit.paper import R1_ACCURACY, verdict
+    from headkit.report import demo as cmd_demo
+    from headkit.report.paper import R1_ACCURACY, verdict
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:2])  # train + evaluate only
     demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--added", "0,46", "--n", "8", "--no-progress"]
@@ -275,7 +276,7 @@ def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(
 @pytest.mark.slow
 def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo, tmp_path, capsys, monkeypatch):
     """Two processes, one per run: the checkpoints equal those of a serial demo, byte for byte."""
-    from headkit import demo as cmd_demo
+    from headkit.report import demo as cmd_demo
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:1])  # train only
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -294,8 +295,8 @@ def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo
 def test_demo_scores_accuracy_on_the_runs_hf_model_exactly_as_transformerlens(copy_run):
     # the demo evaluates with the run's own Hugging Face model (SDPA, faster at long lengths);
     # the accuracy table must equal the one TransformerLens's forward gives
-    from headkit.demo import _fast_scorer
     from headkit.gptj_hf import HFLogits
+    from headkit.report.demo import _fast_scorer
 
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
     scorer = _fast_scorer(copy_run, ckpt.model, 16)

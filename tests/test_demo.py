@@ -13,8 +13,8 @@ import io
 import pandas as pd
 import pytest
 
-from headkit import demo
 from headkit.errors import HeadkitError
+from headkit.report import demo
 
 
 @pytest.mark.parametrize(

@@ -29,16 +29,18 @@ import torch
 import torch.multiprocessing as mp
 
 from headkit import distributed
-from headkit.checkpoints import checkpoint_dir, save_checkpoint
 from headkit.cli import main
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablation_sweep, ablation_sweep_by_hop
 from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.metrics import logit_diff
 from headkit.interventions.path_patching import path_patching_sweep
-from headkit.models import ModelConfig, model_from_config
+from headkit.model_config import ModelConfig
+from headkit.models import model_from_config
 from headkit.scores.positional_symbolic import classify_heads, positional_symbolic_scores
 from headkit.tasks import TaskSpec
+from headkit.training.checkpoints import save_checkpoint
+from headkit.training.layout import checkpoint_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = TaskSpec(

@@ -170,7 +170,7 @@ def test_batch_select_refuses_bad_indices_and_map_keeps_the_twin():
 
 def test_read_json_and_stored_fields_name_the_problem(tmp_path):
     from headkit.io import read_json, stored_fields
-    from headkit.models import ModelConfig
+    from headkit.model_config import ModelConfig
 
     with pytest.raises(HeadkitError, match=r"x\.json not found: no run here"):
         read_json(tmp_path / "x.json", missing="no run here")

@@ -15,7 +15,7 @@ import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from headkit.errors import HeadkitError
-from headkit.loading import load_gptj
+from headkit.loading.gptj import load_gptj
 from headkit.model_types import is_bridge
 
 from hooked import hooked_gptj_config, needs_hooked

@@ -8,7 +8,7 @@ import torch
 import headkit.loading as loading
 from headkit.errors import HeadkitError
 from headkit.loading.options import PROCESSING_FLAGS, LoadOptions, Processing
-from headkit.pretrained import load_pretrained
+from headkit.loading.pretrained import load_pretrained
 
 
 def test_default_options_are_raw_float32_on_the_default_device():

@@ -29,7 +29,7 @@ import transformers as T
 
 from headkit.cli import main
 from headkit.errors import HeadkitError
-from headkit.model_report import ModelReportOptions, roles_table
+from headkit.report.model import ModelReportOptions, roles_table
 from headkit.tasks.natural import word_tokenizer
 
 import chromium_cdp as _cdp  # tests/ is on sys.path (tests/conftest.py)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from headkit.errors import HeadkitError
-from headkit.models import ModelConfig, check_fits_context, gptj_model, model_from_config, resolve_dtype
+from headkit.model_config import ModelConfig, resolve_dtype
+from headkit.models import check_fits_context, gptj_model, model_from_config
 
 
 def test_architecture_is_gptj():

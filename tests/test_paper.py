@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from headkit.paper import R1_ACCURACY, count_verdict, layer_span, r1_comparison, verdict
+from headkit.report.paper import R1_ACCURACY, count_verdict, layer_span, r1_comparison, verdict
 
 
 def test_verdict_allows_reading_error_plus_two_standard_errors():
@@ -45,7 +45,7 @@ def _heads(labels):
 
 
 def test_r2_comparison_counts_and_layers_beside_the_paper():
-    from headkit.paper import r2_comparison, r2_verdict
+    from headkit.report.paper import r2_comparison, r2_verdict
 
     heads = {
         "number": _heads(["positional", "positional", "mixed", "symbolic", "symbolic", "symbolic"]),

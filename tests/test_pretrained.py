@@ -14,8 +14,8 @@ import torch
 import transformers as T
 
 from headkit.errors import HeadkitError
-from headkit.loading import load_gptj
-from headkit.pretrained import load_pretrained, supported_architectures
+from headkit.loading.gptj import load_gptj
+from headkit.loading.pretrained import load_pretrained, supported_architectures
 
 V = 50
 SIZES = dict(vocab_size=V, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)

@@ -11,7 +11,7 @@ import torch
 
 from headkit.errors import HeadkitError
 from headkit.plots import attention_patterns
-from headkit.report import Section, report_html
+from headkit.report.page import Section, report_html
 
 
 def test_report_links_figure_files_relatively_and_escapes_text(tmp_path):

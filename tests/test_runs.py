@@ -17,12 +17,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from headkit.checkpoints import checkpoint_dir, list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
-from headkit.models import ModelConfig
-from headkit.runs import LOCK_FILE, RunLock, clean_temporaries, resolve_checkpoint, run_status
+from headkit.model_config import ModelConfig
 from headkit.tasks import TaskSpec
-from headkit.training import TrainConfig, read_metrics, train
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import TrainConfig, read_metrics
+from headkit.training.layout import (
+    LOCK_FILE,
+    RunLock,
+    checkpoint_dir,
+    clean_temporaries,
+    list_checkpoints,
+    resolve_checkpoint,
+    run_status,
+)
+from headkit.training.loop import train
 
 NUMBER = TaskSpec("number", {"n_letters": 6, "max_pointer": 8, "target_window": 4, "pointer_window": 4})
 SCRIPT = Path(sys.executable).with_name("headkit")
@@ -125,7 +134,7 @@ def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
 
 
 def test_a_failure_before_the_first_update_leaves_no_dead_end(tmp_path, monkeypatch):
-    import headkit.training as training
+    import headkit.training.loop as training
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory")
@@ -146,7 +155,7 @@ def test_cli_huge_batch_is_refused_up_front_and_leaves_nothing(tmp_path):
 
 
 def test_resume_of_a_run_without_checkpoint_starts_afresh(tmp_path, monkeypatch):
-    import headkit.training as training
+    import headkit.training.loop as training
 
     with monkeypatch.context() as patch:
         patch.setattr(training, "_save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -242,7 +251,7 @@ def test_resume_refuses_when_checkpoints_exist_but_none_loads(tmp_path):
 def test_a_full_disk_stops_training_in_one_line_and_resume_is_exact(tmp_path, monkeypatch):
     """Issue 18.11: torch.save on a full disk raised "basic_ios::clear"; now one line naming the
     checkpoint and the last good one, and resuming from it gives the uninterrupted run bit for bit."""
-    import headkit.checkpoints as ckpt
+    import headkit.training.checkpoints as ckpt
     from headkit.errors import DiskFullError
 
     cfg = tiny(steps=4, checkpoint_steps=(2,))
@@ -297,8 +306,8 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path):
-    from headkit.checkpoints import save_checkpoint
     from headkit.gptj_hf import build_hf_model
+    from headkit.training.checkpoints import save_checkpoint
 
     cfg = tiny()
     model = build_hf_model(cfg.model, seed=0)
@@ -355,7 +364,7 @@ def test_config_weights_mismatch_is_one_line(tmp_path):
     state = load_file(str(folder / "model.safetensors"))
     state["lm_head.bias"] = torch.zeros(3)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    from headkit.checkpoints import _sha256
+    from headkit.training.checkpoints import _sha256
 
     meta["sha256"]["model.safetensors"] = _sha256(folder / "model.safetensors")
     (folder / "meta.json").write_text(json.dumps(meta))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import headkit.threads as threads_module
+import headkit.cli.threads as threads_module
 from headkit.cli import build_parser, main
+from headkit.cli.threads import OVERSUBSCRIPTION, auto_threads, max_threads, usable_cpus, use_threads
 from headkit.errors import HeadkitError
-from headkit.threads import OVERSUBSCRIPTION, auto_threads, max_threads, usable_cpus, use_threads
 
 
 @pytest.fixture(autouse=True)

@@ -10,23 +10,14 @@ import pytest
 import torch
 from transformers import GPTJForCausalLM
 
-from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.errors import HeadkitError
+from headkit.model_config import ModelConfig
 from headkit.model_types import is_bridge
-from headkit.models import ModelConfig
 from headkit.tasks import TaskSpec
-from headkit.training import (
-    METRIC_COLUMNS,
-    TrainConfig,
-    default_config,
-    eval_seed,
-    lr_at,
-    read_metrics,
-    read_run_config,
-    train,
-    train_seed,
-    training_batch,
-)
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import METRIC_COLUMNS, TrainConfig, default_config, lr_at, read_metrics, read_run_config
+from headkit.training.layout import list_checkpoints
+from headkit.training.loop import eval_seed, train, train_seed, training_batch
 
 # length 4 + 4 + 1 = 9, vocabulary 6 letters + 8 integers = 14
 NUMBER = TaskSpec("number", {"n_letters": 6, "max_pointer": 8, "target_window": 4, "pointer_window": 4})
@@ -272,7 +263,7 @@ def test_training_keeps_the_model_a_gptj(tiny_gptj):
 
 
 def test_a_run_interrupted_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):
-    import headkit.training as training
+    import headkit.training.loop as training
 
     cfg = tiny(steps=4, eval_every=2)
 

@@ -9,22 +9,15 @@ import pytest
 import torch
 from transformers import GPTJForCausalLM
 
-from headkit.checkpoints import checkpoint_dir, load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import score_batch
 from headkit.gptj_hf import ATTN_IMPLEMENTATION, build_hf_model, hf_config
-from headkit.models import ModelConfig
+from headkit.model_config import ModelConfig
 from headkit.tasks import TaskSpec
-from headkit.training import (
-    PRESETS,
-    TrainConfig,
-    default_config,
-    estimate_memory,
-    eval_seed,
-    lr_at,
-    resolve_device,
-    train,
-)
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.config import PRESETS, TrainConfig, default_config, lr_at
+from headkit.training.layout import checkpoint_dir
+from headkit.training.loop import estimate_memory, eval_seed, resolve_device, train
 
 NUMBER = TaskSpec("number", {"n_letters": 6, "max_pointer": 8, "target_window": 4, "pointer_window": 4})
 
@@ -97,7 +90,7 @@ def test_training_leaves_the_callers_rng_alone():
 
 def test_loss_is_on_the_last_position_only():
     """The number task scores the last position: logits_to_keep=1 gives the full forward's loss."""
-    from headkit.training import batch_loss
+    from headkit.training.loop import batch_loss
 
     cfg = tiny()
     model = build_hf_model(cfg.model, seed=0).eval()

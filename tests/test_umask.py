@@ -35,7 +35,8 @@ def test_atomic_files_follow_the_umask(tmp_path, umask):
 
 
 def test_run_folders_and_checkpoints_follow_the_umask(tmp_path, umask):
-    from headkit.training import default_config, train
+    from headkit.training.config import default_config
+    from headkit.training.loop import train
 
     umask(0o022)
     run = tmp_path / "run"

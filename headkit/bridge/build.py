@@ -28,6 +28,7 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 from headkit.bridge.attention import GPTJAttention
 from headkit.bridge.probe import faithfulness
 from headkit.errors import HeadkitError
+from headkit.loading.files import all_finite, check_config_sizes, non_finite_count, open_weight_files, read_hf_config
 from headkit.loading.options import PROCESSING_FLAGS, Processing
 
 
@@ -147,8 +148,6 @@ def _own_memory(model: torch.nn.Module, weights: Any) -> None:
     a tensor transformers changed on loading, or the files do not hold, is cloned and
     checked here.
     """
-    from headkit.loading.files import all_finite, non_finite_count
-
     seen: set[int] = set()
     with torch.no_grad():
         for name, tensor in model.state_dict(keep_vars=True).items():
@@ -179,8 +178,6 @@ def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype, weights: Any = 
     """``cls.from_pretrained(path)`` offline, no remote code, in ``dtype``, without transformers'
     progress bar (headkit's one-line errors stay one line)."""
     from transformers.utils import logging as hf_logging
-
-    from headkit.loading.files import open_weight_files
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -216,8 +213,6 @@ def boot(
     files' headers (`headkit.loading.files`), as `load_pretrained` does.
     """
     from transformers import AutoModelForCausalLM
-
-    from headkit.loading.files import check_config_sizes, open_weight_files, read_hf_config
 
     path = Path(directory)
     raw = read_hf_config(path)  # refuses a missing config, an auto_map, non-positive sizes

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if hasattr(args, "threads"):  # OMP_NUM_THREADS, before torch (whose OpenMP reads it too) is imported
-            from headkit.threads import env_threads
+            from headkit.cli.threads import env_threads
 
             env_threads()
         if hasattr(args, "device"):

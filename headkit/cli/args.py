@@ -30,8 +30,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from headkit.checks import SEED_MAX, check_device, check_int, check_output_path, check_positive_float, is_number
+from headkit.checks import SEED_MAX, check_device, check_int, check_positive_float, is_number
 from headkit.errors import HeadkitError
+from headkit.training.layout import check_output_path
 
 # --------------------------------------------------------------------------- registry lookups
 # Every name list the command line offers comes from here, read from the library's
@@ -230,7 +231,7 @@ def check_csv_out(args: argparse.Namespace) -> Path | None:
 
 def add_compute(parser: argparse.ArgumentParser, *, device_help: str = "torch device, e.g. cpu or cuda") -> None:
     """``--device``, ``--no-progress`` and ``--threads``: every command that runs a model."""
-    from headkit.threads import THREADS_HELP, check_threads
+    from headkit.cli.threads import THREADS_HELP, check_threads
 
     parser.add_argument("--device", type=device, default=None, help=device_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from headkit.checks import check_output_path, parse_int_list
+from headkit.checks import parse_int_list
 from headkit.cli import args as types
-from headkit.demo import DEMO_ADDED, DemoOptions, run_demo  # torch-free at import: the steps import it
-from headkit.threads import use_threads
+from headkit.cli.threads import use_threads
+from headkit.report.demo import DEMO_ADDED, DemoOptions, run_demo
+from headkit.training.layout import check_output_path
 
 
 def _demo(args: argparse.Namespace) -> int:

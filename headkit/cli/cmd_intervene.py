@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Callable
 
 from headkit.checks import FINAL, check_heads, parse_heads, parse_receivers
 from headkit.cli import args as types
+from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError
-from headkit.threads import use_threads
 
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
@@ -72,7 +72,7 @@ def _load_model(args: argparse.Namespace):
     """(pretrained model, clean batch of the ``--suite`` prompts built with its own tokenizer)."""
     from types import SimpleNamespace
 
-    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.tasks.natural import build_suite
 
     batch = build_suite(args.suite, args.n_prompts, seed=args.seed, tokenizer=require_tokenizer(args.model))
@@ -83,7 +83,7 @@ def _load_model(args: argparse.Namespace):
 
 def _load(args: argparse.Namespace):
     """(checkpoint, clean batch) of the run's latest checkpoint and task, or of ``--model``."""
-    from headkit.runs import open_checkpoint
+    from headkit.training.runs import open_checkpoint
 
     if args.model is not None:
         return _load_model(args)
@@ -147,7 +147,8 @@ def _patch(args: argparse.Namespace) -> int:
     _check_args(args)
     parsed = None if args.heads is None else parse_heads(args.heads)
     use_threads(args.threads)
-    from headkit.interventions.activation_patching import activation_patching, check_site
+    from headkit.interventions.activation_patching import activation_patching
+    from headkit.interventions.sites import check_site
 
     ckpt, batch = _load(args)
     check_site(ckpt.model, args.site)

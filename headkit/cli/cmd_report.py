@@ -40,16 +40,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headkit.checks import CHECKPOINT_FILE, SEED_MAX, check_output_path, some_names
+from headkit.checks import SEED_MAX, some_names
 from headkit.cli import args as types
+from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError
-from headkit.runs import is_run_dir, resolve_checkpoint
-from headkit.threads import use_threads
+from headkit.training.layout import META_FILE, check_output_path, is_run_dir, resolve_checkpoint
 
 if TYPE_CHECKING:  # heavy modules load when the command runs, not for `headkit --help`
     import pandas as pd
 
-    from headkit.report import Section
+    from headkit.report.page import Section
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,13 @@ def _report(args: argparse.Namespace) -> int:
     if args.suite:
         raise HeadkitError("--suite applies to --model DIR (a run's report uses its own task)")
     run = types.check_run_dir(args.run_dir)
-    one_checkpoint = (run / CHECKPOINT_FILE).is_file() and not is_run_dir(run)
+    one_checkpoint = (run / META_FILE).is_file() and not is_run_dir(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
     out = Path(args.out) if args.out is not None else (Path(f"report_{run.name}") if one_checkpoint else run / "report")
     check_output_path(out if args.out is None else args.out, directory=True, inputs=[run])  # before any work: not "", writable, not a run's files
     _check_report_folder(out)
     use_threads(args.threads)
-    from headkit.checkpoints import load_checkpoint
+    from headkit.training.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(run), device=args.device)
     if ckpt.task is None:
@@ -97,19 +97,19 @@ def _report_model(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_path(args.out, directory=True, inputs=types.inputs_of(args))
     _check_report_folder(out)
-    from headkit.model_report import ModelReportOptions
+    from headkit.report.model import ModelReportOptions
 
     options = ModelReportOptions(
         suites=tuple(args.suite or ("ioi",)), n_prompts=args.n_prompts, seed=args.seed, method=args.method,
         effect_threshold=args.threshold, progress=not args.no_progress,
     )  # fmt: skip
-    from headkit.pretrained import require_tokenizer
+    from headkit.loading.pretrained import require_tokenizer
 
     require_tokenizer(args.model)  # before the weights load
     use_threads(args.threads)
-    from headkit.model_report import model_report
+    from headkit.loading.pretrained import load_pretrained
     from headkit.plots import model_description
-    from headkit.pretrained import load_pretrained
+    from headkit.report.model import model_report
 
     model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     about = f"{args.model}: {model_description(model)}"
@@ -144,11 +144,11 @@ def _check_report_folder(out: Path) -> None:
 
 def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[dict[str, pd.DataFrame], list[Section], str]:
     """Every table of the report and its sections, in page order; and the one-line description of the model."""
-    from headkit import report_sections as build
     from headkit.evaluation import evaluate
     from headkit.interventions import metrics
     from headkit.interventions.ablation import ablation_sweep_by_hop
     from headkit.plots import model_description
+    from headkit.report import sections as build
     from headkit.scores.positional_symbolic import classify_heads
 
     model, task = ckpt.model, ckpt.task
@@ -191,7 +191,7 @@ def _write(
     folder that then replaces ``out`` whole (`headkit.io.atomic_folder`); lists the files."""
     from headkit.io import atomic_folder, write_csv, write_text
     from headkit.plots import write_figure
-    from headkit.report import report_html
+    from headkit.report.page import report_html
 
     with atomic_folder(out) as folder:
         written = [write_csv(folder / f"{name}.csv", table) for name, table in tables.items()]

@@ -31,11 +31,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from headkit.checks import check_heads, check_output_path, parse_heads, parse_int_list
+from headkit.checks import check_heads, parse_heads, parse_int_list
 from headkit.cli import args as types
+from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError, is_out_of_memory
 from headkit.io import write_csv
-from headkit.threads import use_threads
+from headkit.training.layout import check_output_path
 
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
@@ -77,7 +78,7 @@ def _composition_kinds(text: str | None, *, default: tuple[str, ...]) -> tuple[s
 
 def _latest(args: argparse.Namespace):
     """The latest checkpoint of RUN_DIR (or a checkpoint directory itself), on ``--device``."""
-    from headkit.runs import open_checkpoint
+    from headkit.training.runs import open_checkpoint
 
     return open_checkpoint(args.run_dir, device=args.device)
 
@@ -121,7 +122,7 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
 
 
 def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
-    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.scores.census import head_census
     from headkit.tasks.ioi import ioi_task
 
@@ -188,7 +189,7 @@ def _dynamics(args: argparse.Namespace) -> int:
 def _model_and_suite(args: argparse.Namespace, lengths: list[int]):
     """(pretrained model, its natural-language suite as a TaskSpec-like, title) for ``--model``;
     ``lengths`` checked against the suite before the weights load."""
-    from headkit.pretrained import load_pretrained, require_tokenizer
+    from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.tasks.natural import NaturalSpec
 
     suite = NaturalSpec(args.task or "number", require_tokenizer(args.model))
@@ -244,7 +245,7 @@ def _swap_mode(model: Any, choice: str) -> str:
     """``--swap auto``: the paper's residual swap where the model allows it, else tokens."""
     if choice != "auto":
         return choice
-    from headkit.scores.swap_engine import RELATIVE_POSITION_TYPES
+    from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
 
     return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
 

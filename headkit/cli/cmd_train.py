@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headkit.checks import check_output_path, parse_int_list
+from headkit.checks import parse_int_list
 from headkit.cli import args as types
+from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError
-from headkit.threads import use_threads
+from headkit.training.layout import check_output_path
 
 # torch, TransformerLens and the training code are imported inside the commands,
 # after their arguments are checked, so that ``--help`` and argument errors answer at once.
@@ -40,7 +41,7 @@ _OVERRIDES = {
 
 
 def _train(args: argparse.Namespace) -> int:
-    from headkit.runs import check_no_foreign_files
+    from headkit.training.layout import check_no_foreign_files
 
     check_output_path(args.out, directory=True)  # writable, not inside another run's files or a checkpoint
     check_no_foreign_files(args.out)  # a folder of the user's own files, holding no run: never written into
@@ -53,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
         raise HeadkitError("--preset applies to a new run; --resume takes the config from run.json")
     if not args.resume and args.task is None:
         raise HeadkitError(f"--task is required for a new run: allowed {', '.join(types.task_names())}")
-    from headkit.training import default_config, read_run_config, train
+    from headkit.training.config import default_config, read_run_config
+    from headkit.training.loop import train
 
     out = Path(args.out)
     if args.resume:
@@ -93,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     from headkit.evaluation import accuracy_table, evaluate
     from headkit.io import write_csv
     from headkit.models import extend_context
-    from headkit.runs import open_checkpoint
+    from headkit.training.runs import open_checkpoint
 
     ckpt = open_checkpoint(args.run_dir, device=args.device)
     if ckpt.task is None:
@@ -118,7 +120,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     """Reads the run's files as JSON and CSV: no torch, TransformerLens or pandas (answers in < 1 s)."""
-    from headkit.runs import last_metrics_row, list_checkpoints, read_run_json, run_status
+    from headkit.training.layout import last_metrics_row, list_checkpoints, read_run_json, run_status
 
     run = Path(args.run_dir)
     cfg = read_run_json(run)  # a missing run: "... is not a headkit run directory" (torch-free)

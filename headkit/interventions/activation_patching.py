@@ -69,20 +69,14 @@ from headkit.bridge.probe import require
 from headkit.checks import check_heads, check_layer, check_optional_int, check_token_pair
 from headkit.errors import HeadkitError
 from headkit.interventions import sites
-from headkit.interventions.engine import (  # noqa: F401  (re-exported: the engine's old home)
-    AUTO_ELEMENTS,
-    RESUME_AFTER_ATTENTION,
-    auto_batch_size,
-    resumes_after_attention,
+from headkit.interventions.engine import (
     sweep_patches,
 )
 from headkit.interventions.metrics import Metric, normalise, run_value, scalar_metric
-from headkit.interventions.sites import (  # noqa: F401  (re-exported: the sites' old home)
+from headkit.interventions.sites import (
     ALL,
     SITES,
     Patch,
-    Site,
-    available_sites,
     check_site,
     site_heads,
 )

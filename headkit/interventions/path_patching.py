@@ -56,8 +56,7 @@ from headkit.checks import (
     check_heads,
     check_optional_int,
     check_token_pair,
-    parse_receiver,  # noqa: F401  (re-exported: parsing lives in headkit.checks, torch-free for the CLI)
-    parse_receivers,  # noqa: F401
+    parse_receiver,
 )
 from headkit.errors import HeadkitError
 from headkit.interventions import engine

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headkit.bridge.build import boot
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
@@ -178,8 +179,6 @@ def load_gptj(name_or_dir: str | Path, **options: Any) -> Model:
 
 def gptj_from_directory(directory: Path, options: LoadOptions) -> Model:
     """`load_gptj` of a resolved checkpoint directory with checked options."""
-    from headkit.bridge.build import boot
-
     shapes = read_gptj_config(directory)
     weights = open_weight_files(directory)
     check_config_sizes(read_hf_config(directory), directory / "config.json", weights)  # before any per-layer list

@@ -10,7 +10,7 @@ import torch
 
 from headkit.checks import check_device, check_int
 from headkit.errors import HeadkitError
-from headkit.models import resolve_dtype
+from headkit.model_config import resolve_dtype
 
 
 @dataclass(frozen=True)

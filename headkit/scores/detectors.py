@@ -46,6 +46,7 @@ from headkit.checks import check_int, check_model, check_tokens
 from headkit.errors import HeadkitError
 from headkit.model_types import Model
 from headkit.scores.capture import capture, resolve_heads
+from headkit.tasks import repeated_tokens_task
 
 DETECTOR_COLUMNS = ["layer", "head", "detector", "score"]
 INDUCTION_COLUMNS = ["layer", "head", "induction_score", "is_induction"]
@@ -219,8 +220,6 @@ def repeated_random_tokens(
     to ``low..high-1`` and its BOS (id 0) to ``bos_id``. For a model trained on
     that task (``vocab_range=(1, V + 1)``, ``bos_id=0``) the ids are unchanged.
     """
-    from headkit.tasks import repeated_tokens_task
-
     low, high = vocab_range
     check_int("n", n)
     check_int("half_length", half_length, low=2)

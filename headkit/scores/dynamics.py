@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from headkit.checkpoints import list_checkpoints, load_checkpoint
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads
-from headkit.tasks.base import TaskSpec
+from headkit.tasks.registry import TaskSpec
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.layout import list_checkpoints
 
 log = logging.getLogger(__name__)
 

@@ -40,14 +40,9 @@ from headkit.bridge.blocks import recorded_inputs
 from headkit.distributed import map_cells
 from headkit.model_types import Model
 from headkit.scores.capture import RowReader, block_rows, model_rows
-from headkit.scores.swap_plan import (  # noqa: F401  (re-exported: the engine's former home of the plans)
-    RELATIVE_POSITION_TYPES,
-    SWAP_MODES,
+from headkit.scores.swap_plan import (
     SwapPlan,
     SwapRun,
-    check_swap,
-    make_plan,
-    plan_groups,
 )
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,6 @@ from torch import Tensor
 
 from headkit.checks import check_int, check_seed
 from headkit.errors import HeadkitError
-from headkit.tasks.params import require  # noqa: F401  (builders import it from here)
-from headkit.tasks.registry import TaskSpec  # noqa: F401  (re-exported: its home is headkit.tasks.registry)
 
 IGNORE = -100  # target value of positions that are not scored
 

@@ -55,7 +55,7 @@ from headkit.tasks.chains import (
     sample_chains,
     start_chains,
 )
-from headkit.tasks.params import DIGIT_NAMES, MAX_DIGITS, MAX_SYMBOLS, SYMBOL_NAMES, LetterParams, builder_of  # noqa: F401
+from headkit.tasks.params import DIGIT_NAMES, SYMBOL_NAMES, LetterParams, builder_of
 
 DISTRACTORS = LetterParams.DISTRACTORS
 

@@ -50,7 +50,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from headkit.checks import check_bool, check_int
 from headkit.errors import HeadkitError
 from headkit.tasks.base import IGNORE, TaskBatch, make_generator
-from headkit.tasks.ioi import TokenizerVocab, ioi_task
+from headkit.tasks.ioi import NAMES, TEMPLATES, TokenizerVocab, ioi_task
 from headkit.tasks.params import require
 
 LETTERS: tuple[str, ...] = tuple(string.ascii_lowercase)
@@ -328,8 +328,6 @@ def build_suite(name: str, n: int, *, seed: int, tokenizer: PreTrainedTokenizerB
 
 def suite_words() -> list[str]:
     """Every word the default suites use (frames, letters, symbols, digits, numbers, words, IOI)."""
-    from headkit.tasks.ioi import NAMES, TEMPLATES
-
     frames = " ".join([NUMBER_FRAME, LETTER_FRAME, DUPLICATE_FRAME, *TEMPLATES])
     for mark in ",.:{}":
         frames = frames.replace(mark, " ")

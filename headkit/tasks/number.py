@@ -53,7 +53,7 @@ from headkit.tasks.chains import (
     sample_chains,
     start_chains,
 )
-from headkit.tasks.params import LETTER_NAMES, MAX_LETTERS, NumberParams, builder_of  # noqa: F401
+from headkit.tasks.params import LETTER_NAMES, NumberParams, builder_of
 
 DISTRACTORS = NumberParams.DISTRACTORS
 

@@ -49,7 +49,7 @@ from torch import Tensor
 from headkit.checks import check_int
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab, check_prompt_memory, make_generator
 from headkit.tasks.chains import balanced_hops
-from headkit.tasks.params import MAX_NODES, TREE_GENERATORS, TreeParams, builder_of  # noqa: F401
+from headkit.tasks.params import TREE_GENERATORS, TreeParams, builder_of
 
 
 def tree_vocab(n_nodes: int) -> Vocab:

@@ -16,13 +16,9 @@ import torch
 from transformer_lens import patching as tl
 
 from headkit.errors import HeadkitError
-from headkit.interventions.activation_patching import (
-    COLUMNS,
-    Patch,
-    activation_patching,
-    available_sites,
-    sweep_patches,
-)
+from headkit.interventions.activation_patching import COLUMNS, activation_patching
+from headkit.interventions.engine import sweep_patches
+from headkit.interventions.sites import Patch, available_sites
 from headkit.model_types import HookedTransformer
 from headkit.models import gptj_model
 

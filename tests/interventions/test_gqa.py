@@ -12,8 +12,9 @@ import torch
 
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
-from headkit.interventions.activation_patching import activation_patching, site_heads
+from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.attribution import attribution_patching
+from headkit.interventions.sites import site_heads
 from headkit.tasks.base import IGNORE, TaskBatch, Vocab
 
 from hooked import hooked_model

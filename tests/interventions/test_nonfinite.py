@@ -24,7 +24,8 @@ from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.attribution import attribution_patching
 from headkit.interventions.metrics import METRICS, accuracy, logit_diff
 from headkit.interventions.path_patching import path_patching, path_patching_sweep
-from headkit.models import ModelConfig, model_from_config
+from headkit.model_config import ModelConfig
+from headkit.models import model_from_config
 from headkit.tasks import TaskSpec
 
 from model_edits import negative_eps

@@ -14,13 +14,9 @@ import math
 import pytest
 import torch
 
+from headkit.checks import parse_receiver, parse_receivers
 from headkit.errors import HeadkitError
-from headkit.interventions.path_patching import (
-    parse_receiver,
-    parse_receivers,
-    path_patching,
-    path_patching_sweep,
-)
+from headkit.interventions.path_patching import path_patching, path_patching_sweep
 from headkit.model_types import is_bridge
 
 from hooked import hooked_model

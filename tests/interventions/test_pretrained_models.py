@@ -17,12 +17,13 @@ import transformers as T
 
 from headkit.errors import HeadkitError
 from headkit.interventions.ablation import ablate, ablation_sweep
-from headkit.interventions.activation_patching import activation_patching, available_sites, site_heads
+from headkit.interventions.activation_patching import activation_patching
 from headkit.interventions.attribution import SITES as ATTRIBUTION_SITES
 from headkit.interventions.attribution import attribution_patching
 from headkit.interventions.metrics import logit_diff
 from headkit.interventions.path_patching import path_patching, path_patching_sweep
-from headkit.pretrained import load_pretrained
+from headkit.interventions.sites import available_sites, site_heads
+from headkit.loading.pretrained import load_pretrained
 from headkit.tasks.natural import build_suite, word_tokenizer
 
 TOL = 1e-4

@@ -102,9 +102,10 @@ TINY_NUMBER = {"target_window": 4, "pointer_window": 4, "max_hops": 2, "n_letter
 @pytest.fixture(scope="session")
 def tiny_number_run(tmp_path_factory):
     """A 4-step number-task run (2 layers x 2 heads, checkpoints at steps 2 and 4): (run_dir, TaskSpec)."""
-    from headkit.models import ModelConfig
-    from headkit.tasks.base import TaskSpec
-    from headkit.training import TrainConfig, train
+    from headkit.model_config import ModelConfig
+    from headkit.tasks.registry import TaskSpec
+    from headkit.training.config import TrainConfig
+    from headkit.training.loop import train
 
     task = TaskSpec("number", dict(TINY_NUMBER))
     d_vocab = len(task.build(1, seed=0).vocab)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from headkit.checkpoints import latest_checkpoint, load_checkpoint, load_hf_model
 from headkit.evaluation import evaluate
 from headkit.interventions.ablation import ablation_sweep
 from headkit.interventions.activation_patching import activation_patching
@@ -18,6 +17,8 @@ from headkit.interventions.metrics import default_metric
 from headkit.interventions.path_patching import path_patching_sweep
 from headkit.model_types import is_bridge, is_hooked
 from headkit.scores.positional_symbolic import classify_heads
+from headkit.training.checkpoints import load_checkpoint, load_hf_model
+from headkit.training.layout import latest_checkpoint
 
 from hooked import hooked_from_hf_gptj, needs_hooked
 

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headkit.checkpoints import latest_checkpoint, load_checkpoint
 from headkit.cli import main
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads, classify_heads_by_hop
+from headkit.training.checkpoints import load_checkpoint
+from headkit.training.layout import latest_checkpoint
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headkit.checkpoints import load_checkpoint
 from headkit.errors import HeadkitError
 from headkit.evaluation import evaluate
 from headkit.scores.dynamics import DYNAMICS_COLUMNS, track_heads
 from headkit.scores.positional_symbolic import classify_heads
+from headkit.training.checkpoints import load_checkpoint
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def fake_entry(monkeypatch):
 @pytest.mark.slow  # imports headkit.training (transformers, TransformerLens): 40 s alone on the loaded 2-core machine
 def test_a_new_entry_appears_everywhere_task_names_are_used(fake_entry):
     from headkit.cli import build_parser
-    from headkit.training import default_config
+    from headkit.training.config import default_config
 
     assert "fake" in BUILDERS and BUILDERS["fake"] is fake_task
     assert tasks.fake_task is fake_task  # headkit.tasks.<builder name>

@@ -54,24 +54,33 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPTJForCausalLM
 
+from headkit import __version__
+from headkit.bridge.build import from_pretrained, wrap
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
+from headkit.gptj_hf import build_hf_model, hf_config, hf_state, hf_state_from_tl
 from headkit.io import disk_full, honour_umask, read_json, swap_folder
+from headkit.loading.files import check_regular_file, check_sizes, open_weight_files
+from headkit.loading.gptj import check_weights, read_gptj_config
+from headkit.model_config import DTYPES, ModelConfig, resolve_dtype
 from headkit.model_types import Model, has_hooked_transformer, is_bridge, is_hooked
-from headkit.models import DTYPES, ModelConfig, gptj_config, resolve_dtype, synthetic
+from headkit.models import gptj_config, synthetic
+from headkit.tasks.registry import TaskSpec
+from headkit.training.config import TrainConfig, read_run_config
 
 # run-directory layout (torch-free, for `headkit info`): re-exported here
-from headkit.runs import checkpoint_dir, list_checkpoints, step_of_dir  # noqa: F401
-from headkit.tasks.registry import TaskSpec
-from headkit.train_config import TrainConfig, read_run_config
+from headkit.training.layout import (
+    CONFIG_FILE,
+    META_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    run_of_checkpoint,
+    step_of_dir,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-META_FILE = "meta.json"
-OPTIMIZER_FILE = "optimizer.pt"
-RNG_FILE = "rng.pt"
 FORMAT_VERSION = 2  # 1: HookedTransformer state dict; 2: Hugging Face GPT-J directory
 # config.json fields that must agree with the model_config in meta.json
 _SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "rotary_dim", "n_inner", "activation_function")
@@ -93,14 +102,6 @@ class Checkpoint:
 
 
 # --- run directories -----------------------------------------------------------------
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The directory of the highest-step checkpoint of a run."""
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise HeadkitError(f"run directory {run_dir} has no checkpoints (expected checkpoints/step_*/)")
-    return found[-1][1]
 
 
 # --- saving ----------------------------------------------------------------------------
@@ -153,8 +154,6 @@ def _check_model_matches(model: Model, config: ModelConfig) -> str:
 
 def _check_hf_matches(model: GPTJForCausalLM, config: ModelConfig) -> str:
     """Refuse a Hugging Face model whose shapes differ from ``config``; return its dtype name."""
-    from headkit.gptj_hf import hf_config
-
     expected = hf_config(config).to_dict()
     found = model.config.to_dict()
     for key in _SHAPE_FIELDS:
@@ -177,8 +176,6 @@ def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def _hf_config_json(model_config: ModelConfig, dropout: float) -> str:
-    from headkit.gptj_hf import hf_config
-
     config = hf_config(model_config, dropout=dropout)
     config.architectures = ["GPTJForCausalLM"]
     return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -235,9 +232,6 @@ def save_checkpoint(
     checkpoint there is replaced. Task parameters that JSON cannot hold are
     stored as strings.
     """
-    from headkit import __version__
-    from headkit.gptj_hf import hf_state, hf_state_from_tl
-
     _check_types(model_config=(model_config, ModelConfig, False), task=(task, TaskSpec, True),
                  train_config=(train_config, TrainConfig, True))  # fmt: skip
 
@@ -299,8 +293,6 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _check_file(folder: Path, name: str, meta: dict[str, Any]) -> Path:
-    from headkit.loading.files import check_regular_file
-
     path = folder / name
     check_regular_file(path)  # "not found", or not a regular file (/dev/zero would be hashed forever)
     recorded = meta["sha256"].get(name) if isinstance(meta["sha256"], dict) else None
@@ -322,8 +314,6 @@ def _check_sizes(folder: Path, config: ModelConfig, task: TaskSpec | None) -> No
     task's vocabulary by the model's: a ``max_pointer`` of 10**9 would build a
     vocabulary of a billion tokens before any prompt met the model.
     """
-    from headkit.loading.files import check_sizes, open_weight_files
-
     meta_path = folder / META_FILE
     sizes = {"d_model": config.d_model, "d_vocab": config.d_vocab, "n_heads": config.n_heads,
              "d_head": config.d_head, "d_mlp": config.d_mlp, "rotary_dim": config.rotary_dim}  # fmt: skip
@@ -340,8 +330,6 @@ def _check_sizes(folder: Path, config: ModelConfig, task: TaskSpec | None) -> No
 
 def _check_config_json(folder: Path, config: ModelConfig) -> None:
     """config.json must describe the model that meta.json's model_config names."""
-    from headkit.gptj_hf import hf_config
-
     path = folder / CONFIG_FILE
     found = read_json(path, missing=f"{folder} is not a Hugging Face model directory")
     expected = hf_config(config).to_dict()
@@ -366,10 +354,6 @@ def _model_from_hf_dir(folder: Path, config: ModelConfig, dtype: torch.dtype, de
     Offline and without remote code; an ``attn_only`` model keeps its zero, one-unit
     MLPs (`headkit.gptj_hf`), which add exactly nothing.
     """
-    from headkit.bridge.build import from_pretrained, wrap
-    from headkit.loading.files import open_weight_files
-    from headkit.loading.gptj import check_weights, read_gptj_config
-
     check_weights(open_weight_files(folder), read_gptj_config(folder), folder)  # from the headers, one line
     hf_model = from_pretrained(GPTJForCausalLM, folder, dtype=dtype)
     if device is not None:
@@ -411,9 +395,6 @@ def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: to
 
 def _legacy_as_gptj(model_path: Path, state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype, device) -> Model:
     """TransformerLens 4.x: a format-1 state dict as the Hugging Face GPT-J it describes, wrapped."""
-    from headkit.bridge.build import wrap
-    from headkit.gptj_hf import build_hf_model, hf_state_from_tl
-
     try:
         hf_state = hf_state_from_tl(state, config)
     except KeyError as error:
@@ -436,7 +417,6 @@ def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
     named = step_of_dir(folder)
     if named is not None and named != step:
         raise HeadkitError(f"{folder / META_FILE} records step {step} but the directory is named for step {named}")
-    from headkit.runs import run_of_checkpoint
 
     run = run_of_checkpoint(folder)
     if run is None:
@@ -510,8 +490,6 @@ def load_checkpoint(
 
 def load_hf_model(directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu") -> GPTJForCausalLM:
     """The `GPTJForCausalLM` of a checked checkpoint (for resuming training), weights exact."""
-    from headkit.gptj_hf import build_hf_model
-
     folder = Path(directory)
     meta = _read_meta(folder)
     model_path = _check_file(folder, MODEL_FILE, meta)

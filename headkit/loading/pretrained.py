@@ -26,8 +26,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from headkit.bridge.build import boot
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
+    TOKENIZER_FILES,
     check_config_sizes,
     open_weight_files,
     read_hf_config,
@@ -80,8 +82,6 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> Model:
     TransformerLens skips what does not apply. A tokenizer is attached when the
     directory holds one.
     """
-    from headkit.bridge.build import boot
-
     checked = LoadOptions.of("load_pretrained", options)
     directory = resolve_checkpoint_dir(name_or_dir)
     raw = read_hf_config(directory)
@@ -100,8 +100,6 @@ def require_tokenizer(name_or_dir: str | Path, *, option: str = "--model") -> An
     directory = resolve_checkpoint_dir(name_or_dir)
     tokenizer = saved_tokenizer(directory)
     if tokenizer is None:
-        from headkit.loading.files import TOKENIZER_FILES
-
         raise HeadkitError(
             f"{option} {name_or_dir} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
             "the prompts need the model's own tokenizer"

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from headkit.evaluation import accuracy_table
+from headkit.interventions import metrics
+from headkit.interventions.activation_patching import activation_patching
+from headkit.plots import (
+    ablation_by_hop_figure,
+    accuracy_by_length_figure,
+    dynamics_figure,
+    head_scores_figure,
+    patching_figure,
+    task_attention_view,
+)
+from headkit.report.page import Section
+
 if TYPE_CHECKING:  # heavy modules load when a section is built
     import pandas as pd
 
     from headkit.model_types import Model
-    from headkit.report import Section
+    from headkit.report.page import Section
     from headkit.tasks.base import TaskBatch
 
 VIEWS_PER_HOP = 2  # example prompts per hop count in the attention section
@@ -27,10 +40,6 @@ def delta_by_hop(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_section(table: pd.DataFrame, *, about: str, trained_length: int) -> Section:
-    from headkit.evaluation import accuracy_table
-    from headkit.plots import accuracy_by_length_figure
-    from headkit.report import Section
-
     n = int(table["n"].max())
     figure = accuracy_by_length_figure(
         table, trained_length=trained_length,
@@ -48,9 +57,6 @@ def accuracy_section(table: pd.DataFrame, *, about: str, trained_length: int) ->
 
 
 def heads_section(heads: pd.DataFrame, *, about: str, n_prompts: int, length: int) -> Section:
-    from headkit.plots import head_scores_figure
-    from headkit.report import Section
-
     shown = [c for c in ("layer", "head", "label", "purity", "positional_score", "symbolic_score", "signal") if c in heads]
     figure = head_scores_figure(
         heads, title=f"Head census<br><sup>{about}, {n_prompts} prompts of length {length}</sup>"
@@ -68,9 +74,6 @@ def heads_section(heads: pd.DataFrame, *, about: str, n_prompts: int, length: in
 
 
 def dynamics_section(table: pd.DataFrame, *, about: str) -> Section:
-    from headkit.plots import dynamics_figure
-    from headkit.report import Section
-
     steps = sorted(table["step"].unique().tolist())
     figure = dynamics_figure(
         table, title=f"Learning dynamics<br><sup>{about}, checkpoints at steps {', '.join(map(str, steps))}</sup>"
@@ -87,9 +90,6 @@ def dynamics_section(table: pd.DataFrame, *, about: str) -> Section:
 
 
 def ablation_section(table: pd.DataFrame, *, about: str, n_prompts: int) -> Section:
-    from headkit.plots import ablation_by_hop_figure
-    from headkit.report import Section
-
     figure = ablation_by_hop_figure(
         table, title=f"Mean ablation: accuracy change per hop<br><sup>{about}, {n_prompts} prompts</sup>", bound=1.0
     )
@@ -108,11 +108,6 @@ def ablation_section(table: pd.DataFrame, *, about: str, n_prompts: int) -> Sect
 
 def patching_section(model: Model, batch: TaskBatch, *, about: str) -> Section:
     """Denoising patching of every head's ``z`` and of ``resid_pre`` by position."""
-    from headkit.interventions import metrics
-    from headkit.interventions.activation_patching import activation_patching
-    from headkit.plots import patching_figure
-    from headkit.report import Section
-
     if batch.corrupted is None:
         return Section("Activation patching", text=f"The {batch.task} task has no corrupted twin: no patching.")
     name, metric = (
@@ -144,9 +139,6 @@ def attention_section(
     model: Model, batch: TaskBatch, *, about: str, heads: pd.DataFrame | None = None
 ) -> Section:
     """`task_attention_view` of the first ``VIEWS_PER_HOP`` prompts of every hop count."""
-    from headkit.plots import task_attention_view
-    from headkit.report import Section
-
     labels = {} if heads is None else {(int(r.layer), int(r.head)): str(r.label) for r in heads.itertuples()}
     if batch.hops is None:
         chosen = list(range(min(VIEWS_PER_HOP, batch.n)))

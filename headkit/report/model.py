@@ -36,12 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 from headkit.checks import check_int, check_positive_float, check_seed
 from headkit.errors import HeadkitError
+from headkit.interventions import metrics
+from headkit.interventions.ablation import ablation_sweep
+from headkit.interventions.activation_patching import activation_patching
+from headkit.interventions.metrics import run_value
+from headkit.interventions.path_patching import path_patching_sweep
+from headkit.plots import attention_patterns, head_scores_figure, patching_figure
+from headkit.report.page import Section
+from headkit.scores.census import head_census
+from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
+from headkit.tasks.natural import SUITES, build_suite
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from headkit.model_types import Model
-    from headkit.report import Section
+    from headkit.report.page import Section
     from headkit.tasks.base import TaskBatch
 
 # detector column of the census -> the role it names
@@ -70,8 +80,6 @@ class ModelReportOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from headkit.tasks.natural import SUITES
-
         if isinstance(self.suites, str) or not self.suites:
             raise HeadkitError(f"suites must be a non-empty list of suite names, got {self.suites!r}")
         for suite in self.suites:
@@ -96,8 +104,6 @@ class ModelReportOptions:
 
 def swap_mode(model: Model, choice: str) -> str:
     """``auto``: the paper's residual swap where positions are relative (rotary, ALiBi), else tokens."""
-    from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
-
     if choice != "auto":
         return choice
     return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
@@ -144,15 +150,11 @@ def roles_table(
 
 
 def _metric(batch: TaskBatch):
-    from headkit.interventions import metrics
-
     return metrics.default_metric_name(batch), metrics.default_metric(batch, per_example=False)
 
 
 def _baselines(model: Model, batch: TaskBatch, metric) -> tuple[float, float]:
     import torch
-
-    from headkit.interventions.metrics import run_value
 
     device = model.cfg.device
     with torch.no_grad():
@@ -163,10 +165,6 @@ def _baselines(model: Model, batch: TaskBatch, metric) -> tuple[float, float]:
 
 def _effects(model: Model, batch: TaskBatch, options: ModelReportOptions, bar) -> tuple[dict, dict]:
     """Ablation, patching and path patching per head, normalised; (tables, baselines)."""
-    from headkit.interventions.ablation import ablation_sweep
-    from headkit.interventions.activation_patching import activation_patching
-    from headkit.interventions.path_patching import path_patching_sweep
-
     name, metric = _metric(batch)
     clean, corrupted = _baselines(model, batch, metric)
     device = model.cfg.device
@@ -192,8 +190,6 @@ def _query_paths(model: Model, batch: TaskBatch, roles: pd.DataFrame, options: M
     """IOI: path patching from every earlier head to the queries of the top heads by path effect (name movers):
     heads past layer 0 whose direct effect on the logits reaches the threshold; None when there are none."""
     import pandas as pd
-
-    from headkit.interventions.path_patching import path_patching_sweep
 
     movers = roles[(roles["layer"] > 0) & (roles["path_to_logits"].abs() >= options.effect_threshold)]
     movers = movers.reindex(movers["path_to_logits"].abs().sort_values(ascending=False).index).head(options.top_heads)
@@ -244,8 +240,6 @@ def _role_map(census: pd.DataFrame, roles: pd.DataFrame, *, title: str):
 def _views(model: Model, batch: TaskBatch, roles: pd.DataFrame, options: ModelReportOptions, suite: str) -> tuple:
     import html
 
-    from headkit.plots import attention_patterns
-
     top = roles.dropna(subset=["effect"]).head(options.top_heads)
     if top.empty:
         top = roles.sort_values("role_score", ascending=False).head(options.top_heads)
@@ -270,11 +264,6 @@ def suite_report(
     model: Model, tokenizer: Any, suite: str, options: ModelReportOptions, *, about: str, bar
 ) -> tuple[dict[str, pd.DataFrame], list[Section]]:
     """The tables and the four sections (find, confirm, roles, look) of one suite."""
-    from headkit.plots import head_scores_figure, patching_figure
-    from headkit.report import Section
-    from headkit.scores.census import head_census
-    from headkit.tasks.natural import build_suite
-
     batch = build_suite(suite, options.n_prompts, seed=options.seed, tokenizer=tokenizer)
     if batch.corrupted is None:
         raise HeadkitError(f"prompt suite {suite!r} has no corrupted twins: nothing to patch")

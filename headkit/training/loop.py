@@ -60,7 +60,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -69,29 +69,35 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GPTJForCausalLM
 
+from headkit.bridge.build import wrap
 from headkit.checks import check_device, check_length
 from headkit.errors import DiskFullError, HeadkitError, NonFiniteError, is_out_of_memory
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
+from headkit.model_config import ModelConfig
 from headkit.model_types import Model
-from headkit.models import ModelConfig
-from headkit.runs import METRICS_FILE, RUN_FILE
+from headkit.models import synthetic
 from headkit.tasks.base import IGNORE, TaskBatch
-
-# the config, its presets and schedule, and reading a run back (re-exported: `from headkit.training import X`)
-from headkit.train_config import (  # noqa: F401
-    METRIC_COLUMNS,
-    PRESETS,
-    SCHEDULES,
+from headkit.training.checkpoints import load_hf_model, save_checkpoint
+from headkit.training.config import (
     TrainConfig,
     config_differences,
-    default_config,
     lr_at,
     read_metrics,
     read_run_config,
-    resolved_task,
 )
+from headkit.training.layout import (
+    METRICS_FILE,
+    RUN_FILE,
+    RunLock,
+    check_new_run,
+    check_no_foreign_files,
+    checkpoint_dir,
+    clean_temporaries,
+    list_checkpoints,
+)
+from headkit.training.runs import existing_run, newest_valid_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +289,6 @@ def _fresh_state(cfg: TrainConfig, device: torch.device) -> _State:
 
 
 def _resumed_state(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _State:
-    from headkit.checkpoints import list_checkpoints, load_hf_model
-    from headkit.runs import newest_valid_checkpoint
-
     stored = read_run_config(run_dir) if (run_dir / RUN_FILE).is_file() else None
     if stored is None:  # failed before its first update: nothing to continue
         if list_checkpoints(run_dir):
@@ -323,8 +326,6 @@ def _resumed_state(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _St
 
 
 def _save(cfg: TrainConfig, run_dir: Path, state: _State, device: torch.device) -> None:
-    from headkit.checkpoints import checkpoint_dir, save_checkpoint
-
     save_checkpoint(
         checkpoint_dir(run_dir, state.step),
         state.model,
@@ -344,9 +345,6 @@ def wrapped_copy(model: GPTJForCausalLM, cfg: ModelConfig) -> Model:
     (`headkit.bridge.build.wrap` changes the module it wraps; training keeps its own)."""
     import copy
 
-    from headkit.bridge.build import wrap
-    from headkit.models import synthetic
-
     return synthetic(wrap(copy.deepcopy(model).eval()), attn_only=cfg.attn_only)
 
 
@@ -365,8 +363,6 @@ def train(
     Everything that can be wrong with the config or the directory is checked
     before the first update.
     """
-    from headkit.runs import RunLock, check_new_run, check_no_foreign_files, clean_temporaries
-
     # 1. checks, before any work
     if out_dir is not None and os.fspath(out_dir) == "":
         raise HeadkitError("out_dir is empty: give the run directory (None to train without writing)")
@@ -499,3 +495,14 @@ def _result(cfg: TrainConfig, state: _State, run_dir: Path | None, device: torch
     return TrainResult(
         model=wrapped_copy(state.model, cfg.model), metrics=pd.DataFrame(state.rows), run_dir=run_dir, step=state.step, hf_model=state.model
     )
+
+
+def train_or_reuse(
+    cfg: "TrainConfig", run_dir: str | os.PathLike, *, progress: bool = True, ignore: tuple[str, ...] = ("device",)
+) -> Any:
+    """Train ``cfg`` into ``run_dir``: reuse a complete run of the same config, resume
+    an interrupted one, start a new one in an empty or absent directory; a run of
+    another config is refused (`existing_run`). Returns the `TrainResult`."""
+
+    resume = existing_run(run_dir, cfg, ignore=ignore)
+    return train(cfg, out_dir=run_dir, resume=resume, progress=progress)

@@ -28,9 +28,9 @@ import torch
 from headkit.checks import check_int, check_optional_int
 from headkit.errors import HeadkitError
 from headkit.io import stored_fields
-from headkit.models import DEFAULT_N_CTX, ModelConfig
-from headkit.runs import METRICS_FILE, RUN_FILE
+from headkit.model_config import DEFAULT_N_CTX, ModelConfig
 from headkit.tasks.registry import TASKS, TaskSpec
+from headkit.training.layout import METRICS_FILE, RUN_FILE
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # training computes in float32 (models.model_from_config)
 

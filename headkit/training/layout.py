@@ -1,4 +1,4 @@
-"""Run directories: where `headkit.training.train` writes, in one place.
+"""The run directory's layout, in one place, without torch: names, listing, status, locking.
 
 Layout::
 
@@ -6,16 +6,21 @@ Layout::
         run.json            the TrainConfig (written once the first update succeeded)
         metrics.csv         one row per evaluation (rewritten atomically)
         checkpoints/step_NNNNNNN/   Hugging Face GPT-J directory + headkit metadata
+            config.json, model.safetensors, meta.json, optimizer.pt, rng.pt
         .headkit.lock       held (fcntl) by the process writing the run; holds its pid
 
-What this module decides for every command:
+The bottom of `headkit.training`: it imports nothing of headkit but `checks`,
+`errors` and `io`, and nothing heavy, so ``headkit info`` and ``headkit --help``
+answer without importing torch. What it decides for every command:
 
-- `resolve_checkpoint`: a run directory -> its latest (or a chosen step's)
-  checkpoint; a checkpoint directory -> itself. `open_checkpoint` loads it.
-- `run_of_checkpoint`: the run a checkpoint directory belongs to (or None).
-- `check_new_run` / `existing_run`: a directory that already holds a run is
-  refused for a new one (resume it instead), reused when it holds the same config;
-  a directory of other files, holding no run, is refused (`check_no_foreign_files`).
+- `is_run_dir`, `run_of_checkpoint`, `list_checkpoints`, `latest_checkpoint`,
+  `checkpoint_dir`, `step_of_dir`: where a run's checkpoints are.
+- `read_run_json` (the one reader of ``run.json`` as JSON; `headkit.training.config.read_run_config`
+  builds the TrainConfig from it), `last_metrics_row` and `run_status`: where a run stands.
+- `check_new_run` / `check_no_foreign_files`: a directory that already holds a run
+  is refused for a new one (resume it instead); a directory of other files, holding
+  no run, is refused.
+- `check_output_path`: a path a command may write, never a run's or a checkpoint's own files.
 - `RunLock`: an exclusive lock while a process writes a run. A second writer is
   refused at once, naming the holder's pid. The kernel drops an ``fcntl`` lock
   when its process dies, so a lock file left by a killed process is stale and is
@@ -23,10 +28,6 @@ What this module decides for every command:
 - `clean_temporaries`: hidden ``.step_*.tmp-*`` / ``.old-*`` / ``.step_*.headkit-*`` directories and
   ``.*.tmp`` files that a killed process left behind, removed on the next open
   (only under the lock, so never another writer's files in flight).
-- `newest_valid_checkpoint`: the newest checkpoint that loads (a truncated latest
-  one is skipped with a warning), for ``--resume``; when none loads, an error
-  naming why each could not be used (never a silent restart from step 0).
-- `run_status`: checkpoints, metrics and whether the run is complete, for ``info``.
 """
 
 from __future__ import annotations
@@ -39,16 +40,14 @@ import logging
 import os
 import re
 import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterable
 
 from headkit.checks import check_int, some_names
 from headkit.errors import HeadkitError
-
-if TYPE_CHECKING:
-    from headkit.checkpoints import Checkpoint
-    from headkit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,14 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".headkit.lock"
-_BOOKKEEPING = {LOCK_FILE}  # files that do not make a directory "hold a run"
+RUN_OWNED = (RUN_FILE, METRICS_FILE, CHECKPOINTS_DIR)  # a run directory's own entries (and hidden files)
+# one checkpoint directory, checkpoints/step_NNNNNNN/
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"  # headkit's metadata; marks a checkpoint directory
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+BOOKKEEPING = {LOCK_FILE}  # files that do not make a directory "hold a run"
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -74,62 +80,9 @@ def run_of_checkpoint(folder: str | os.PathLike) -> Path | None:
     return None
 
 
-def resolve_checkpoint(path: str | os.PathLike, *, step: int | None = None) -> Path:
-    """A run directory -> its latest checkpoint (or the one of ``step``); a checkpoint -> itself."""
-    from headkit.checkpoints import META_FILE, checkpoint_dir, latest_checkpoint
-
-    path = Path(path)
-    if not path.is_dir():
-        raise HeadkitError(f"run directory {path} does not exist (or is not a directory)")
-    if (path / META_FILE).is_file() and not is_run_dir(path):
-        if step is not None:
-            raise HeadkitError(f"{path} is one checkpoint: a step can be chosen only in a run directory")
-        return path
-    if step is None:  # a run directory, or a directory that is neither (then: "has no checkpoints")
-        return latest_checkpoint(path)
-    folder = checkpoint_dir(path, step)
-    if not folder.is_dir():
-        from headkit.checkpoints import list_checkpoints
-
-        steps = ", ".join(str(s) for s, _ in list_checkpoints(path)) or "none"
-        raise HeadkitError(f"{path} has no checkpoint at step {step}: it has {steps}")
-    return folder
-
-
-def open_checkpoint(path: str | os.PathLike, *, step: int | None = None, device: Any = None) -> "Checkpoint":
-    """`resolve_checkpoint` then `headkit.checkpoints.load_checkpoint`."""
-    from headkit.checkpoints import load_checkpoint
-
-    return load_checkpoint(resolve_checkpoint(path, step=step), device=device)
-
-
-def newest_valid_checkpoint(run_dir: str | os.PathLike, *, device: Any = None) -> "Checkpoint | None":
-    """The newest checkpoint of a run that loads with its optimizer state; None if the run has none.
-
-    A checkpoint that does not load is skipped with a warning; when none loads, a
-    `HeadkitError` names why each could not be used (never a silent restart from 0).
-    """
-    from headkit.checkpoints import list_checkpoints, load_checkpoint
-
-    reasons = []
-    found = list_checkpoints(run_dir)
-    for step, folder in reversed(found):
-        try:
-            return load_checkpoint(folder, device=device, with_optimizer=True)
-        except HeadkitError as error:
-            logger.warning("skipping checkpoint step %d: %s", step, error)
-            reasons.append(f"step {step}: {error}")
-    if found:
-        raise HeadkitError(
-            f"cannot resume {run_dir}: none of its {len(found)} checkpoints can be used ({'; '.join(reasons)}); "
-            "nothing was changed: restore a checkpoint's files, or start a new run in another directory"
-        )
-    return None
-
-
 def _is_headkit_file(name: str) -> bool:
     """The lock, and temporaries of a run's first files, which a directory holding no run yet may have."""
-    return name in _BOOKKEEPING or (
+    return name in BOOKKEEPING or (
         name.endswith(".tmp") and name.startswith((f".{RUN_FILE}.", f".{METRICS_FILE}."))
     )
 
@@ -159,28 +112,6 @@ def check_new_run(run_dir: str | os.PathLike) -> None:
             f"{run_dir} already holds a run: resume it (resume=True / --resume) or choose another directory"
         )
     check_no_foreign_files(run_dir)
-
-
-def existing_run(run_dir: str | os.PathLike, cfg: "TrainConfig", *, ignore: tuple[str, ...] = ("device",)) -> bool:
-    """True if ``run_dir`` holds a run of ``cfg`` (to reuse or resume), False if empty/absent.
-
-    A directory with other files, or a run of another config, is refused.
-    """
-    from headkit.train_config import config_differences, read_run_config
-
-    run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILE).exists():
-        others = [p for p in run_dir.iterdir() if p.name not in _BOOKKEEPING] if run_dir.is_dir() else []
-        if others or run_dir.is_file():
-            raise HeadkitError(f"{run_dir} is not empty and holds no headkit run: remove it or choose another --out")
-        return False
-    differ = config_differences(read_run_config(run_dir), cfg, ignore=ignore)
-    if differ:
-        raise HeadkitError(
-            f"{run_dir} holds a {cfg.task.name} run with another config (differs in {', '.join(differ)}): "
-            f"remove it or choose another --out"
-        )
-    return True
 
 
 def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
@@ -387,13 +318,119 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
     return RunStatus(checkpoint_steps=steps, last_metrics_step=last, planned_steps=planned)
 
 
-def train_or_reuse(
-    cfg: "TrainConfig", run_dir: str | os.PathLike, *, progress: bool = True, ignore: tuple[str, ...] = ("device",)
-) -> Any:
-    """Train ``cfg`` into ``run_dir``: reuse a complete run of the same config, resume
-    an interrupted one, start a new one in an empty or absent directory; a run of
-    another config is refused (`existing_run`). Returns the `TrainResult`."""
-    from headkit.training import train
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The directory of the highest-step checkpoint of a run."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise HeadkitError(f"run directory {run_dir} has no checkpoints (expected checkpoints/step_*/)")
+    return found[-1][1]
 
-    resume = existing_run(run_dir, cfg, ignore=ignore)
-    return train(cfg, out_dir=run_dir, resume=resume, progress=progress)
+
+def check_output_path(
+    out: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    option: str = "--out",
+    directory: bool = False,
+) -> Path:
+    """``out`` as a Path a command may write, checked before any work.
+
+    Refused, naming the reason: a path that would write over a file belonging to a
+    run directory (its ``run.json``, ``metrics.csv``, anything under
+    ``checkpoints/``, its hidden lock and temporary files) or into a checkpoint
+    directory; a path equal to one of ``inputs``, or an existing file inside an
+    input directory; a directory where a file is expected (or a file where
+    ``directory=True`` expects a directory); and a location where nothing can be
+    written (a read-only directory, ``/proc``, a parent that is a file), tested by
+    creating and removing a temporary file in the nearest existing directory. Also
+    refused: an empty path, a file path ending in ``/``, a symlink loop, a dangling
+    symlink, and an existing target that is not a regular file (a device, FIFO or
+    socket: `headkit.io.atomic_path` would replace it). A symlink to a regular file
+    is allowed: the write goes through it to its target.
+    """
+    text = os.fspath(out)
+    where = f"{option} {out}"
+    if text == "":
+        raise HeadkitError(f"{option} is empty: give a {'directory' if directory else 'file'} path")
+    if not directory and text.endswith(("/", os.sep)):
+        raise HeadkitError(f"{where} ends with '/', which names a directory: give a file name (without the '/')")
+    path = Path(out)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise HeadkitError(f"{where} is a symlink loop: give a path that resolves") from None
+    if path.is_symlink() and not path.exists():
+        raise HeadkitError(f"{where} is a symlink to {os.readlink(path)}, which does not exist: give the target itself")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise HeadkitError(f"{where} exists and is not a directory")
+        if not directory and path.is_dir():
+            raise HeadkitError(f"{where} is a directory: give a file name")
+        if not directory and not path.is_file():
+            raise HeadkitError(
+                f"{where} exists and is not a regular file ({_file_kind(path)}): headkit writes a file by "
+                "replacing it, and never replaces a device, FIFO or socket"
+            )
+    target = path.resolve()
+    _check_not_run_owned(target, where)
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or (path.exists() and not directory and source in target.parents):
+            raise HeadkitError(f"{where} would write over this command's input {item}: choose another path")
+    _check_writable(target if directory and path.is_dir() else target.parent, where)
+    return path
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def _check_not_run_owned(target: Path, where: str) -> None:
+    for folder in target.parents:
+        if (folder / META_FILE).is_file():
+            raise HeadkitError(f"{where} is inside the checkpoint {folder}: a checkpoint's files are never overwritten")
+        if (folder / RUN_FILE).is_file():
+            entry = target.relative_to(folder).parts[0]
+            if entry in RUN_OWNED or entry.startswith("."):
+                raise HeadkitError(
+                    f"{where} would write over {folder / entry}, which belongs to the run {folder}: "
+                    f"choose a path outside {', '.join(RUN_OWNED)} (e.g. {folder / 'results.csv'})"
+                )
+
+
+def _check_writable(folder: Path, where: str) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HeadkitError(f"{where}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".headkit-write-test-")
+    except OSError as exc:
+        raise HeadkitError(f"{where}: cannot write in {existing} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, step: int | None = None) -> Path:
+    """A run directory -> its latest checkpoint (or the one of ``step``); a checkpoint -> itself."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HeadkitError(f"run directory {path} does not exist (or is not a directory)")
+    if (path / META_FILE).is_file() and not is_run_dir(path):
+        if step is not None:
+            raise HeadkitError(f"{path} is one checkpoint: a step can be chosen only in a run directory")
+        return path
+    if step is None:  # a run directory, or a directory that is neither (then: "has no checkpoints")
+        return latest_checkpoint(path)
+    folder = checkpoint_dir(path, step)
+    if not folder.is_dir():
+        steps = ", ".join(str(s) for s, _ in list_checkpoints(path)) or "none"
+        raise HeadkitError(f"{path} has no checkpoint at step {step}: it has {steps}")
+    return folder

@@ -33,14 +33,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from headkit.checks import check_int, check_length, check_output_path, check_positive_float
+from headkit.checks import check_int, check_length, check_positive_float
 from headkit.errors import HeadkitError
+from headkit.evaluation import EXTENDS, accuracy_table, evaluate
+from headkit.gptj_hf import HFLogits
+from headkit.interventions import metrics
+from headkit.interventions.ablation import ablation_sweep_by_hop
+from headkit.io import write_csv, write_text
+from headkit.models import extend_context
+from headkit.plots import model_description
+from headkit.report import sections as build
+from headkit.report.page import report_html
+from headkit.report.paper import r1_comparison, r2_comparison, r2_verdict
+from headkit.report.sections import delta_by_hop
+from headkit.scores.dynamics import track_heads
+from headkit.scores.positional_symbolic import classify_heads
+from headkit.training.config import TrainConfig, default_config
+from headkit.training.layout import RunLock, check_output_path, resolve_checkpoint, run_status
+from headkit.training.loop import train_or_reuse
+from headkit.training.runs import existing_run
 
 if TYPE_CHECKING:  # the heavy modules load when the demo runs
     import pandas as pd
 
     from headkit.model_types import Model
-    from headkit.training import TrainConfig
+    from headkit.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +93,6 @@ class DemoOptions:
     def __post_init__(self) -> None:
         check_positive_float("steps_scale", self.steps_scale)
         check_int("n", self.n)
-        from headkit.evaluation import EXTENDS
 
         if self.extend not in EXTENDS:
             raise HeadkitError(f"extend={self.extend!r} is unknown: allowed {', '.join(EXTENDS)}")
@@ -111,8 +127,6 @@ def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> 
     to the preset's steps), every schedule length scaled. These are the runs
     analyses R1-R4 read (``analyses/r1_length.py``: ``--runs OUT``)."""
     import math
-
-    from headkit.training import default_config
 
     if not (math.isfinite(steps_scale) and steps_scale > 0):
         raise HeadkitError(f"--steps-scale={steps_scale} must be a positive number")
@@ -172,9 +186,6 @@ def _train_in_child(cfg_data: dict, run_dir: str) -> float:
     """Worker of `train_in_parallel`: one run on one torch thread; returns its wall seconds."""
     import torch
 
-    from headkit.runs import train_or_reuse
-    from headkit.training import TrainConfig
-
     torch.set_num_threads(1)
     started = time.perf_counter()
     train_or_reuse(TrainConfig.from_dict(cfg_data), run_dir, progress=False)
@@ -188,8 +199,6 @@ def train_in_parallel(configs: dict[str, TrainConfig], out: Path, *, say: Say = 
     the CPU, so a run trained here equals one trained alone, bit for bit."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
-    from headkit.runs import run_status
 
     todo = {
         task: cfg for task, cfg in configs.items()
@@ -206,7 +215,6 @@ def train_in_parallel(configs: dict[str, TrainConfig], out: Path, *, say: Say = 
 def step_train(options: DemoOptions, result: DemoResult, say: Say) -> None:
     """Train (or reuse, or resume) the number and letter models: at once (one process
     per run) when the machine has a core per run, else (or with ``parallel=False``) in turn."""
-    from headkit.runs import existing_run, train_or_reuse
 
     result.configs = demo_configs(options)
     for task, cfg in result.configs.items():  # refuse foreign runs before any training
@@ -234,9 +242,6 @@ def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     TransformerLens on this CPU; ``model`` itself where the HF model cannot take ``longest``."""
     from transformers import GPTJForCausalLM
 
-    from headkit.gptj_hf import HFLogits
-    from headkit.runs import resolve_checkpoint
-
     hf = GPTJForCausalLM.from_pretrained(
         resolve_checkpoint(run_dir), attn_implementation="sdpa", trust_remote_code=False
     )
@@ -252,11 +257,6 @@ def _table(frame: pd.DataFrame, number: str = "{:.3f}") -> str:
 def step_evaluate(options: DemoOptions, result: DemoResult, say: Say) -> None:
     """Accuracy of both models at every length, by hop; the R1 table for the paper's protocol."""
     import pandas as pd
-
-    from headkit.evaluation import accuracy_table, evaluate
-    from headkit.io import write_csv
-    from headkit.models import extend_context
-    from headkit.paper import r1_comparison
 
     frames = []
     for task, cfg in result.configs.items():
@@ -292,9 +292,6 @@ def step_classify(options: DemoOptions, result: DemoResult, say: Say) -> None:
     """Positional / symbolic / mixed / inactive label and purity of every head."""
     from tqdm.auto import tqdm
 
-    from headkit.io import write_csv
-    from headkit.scores.positional_symbolic import classify_heads
-
     for task, cfg in tqdm(result.configs.items(), desc="classify heads", unit="task", disable=not options.progress):
         tokens = cfg.task.build(CLASSIFY_PROMPTS, seed=DEMO_PROMPT_SEED).tokens
         heads = classify_heads(result.models[task], tokens)
@@ -307,8 +304,6 @@ def step_classify(options: DemoOptions, result: DemoResult, say: Say) -> None:
 
 def _say_r2(result: DemoResult, say: Say) -> None:
     """R2: pure heads at the paper's gamma 0.1 with their layers, beside the paper's counts, and the verdict."""
-    from headkit.paper import r2_comparison, r2_verdict
-
     table = r2_comparison(result.heads, gamma=0.1)
     if table.empty:
         return
@@ -326,11 +321,6 @@ def step_ablate(options: DemoOptions, result: DemoResult, say: Say) -> None:
     """Mean-ablate each head; accuracy drop per hop (which heads the task needs)."""
     import pandas as pd
     from tqdm.auto import tqdm
-
-    from headkit.interventions import metrics
-    from headkit.interventions.ablation import ablation_sweep_by_hop
-    from headkit.io import write_csv
-    from headkit.report_sections import delta_by_hop
 
     for task, cfg in result.configs.items():
         batch = cfg.task.build(ABLATION_PROMPTS, seed=DEMO_PROMPT_SEED + 1)
@@ -359,12 +349,6 @@ def _report_steps(cfg: TrainConfig) -> list[int]:
 def step_report(options: DemoOptions, result: DemoResult, say: Say) -> None:
     """OUT/report.html: every figure embedded (`headkit report`'s sections, both tasks)."""
     from tqdm.auto import tqdm
-
-    from headkit import report_sections as build
-    from headkit.io import write_text
-    from headkit.plots import model_description
-    from headkit.report import report_html
-    from headkit.scores.dynamics import track_heads
 
     models = {task: model_description(model) for task, model in result.models.items()}
     about = "; ".join(f"{task}: {models[task]}" for task in result.configs)
@@ -417,8 +401,6 @@ def run_demo(out: str | os.PathLike, options: DemoOptions | None = None, *, say:
     option is checked first (`check_options`). ``say`` receives what the demo reports:
     step headers, tables, timings and the files written.
     """
-    from headkit.runs import RunLock
-
     options = DemoOptions() if options is None else options
     result = DemoResult(out=check_options(out, options))
     started = time.perf_counter()
