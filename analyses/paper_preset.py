@@ -10,14 +10,14 @@ this script measures, on its final checkpoint:
   (`headkit.evaluation.evaluate`, the rotary tables extended: no parameter changes);
 - **R2**: the pure heads at gamma 0.1 and 0.05 (`classify_heads`'s
   ``pure_paper_<gamma>``: residual swap, PosSym-2026's definition) on ``n_prompts``
-  prompts, counted per kind with their layers (`headkit.paper.r2_comparison`);
+  prompts, counted per kind with their layers (`headkit.report.paper.r2_comparison`);
 - **R3**: the first step at which each hop's held-out accuracy (the run's
   ``metrics.csv``, a row every ``eval_every`` updates) reaches 0.9.
 
 Then, per row of the paper's tables, the mean and the spread (sample standard
 deviation, and min..max) over the seeds found, beside the paper's number, and a
 verdict computed from the per-seed numbers: R1 "k of n seeds reproduce" (each by
-`headkit.paper.verdict`), R2 "k of n seeds reproduce in kind" (`r2_verdict`), R3 the
+`headkit.report.paper.verdict`), R2 "k of n seeds reproduce in kind" (`r2_verdict`), R3 the
 mean step beside the paper's and, for the number task, in how many seeds the hops
 reach 0.9 in hop order. No seed is chosen or dropped: every run present is used,
 and a run that is not finished is listed as missing.

@@ -1,10 +1,10 @@
 """Pretrained heads: the report page of `headkit report --model`, plus one-hop tasks by length, for any model.
 
 ``python analyses/pretrained_heads.py --model DIR [--quick] [--out FOLDER]``
-loads a pretrained model of any architecture `headkit.pretrained.load_pretrained`
+loads a pretrained model of any architecture `headkit.loading.pretrained.load_pretrained`
 knows, with its own tokenizer (saved in DIR), and runs on it:
 
-1. `headkit.model_report.model_report`, the code of ``headkit report --model DIR
+1. `headkit.report.model.model_report`, the code of ``headkit report --model DIR
    --suite ioi --suite induction`` (find: head census; confirm: ablation,
    activation patching, path patching to the logits and to the name movers'
    queries; roles; look: attention views), written as ``report.html``;

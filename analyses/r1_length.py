@@ -24,7 +24,7 @@ Steps:
 
 Table columns: those of `evaluate` -- ``task, extend, length, added, hop, n,
 accuracy`` (``hop`` is an int, or ``"all"`` for the row pooling every hop).
-``paper_comparison.csv`` (`headkit.paper.r1_comparison`): ``task, added, paper``
+``paper_comparison.csv`` (`headkit.report.paper.r1_comparison`): ``task, added, paper``
 (Fig. 5B, read to +-0.02), ``headkit`` (prefix protocol), ``verdict`` (within the
 reading error plus two binomial standard errors, or higher/lower by how much) and
 ``headkit_window`` (the window protocol, which the paper does not measure).
@@ -95,11 +95,11 @@ def _checkpoint_steps(steps: int) -> tuple[int, ...]:
 def shared_run_config(task: str, *, steps: int = DEFAULT_STEPS, tiny: bool = False) -> TrainConfig:
     """The training config of the run of ``task`` that R1-R4 share.
 
-    SPEC 2.3's CPU recipe (`headkit.training.default_config`: 6 layers, d_model 64,
+    SPEC 2.3's CPU recipe (`headkit.training.config.default_config`: 6 layers, d_model 64,
     one head per layer, n_ctx 2048; the letter task with 24 symbols, lr 3e-3 and a
     hop curriculum, one hop more every 250 updates), 2000 updates, a metrics
     row every 50 updates and 12 checkpoints: exactly ``headkit demo``'s runs
-    (`headkit.demo.demo_config`), so ``--runs DEMO_OUT`` reuses them. ``tiny``
+    (`headkit.report.demo.demo_config`), so ``--runs DEMO_OUT`` reuses them. ``tiny``
     swaps in a 2-layer, d_model-16 model with n_ctx 65 and small batches (smoke runs).
     """
     if task not in TASKS:

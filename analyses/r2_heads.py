@@ -19,7 +19,7 @@ Two measurements per trained model (the shared runs of `analyses.r1_length`):
 Against the paper (``paper_comparison.csv``): PosSym-2026's pure heads at
 gamma = 0.1 and 0.05 (``pure_paper_0.1`` / ``pure_paper_0.05`` of
 `classify_heads`: residual swap, tau 1e-4, mean scores near a corner) counted per
-kind, with their layers, beside the paper's counts (`headkit.paper.R2_PURE`:
+kind, with their layers, beside the paper's counts (`headkit.report.paper.R2_PURE`:
 number 4 positional L0-L3 + 8 symbolic L4-L11, letter 11 symbolic L1-L11 at 0.1;
 2 + 7 and 11 at 0.05) and a verdict. The paper's models have 12 one-head layers,
 the cpu preset's 6, so counts are compared by layout (positional early, symbolic
@@ -150,7 +150,7 @@ NEEDED = -0.1  # a head is needed by a hop when ablating it costs more than 10 p
 
 def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
     """The paper's pure heads (both gammas) per task and kind: paper's count and layers,
-    headkit's count and layers, verdict (`headkit.paper.count_verdict`)."""
+    headkit's count and layers, verdict (`headkit.report.paper.count_verdict`)."""
     rows = []
     for task, part in table.groupby("task", sort=False):
         for gamma in PAPER_GAMMAS:

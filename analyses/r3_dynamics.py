@@ -21,7 +21,7 @@ is trained, which pushes the letter hops apart by construction. The summary
 records each hop's introduction step next to its emergence step.
 
 Against the paper (``paper_comparison.csv``): the step at which each hop first
-reaches 0.9 (`headkit.paper.R3_STEP_AT_90`: number ~1,950 / 2,700 / 3,200 /
+reaches 0.9 (`headkit.report.paper.R3_STEP_AT_90`: number ~1,950 / 2,700 / 3,200 /
 3,350 for hops 1-4, letter ~2,650-2,700 for all hops together, of 6,750 updates)
 beside headkit's, both also as a fraction of the run, since the cpu preset runs
 2,000 updates of a smaller model: orders and shapes are compared, not steps. The

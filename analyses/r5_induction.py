@@ -24,7 +24,7 @@ Steps:
 
 1. Train with a small explicit loop (fresh online batches, AdamW with weight
    decay on matrices, linear warm-up then constant lr, gradient clipping at 1):
-   `headkit.training.train` takes one fixed task spec, so it cannot vary ``L``
+   `headkit.training.loop.train` takes one fixed task spec, so it cannot vary ``L``
    per update.
 2. Every ``eval_every`` updates, on a fixed held-out set of repeated-token prompts:
    the held-out loss (second half), the induction score of every head

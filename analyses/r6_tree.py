@@ -10,7 +10,7 @@ layers attend to edges one level further up the tree from the goal.
 Steps:
 
 1. Train a small GPT-J-style model (one head per layer) with
-   `headkit.training.train` (online batches) and report its held-out accuracy at
+   `headkit.training.loop.train` (online batches) and report its held-out accuracy at
    the answer position, overall and per goal depth, and the whole-path accuracy
    (every scored path token right, teacher-forced).
 2. On held-out prompts whose goal is at depth ``>= min_depth``, read every

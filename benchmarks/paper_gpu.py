@@ -2,15 +2,15 @@
 models, then write the R1-R3 tables with the paper's values side by side.
 
 1. Train (or reuse, or resume) ``OUT/runs/number`` and ``OUT/runs/letter`` with
-   `headkit.training.default_config(task, preset="paper")` (12 layers, 1 head,
+   `headkit.training.config.default_config(task, preset="paper")` (12 layers, 1 head,
    d_model 128, dropout 0.1, batch 64, 6,750 updates, bf16 autocast on CUDA), a
    checkpoint every ``--checkpoint-every`` updates.
 2. R1: accuracy at the trained length plus 0, 46, 96, 296, 996 tokens added
    *before* the prompt (`headkit.evaluation.evaluate`, ``extend="prefix"``: the
-   paper's protocol) vs Fig. 5B (`headkit.paper.r1_comparison`).
+   paper's protocol) vs Fig. 5B (`headkit.report.paper.r1_comparison`).
 3. R2: the paper's pure heads of the final model (`classify_heads`: residual swap,
    tau 1e-4; pure when s_pos >= 1 - gamma and s_sym <= gamma, or mirrored) vs the
-   paper's counts at gamma = 0.1 and 0.05 (`headkit.paper.R2_PURE`).
+   paper's counts at gamma = 0.1 and 0.05 (`headkit.report.paper.R2_PURE`).
 4. R3: first step at which each hop reaches 0.9 held-out accuracy (from
    ``metrics.csv``) vs the paper's steps.
 

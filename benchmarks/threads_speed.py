@@ -2,7 +2,7 @@
 
 Alternates the two settings (best of ``--repeats`` blocks of ``--steps`` updates
 each) so that both see the same machine load; prints the load average too, since
-the answer depends on it (headkit.threads). Run:
+the answer depends on it (headkit.cli.threads). Run:
 ``.venv/bin/python benchmarks/threads_speed.py [--steps 5] [--repeats 3]``.
 """
 

@@ -5,8 +5,8 @@ MLP width, vocabulary, context) on the very same batches (number task, generated
 before timing so data generation is not measured), with the same AdamW settings,
 clipping and loss (cross-entropy on the scored last position), no dropout:
 
-- ``headkit``: `headkit.training.train_step` on `headkit.gptj_hf.build_hf_model`
-  (the backend `headkit.training.train` runs);
+- ``headkit``: `headkit.training.loop.train_step` on `headkit.gptj_hf.build_hf_model`
+  (the backend `headkit.training.loop.train` runs);
 - ``old TransformerLens loop``: a copy of headkit's loop before issue 8 (a
   HookedTransformer, Q/K/V/O biases frozen at zero, ``ln2`` tied to ``ln1``),
   kept here only, for this comparison;

@@ -3,7 +3,7 @@
 PosSym-2026 trained Hugging Face's GPT-J from scratch (with dropout 0.1, which
 TransformerLens cannot apply); headkit trains the same class (`headkit.training`)
 and analyses that same module wrapped in TransformerLens's `TransformerBridge`
-(`headkit.bridge.build.wrap`; `headkit.checkpoints`). This module holds what that needs:
+(`headkit.bridge.build.wrap`; `headkit.training.checkpoints`). This module holds what that needs:
 
 - `hf_config`: `ModelConfig` (+ dropout) -> `GPTJConfig`, with the attention
   kernel (`ATTN_IMPLEMENTATION`, PyTorch's scaled-dot-product attention, which
@@ -12,7 +12,7 @@ and analyses that same module wrapped in TransformerLens's `TransformerBridge`
   normal(0, 0.02), as in the paper's code). GPT-J always has an MLP; for an
   ``attn_only`` config its MLP is one unit wide, zero and frozen, so it adds exactly
   nothing; the wrapped model keeps it and its config says ``attn_only``, so analyses
-  offer no MLP site (`headkit.models.synthetic`, `headkit.checkpoints`).
+  offer no MLP site (`headkit.models.synthetic`, `headkit.training.checkpoints`).
 - `hf_state`: the weights to save, in Hugging Face's names, of the model or of a
   bridge wrapping it (the bridge nests each module as ``_original_component``).
 - `hf_state_from_tl`: a state dict in HookedTransformer's names (a user's

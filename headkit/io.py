@@ -118,7 +118,7 @@ def swap_folder(tmp: Path, target: Path) -> None:
     """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed after.
 
     The parent directory is synced after the rename, so the swap survives a crash.
-    Shared by `atomic_folder` (reports) and `headkit.checkpoints` (checkpoint folders).
+    Shared by `atomic_folder` (reports) and `headkit.training.checkpoints` (checkpoint folders).
     """
     old = None
     if target.exists():

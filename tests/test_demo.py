@@ -1,4 +1,4 @@
-"""headkit.demo: the demo pipeline as a library function (`run_demo` -> `DemoResult`).
+"""headkit.report.demo: the demo pipeline as a library function (`run_demo` -> `DemoResult`).
 
 The command ``headkit demo`` is covered end to end by tests/test_cli_train.py; here the
 module itself: its options are checked on construction, it returns every table it

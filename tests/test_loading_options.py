@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import headkit.loading as loading
+from headkit.bridge.build import PROCESSING_FLAGS, Processing
 from headkit.errors import HeadkitError
-from headkit.loading.options import PROCESSING_FLAGS, LoadOptions, Processing
+from headkit.loading.gptj import load_gptj
+from headkit.loading.options import LoadOptions
 from headkit.loading.pretrained import load_pretrained
 
 
@@ -42,7 +43,7 @@ def test_bad_options_are_refused_naming_them(kwargs, message):
         LoadOptions(**kwargs)
 
 
-@pytest.mark.parametrize("loader", [loading.load_gptj, load_pretrained])
+@pytest.mark.parametrize("loader", [load_gptj, load_pretrained])
 def test_an_unknown_option_is_a_type_error_listing_the_allowed_ones(tmp_path, loader):
     with pytest.raises(TypeError, match=rf"{loader.__name__}\(\) got an unexpected keyword argument 'fold': allowed dtype"):
         loader(tmp_path, fold=True)  # refused before the (empty) directory is read

@@ -1,4 +1,4 @@
-"""``headkit report --model DIR --suite ...`` (headkit.model_report): find, confirm, roles, look.
+"""``headkit report --model DIR --suite ...`` (headkit.report.model): find, confirm, roles, look.
 
 Tiny GPT-2 (absolute positions), Llama (grouped-query) and GPT-J checkpoints with a
 word-level tokenizer, all saved by the test. The GPT-2 one has two heads wired by

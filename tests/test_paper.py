@@ -1,4 +1,4 @@
-"""headkit.paper: the paper's numbers and the side-by-side verdicts."""
+"""headkit.report.paper: the paper's numbers and the side-by-side verdicts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run directories (headkit.runs) and issue 9's safety cases: locks, dead ends, stale
+"""Run directories (headkit.training.layout) and issue 9's safety cases: locks, dead ends, stale
 temporaries, incomplete runs, truncated checkpoints, NaN, foreign checkpoints, bad metadata.
 
 Command-line behaviour goes through a real ``headkit`` subprocess; the lock test runs two.

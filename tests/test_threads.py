@@ -1,4 +1,4 @@
-"""headkit.threads: the CLI's torch thread count (idle cores by load average, or --threads)."""
+"""headkit.cli.threads: the CLI's torch thread count (idle cores by load average, or --threads)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def suite_names() -> tuple[str, ...]:
 
 
 def preset_names() -> tuple[str, ...]:
-    """``--preset``: `headkit.train_config.PRESETS` (a copy: that module imports torch)."""
+    """``--preset``: `headkit.training.config.PRESETS` (a copy: that module imports torch)."""
     return ("cpu", "paper")
 
 

@@ -1,6 +1,6 @@
 """``headkit demo``: positional vs symbolic heads (PosSym-2026), end to end on a CPU.
 
-The pipeline is `headkit.demo.run_demo` (train both models, evaluate with the paper's
+The pipeline is `headkit.report.demo.run_demo` (train both models, evaluate with the paper's
 length protocol, classify and mean-ablate every head, write ``OUT/report.html``); this
 command parses and checks its options, then prints what the demo reports.
 """

@@ -4,7 +4,7 @@ Each command loads the latest checkpoint of a run directory written by
 ``headkit train`` (or a checkpoint directory itself), draws ``--n-prompts`` fresh
 prompts of the run's task with ``--seed`` (clean = the batch, corrupted = its
 twin) -- or, with ``--model DIR``, loads a pretrained model
-(`headkit.pretrained.load_pretrained`) and draws the prompts of a
+(`headkit.loading.pretrained.load_pretrained`) and draws the prompts of a
 natural-language ``--suite`` (`headkit.tasks.natural`) with its own tokenizer --
 runs one analysis of `headkit.interventions`, writes its DataFrame as a CSV (atomically) when ``--out`` is given and prints a compact table.
 

@@ -1,10 +1,10 @@
 """``headkit report RUN_DIR [--out DIR] [--png] [--eval-n N] [--n-prompts N]``: one page with every figure of a trained run.
 
-Loads the run's latest checkpoint (`headkit.checkpoints.load_checkpoint`) and
+Loads the run's latest checkpoint (`headkit.training.checkpoints.load_checkpoint`) and
 writes ``OUT/report.html`` (default ``OUT = RUN_DIR/report``; for a checkpoint
 directory ``./report_<its name>``, never inside the checkpoint; an existing OUT must
 hold a report or nothing: the new one, built beside it, replaces it whole), a single
-self-contained file (`headkit.report`): interactive plotly graphs and
+self-contained file (`headkit.report.page`): interactive plotly graphs and
 circuitsvis attention widgets embedded, plotly.js and the circuitsvis bundle
 inlined once, so it opens offline with nothing else. The tables behind the
 figures are written beside it as CSV. Sections, each with a one-line "how to
@@ -20,7 +20,7 @@ read this":
 6. attention views of a few example prompts per hop count (`task_attention_view`).
 
 ``headkit report --model DIR --suite SUITE [--suite ...] --out FOLDER``: the same
-page for a pretrained model (`headkit.model_report`): per suite, find (head census),
+page for a pretrained model (`headkit.report.model`): per suite, find (head census),
 confirm (ablation, activation patching, path patching to the logits; for IOI also to
 the name movers' queries), roles (the evidence joined per head, sorted by effect) and
 look (attention views of the top heads), with ``config.json`` and every table as CSV
@@ -30,7 +30,7 @@ beside ``report.html``. DIR must hold the model's tokenizer files.
 papers (needs kaleido >= 1 and a Chromium: ``pip install -e ".[figures]"``),
 beside a small interactive ``figure_N.html`` sharing one ``plotly.min.js``.
 
-The section builders live in `headkit.report_sections` (shared with ``headkit demo``).
+The section builders live in `headkit.report.sections` (shared with ``headkit demo``).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _report_model(args: argparse.Namespace) -> int:
-    """``report --model DIR``: find, confirm, roles and look per suite (`headkit.model_report`)."""
+    """``report --model DIR``: find, confirm, roles and look per suite (`headkit.report.model`)."""
     if args.out is None:
         raise HeadkitError("--out FOLDER is needed with --model (the page, config.json and the CSVs go there)")
     out = Path(args.out)

@@ -6,7 +6,7 @@
   task, with its default parameters). All composition kinds by default.
 - ``classify --model DIR [--n-prompts N] [--out heads.csv]`` (``--gptj`` is an
   alias): the same for a pretrained model of any architecture
-  `headkit.pretrained.load_pretrained` loads, on IOI sentences
+  `headkit.loading.pretrained.load_pretrained` loads, on IOI sentences
   (`headkit.tasks.ioi_task`) built with DIR's own tokenizer; a DIR without
   tokenizer files is refused before its weights load, naming the files looked for. Composition
   is off by default here (``--composition k`` etc. turns it on: it costs about
@@ -288,7 +288,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="census of every head: detectors, circuits, positional/symbolic")
     types.add_run(p, optional=True)
     p.add_argument("--model", "--gptj", dest="model", help="a pretrained model directory or cached hub id "
-                   "(any architecture of headkit.pretrained; --gptj is an alias), instead of RUN_DIR")
+                   "(any architecture of headkit.loading.pretrained; --gptj is an alias), instead of RUN_DIR")
     p.add_argument("--task", choices=types.task_names(), help="task of the prompts (default: the run's own task)")
     p.add_argument("--composition", help="composition kinds: q,k,v (run default) or none (--model default)")
     p.add_argument("--dtype", default="float32", help="--model weights dtype: float32, float16, bfloat16")

@@ -1,6 +1,6 @@
 """``headkit train``, ``headkit eval`` and ``headkit info``: train a model, score it, inspect a run.
 
-- ``train --task T --out DIR`` trains `headkit.training.default_config(T, preset=P)`
+- ``train --task T --out DIR`` trains `headkit.training.config.default_config(T, preset=P)`
   (``--preset cpu``, the default, or ``paper``) with the options given overriding
   the preset; ``--resume`` continues the run in DIR (its ``run.json`` supplies the
   config; only ``--steps`` and ``--device`` may change it).
@@ -10,7 +10,7 @@
   the paper's protocol, by default; ``window``), writes the tidy CSV and prints the
   accuracy table. ``--n-ctx`` lets a run trained with a short context reach longer prompts.
 - ``info RUN_DIR`` prints a run's config, its checkpoints, its last metrics and whether
-  it is complete (`headkit.runs.run_status`).
+  it is complete (`headkit.training.layout.run_status`).
 """
 
 from __future__ import annotations

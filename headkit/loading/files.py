@@ -1,7 +1,7 @@
 """A Hugging Face model directory, read without building any model: where it lives, its
 config.json, its weight files (one tensor at a time) and its tokenizer.
 
-Both loaders (`headkit.loading.gptj.load_gptj`, `headkit.pretrained.load_pretrained`)
+Both loaders (`headkit.loading.gptj.load_gptj`, `headkit.loading.pretrained.load_pretrained`)
 and `headkit.bridge.build.boot` find and check a checkpoint through this module before
 transformers' ``from_pretrained`` reads its weights:
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headkit.bridge.build import boot
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
@@ -39,6 +38,7 @@ from headkit.loading.files import (
     resolve_checkpoint_dir,
     saved_tokenizer,
 )
+from headkit.loading.hf import boot
 from headkit.loading.options import LoadOptions
 from headkit.model_types import Model
 

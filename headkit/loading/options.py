@@ -8,24 +8,10 @@ from typing import Any, Mapping
 
 import torch
 
+from headkit.bridge.build import PROCESSING_FLAGS, Processing
 from headkit.checks import check_device, check_int
 from headkit.errors import HeadkitError
 from headkit.model_config import resolve_dtype
-
-
-@dataclass(frozen=True)
-class Processing:
-    """Which of TransformerLens's weight-processing steps to apply (``from_pretrained``'s meaning;
-    ``TransformerBridge.enable_compatibility_mode`` takes the same four flags)."""
-
-    fold_ln: bool = False
-    center_writing_weights: bool = False
-    center_unembed: bool = False
-    fold_value_biases: bool = False
-
-    @property
-    def needed(self) -> bool:
-        return self.fold_ln or self.center_writing_weights or self.center_unembed or self.fold_value_biases
 
 
 @dataclass(frozen=True)
@@ -59,8 +45,6 @@ class LoadOptions:
     def processing(self) -> Processing:
         return Processing(**{flag: getattr(self, flag) for flag in PROCESSING_FLAGS})
 
-
-PROCESSING_FLAGS = tuple(f.name for f in dataclasses.fields(Processing))
 
 
 def target_device(device: str | torch.device | None, n_devices: int) -> str:

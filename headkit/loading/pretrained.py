@@ -26,7 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headkit.bridge.build import boot
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
     TOKENIZER_FILES,
@@ -37,6 +36,7 @@ from headkit.loading.files import (
     saved_tokenizer,
 )
 from headkit.loading.gptj import gptj_from_directory
+from headkit.loading.hf import boot
 from headkit.loading.options import LoadOptions
 from headkit.model_types import Model
 
@@ -62,7 +62,7 @@ def architecture_of(raw: dict[str, Any], path: Path) -> str:
     if architecture not in supported:
         raise HeadkitError(
             f"{path}: architecture {architecture} is not supported: TransformerLens's bridge covers "
-            f"{len(supported)} causal LMs, e.g. {', '.join(supported[:8])} (headkit.pretrained.supported_architectures())"
+            f"{len(supported)} causal LMs, e.g. {', '.join(supported[:8])} (headkit.loading.pretrained.supported_architectures())"
         )
     return architecture
 

@@ -6,7 +6,7 @@ the answer, the hop count and the chain positions. Both return an
 `AttentionView`, whose HTML inlines circuitsvis's JavaScript bundle from the
 installed package (``RenderedHTML.local_src``): circuitsvis's own ``str()`` and
 ``_repr_html_`` load it from a CDN, which an offline machine cannot reach.
-`headkit.plots.output.write_figure` writes a view to a page; `headkit.report`
+`headkit.plots.output.write_figure` writes a view to a page; `headkit.report.page`
 puts many views on one page with the bundle once.
 """
 
@@ -34,7 +34,7 @@ class AttentionView:
     hop count, heads; chain positions marked) and the circuitsvis widget. The
     widget's JavaScript bundle (~1.3 MB) is inlined from the installed
     circuitsvis (``RenderedHTML.local_src``), never loaded from a CDN: once per
-    fragment with ``bundle=True``; a page of many views (`headkit.report`)
+    fragment with ``bundle=True``; a page of many views (`headkit.report.page`)
     includes it once and passes ``bundle=False``. In Jupyter the view displays
     through ``_repr_html_`` (bundle inlined, so it works offline).
     """

@@ -1,13 +1,13 @@
 """The demo: positional vs symbolic heads (PosSym-2026), end to end on a CPU (``headkit demo``).
 
 `run_demo` trains the default number-task and letter-task models
-(`headkit.training.default_config`) into ``OUT/number`` and ``OUT/letter``, evaluates
+(`headkit.training.config.default_config`) into ``OUT/number`` and ``OUT/letter``, evaluates
 both with PosSym-2026's length protocol (Fig. 5B: +0, +46, +96, +296, +996 tokens
 added *before* the 17-token prompt, ``extend="prefix"``; ``extend="window"`` is
 headkit's harder variant, ``lengths`` gives total lengths instead), writes
 ``OUT/accuracy.csv`` (columns ``task, extend, length, added, hop, n, accuracy``) and,
 for the paper's protocol, the R1 table beside the paper's numbers with a verdict
-(`headkit.paper.r1_comparison`). Then it classifies every head (``OUT/heads_<task>.csv``,
+(`headkit.report.paper.r1_comparison`). Then it classifies every head (``OUT/heads_<task>.csv``,
 `classify_heads`), mean-ablates every head and measures the accuracy drop per hop
 (``OUT/ablation_<task>.csv``, `ablation_sweep_by_hop`) and writes ``OUT/report.html``,
 one self-contained page with every figure embedded (the sections of ``headkit report``,
@@ -115,7 +115,7 @@ class DemoResult:
     accuracy: pd.DataFrame | None = None  # evaluate's table, both tasks
     r1: pd.DataFrame | None = None  # R1 beside PosSym-2026 (prefix protocol at the paper's lengths), else None
     heads: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> classify_heads table
-    r2: pd.DataFrame | None = None  # pure heads at gamma 0.1 beside PosSym-2026's (headkit.paper.r2_comparison)
+    r2: pd.DataFrame | None = None  # pure heads at gamma 0.1 beside PosSym-2026's (headkit.report.paper.r2_comparison)
     ablation: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> ablation_sweep_by_hop table
     report: Path | None = None  # OUT/report.html
     files: list[Path] = field(default_factory=list)  # files written, in order
@@ -395,7 +395,7 @@ DEMO_STEPS: list[tuple[str, Step]] = [
 
 
 def run_demo(out: str | os.PathLike, options: DemoOptions | None = None, *, say: Say = logger.info) -> DemoResult:
-    """Run every step of `DEMO_STEPS` into ``out`` (one demo at a time there: `headkit.runs.RunLock`).
+    """Run every step of `DEMO_STEPS` into ``out`` (one demo at a time there: `headkit.training.layout.RunLock`).
 
     ``options`` default to `DemoOptions()` (the paper's protocol, the cpu preset). Every
     option is checked first (`check_options`). ``say`` receives what the demo reports:

@@ -1,8 +1,8 @@
 """The sections of a headkit report page, shared by ``headkit report`` and ``headkit demo``.
 
 Each ``*_section`` turns one analysis table (or a model and a batch) into a
-`headkit.report.Section`: a figure, a one-line "how to read this" and the table
-behind it. `headkit.report.report_html` assembles sections into one page.
+`headkit.report.page.Section`: a figure, a one-line "how to read this" and the table
+behind it. `headkit.report.page.report_html` assembles sections into one page.
 """
 
 from __future__ import annotations

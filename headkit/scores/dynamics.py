@@ -5,7 +5,7 @@ hops together on the letter task, and pure heads emerge with it. `track_heads`
 makes that table from a training run directory (``headkit train``): for every
 saved checkpoint (or the ``steps`` asked for), in step order,
 
-1. load the checkpoint (`headkit.checkpoints.load_checkpoint`);
+1. load the checkpoint (`headkit.training.checkpoints.load_checkpoint`);
 2. classify every head with `headkit.scores.positional_symbolic.classify_heads`
    on ``n_prompts`` prompts of the run's task, built with the same ``seed`` at
    every step, so the rows differ only because the model changed;

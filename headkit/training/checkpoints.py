@@ -1,6 +1,6 @@
 """Training checkpoints: Hugging Face GPT-J directories, written all at once or not at all.
 
-Layout of a run and of one checkpoint (see `headkit.runs` for the run)::
+Layout of a run and of one checkpoint (see `headkit.training.layout` for the run)::
 
     RUN/checkpoints/step_0001200/
         config.json         the Hugging Face `GPTJConfig` (model_type "gptj")
@@ -20,7 +20,7 @@ place (an older checkpoint of the same step is moved aside first and deleted
 after the swap). A crash or an error at any point leaves either the old
 checkpoint or the new one, never a mix, and no half-written directory (a
 killed process can leave a hidden ``.step_*.tmp-*`` directory, which
-`headkit.runs.clean_temporaries` removes when the run is next opened).
+`headkit.training.layout.clean_temporaries` removes when the run is next opened).
 
 Reading: `load_checkpoint` checks everything before it builds a model: the
 files exist (as regular files), meta.json parses and names a valid `ModelConfig`
@@ -55,13 +55,14 @@ from safetensors.torch import load_file, save_file
 from transformers import GPTJForCausalLM
 
 from headkit import __version__
-from headkit.bridge.build import from_pretrained, wrap
+from headkit.bridge.build import wrap
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 from headkit.gptj_hf import build_hf_model, hf_config, hf_state, hf_state_from_tl
 from headkit.io import disk_full, honour_umask, read_json, swap_folder
 from headkit.loading.files import check_regular_file, check_sizes, open_weight_files
 from headkit.loading.gptj import check_weights, read_gptj_config
+from headkit.loading.hf import from_pretrained
 from headkit.model_config import DTYPES, ModelConfig, resolve_dtype
 from headkit.model_types import Model, has_hooked_transformer, is_bridge, is_hooked
 from headkit.models import gptj_config, synthetic

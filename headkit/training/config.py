@@ -3,7 +3,7 @@
 `TrainConfig` is a frozen dataclass, checked on creation and stored as a run's
 ``run.json`` (`to_dict` / `from_dict`; `read_run_config` reads it back, refusing an
 unknown field by name). Its ``task`` is a `headkit.tasks.TaskSpec` written out in
-full (`resolved_task`), its ``model`` a `headkit.models.ModelConfig`.
+full (`resolved_task`), its ``model`` a `headkit.model_config.ModelConfig`.
 `default_config` gives a preset's config for a task: ``"cpu"`` (sized for a 2-core
 CPU; a task without its own entry gets `_CPU_OTHER`) or ``"paper"`` (PosSym-2026's
 model and schedule, docs/training.md gives the source of each value); the model's
@@ -245,7 +245,7 @@ def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> Tr
     replace `TrainConfig` fields.
 
     The model's ``d_vocab`` is the task's vocabulary size and its ``n_ctx`` is
-    at least `headkit.models.DEFAULT_N_CTX` (2,048; PosSym-2026 adds up to 996
+    at least `headkit.model_config.DEFAULT_N_CTX` (2,048; PosSym-2026 adds up to 996
     tokens to its 17-token prompts), or twice the task's length if that is more:
     in GPT-J ``n_ctx`` sizes only the rotary table (Hugging Face's
     ``n_positions``) and TransformerLens's causal mask, no parameter. Overriding

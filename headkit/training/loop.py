@@ -4,8 +4,8 @@ PosSym-2026 (SPEC 2.3) trained `transformers.GPTJForCausalLM` with the Hugging
 Face Trainer; headkit trains the same model class (`headkit.gptj_hf`: its
 dropouts, scaled-dot-product attention) with its own small loop, and every
 analysis then sees the trained model wrapped in TransformerLens's `TransformerBridge`
-(`headkit.checkpoints`, `headkit.bridge.build.wrap`). What defines a run (`TrainConfig`, its
-presets and learning-rate schedule) lives in `headkit.train_config`, re-exported
+(`headkit.training.checkpoints`, `headkit.bridge.build.wrap`). What defines a run (`TrainConfig`, its
+presets and learning-rate schedule) lives in `headkit.training.config`, re-exported
 here. The recipe:
 
 1. Online data. Update ``k`` (1-based) trains on a fresh batch built by the task's
@@ -39,12 +39,12 @@ here. The recipe:
    last checkpoint written stays the last good one); a batch whose activations
    cannot fit in memory is refused up front (`estimate_memory`).
 
-The run directory (`headkit.runs`) holds ``run.json`` (the `TrainConfig`,
+The run directory (`headkit.training.layout`) holds ``run.json`` (the `TrainConfig`,
 written once the first update succeeded, so a failure before it leaves nothing
 to clean up), ``metrics.csv`` (rewritten atomically after every row) and
-``checkpoints/step_NNNNNNN/`` (`headkit.checkpoints`, with optimizer and RNG
+``checkpoints/step_NNNNNNN/`` (`headkit.training.checkpoints`, with optimizer and RNG
 state), written at ``checkpoint_steps`` and the final step. A process holds the
-run's lock (`headkit.runs.RunLock`) while it writes. A new run goes only into an
+run's lock (`headkit.training.layout.RunLock`) while it writes. A new run goes only into an
 absent or empty directory. ``resume=True`` continues from the newest valid
 checkpoint (from step 0 if the run has none; refused, naming why, if it has
 checkpoints and none loads) and refuses a config that differs from ``run.json``

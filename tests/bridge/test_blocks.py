@@ -94,7 +94,7 @@ def test_boot_loads_a_directory_offline_and_keeps_issue_18s_checks(tmp_path):
     sizes the weights do not hold are refused before transformers builds anything."""
     import json
 
-    from headkit.bridge.build import boot
+    from headkit.loading.hf import boot
 
     hf = build("llama")
     hf.save_pretrained(tmp_path / "m")

@@ -2,7 +2,7 @@
 
 The models are tiny random Hugging Face checkpoints saved by the test with a
 word-level tokenizer (`headkit.tasks.natural.word_tokenizer`) and loaded with
-`headkit.pretrained.load_pretrained`; prompts come from the natural-language
+`headkit.loading.pretrained.load_pretrained`; prompts come from the natural-language
 suites. The checks are invariants that hold for any weights: patching with a
 source equal to the base changes nothing, patching a whole residual stream
 recovers the source run, ablating no heads or attributing a zero difference
