@@ -41,7 +41,6 @@ from jaxtyping import Float
 
 from headkit.checks import check_finite
 from headkit.errors import HeadkitError
-from headkit.tasks.base import IGNORE
 
 if TYPE_CHECKING:  # torch and the tasks are imported when a metric is built or run, so that
     # the command line can read METRICS' names cheaply
@@ -168,6 +167,8 @@ def loss(batch: TaskBatch, *, per_example: bool = False) -> Metric:
     ``per_example=True`` gives each prompt's mean over its own scored tokens.
     """
     import torch.nn.functional as F
+
+    from headkit.tasks.base import IGNORE
 
     scored_per_prompt = (batch.targets != IGNORE).sum(-1)  # [batch]
     if int(scored_per_prompt.min()) == 0:
