@@ -19,6 +19,7 @@ import pytest
 
 from headkit.cli import args as types
 from headkit.cli import build_parser, main
+from headkit.report.demo import DEMO_ADDED
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 HEAVY = ("torch", "transformer_lens", "pandas", "numpy", "transformers")
@@ -90,6 +91,7 @@ def test_choices_are_the_library_registries():
     assert types.suite_names() == tuple(SUITES)
     assert types.preset_names() == tuple(PRESETS)
     assert types.extend_modes() == EXTENDS
+    assert types.demo_added() == DEMO_ADDED
     commands = _subcommands()
     offered = {a.dest: tuple(a.choices) for a in commands["patch"]._actions if a.choices}
     assert offered["metric"] == types.metric_names() and offered["site"] == types.site_names()

@@ -94,7 +94,7 @@ def test_a_report_rerun_replaces_the_folder_whole_and_cleans_what_a_killed_one_l
     """Issue 18.8: a rerun killed midway left new CSVs beside the old report.html and a hidden
     temporary nothing removed. The report is built beside its folder and swapped in whole; a
     killed writer's temporaries (its pid gone) are removed by the next report, a user's never."""
-    import headkit.report.page
+    import headkit.report.run
 
     out = tmp_path / "out"
     assert main(["report", str(number_run), "--out", str(out), *REPORT]) == 0
@@ -104,7 +104,7 @@ def test_a_report_rerun_replaces_the_folder_whole_and_cleans_what_a_killed_one_l
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(headkit.report.page, "report_html", killed)
+        patch.setattr(headkit.report.run, "report_html", killed)
         assert main(["report", str(number_run), "--out", str(out), *REPORT, "--seed", "1"]) == 130
     assert _files(out) == before  # the old report, whole: no new table beside its page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

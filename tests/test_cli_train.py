@@ -207,15 +207,15 @@ def test_installed_script_reports_errors_in_one_line(tmp_path):
 @pytest.fixture
 def small_demo(monkeypatch):
     """The demo's flow with its default configs shrunk to 2-layer d_model 16 models."""
-    from headkit.training import config as training
+    from headkit.report import demo
 
-    real = training.default_config
+    real = demo.default_config
 
     def shrunk(task, **options):
         cfg = real(task, **options)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=2, d_model=16), eval_n=32)
 
-    monkeypatch.setattr(training, "default_config", shrunk)  # the demo imports it when it runs
+    monkeypatch.setattr(demo, "default_config", shrunk)
 
 
 @pytest.mark.slow

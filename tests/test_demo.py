@@ -78,15 +78,13 @@ def test_run_demo_returns_its_tables_and_prints_nothing(tiny_configs, tmp_path, 
 
 def test_classify_step_prints_r2_beside_the_papers_counts(tmp_path, monkeypatch):
     """R2 beside R1 (issue 19): pure heads at gamma 0.1 with their layers, the paper's counts, a computed verdict."""
-    from headkit.scores import positional_symbolic
-
     labels = {"number": ["symbolic"] * 6, "letter": ["symbolic"] * 6}  # "all six heads symbolic"
     tables = iter(
         pd.DataFrame({"layer": range(6), "head": 0, "label": "symbolic", "purity": 1.0, "positional_score": 0.0,
                       "symbolic_score": 1.0, "signal": 0.5, "pure_paper_0.1": labels[t]})
         for t in ("number", "letter")
     )  # fmt: skip
-    monkeypatch.setattr(positional_symbolic, "classify_heads", lambda model, tokens: next(tables))
+    monkeypatch.setattr(demo, "classify_heads", lambda model, tokens: next(tables))
     options = demo.DemoOptions(progress=False)
     result = demo.DemoResult(out=tmp_path, configs=demo.demo_configs(options), models={"number": None, "letter": None})
     said: list[str] = []

@@ -92,6 +92,11 @@ def preset_names() -> tuple[str, ...]:
     return ("cpu", "paper")
 
 
+def demo_added() -> tuple[int, ...]:
+    """``demo --added``'s default: `headkit.report.demo.DEMO_ADDED` (a copy: that module imports torch)."""
+    return (0, 46, 96, 296, 996)
+
+
 def extend_modes() -> tuple[str, ...]:
     """``--extend``: `headkit.evaluation.EXTENDS` (a copy: that module imports torch)."""
     return ("prefix", "window")

@@ -12,7 +12,6 @@ import argparse
 from headkit.checks import parse_int_list
 from headkit.cli import args as types
 from headkit.cli.threads import use_threads
-from headkit.report.demo import DEMO_ADDED, DemoOptions, run_demo
 from headkit.training.layout import check_output_path
 
 
@@ -20,11 +19,13 @@ def _demo(args: argparse.Namespace) -> int:
     lengths = None if args.lengths is None else tuple(parse_int_list(args.lengths, name="--lengths"))
     added = None if lengths is not None else tuple(parse_int_list(args.added, name="--added", low=0))
     check_output_path(args.out, directory=True)  # writable, not inside a run's own files or a checkpoint
+    use_threads(args.threads)
+    from headkit.report.demo import DemoOptions, run_demo
+
     options = DemoOptions(
         steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, n=args.eval_n,
         progress=not args.no_progress, preset=args.preset, parallel=not args.serial, device=args.device,
     )  # fmt: skip
-    use_threads(args.threads)
     from tqdm.auto import tqdm
 
     run_demo(args.out, options, say=tqdm.write)  # checks the lengths first; tqdm.write keeps progress bars whole
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     types.add_float(p, "--steps-scale", default=1.0, help="scale every schedule length (default 1)")
     p.add_argument(
         "--added",
-        default=",".join(map(str, DEMO_ADDED)),
+        default=",".join(map(str, types.demo_added())),
         help="tokens added to the trained 17, the paper's x-axis (default 0,46,96,296,996)",
     )
     p.add_argument("--lengths", default=None, help="total evaluation lengths instead of --added, e.g. 17,33,65")

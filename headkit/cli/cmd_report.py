@@ -30,7 +30,8 @@ beside ``report.html``. DIR must hold the model's tokenizer files.
 papers (needs kaleido >= 1 and a Chromium: ``pip install -e ".[figures]"``),
 beside a small interactive ``figure_N.html`` sharing one ``plotly.min.js``.
 
-The section builders live in `headkit.report.sections` (shared with ``headkit demo``).
+The report is built by `headkit.report.run` (`build_report`, `write_report`; its sections are
+shared with ``headkit demo``).
 """
 
 from __future__ import annotations
@@ -38,31 +39,18 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from headkit.checks import SEED_MAX, some_names
+from headkit.checks import some_names
 from headkit.cli import args as types
 from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError
-from headkit.training.layout import META_FILE, check_output_path, is_run_dir, resolve_checkpoint
+from headkit.training.layout import META_FILE, check_output_path, is_run_dir
 
 if TYPE_CHECKING:  # heavy modules load when the command runs, not for `headkit --help`
-    import pandas as pd
-
-    from headkit.report.page import Section
+    from headkit.report.run import Report
 
 log = logging.getLogger(__name__)
-
-MAX_LENGTHS = 5  # default evaluation lengths: the trained one and up to 4 doublings
-
-
-def default_lengths(trained: int, n_ctx: int) -> list[int]:
-    """The trained length and its doublings of the content, ``(L-1)·2^k + 1``, within ``n_ctx``."""
-    lengths = [trained]
-    while len(lengths) < MAX_LENGTHS and (lengths[-1] - 1) * 2 + 1 <= n_ctx:
-        lengths.append((lengths[-1] - 1) * 2 + 1)
-    return lengths
-
 
 # --------------------------------------------------------------------------- command
 
@@ -80,13 +68,12 @@ def _report(args: argparse.Namespace) -> int:
     check_output_path(out if args.out is None else args.out, directory=True, inputs=[run])  # before any work: not "", writable, not a run's files
     _check_report_folder(out)
     use_threads(args.threads)
-    from headkit.training.checkpoints import load_checkpoint
+    from headkit.report.run import ReportOptions, build_report
 
-    ckpt = load_checkpoint(resolve_checkpoint(run), device=args.device)
-    if ckpt.task is None:
-        raise HeadkitError(f"checkpoint {ckpt.path} records no task: cannot build prompts for its report")
-    tables, sections, about = _analyses(args, ckpt, dynamics=not one_checkpoint)
-    _write(args, out, tables, sections, about)
+    options = ReportOptions(
+        n_prompts=args.n_prompts, eval_n=args.eval_n, seed=args.seed, device=args.device, progress=not args.no_progress
+    )
+    _write(build_report(run, options, say=print), out, png=args.png)
     return 0
 
 
@@ -114,9 +101,11 @@ def _report_model(args: argparse.Namespace) -> int:
     model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     about = f"{args.model}: {model_description(model)}"
     print(f"report of {about} on {', '.join(options.suites)}")
+    from headkit.report.run import Report
+
     tables, sections = model_report(model, model.tokenizer, options, about=about)
     config = {"model": str(args.model), "dtype": args.dtype, "device": str(model.cfg.device), **options.as_json()}
-    _write(args, out, tables, sections, about, config=config)
+    _write(Report(f"headkit report: {about}", about, tables, sections, config=config), out, png=args.png)
     return 0
 
 
@@ -142,72 +131,11 @@ def _check_report_folder(out: Path) -> None:
         )
 
 
-def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[dict[str, pd.DataFrame], list[Section], str]:
-    """Every table of the report and its sections, in page order; and the one-line description of the model."""
-    from headkit.evaluation import evaluate
-    from headkit.interventions import metrics
-    from headkit.interventions.ablation import ablation_sweep_by_hop
-    from headkit.plots import model_description
-    from headkit.report import sections as build
-    from headkit.scores.positional_symbolic import classify_heads
+def _write(report: Report, out: Path, *, png: bool) -> None:
+    """`headkit.report.run.write_report`, then the files it wrote listed."""
+    from headkit.report.run import write_report
 
-    model, task = ckpt.model, ckpt.task
-    trained = task.length
-    about = f"{task.name} {model_description(model)}, step {ckpt.step}"
-    progress = not args.no_progress
-    tables = {}
-    print(f"report of {about} ({ckpt.path})")
-    print("accuracy by length ...")
-    lengths = default_lengths(trained, model.cfg.n_ctx)
-    tables["accuracy"] = evaluate(model, task, lengths=lengths, n=args.eval_n, seed=args.seed, progress=progress)
-    sections = [build.accuracy_section(tables["accuracy"], about=about, trained_length=trained)]
-    print("head census ...")
-    tables["heads"] = classify_heads(model, task.build(args.n_prompts, seed=args.seed).tokens)
-    sections.append(build.heads_section(tables["heads"], about=about, n_prompts=args.n_prompts, length=trained))
-    if dynamics:  # a run directory: its checkpoints
-        from headkit.scores.dynamics import track_heads
-
-        print("learning dynamics over checkpoints ...")
-        tables["dynamics"] = track_heads(
-            args.run_dir, n_prompts=args.n_prompts, seed=args.seed, eval_n=args.eval_n, device=args.device,
-            progress=progress,
-        )  # fmt: skip
-        sections.append(build.dynamics_section(tables["dynamics"], about=f"{task.name} {model_description(model)}"))
-    print("mean ablation per hop ...")
-    batch = task.build(args.eval_n, seed=(args.seed + 1) % (SEED_MAX + 1))  # the largest seed wraps to 0
-    tables["ablation"] = ablation_sweep_by_hop(model, batch, method="mean", metric=metrics.accuracy(batch, per_example=True))
-    sections.append(build.ablation_section(tables["ablation"], about=about, n_prompts=args.eval_n))
-    print("activation patching ...")
-    sections.append(build.patching_section(model, batch, about=about))
-    sections.append(build.attention_section(model, batch, about=about, heads=tables["heads"]))
-    return tables, sections, about
-
-
-def _write(
-    args: argparse.Namespace, out: Path, tables: dict[str, pd.DataFrame], sections: list[Section], about: str,
-    *, config: dict | None = None,
-) -> None:
-    """The tables as CSV, the figures as PNG with ``--png``, then report.html, built in a temporary
-    folder that then replaces ``out`` whole (`headkit.io.atomic_folder`); lists the files."""
-    from headkit.io import atomic_folder, write_csv, write_text
-    from headkit.plots import write_figure
-    from headkit.report.page import report_html
-
-    with atomic_folder(out) as folder:
-        written = [write_csv(folder / f"{name}.csv", table) for name, table in tables.items()]
-        if config is not None:
-            import json
-
-            written.append(write_text(folder / "config.json", json.dumps(config, indent=2) + "\n"))
-        if args.png:
-            plots = [f for s in sections for f in s.figures if hasattr(f, "write_image")]
-            for i, figure in enumerate(plots):
-                written += write_figure(figure, folder / "figures" / f"figure_{i + 1}", png=True, plotlyjs="directory")
-            if not any(p.suffix == ".png" for p in written):
-                print("no PNG written: PNG export needs kaleido >= 1 and a Chromium (pip install -e '.[figures]')")
-        page = folder / "report.html"
-        written.append(write_text(page, report_html(f"headkit report: {about}", sections, root=folder)))
-        written = [out / path.relative_to(folder) for path in written]
+    written = write_report(report, out, png=png, say=print)
     print(f"wrote {len(written)} files to {out}:")
     for path in written:
         print(f"  {path}")

@@ -45,6 +45,7 @@ from headkit.plots import model_description
 from headkit.report import sections as build
 from headkit.report.page import report_html
 from headkit.report.paper import r1_comparison, r2_comparison, r2_verdict
+from headkit.report.run import run_sections
 from headkit.report.sections import delta_by_hop
 from headkit.scores.dynamics import track_heads
 from headkit.scores.positional_symbolic import classify_heads
@@ -53,11 +54,10 @@ from headkit.training.layout import RunLock, check_output_path, resolve_checkpoi
 from headkit.training.loop import train_or_reuse
 from headkit.training.runs import existing_run
 
-if TYPE_CHECKING:  # the heavy modules load when the demo runs
+if TYPE_CHECKING:
     import pandas as pd
 
     from headkit.model_types import Model
-    from headkit.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def step_report(options: DemoOptions, result: DemoResult, say: Say) -> None:
     about = "; ".join(f"{task}: {models[task]}" for task in result.configs)
     shortest = min(trained_length(cfg) for cfg in result.configs.values())
     sections = [build.accuracy_section(result.accuracy, about=about, trained_length=shortest)]
-    bar = tqdm(total=3 * len(result.configs), desc="report", unit="part", disable=not options.progress)
+    bar = tqdm(total=2 * len(result.configs), desc="report", unit="part", disable=not options.progress)
     for task, cfg in result.configs.items():
         model, named = result.models[task], f"{task} {models[task]}, step {cfg.steps}"
         dynamics = track_heads(
@@ -362,17 +362,11 @@ def step_report(options: DemoOptions, result: DemoResult, say: Say) -> None:
             progress=False,
         )  # fmt: skip
         bar.update(1)
-        batch = cfg.task.build(PATCH_PROMPTS, seed=DEMO_PROMPT_SEED + 2)
-        patching = build.patching_section(model, batch, about=named)
-        bar.update(1)
-        heads = result.heads[task]
-        parts = [
-            build.heads_section(heads, about=named, n_prompts=CLASSIFY_PROMPTS, length=trained_length(cfg)),
-            build.dynamics_section(dynamics, about=f"{task} {models[task]}"),
-            build.ablation_section(result.ablation[task], about=named, n_prompts=ABLATION_PROMPTS),
-            patching,
-            build.attention_section(model, batch, about=named, heads=heads),
-        ]
+        parts = run_sections(
+            model, cfg.task.build(PATCH_PROMPTS, seed=DEMO_PROMPT_SEED + 2), heads=result.heads[task],
+            dynamics=dynamics, ablation=result.ablation[task], about=named, dynamics_about=f"{task} {models[task]}",
+            n_prompts=CLASSIFY_PROMPTS, ablation_prompts=ABLATION_PROMPTS, trained_length=trained_length(cfg),
+        )  # fmt: skip
         bar.update(1)
         sections += [dataclasses.replace(part, title=f"{task} task: {part.title}") for part in parts]
     bar.close()

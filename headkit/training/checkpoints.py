@@ -431,13 +431,24 @@ def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
         )
 
 
-def load_checkpoint(
-    directory: str | os.PathLike,
-    *,
-    device: str | torch.device | None = None,
-    with_optimizer: bool = False,
-) -> Checkpoint:
-    """Check and load one checkpoint directory (see the module docstring)."""
+@dataclass
+class _Checked:
+    """A checkpoint directory's files and metadata, checked before any model is built."""
+
+    folder: Path
+    legacy: bool  # format 1: a HookedTransformer state dict
+    model_path: Path
+    optimizer_path: Path | None
+    rng_path: Path | None
+    config: ModelConfig
+    task: TaskSpec | None
+    dtype: torch.dtype
+    step: int
+    metrics: dict[str, float]
+    train_config: TrainConfig | None
+
+
+def _check_checkpoint(directory: str | os.PathLike, *, with_optimizer: bool) -> _Checked:
     folder = Path(directory)
     if not folder.is_dir():
         raise HeadkitError(f"checkpoint directory {folder} does not exist")
@@ -462,41 +473,86 @@ def load_checkpoint(
         raise HeadkitError(f"{meta_path} is invalid: {error}") from None
     _check_sizes(folder, config, task)
     _check_place(folder, step, task)
-
-    if legacy:
-        model = _legacy_model(folder, model_path, config, dtype, device)
-        check_finite(model, what=f"checkpoint {folder}")
-    else:  # every weight checked finite as it was read from the file (headkit.bridge.build.from_pretrained)
+    if not legacy:
         _check_config_json(folder, config)
-        model = _model_from_hf_dir(folder, config, dtype, device)
-    model.eval()
-
-    optimizer_state = rng_state = None
-    for path, name in ((optimizer_path, "optimizer"), (rng_path, "rng")):
-        if path is None:
-            continue
-        try:
-            value = torch.load(path, map_location=device if name == "optimizer" else "cpu", weights_only=True)
-        except Exception as error:
-            raise HeadkitError(f"{path} cannot be read: {error}") from None
-        if name == "optimizer":
-            optimizer_state = value
-        else:
-            rng_state = value
-    return Checkpoint(
-        path=folder, model=model, model_config=config, step=step, task=task, metrics=metrics,
-        train_config=train_config, optimizer_state=optimizer_state, rng_state=rng_state,
+    return _Checked(
+        folder=folder, legacy=legacy, model_path=model_path, optimizer_path=optimizer_path, rng_path=rng_path,
+        config=config, task=task, dtype=dtype, step=step, metrics=metrics, train_config=train_config,
     )  # fmt: skip
 
 
-def load_hf_model(directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu") -> GPTJForCausalLM:
+def _read_states(checked: _Checked, device: str | torch.device | None) -> tuple[dict | None, dict | None]:
+    """The optimizer state (on ``device``) and the RNG state (on the CPU), where asked for and recorded."""
+    states: dict[str, dict | None] = {"optimizer": None, "rng": None}
+    for path, name in ((checked.optimizer_path, "optimizer"), (checked.rng_path, "rng")):
+        if path is None:
+            continue
+        try:
+            states[name] = torch.load(path, map_location=device if name == "optimizer" else "cpu", weights_only=True)
+        except Exception as error:
+            raise HeadkitError(f"{path} cannot be read: {error}") from None
+    return states["optimizer"], states["rng"]
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    with_optimizer: bool = False,
+) -> Checkpoint:
+    """Check and load one checkpoint directory (see the module docstring)."""
+    checked = _check_checkpoint(directory, with_optimizer=with_optimizer)
+    folder, config = checked.folder, checked.config
+    if checked.legacy:
+        model = _legacy_model(folder, checked.model_path, config, checked.dtype, device)
+        check_finite(model, what=f"checkpoint {folder}")
+    else:  # every weight checked finite as it was read from the file (headkit.loading.hf.from_pretrained)
+        model = _model_from_hf_dir(folder, config, checked.dtype, device)
+    model.eval()
+    optimizer_state, rng_state = _read_states(checked, device)
+    return Checkpoint(
+        path=folder, model=model, model_config=config, step=checked.step, task=checked.task, metrics=checked.metrics,
+        train_config=checked.train_config, optimizer_state=optimizer_state, rng_state=rng_state,
+    )  # fmt: skip
+
+
+@dataclass
+class TrainingState:
+    """A checkpoint read to continue training: Hugging Face's model as training builds it, and its states."""
+
+    path: Path
+    step: int
+    model: GPTJForCausalLM  # built as `train` builds one (``dropout``), weights exact, on the asked device
+    optimizer_state: dict | None
+    rng_state: dict | None
+
+
+def load_training_state(
+    directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu"
+) -> TrainingState:
+    """One checkpoint, checked as `load_checkpoint` checks it and loaded once, to resume training:
+    the weights into a `GPTJForCausalLM` built with the run's ``dropout`` (nothing wrapped), the
+    optimizer and RNG states."""
+    checked = _check_checkpoint(directory, with_optimizer=True)
+    if checked.legacy:
+        raise HeadkitError(
+            f"{checked.folder} is a format-1 checkpoint (headkit before the Hugging Face backend): training "
+            "cannot resume from it; start a new run"
+        )
+    model = load_hf_model(checked.folder, dropout=dropout, device=device, checked=checked)
+    optimizer_state, rng_state = _read_states(checked, "cpu")
+    return TrainingState(
+        path=checked.folder, step=checked.step, model=model, optimizer_state=optimizer_state, rng_state=rng_state
+    )
+
+
+def load_hf_model(
+    directory: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu", checked: _Checked | None = None
+) -> GPTJForCausalLM:
     """The `GPTJForCausalLM` of a checked checkpoint (for resuming training), weights exact."""
-    folder = Path(directory)
-    meta = _read_meta(folder)
-    model_path = _check_file(folder, MODEL_FILE, meta)
-    config = ModelConfig.from_dict(meta["model_config"])
-    _check_sizes(folder, config, None)
-    model = build_hf_model(config, seed=0, dropout=dropout, device="cpu")
-    model.load_state_dict(load_file(str(model_path)), strict=True)
-    check_finite(model, what=f"checkpoint {folder}")
+    checked = checked or _check_checkpoint(directory, with_optimizer=False)
+    check_weights(open_weight_files(checked.folder), read_gptj_config(checked.folder), checked.folder)
+    model = build_hf_model(checked.config, seed=0, dropout=dropout, device="cpu")
+    model.load_state_dict(load_file(str(checked.model_path)), strict=True)
+    check_finite(model, what=f"checkpoint {checked.folder}")
     return model.to(device)

@@ -79,7 +79,7 @@ from headkit.model_config import ModelConfig
 from headkit.model_types import Model
 from headkit.models import synthetic
 from headkit.tasks.base import IGNORE, TaskBatch
-from headkit.training.checkpoints import load_hf_model, save_checkpoint
+from headkit.training.checkpoints import save_checkpoint
 from headkit.training.config import (
     TrainConfig,
     config_differences,
@@ -301,7 +301,8 @@ def _resumed_state(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _St
             f"cannot resume {run_dir}: the config differs from its {RUN_FILE} in "
             f"{', '.join(differ)} (only steps may change)"
         )
-    ckpt = newest_valid_checkpoint(run_dir, device="cpu")  # checkpoints none of which loads: refused, naming why
+    # loaded once, onto the device (checkpoints none of which loads: refused, naming why)
+    ckpt = newest_valid_checkpoint(run_dir, dropout=cfg.dropout, device=device)
     if ckpt is None:  # stopped before its first checkpoint: start again from step 0
         logger.info("%s has no checkpoint yet: training from step 0", run_dir)
         return _fresh_state(cfg, device)
@@ -311,7 +312,7 @@ def _resumed_state(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _St
         )
     if ckpt.optimizer_state is None:
         raise HeadkitError(f"cannot resume {run_dir}: checkpoint {ckpt.path} has no optimizer state")
-    model = load_hf_model(ckpt.path, dropout=cfg.dropout, device=device)
+    model = ckpt.model
     optimizer = make_optimizer(model, cfg)
     optimizer.load_state_dict(ckpt.optimizer_state)
     if ckpt.rng_state is not None:

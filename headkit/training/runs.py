@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from headkit.errors import HeadkitError
-from headkit.training.checkpoints import Checkpoint, load_checkpoint
+from headkit.training.checkpoints import Checkpoint, TrainingState, load_checkpoint, load_training_state
 from headkit.training.config import TrainConfig, config_differences, read_run_config
 from headkit.training.layout import (
     BOOKKEEPING,
@@ -26,8 +28,11 @@ def open_checkpoint(path: str | os.PathLike, *, step: int | None = None, device:
     return load_checkpoint(resolve_checkpoint(path, step=step), device=device)
 
 
-def newest_valid_checkpoint(run_dir: str | os.PathLike, *, device: Any = None) -> Checkpoint | None:
-    """The newest checkpoint of a run that loads with its optimizer state; None if the run has none.
+def newest_valid_checkpoint(
+    run_dir: str | os.PathLike, *, dropout: float, device: str | torch.device = "cpu"
+) -> TrainingState | None:
+    """The newest checkpoint of a run that loads with its optimizer state, loaded once to resume
+    training (`headkit.training.checkpoints.load_training_state`); None if the run has none.
 
     A checkpoint that does not load is skipped with a warning; when none loads, a
     `HeadkitError` names why each could not be used (never a silent restart from 0).
@@ -36,7 +41,7 @@ def newest_valid_checkpoint(run_dir: str | os.PathLike, *, device: Any = None) -
     found = list_checkpoints(run_dir)
     for step, folder in reversed(found):
         try:
-            return load_checkpoint(folder, device=device, with_optimizer=True)
+            return load_training_state(folder, dropout=dropout, device=device)
         except HeadkitError as error:
             logger.warning("skipping checkpoint step %d: %s", step, error)
             reasons.append(f"step {step}: {error}")
