@@ -12,18 +12,23 @@ this script measures, on its final checkpoint:
   ``pure_paper_<gamma>``: residual swap, PosSym-2026's definition) on ``n_prompts``
   prompts, counted per kind with their layers (`headkit.report.paper.r2_comparison`);
 - **R3**: the first step at which each hop's held-out accuracy (the run's
-  ``metrics.csv``, a row every ``eval_every`` updates) reaches 0.9.
+  ``metrics.csv``, a row every ``eval_every`` updates) reaches 0.9;
+- **R4**: each head's discrepancy Δ(n) at R1's lengths (`analyses.r4_discrepancy`: the
+  log-log slope of the maximum Δ over ``n_r4`` prompts per length), the heads labelled as
+  in R2, and per label the paper's bound beside the median slope with R4's verdict
+  (`analyses.r4_discrepancy.paper_comparison`; the paper proves bounds, measuring is
+  headkit's own test).
 
 Then, per row of the paper's tables, the mean and the spread (sample standard
 deviation, and min..max) over the seeds found, beside the paper's number, and a
 verdict computed from the per-seed numbers: R1 "k of n seeds reproduce" (each by
 `headkit.report.paper.verdict`), R2 "k of n seeds reproduce in kind" (`r2_verdict`), R3 the
 mean step beside the paper's and, for the number task, in how many seeds the hops
-reach 0.9 in hop order. No seed is chosen or dropped: every run present is used,
+reach 0.9 in hop order, R4 "k of n seeds consistent" per task and label. No seed is chosen or dropped: every run present is used,
 and a run that is not finished is listed as missing.
 
 Outputs (``figures/paper_preset`` by default): ``per_seed.csv`` (every measurement),
-``r1.csv``, ``r2.csv``, ``r3.csv`` (the aggregates), ``config.json`` (this config
+``r1.csv``, ``r2.csv``, ``r3.csv``, ``r4.csv`` (the aggregates), ``config.json`` (this config
 and the code commit that made them) and ``summary.json``.
 
     python analyses/paper_preset.py --runs /path/to/paper_runs
@@ -57,12 +62,13 @@ class PaperPresetConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n: int = 512  # R1 prompts per length (the paper's 512)
     n_prompts: int = 128  # R2 prompts classified per model
-    seed: int = 12345  # prompts' seed (R1 evaluation; R2 uses seed + 1)
+    seed: int = 12345  # prompts' seed (R1 evaluation; R2 uses seed + 1, R4 seed + 2)
+    n_r4: int = 128  # R4 prompts per length (as analyses/r4_discrepancy.py)
     added: tuple[int, ...] = paper.R1_ADDED
 
 
 def quick_config() -> PaperPresetConfig:
-    return dataclasses.replace(PaperPresetConfig(), n=32, n_prompts=8, added=(0, 46))
+    return dataclasses.replace(PaperPresetConfig(), n=32, n_prompts=8, added=(0, 46), n_r4=8)
 
 
 def _commit() -> str:
@@ -100,9 +106,11 @@ def step_at(metrics: pd.DataFrame, hop: int, threshold: float = EMERGE_AT) -> fl
 
 
 def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
-    """R1, R2 and R3 of one finished run (its final checkpoint and metrics.csv)."""
+    """R1, R2, R3 and R4 of one finished run (its final checkpoint and metrics.csv)."""
+    from analyses.r4_discrepancy import paper_comparison, trends
     from headkit.evaluation import evaluate
     from headkit.models import extend_context
+    from headkit.scores.discrepancy import discrepancy
     from headkit.scores.positional_symbolic import classify_heads
     from headkit.training.checkpoints import load_checkpoint
     from headkit.training.config import read_metrics
@@ -118,7 +126,11 @@ def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
     metrics = read_metrics(run)
     hops = sorted(int(c.removeprefix("accuracy_hop")) for c in metrics.columns if c.startswith("accuracy_hop"))
     r3 = pd.DataFrame({"task": task.name, "hop": hops, "step": [step_at(metrics, h) for h in hops]})
-    return {"r1": r1[r1["hop"].astype(str) == "all"], "r2": r2, "r3": r3}
+    lengths = [task.length + a for a in cfg.added]
+    delta = discrepancy(ckpt.model, task, lengths=lengths, n=cfg.n_r4, seed=cfg.seed + 2)
+    delta = delta.merge(heads[["layer", "head", "label", "purity"]], on=["layer", "head"]).assign(task=task.name)
+    r4 = paper_comparison(trends(delta))
+    return {"r1": r1[r1["hop"].astype(str) == "all"], "r2": r2, "r3": r3, "r4": r4}
 
 
 def _spread(values: pd.Series) -> dict[str, float]:
@@ -153,18 +165,27 @@ def aggregate(per_seed: dict[str, pd.DataFrame], *, n: int) -> dict[str, pd.Data
         lambda s: bool(s.notna().all() and s.is_monotonic_increasing)
     )
     r3.attrs["number_hop_order"] = f"{int(order.sum())} of {len(order)} seeds reach 0.9 in hop order"
-    return {"r1": pd.DataFrame(r1_rows), "r2": pd.DataFrame(r2_rows), "r3": r3}
+    r4_rows = []
+    for (task, label), part in per_seed["r4"].groupby(["task", "label"], sort=False):
+        measured = part[part["heads"] > 0]
+        ok = int((part["verdict"] == "consistent").sum())
+        r4_rows.append({"task": task, "label": label, "paper": part["paper"].iloc[0],
+                        "heads_per_seed": " | ".join(str(h) for h in part["heads"]),
+                        **{f"slope_max_{k}": v for k, v in _spread(measured["slope_max"].astype(float)).items()},
+                        "verdict": f"{ok} of {len(part)} seeds consistent ({len(part) - len(measured)} without such a head)"})  # fmt: skip
+    return {"r1": pd.DataFrame(r1_rows), "r2": pd.DataFrame(r2_rows), "r3": r3, "r4": pd.DataFrame(r4_rows)}
 
 
 def main(cfg: PaperPresetConfig, *, out: str | Path | None = None, png: bool = True) -> pd.DataFrame:
     """Measure every finished run, aggregate over seeds, write the tables; return the R1 table."""
     check_int("n", cfg.n)
     check_int("n_prompts", cfg.n_prompts)
+    check_int("n_r4", cfg.n_r4)
     timer = Timer()
     found, missing = finished_runs(cfg)
     if not found:
         raise HeadkitError(f"no finished paper-preset run under {cfg.runs}: missing {', '.join(missing)}")
-    parts: dict[str, list[pd.DataFrame]] = {"r1": [], "r2": [], "r3": []}
+    parts: dict[str, list[pd.DataFrame]] = {"r1": [], "r2": [], "r3": [], "r4": []}
     for (task, seed), run in sorted(found.items()):
         for name, table in measure(run, cfg).items():
             parts[name].append(table.assign(seed=seed))

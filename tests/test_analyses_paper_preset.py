@@ -1,4 +1,4 @@
-"""analyses/paper_preset.py: R1-R3 over seeds from paper-preset runs, beside the paper.
+"""analyses/paper_preset.py: R1-R4 over seeds from paper-preset runs, beside the paper.
 
 Tiny runs stand in for the paper's (the config is the tiny shared-run config of R1-R4,
 4 updates): the test checks the aggregation against the per-seed numbers it wrote,
@@ -53,6 +53,16 @@ def test_aggregates_equal_the_per_seed_numbers_and_verdicts_are_computed(runs, t
         values = steps[(steps.task == row.task) & (steps.hop == row.hop)].step
         assert row.mean == pytest.approx(values.mean(), nan_ok=True)
     assert summary["r3_number_hop_order"].endswith("of 2 seeds reach 0.9 in hop order")
+    r4 = pd.read_csv(tmp_path / "r4.csv")
+    r4_seed = per_seed[per_seed.result == "r4"]
+    assert set(zip(r4.task, r4.label)) == {(t, k) for t in ("number", "letter") for k in ("positional", "symbolic")}
+    for row in r4.itertuples():
+        values = r4_seed[(r4_seed.task == row.task) & (r4_seed.label == row.label)]
+        assert row.heads_per_seed == " | ".join(str(int(h)) for h in values.heads)
+        measured = values[values.heads > 0].slope_max
+        assert row.slope_max_mean == pytest.approx(measured.mean(), nan_ok=True)
+        ok = int((values.verdict == "consistent").sum())
+        assert row.verdict == f"{ok} of 2 seeds consistent ({int((values.heads == 0).sum())} without such a head)"
 
 
 def test_no_finished_run_is_an_error_naming_what_is_missing(tmp_path):
