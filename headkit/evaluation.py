@@ -35,7 +35,8 @@ enlarged target window.
 
 Before any prompt is built, `evaluate` refuses a length beyond the model's
 context, a repeated length, and a request whose prompts or activations cannot fit
-in memory (`estimate_bytes`).
+in memory (`estimate_bytes`, checked by `headkit.memory.check_memory` against the
+host's available memory).
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ from tqdm.auto import tqdm
 
 from headkit.checks import check_finite, check_int, check_length, check_model
 from headkit.errors import HeadkitError
+from headkit.memory import batches, check_memory
 from headkit.model_types import Model
-from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, check_memory
+from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch
 from headkit.tasks.params import EXTENDS, require_choice
 from headkit.tasks.registry import TaskSpec
 
@@ -110,8 +112,8 @@ def score_batch(model: Model, batch: TaskBatch, *, batch_size: int = 256) -> Bat
     loss_sum, n_targets, correct = 0.0, 0, []
     try:
         with torch.inference_mode():
-            for start in range(0, batch.n, batch_size):
-                chunk = batch.select(torch.arange(start, min(start + batch_size, batch.n)))
+            for ids in batches(range(batch.n), batch_size):
+                chunk = batch.select(torch.arange(ids.start, ids.stop))
                 tokens = chunk.tokens.to(device)
                 targets = chunk.targets.to(device)
                 logits = model(tokens, return_type="logits")  # [batch, pos, d_vocab]
@@ -239,6 +241,7 @@ def evaluate(
         check_memory(
             estimate_bytes(model, n=n, length=length, batch_size=batch_size),
             what=f"evaluating {n} prompts of length {length}",
+            advice="ask for fewer or shorter prompts",
         )
     rows: list[dict] = []
     for override in tqdm(overrides, desc=f"evaluate {task.name}", disable=not progress):

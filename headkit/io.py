@@ -276,9 +276,9 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     return Path(path)
 
 
-def read_json(path: str | os.PathLike, *, missing: str) -> Any:
+def read_json(path: str | os.PathLike, *, missing: str, invalid: str = "is not valid JSON") -> Any:
     """The JSON value stored in ``path``; a HeadkitError when it is absent (``{path} not found: {missing}``)
-    or not valid JSON (``{path} is not valid JSON: ...``)."""
+    or not valid JSON (``{path} {invalid}: ...``, e.g. ``{path} is not valid JSON: ...``)."""
     path = Path(path)
     if not path.is_file():
         if path.exists():  # /dev/zero, a FIFO, a directory: reading one would hang or never end
@@ -287,7 +287,7 @@ def read_json(path: str | os.PathLike, *, missing: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadkitError(f"{path} is not valid JSON: {error}") from None
+        raise HeadkitError(f"{path} {invalid}: {error}") from None
 
 
 def stored_fields(cls: type, data: Any, *, what: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "headkit"
 LAYERS = [
     ["errors"],
     ["checks", "distributed"],
-    ["io"],
+    ["io", "memory"],
     ["tasks", "model_types", "model_config"],
     ["gptj_hf", "bridge"],
     ["models", "loading"],

@@ -150,7 +150,7 @@ def test_a_failure_before_the_first_update_leaves_no_dead_end(tmp_path, monkeypa
 @pytest.mark.slow
 def test_cli_huge_batch_is_refused_up_front_and_leaves_nothing(tmp_path):
     done = headkit(*TRAIN, "--steps", "2", "--batch-size", "1000000000", "--out", str(tmp_path / "run"))
-    assert_one_line_error(done, "batch_size=1000000000 needs about")
+    assert_one_line_error(done, "one update of batch_size=1000000000 (prompts of length")
     assert not (tmp_path / "run").exists()
 
 

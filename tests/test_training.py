@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -16,7 +17,7 @@ from headkit.model_types import is_bridge
 from headkit.tasks import TaskSpec
 from headkit.training.checkpoints import load_checkpoint
 from headkit.training.config import METRIC_COLUMNS, TrainConfig, default_config, lr_at, read_metrics, read_run_config
-from headkit.training.layout import list_checkpoints
+from headkit.training.layout import list_checkpoints, read_run_json
 from headkit.training.loop import eval_seed, train, train_seed, training_batch
 
 # length 4 + 4 + 1 = 9, vocabulary 6 letters + 8 integers = 14
@@ -234,11 +235,30 @@ def test_existing_runs_are_never_overwritten_or_resumed_with_another_config(tmp_
 
 def test_corrupted_run_json_is_a_clear_error(tmp_path):
     (tmp_path / "run.json").write_text("{not json")
-    with pytest.raises(HeadkitError, match="run.json is corrupted"):
+    with pytest.raises(HeadkitError, match="run.json is corrupted: Expecting property name"):
         read_run_config(tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({"task": {"name": "number"}, "model": {"n_layers": -1}}))
+    (tmp_path / "run.json").write_text(json.dumps({"task": {"name": "number"}, "model": {"n_layers": -1}, "steps": 4}))
     with pytest.raises(HeadkitError, match="run.json is corrupted: n_layers=-1"):
         read_run_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "is not a headkit run directory: run.json is missing"),
+        ("{not json", "run.json is corrupted: Expecting property name"),
+        ("[1, 2]", "run.json is corrupted: not a training config"),
+        ('{"task": {"name": "number"}, "model": {}}', "run.json is corrupted: 'steps'"),  # every run.json has steps
+        ('{"steps": 4, "model": {}}', "run.json is corrupted: 'task'"),
+    ],
+)
+def test_both_readers_of_run_json_refuse_alike(tmp_path, content, words):
+    """read_run_config builds on read_run_json (the one reader of run.json): a file one refuses, both refuse."""
+    if content is not None:
+        (tmp_path / "run.json").write_text(content)
+    for read in (read_run_json, read_run_config):
+        with pytest.raises(HeadkitError, match=re.escape(words)):
+            read(tmp_path)
 
 
 def test_training_keeps_the_model_a_gptj(tiny_gptj):

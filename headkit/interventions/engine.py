@@ -11,7 +11,8 @@ path patching) runs the same way:
    pass: the batch is stacked ``k`` times along the batch axis, copy ``i``
    carrying patch ``i`` (`stack`).
 3. ``batch_size`` caps the rows (prompts x copies) of one pass to bound memory;
-   its one default is `auto_batch_size`. The passes (`chunk`) are split across
+   its one default is `auto_batch_size`. The passes (each layer's patches cut by
+   `headkit.memory.grouped_batches`, the one batcher) are split across
    the ranks of a torch.distributed group, if any (`run_chunks`, through
    `headkit.distributed.map_cells`).
 4. The logits are split back into copies; each copy's logits must be finite
@@ -20,7 +21,7 @@ path patching) runs the same way:
 `sweep_patches` is this engine for patches (`headkit.interventions.sites.Patch`) at one
 site (activation patching; ablation sweeps, whose patches write the
 replacement). Path patching builds its own hooks (frozen heads, recorded
-receivers) on the same `run_from`, `chunk` and `evaluate_copies`.
+receivers) on the same `run_from`, `grouped_batches`, `run_chunks` and `evaluate_copies`.
 
 Not through the engine: `ablate`, `attention_knockout` (one intervention, one
 plain forward from the tokens: caching the residual first would add a pass and
@@ -44,6 +45,7 @@ from headkit.bridge.probe import require
 from headkit.checks import check_finite
 from headkit.distributed import map_cells
 from headkit.interventions.sites import SITES, Patch, describe, hook_name
+from headkit.memory import grouped_batches
 from headkit.model_types import Model, is_bridge
 
 K = TypeVar("K", bound=Hashable)
@@ -69,15 +71,6 @@ def copies_per_pass(model: Model, tokens: Tensor, batch_size: int | None) -> int
     """Stacked copies of ``tokens``' batch in one pass: ``batch_size`` rows (None: auto), at least one."""
     rows = batch_size if batch_size is not None else auto_batch_size(model, tokens)
     return max(1, rows // tokens.shape[0])
-
-
-def chunk(groups: Mapping[K, Sequence[int]], per_pass: int) -> list[tuple[K, list[int]]]:
-    """``(key, ids)`` passes: each group's ids cut into runs of at most ``per_pass``, keys sorted."""
-    return [
-        (key, list(ids[start : start + per_pass]))
-        for key, ids in sorted(groups.items())
-        for start in range(0, len(ids), per_pass)
-    ]
 
 
 def run_chunks(
@@ -274,7 +267,7 @@ def sweep_patches(
     if not by_layer:
         return []
     after_attention = resumes_after_attention(model, site)
-    chunks = chunk(by_layer, copies_per_pass(model, tokens, batch_size))
+    chunks = grouped_batches(by_layer, copies_per_pass(model, tokens, batch_size))
 
     with torch.no_grad():
         # what each patched layer reads, from one pass

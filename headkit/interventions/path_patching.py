@@ -64,6 +64,7 @@ from headkit.interventions.engine import Restart
 from headkit.interventions.metrics import Metric, run_value, scalar_metric
 from headkit.interventions.metrics import normalise as normalise_values
 from headkit.interventions.sites import QKV, SITES, hook_name, site_heads
+from headkit.memory import grouped_batches
 from headkit.model_types import Model
 
 # receiver kind -> its hook's name inside blocks.{layer}.attn (hook_q, hook_k, hook_v)
@@ -391,7 +392,7 @@ def path_patching_sweep(
         raise HeadkitError("no sender heads given: pass at least one (layer, head)")
     check_optional_int("batch_size", batch_size)
 
-    chunks = engine.chunk({0: range(len(heads))}, engine.copies_per_pass(model, clean_tokens, batch_size))
+    chunks = grouped_batches({0: list(range(len(heads)))}, engine.copies_per_pass(model, clean_tokens, batch_size))
     device = model.cfg.device
     with torch.no_grad():
         runs = _cache_runs(model, clean_tokens.to(device), corrupted_tokens.to(device))

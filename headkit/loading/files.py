@@ -42,6 +42,7 @@ from torch import Tensor
 from headkit.checks import check_int, some_names
 from headkit.errors import HeadkitError
 from headkit.io import read_json
+from headkit.memory import batches
 
 log = logging.getLogger(__name__)
 
@@ -314,12 +315,12 @@ _FINITE_CHUNK = 1 << 22  # elements checked at once: a few MiB of temporaries, w
 
 def all_finite(tensor: Tensor) -> bool:
     """No NaN or infinity in ``tensor``, checked in chunks (a whole-tensor isfinite costs ~2x its size)."""
-    return all(bool(torch.isfinite(c).all()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
+    return all(bool(torch.isfinite(c).all()) for c in batches(tensor.reshape(-1), _FINITE_CHUNK))
 
 
 def non_finite_count(tensor: Tensor) -> int:
     """How many NaN or infinite values ``tensor`` holds, counted in chunks."""
-    return sum(int((~torch.isfinite(c)).sum()) for c in tensor.reshape(-1).split(_FINITE_CHUNK))
+    return sum(int((~torch.isfinite(c)).sum()) for c in batches(tensor.reshape(-1), _FINITE_CHUNK))
 
 
 def _safetensors_files(files: list[Path]) -> WeightFiles:

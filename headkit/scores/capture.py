@@ -43,6 +43,7 @@ from headkit.bridge.blocks import BlockInputs, run_blocks, run_until
 from headkit.checks import Head, check_finite, check_heads, check_int, check_position, check_tokens
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
+from headkit.memory import batches, grouped_batches
 from headkit.model_types import Model
 
 # what can be captured -> the site (`headkit.interventions.sites.hook_name`) of block l's
@@ -119,14 +120,10 @@ def query_chunks(
     checked before the first forward.
     """
     if query_pos is None:
-        everyone = torch.arange(tokens.shape[0])
-        return [(everyone[s : s + batch_size], None) for s in range(0, len(everyone), batch_size)]
+        return [(idx, None) for idx in batches(torch.arange(tokens.shape[0]), batch_size)]
     queries = resolve_query_positions(tokens, query_pos)
-    chunks: list[tuple[Tensor, int | None]] = []
-    for q in queries.unique().tolist():
-        idx = (queries == q).nonzero().squeeze(1)  # prompts with this query position
-        chunks += [(idx[s : s + batch_size], q) for s in range(0, len(idx), batch_size)]
-    return chunks
+    by_query = {q: (queries == q).nonzero().squeeze(1) for q in queries.unique().tolist()}  # prompts of each query
+    return [(idx, q) for q, idx in grouped_batches(by_query, batch_size)]
 
 
 # ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from headkit.bridge.blocks import recorded_inputs
 from headkit.distributed import map_cells
+from headkit.memory import batches
 from headkit.model_types import Model
 from headkit.scores.capture import RowReader, block_rows, model_rows
 from headkit.scores.swap_plan import (
@@ -171,12 +172,12 @@ def collect_rows(
     group (`headkit.distributed.map_cells`; a plain loop without one). Never split
     inside another split loop: a cell runs on one rank only.
     """
-    starts = list(range(0, inputs.shape[0], batch_size))
+    chunks = batches(inputs, batch_size)
 
-    def run_chunk(start: int) -> tuple[Tensor, Tensor]:
-        return reduce_rows(row_fn(inputs[start : start + batch_size]), blocks)
+    def run_chunk(chunk: Tensor) -> tuple[Tensor, Tensor]:
+        return reduce_rows(row_fn(chunk), blocks)
 
-    done = map_cells(run_chunk, starts, desc="swap metric") if split else [run_chunk(s) for s in starts]
+    done = map_cells(run_chunk, chunks, desc="swap metric") if split else [run_chunk(c) for c in chunks]
     means, oks = zip(*done)
     return torch.cat(means), torch.cat(oks)
 
@@ -226,8 +227,8 @@ def residual_swaps(
     n_pairs = source.shape[1]
     per_chunk = max(1, batch_size // n_pairs)
     log.info("residual swaps: %d prompts x %d pairs per layer, %d prompts per chunk", batch, n_pairs, per_chunk)
-    def run_chunk(start: int) -> Swaps:
-        chunk = tokens[start : start + per_chunk]
+    def run_chunk(ids: range) -> Swaps:
+        chunk = tokens[ids.start : ids.stop]
         c = chunk.shape[0]
         rows, resids = model_rows(model, reader, chunk, q, keep_resid=True)
         inputs = recorded_inputs(model, chunk[:1], stop_at_layer=max(reader.layers) + 1)  # a bridge's block inputs
@@ -235,7 +236,7 @@ def residual_swaps(
         layer_means, layer_ok, layer_changed = [], [], []
         for l in reader.layers:
             x = resids[l]  # [c, pos, d_model]
-            swapped = swapped_rows(x, source[start : start + c])  # [c, n_pairs, pos, d_model]
+            swapped = swapped_rows(x, source[ids.start : ids.stop])  # [c, n_pairs, pos, d_model]
             changed = (swapped != x[:, None]).flatten(2).any(-1).cpu()  # [c, n_pairs]
             flat = swapped.reshape(c * n_pairs, pos, -1)  # [c * n_pairs, pos, d_model]
             m, o = collect_rows(
@@ -248,7 +249,7 @@ def residual_swaps(
         return d, ok, torch.cat(layer_means, 2), torch.cat(layer_ok, 2), torch.cat(layer_changed, 2)
 
     # chunks split across the ranks of a torch.distributed group, if any (headkit.distributed)
-    out = map_cells(run_chunk, list(range(0, batch, per_chunk)), desc="residual swaps")
+    out = map_cells(run_chunk, batches(range(batch), per_chunk), desc="residual swaps")
     return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
 
 

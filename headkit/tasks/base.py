@@ -22,7 +22,6 @@ Conventions shared by all tasks (read these before writing a builder or a loss):
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from headkit.checks import check_int, check_seed
 from headkit.errors import HeadkitError
+from headkit.memory import check_memory
 
 IGNORE = -100  # target value of positions that are not scored
 
@@ -184,31 +184,6 @@ def make_generator(seed: int) -> torch.Generator:
 require_int = check_int
 
 
-def available_memory() -> int:
-    """Bytes of memory this process may still use: ``MemAvailable`` (Linux), else physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**62  # unknown: do not refuse
-
-
-def check_memory(nbytes: int, *, what: str) -> None:
-    """Refuse, before any work, a request whose tensors need more than the available memory."""
-    free = available_memory()
-    if nbytes > free:
-        raise HeadkitError(
-            f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but only {free / 2**30:.1f} GiB "
-            f"is available: ask for fewer or shorter prompts"
-        )
-
-
 # int64 tensors of one prompt position a chain builder holds at its peak (tokens, targets
 # and their twins, the random draws, the prefix, concatenation copies)
 TENSORS_PER_POSITION = 12
@@ -216,4 +191,8 @@ TENSORS_PER_POSITION = 12
 
 def check_prompt_memory(n: int, length: int, *, task: str, extra: int = 0) -> None:
     """Refuse ``n`` prompts of ``length`` tokens whose tensors cannot fit (``extra`` bytes more)."""
-    check_memory(n * length * 8 * TENSORS_PER_POSITION + extra, what=f"{n} {task} prompts of length {length}")
+    check_memory(
+        n * length * 8 * TENSORS_PER_POSITION + extra,
+        what=f"{n} {task} prompts of length {length}",
+        advice="ask for fewer or shorter prompts",
+    )

@@ -16,7 +16,6 @@ re-exports everything here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from headkit.errors import HeadkitError
 from headkit.io import stored_fields
 from headkit.model_config import DEFAULT_N_CTX, ModelConfig
 from headkit.tasks.registry import TASKS, TaskSpec
-from headkit.training.layout import METRICS_FILE, RUN_FILE
+from headkit.training.layout import METRICS_FILE, RUN_FILE, read_run_json
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # training computes in float32 (models.model_from_config)
 
@@ -271,17 +270,17 @@ def default_config(task: str, /, *, preset: str = "cpu", **overrides: Any) -> Tr
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The `TrainConfig` stored in ``run_dir/run.json``; a clear error if absent or broken."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise HeadkitError(f"{run_dir} is not a headkit run directory: {RUN_FILE} is missing")
+    """The `TrainConfig` stored in ``run_dir/run.json``; a clear error if absent or broken.
+
+    The file is read by `headkit.training.layout.read_run_json` (the one reader of
+    ``run.json``: absent, not JSON, no task or step count), then built into a
+    `TrainConfig`, whose checks name what is wrong (``run.json is corrupted: ...``).
+    """
+    data = read_run_json(run_dir)
     try:
-        data = json.loads(path.read_text())
         return TrainConfig.from_dict(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
-        raise HeadkitError(f"{path} is corrupted: {exc}") from None
-    except HeadkitError as exc:
-        raise HeadkitError(f"{path} is corrupted: {exc}") from None
+    except (TypeError, KeyError, AttributeError, HeadkitError) as exc:
+        raise HeadkitError(f"{Path(run_dir) / RUN_FILE} is corrupted: {exc}") from None
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from typing import Any, Iterable
 
 from headkit.checks import check_int, some_names
 from headkit.errors import HeadkitError
+from headkit.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -239,11 +239,11 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise HeadkitError(f"{run_dir} is not a headkit run directory: {RUN_FILE} is missing")
+    data = read_json(path, missing="", invalid="is corrupted")  # not JSON: "{path} is corrupted: ..."
     try:
-        data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data["task"]["name"], str) or not isinstance(data["steps"], int):
             raise TypeError("not a training config")
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
+    except (TypeError, KeyError) as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
     return data
 

@@ -37,7 +37,8 @@ here. The recipe:
    optimizer stay float32). On the CPU everything is float32 and bit-exact.
 7. Safety: a non-finite loss stops training at once with a one-line error (the
    last checkpoint written stays the last good one); a batch whose activations
-   cannot fit in memory is refused up front (`estimate_memory`).
+   cannot fit in the device's available memory is refused up front (`estimate_memory`,
+   `headkit.memory.check_memory`).
 
 The run directory (`headkit.training.layout`) holds ``run.json`` (the `TrainConfig`,
 written once the first update succeeded, so a failure before it leaves nothing
@@ -75,6 +76,7 @@ from headkit.errors import DiskFullError, HeadkitError, NonFiniteError, is_out_o
 from headkit.evaluation import BatchScore, check_batch_fits, score_batch
 from headkit.gptj_hf import HFLogits, autocast, build_hf_model
 from headkit.io import write_csv, write_json
+from headkit.memory import check_memory
 from headkit.model_config import ModelConfig
 from headkit.model_types import Model
 from headkit.models import synthetic
@@ -169,21 +171,6 @@ def estimate_memory(cfg: TrainConfig, length: int) -> int:
     per_token_layer = 12 * m.d_model + 3 * d_mlp + 3 * m.n_heads * length
     per_token = m.n_layers * per_token_layer + 4 * m.d_model + m.d_vocab
     return 4 * (4 * n_params + 2 * cfg.batch_size * length * per_token) + 8 * 4 * cfg.batch_size * length
-
-
-def _memory_available(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[1])
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _check_memory(cfg: TrainConfig, length: int, device: torch.device) -> None:
-    need, have = estimate_memory(cfg, length), _memory_available(device)
-    if need > have:
-        raise HeadkitError(
-            f"batch_size={cfg.batch_size} needs about {need / 2**30:.1f} GiB per update on {device} "
-            f"(prompts of length {length}) but the device has {have / 2**30:.1f} GiB: use a smaller batch size"
-        )
 
 
 # --- training -------------------------------------------------------------------
@@ -376,7 +363,12 @@ def train(
         raise HeadkitError(f"cannot resume {run_dir}: it is not a headkit run directory (it does not exist)")
     device = resolve_device(cfg.device)
     _check_task_fits(cfg)
-    _check_memory(cfg, cfg.task.length, device)
+    check_memory(
+        estimate_memory(cfg, cfg.task.length),
+        what=f"one update of batch_size={cfg.batch_size} (prompts of length {cfg.task.length})",
+        advice="use a smaller batch size",
+        device=device,
+    )
 
     devices = [device.index or 0] if device.type == "cuda" else []
     with contextlib.ExitStack() as stack:

@@ -15,6 +15,7 @@ from headkit.errors import HeadkitError, NonFiniteError
 from headkit.interventions import engine
 from headkit.interventions.engine import Restart, layer_output, resumes_after_attention, sweep_patches
 from headkit.interventions.sites import ALL, SITES, Patch, available_sites, check_site, hook_name, site_heads
+from headkit.memory import grouped_batches
 from headkit.model_types import is_bridge
 
 VOCAB, BATCH, POS = 30, 3, 6
@@ -162,9 +163,9 @@ def test_run_from_a_cached_layer_equals_the_full_forward(arch, pair):
                 torch.testing.assert_close(copy, full, atol=1e-5, rtol=1e-5)
 
 
-def test_chunk_and_run_chunks_keep_the_order():
+def test_grouped_batches_and_run_chunks_keep_the_order():
     groups = {2: [4, 5, 6], 0: [0, 1, 2, 3]}
-    chunks = engine.chunk(groups, 3)
+    chunks = grouped_batches(groups, 3)  # the engine's passes come from the one batcher
     assert chunks == [(0, [0, 1, 2]), (0, [3]), (2, [4, 5, 6])]
     assert engine.run_chunks(lambda c: [f"{c[0]}:{i}" for i in c[1]], chunks, 7, desc="t") == [
         "0:0", "0:1", "0:2", "0:3", "2:4", "2:5", "2:6",
