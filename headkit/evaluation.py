@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 import torch
@@ -57,6 +57,9 @@ from headkit.model_types import Model
 from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch, check_memory
 from headkit.tasks.params import EXTENDS, require_choice
 from headkit.tasks.registry import TaskSpec
+
+if TYPE_CHECKING:
+    from headkit.gptj_hf import HFLogits  # training scores its Hugging Face model through this view
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class BatchScore:
         }
 
 
-def check_batch_fits(model: Model, batch: TaskBatch) -> None:
+def check_batch_fits(model: Model | HFLogits, batch: TaskBatch) -> None:
     """Refuse a batch whose length or token ids the model cannot take."""
     check_length(batch.length, model.cfg.n_ctx, name=f"{batch.task} prompt length")
     if len(batch.vocab) != model.cfg.d_vocab:
@@ -96,7 +99,7 @@ def check_batch_fits(model: Model, batch: TaskBatch) -> None:
         )
 
 
-def score_batch(model: Model, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
+def score_batch(model: Model | HFLogits, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
     """Exact-match correctness at ``answer_pos`` and the target loss, in chunks.
 
     The loss is summed over chunks and divided by the number of scored targets,

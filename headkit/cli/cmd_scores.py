@@ -129,6 +129,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
     require_tokenizer(args.model)  # IOI prompts need it: refused before the weights load
     model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     tokenizer = model.tokenizer
+    assert tokenizer is not None  # require_tokenizer: the model directory has one
 
     batch = ioi_task(args.n_prompts, seed=args.seed, tokenizer=tokenizer)
     census = head_census(
