@@ -188,6 +188,7 @@ def _lengths(
     elif added is not None:
         lengths = [trained + a for a in _check_lengths(added, name="added", one="added token count", low=0)]
     else:
+        assert lengths is not None  # neither None (first branch) nor added given (second)
         lengths = _check_lengths(lengths, name="lengths", one="length", low=1)
     if lengths != [trained] and not task.config.accepts("length"):
         raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it at its own length only")
@@ -262,7 +263,7 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise HeadkitError(f"accuracy frame lacks columns {', '.join(missing)}: expected {', '.join(COLUMNS)}")
-    label = frame["hop"].map(lambda h: ALL_HOPS if str(h) == ALL_HOPS else f"hop{int(h)}")
+    label = frame["hop"].map(lambda h: ALL_HOPS if str(h) == ALL_HOPS else f"hop{int(h)}")  # pyright: ignore[reportArgumentType]
     index = [c for c in ("task", "extend", "length", "added") if c in frame.columns]
     wide = frame.assign(hop=label).pivot_table(index=index, columns="hop", values="accuracy", sort=False)
     hop_columns = sorted((c for c in wide.columns if c != ALL_HOPS), key=lambda c: int(c[3:]))

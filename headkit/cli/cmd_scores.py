@@ -138,7 +138,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
         n_random=args.n_prompts,
         seed=args.seed,
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
-        bos_id=tokenizer.bos_token_id,
+        bos_id=tokenizer.bos_token_id,  # pyright: ignore[reportArgumentType]  (transformers 5 types special-token ids loosely)
         composition_kinds=kinds,
         classify_options={"swap": _swap_mode(model, args.swap)},
     )
