@@ -47,7 +47,8 @@ def check_model(model: Any, *, name: str = "model") -> None:
             )
         raise HeadkitError(f"{name} must be a TransformerBridge or HookedTransformer (headkit's analysis model), got {kind}")
     parameters = getattr(model, "named_parameters", None)
-    meta = next((n for n, p in parameters() if p.is_meta), None) if callable(parameters) else None
+    # callable() narrows to a function returning object: the type checker cannot see the (name, tensor) pairs
+    meta = next((n for n, p in parameters() if p.is_meta), None) if callable(parameters) else None  # pyright: ignore[reportGeneralTypeIssues]
     if meta is not None:
         raise HeadkitError(
             f"{name} is on the meta device (tensor {meta} has a shape but no values): "

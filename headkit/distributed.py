@@ -301,7 +301,7 @@ def map_cells(
     rank makes every rank raise one `RankFailed`; a rank that died, `GroupFailed`.
     """
     current = init_from_env()
-    bar = dict(desc=desc, disable=None if progress is None else not progress, leave=leave)
+    bar: dict[str, Any] = dict(desc=desc, disable=None if progress is None else not progress, leave=leave)
     if current.size == 1 or _local_depth > 0:
         return [fn(cell) for cell in tqdm(cells, **bar)]
     if current.rank != 0:

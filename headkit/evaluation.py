@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 import torch
@@ -59,6 +59,9 @@ from headkit.model_types import Model
 from headkit.tasks.base import IGNORE, TENSORS_PER_POSITION, TaskBatch
 from headkit.tasks.params import EXTENDS, require_choice
 from headkit.tasks.registry import TaskSpec
+
+if TYPE_CHECKING:
+    from headkit.gptj_hf import HFLogits  # training scores its Hugging Face model through this view
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class BatchScore:
         }
 
 
-def check_batch_fits(model: Model, batch: TaskBatch) -> None:
+def check_batch_fits(model: Model | HFLogits, batch: TaskBatch) -> None:
     """Refuse a batch whose length or token ids the model cannot take."""
     check_length(batch.length, model.cfg.n_ctx, name=f"{batch.task} prompt length")
     if len(batch.vocab) != model.cfg.d_vocab:
@@ -98,7 +101,7 @@ def check_batch_fits(model: Model, batch: TaskBatch) -> None:
         )
 
 
-def score_batch(model: Model, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
+def score_batch(model: Model | HFLogits, batch: TaskBatch, *, batch_size: int = 256) -> BatchScore:
     """Exact-match correctness at ``answer_pos`` and the target loss, in chunks.
 
     The loss is summed over chunks and divided by the number of scored targets,
@@ -187,6 +190,7 @@ def _lengths(
     elif added is not None:
         lengths = [trained + a for a in _check_lengths(added, name="added", one="added token count", low=0)]
     else:
+        assert lengths is not None  # neither None (first branch) nor added given (second)
         lengths = _check_lengths(lengths, name="lengths", one="length", low=1)
     if lengths != [trained] and not task.config.accepts("length"):
         raise HeadkitError(f"task {task.name!r} has no length parameter: evaluate it at its own length only")
@@ -262,7 +266,7 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise HeadkitError(f"accuracy frame lacks columns {', '.join(missing)}: expected {', '.join(COLUMNS)}")
-    label = frame["hop"].map(lambda h: ALL_HOPS if str(h) == ALL_HOPS else f"hop{int(h)}")
+    label = frame["hop"].map(lambda h: ALL_HOPS if str(h) == ALL_HOPS else f"hop{int(h)}")  # pyright: ignore[reportArgumentType]
     index = [c for c in ("task", "extend", "length", "added") if c in frame.columns]
     wide = frame.assign(hop=label).pivot_table(index=index, columns="hop", values="accuracy", sort=False)
     hop_columns = sorted((c for c in wide.columns if c != ALL_HOPS), key=lambda c: int(c[3:]))

@@ -77,7 +77,7 @@ def freeze_absent_mlps(model: GPTJForCausalLM, cfg: ModelConfig) -> None:
         return
     with torch.no_grad():
         for block in model.transformer.h:
-            for p in block.mlp.parameters():
+            for p in block.mlp.parameters():  # pyright: ignore[reportAttributeAccessIssue]  (torch: Tensor | Module)
                 p.zero_()
                 p.requires_grad_(False)
 
@@ -95,7 +95,8 @@ def build_hf_model(
         torch.manual_seed(seed)
         model = GPTJForCausalLM(config)
     freeze_absent_mlps(model, cfg)
-    return model.to(device)
+    # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
+    return model.to(device)  # pyright: ignore[reportArgumentType]
 
 
 _WRAPPED = re.compile(r"\._original_component(?=\.)|^_original_component\.")

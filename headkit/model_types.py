@@ -13,7 +13,7 @@ else in headkit's analyses imports it, so they import on TransformerLens 4.x.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -22,7 +22,13 @@ try:  # removed in TransformerLens 4.0
 except ImportError:  # pragma: no cover - exercised by CI's TransformerLens 4.x environment
     HookedTransformer = None  # type: ignore[assignment,misc]
 
-Model = TransformerBridge if HookedTransformer is None else Union[TransformerBridge, HookedTransformer]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a type alias for the type checker (pyright): either kind of model; on TransformerLens 4.x
+    # the import resolves through transformer_lens's module __getattr__ to TransformerBridge, so Model is the bridge
+    from transformer_lens import HookedTransformer as _HookedTransformer
+
+    Model: TypeAlias = Union[TransformerBridge, _HookedTransformer]
+else:
+    Model = TransformerBridge if HookedTransformer is None else Union[TransformerBridge, HookedTransformer]
 
 
 def has_hooked_transformer() -> bool:

@@ -16,7 +16,7 @@ HookedTransformer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -27,6 +27,8 @@ from headkit.errors import HeadkitError
 from headkit.gptj_hf import build_hf_model
 from headkit.model_config import DEFAULT_N_CTX, ModelConfig, resolve_dtype
 from headkit.model_types import Model, has_hooked_transformer
+
+ModelT = TypeVar("ModelT", bound=Model)  # synthetic returns the model it was given
 
 
 def gptj_config(
@@ -46,8 +48,11 @@ def gptj_config(
                            "use model_from_config (a TransformerBridge)")
     from transformer_lens import HookedTransformerConfig
 
+    # Any: on TransformerLens 4.x the type checker resolves the removed name through
+    # transformer_lens's module __getattr__ (which returns TransformerBridge)
+    config_class: Any = HookedTransformerConfig
     head = cfg.head_dim
-    return HookedTransformerConfig(
+    return config_class(
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,
@@ -93,7 +98,7 @@ def gptj_model(
     The same sizes and ``seed`` give the same weights. ``attn_only=True``: the MLPs
     add nothing (zero and frozen, `headkit.gptj_hf`).
     """
-    sizes = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx)
+    sizes: dict[str, Any] = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx)
     cfg = ModelConfig(**sizes, rotary_dim=rotary_dim, d_mlp=d_mlp, d_head=d_head, attn_only=attn_only)
     return model_from_config(cfg, seed=seed, device=device, dtype=dtype)
 
@@ -114,11 +119,12 @@ def model_from_config(
     dtype = resolve_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf_model = build_hf_model(cfg, seed=seed, device=device).to(dtype)
+    # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
+    hf_model = build_hf_model(cfg, seed=seed, device=device).to(dtype)  # pyright: ignore[reportArgumentType]
     return synthetic(wrap(hf_model), attn_only=cfg.attn_only)
 
 
-def synthetic(model: Model, *, attn_only: bool = False) -> Model:
+def synthetic(model: ModelT, *, attn_only: bool = False) -> ModelT:
     """``model`` set up for headkit's synthetic tasks (no BOS prepended); returns it.
 
     ``attn_only``: the model's MLPs are the zero, one-unit stand-ins of an
@@ -171,7 +177,8 @@ def _grow_gptj_tables(hf_model: torch.nn.Module | None, n_ctx: int) -> None:
     for module in hf_model.modules():
         if isinstance(module, modeling_gptj.GPTJRotaryEmbedding):
             table = modeling_gptj.create_sinusoidal_positions(n_ctx, module.pos_embd_dim)
-            module.embed_positions = table.to(module.embed_positions.device)
+            # a Tensor set on a registered buffer's name replaces the buffer (transformers types it nn.Buffer)
+            module.embed_positions = table.to(module.embed_positions.device)  # pyright: ignore[reportAttributeAccessIssue]
             module.max_positions = n_ctx
     config = getattr(hf_model, "config", None)
     if config is not None and hasattr(config, "n_positions"):

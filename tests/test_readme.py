@@ -89,3 +89,12 @@ def test_constraints_claim_matches_the_file():
     paragraph = next(p for p in README.split("\n\n") if "constraints/cpu.txt` pins" in p)
     assert pin in paragraph
     assert "download.pytorch.org/whl/cpu" in paragraph  # where the CPU build comes from elsewhere
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run's last line is exactly the README's test command (lint, type check, both test suites)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+    readme = [line for block in blocks for line in block.splitlines() if "pytest" in line]
+    ci = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(readme) == 1, f"expected one test command in the README, found {readme}"
+    assert ci[-1] == readme[0], f".ci/run runs\n  {ci[-1]}\nthe README says\n  {readme[0]}"

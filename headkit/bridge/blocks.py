@@ -140,7 +140,8 @@ def run_blocks(model: Any, resid: Tensor, start: int, stop: int | None = None, *
     A bridge needs ``inputs`` recorded by `record_block_inputs` on a forward of the
     same length; a HookedTransformer needs none.
     """
-    stop = model.cfg.n_layers if stop is None else stop
+    n_layers: int = model.cfg.n_layers
+    stop = n_layers if stop is None else stop
     if not 0 <= start <= stop <= model.cfg.n_layers:
         raise HeadkitError(f"blocks {start}..{stop - 1} are not blocks of this {model.cfg.n_layers}-layer model")
     if not is_bridge(model):

@@ -87,7 +87,8 @@ def wrap(
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise HeadkitError(f"wrap needs a Hugging Face model (a torch module with a config), got {type(hf_model).__name__}")
     architecture = architecture_name(hf_model)
-    hf_model.config.architectures = [architecture]
+    config: Any = hf_model.config  # torch types a module's attributes Tensor | Module
+    config.architectures = [architecture]
     try:
         bridge = build_bridge_from_module(
             hf_model,

@@ -28,7 +28,7 @@ import math
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from headkit.checks import SEED_MAX, check_device, check_int, check_positive_float, is_number
 from headkit.errors import HeadkitError
@@ -114,7 +114,8 @@ class _Checked(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 (argparse's signature)
         try:
-            setattr(namespace, self.dest, self.check(option_string or self.dest, values))
+            # one value per flag (no nargs): argparse passes the string typed
+            setattr(namespace, self.dest, self.check(option_string or self.dest, cast(str, values)))
         except HeadkitError as exc:  # argument_name None: the message alone, it names the flag itself
             raise argparse.ArgumentError(None, str(exc)) from None
 

@@ -45,6 +45,8 @@ from headkit.errors import HeadkitError
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
 
+    from headkit.model_types import Model
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ def _check_args(args: argparse.Namespace) -> None:
 class _Pretrained:
     """What the commands read of a checkpoint, for a pretrained model (``--model DIR``)."""
 
-    model: object
+    model: Model
     path: str
     task: object  # .name: the prompt suite
     step: str = "- (pretrained)"

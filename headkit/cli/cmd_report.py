@@ -62,6 +62,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.suite:
         raise HeadkitError("--suite applies to --model DIR (a run's report uses its own task)")
     run = types.check_run_dir(args.run_dir)
+    assert run is not None  # check_run_or_model: RUN_DIR is given when --model is not
     one_checkpoint = (run / META_FILE).is_file() and not is_run_dir(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
     out = Path(args.out) if args.out is not None else (Path(f"report_{run.name}") if one_checkpoint else run / "report")

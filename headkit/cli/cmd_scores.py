@@ -129,6 +129,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
     require_tokenizer(args.model)  # IOI prompts need it: refused before the weights load
     model = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     tokenizer = model.tokenizer
+    assert tokenizer is not None  # require_tokenizer: the model directory has one
 
     batch = ioi_task(args.n_prompts, seed=args.seed, tokenizer=tokenizer)
     census = head_census(
@@ -137,7 +138,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
         n_random=args.n_prompts,
         seed=args.seed,
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
-        bos_id=tokenizer.bos_token_id,
+        bos_id=tokenizer.bos_token_id,  # pyright: ignore[reportArgumentType]  (transformers 5 types special-token ids loosely)
         composition_kinds=kinds,
         classify_options={"swap": _swap_mode(model, args.swap)},
     )

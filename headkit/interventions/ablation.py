@@ -233,7 +233,8 @@ def ablate(
         return z
 
     hooks = [(hook_name("z", l), partial(write, layer=l)) for l in layers]
-    with model.hooks(fwd_hooks=hooks):
+    # TransformerLens 3.x types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
         return model(tokens)
 
 
@@ -257,7 +258,7 @@ def ablate_metric(
 # --- sweeps --------------------------------------------------------------------------
 
 
-def _head_label(heads: Sequence[Head]) -> str:
+def _head_label(heads: Sequence[Sequence[int]]) -> str:
     return "+".join(f"{l}.{h}" for l, h in heads)
 
 

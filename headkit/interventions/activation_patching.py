@@ -58,7 +58,7 @@ in `headkit.interventions.sites`, the engine (`sweep_patches`) in
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Protocol, Sequence, TypeVar, cast
 
 import pandas as pd
 import torch
@@ -99,8 +99,12 @@ def _noise(clean: T, corrupted: T) -> tuple[T, T]:
     return clean, corrupted
 
 
+class _Direction(Protocol):
+    def __call__(self, clean: T, corrupted: T, /) -> tuple[T, T]: ...
+
+
 # direction name (sites.DIRECTIONS: "denoise", "noise") -> (clean, corrupted) -> (base, source)
-DIRECTIONS: dict[str, Callable[[T, T], tuple[T, T]]] = dict(zip(sites.DIRECTIONS, (_denoise, _noise)))
+DIRECTIONS: dict[str, _Direction] = dict(zip(sites.DIRECTIONS, (_denoise, _noise)))
 
 
 def _checked_patches(
@@ -180,11 +184,11 @@ def activation_patching(
         clean_logits, clean_cache = model.run_with_cache(
             clean_tokens, names_filter=names, return_cache_object=False
         )
-        clean_value = run_value(metric, clean_logits, run="the clean run").item()
+        clean_value = run_value(metric, cast(Tensor, clean_logits), run="the clean run").item()
         corrupted_logits, corrupted_cache = model.run_with_cache(
             corrupted_tokens, names_filter=names, return_cache_object=False
         )
-        corrupted_value = run_value(metric, corrupted_logits, run="the corrupted run").item()
+        corrupted_value = run_value(metric, cast(Tensor, corrupted_logits), run="the corrupted run").item()
     base_value, source_value = DIRECTIONS[direction](clean_value, corrupted_value)
     _, sources = DIRECTIONS[direction](clean_cache, corrupted_cache)
     evaluate = scalar_metric(metric, where="metric on a patched run")
@@ -197,7 +201,7 @@ def activation_patching(
         {
             "layer": [p.layer for p in patches],
             "head": [p.head for p in patches],
-            "position": [ALL if isinstance(p.position, slice) else int(p.position) for p in patches],
+            "position": [ALL if isinstance(p.position, slice) else int(cast(int, p.position)) for p in patches],
             "value": value.numpy(),
             "normalised": normalised.numpy(),
         },

@@ -33,6 +33,7 @@ once, so there is nothing to stack.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import pandas as pd
 import torch
@@ -60,8 +61,9 @@ def _attach_leaf(
 ) -> Tensor:
     """Add a zero leaf to ``act``: its gradient is dM/d(act), and the graph stays intact."""
     leaf = torch.zeros_like(act, requires_grad=True)
-    leaves[hook.name] = leaf
-    values[hook.name] = act.detach()
+    # every hook point of a model has its name (TransformerLens types HookPoint.name Optional)
+    leaves[hook.name] = leaf  # pyright: ignore[reportArgumentType]
+    values[hook.name] = act.detach()  # pyright: ignore[reportArgumentType]
     return act + leaf
 
 
@@ -96,7 +98,7 @@ def attribution_patching(
     # forward 1: the clean activations
     with torch.no_grad():
         clean_logits, clean = model.run_with_cache(clean_tokens, names_filter=names, return_cache_object=False)
-    check_finite(clean_logits, where="the logits of the clean run")
+    check_finite(cast(Tensor, clean_logits), where="the logits of the clean run")
 
     # forward 2: the corrupted run, each activation plus a zero leaf to differentiate against
     leaves: dict[str, Tensor] = {}

@@ -187,7 +187,7 @@ def resumes_after_attention(model: Model, site: str) -> bool:
     """
     if is_bridge(model):
         return False
-    from transformer_lens.components import TransformerBlock  # TransformerLens 3.x only
+    from transformer_lens.components import TransformerBlock  # pyright: ignore[reportMissingImports, reportPrivateImportUsage]  (TL 3.x only)
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     cfg = model.cfg

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, cast
 
 import pandas as pd
 import torch
@@ -133,7 +133,7 @@ def check_receivers(
             raise HeadkitError(
                 f"receiver {item!r} must be (layer, head, 'q'|'k'|'v') or 'final'"
             )
-        [(layer, head)] = check_heads(model, [item[:2]])
+        [(layer, head)] = check_heads(model, [item[:2]])  # pyright: ignore[reportArgumentType]  (checked there)
         kind = str(item[2])
         n = site_heads(model, kind)
         if head >= n:
@@ -215,8 +215,8 @@ def _cache_runs(
         clean_z=[clean[name] for name in z_names],
         corrupted_z=[corrupted[name] for name in z_names],
         clean_resid=[clean[name] for name in resid_names],
-        clean_logits=clean_logits,
-        corrupted_logits=corrupted_logits,
+        clean_logits=cast(Tensor, clean_logits),  # TransformerLens 3.x types run_with_cache's output loosely
+        corrupted_logits=cast(Tensor, corrupted_logits),
         restart=Restart.of(model, clean_tokens),
     )
 
@@ -236,7 +236,7 @@ def _freeze_z(
 
 
 def _record(act: Tensor, hook: HookPoint, *, store: dict[str, Tensor]) -> None:
-    store[hook.name] = act
+    store[hook.name] = act  # pyright: ignore[reportArgumentType]  (TransformerLens types HookPoint.name Optional)
 
 
 def _patch_heads(

@@ -32,7 +32,7 @@ TransformerLens, so the command line can import it before any argument check.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from headkit.checks import check_model
 from headkit.errors import HeadkitError
@@ -77,7 +77,7 @@ class Site:
 
     def write(self, act: Tensor, source: Tensor, patch: Patch) -> None:
         """Write ``source`` into ``act`` (one copy's activation) at ``patch``'s head and positions."""
-        index: list[object] = [slice(None)] * (max(self.position_axis, self.head_axis or 0) + 1)
+        index: list[Any] = [slice(None)] * (max(self.position_axis, self.head_axis or 0) + 1)
         index[self.position_axis] = patch.position
         if self.head_axis is not None:
             index[self.head_axis] = patch.head

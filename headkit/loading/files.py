@@ -369,7 +369,7 @@ def _read_safetensor(path: Path, name: str) -> Tensor:
             raise ValueError(f"{end - begin} bytes stored for {out.numel()} elements of {entry['dtype']}")
         if out.numel():  # an empty tensor has no bytes to read (and no writable buffer to read into)
             f.seek(8 + header_size + begin)
-            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())  # pyright: ignore[reportArgumentType]  (numpy: buffer)
             if f.readinto(view) != len(view):
                 raise ValueError("the file ends inside the tensor (truncated)")
     return out

@@ -184,6 +184,7 @@ def gptj_from_directory(directory: Path, options: LoadOptions) -> Model:
     check_config_sizes(read_hf_config(directory), directory / "config.json", weights)  # before any per-layer list
     check_weights(weights, shapes, directory)
     return boot(
-        directory, dtype=options.dtype, device=options.device, tokenizer=saved_tokenizer(directory),
+        # LoadOptions holds the checked torch.dtype and device name (its fields are typed as given)
+        directory, dtype=options.dtype, device=options.device, tokenizer=saved_tokenizer(directory),  # pyright: ignore[reportArgumentType]
         processing=options.processing,
     )  # fmt: skip

@@ -90,7 +90,8 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> Model:
         return gptj_from_directory(directory, checked)
     check_config_sizes(raw, directory / "config.json", open_weight_files(directory))
     return boot(
-        directory, dtype=checked.dtype, device=checked.device, tokenizer=saved_tokenizer(directory),
+        # LoadOptions holds the checked torch.dtype and device name (its fields are typed as given)
+        directory, dtype=checked.dtype, device=checked.device, tokenizer=saved_tokenizer(directory),  # pyright: ignore[reportArgumentType]
         processing=checked.processing,
     )  # fmt: skip
 

@@ -104,9 +104,9 @@ def attention_patterns(
         for layer in layers
         for h in range(model.cfg.n_heads)
     ]
-    import circuitsvis as cv
+    from circuitsvis.attention import attention_heads
 
-    rendered = cv.attention.attention_heads(
+    rendered = attention_heads(
         attention=pattern.float().cpu(), tokens=list(token_strings), attention_head_names=head_names
     )
     return AttentionView(rendered, caption=caption, head_names=head_names)

@@ -124,7 +124,7 @@ def _head_cell_text(df: pd.DataFrame, grid: pd.DataFrame, labels: pd.DataFrame) 
         [
             f"{labels.iloc[i, j]}"
             + ("" if purity is None else f" {purity.iloc[i, j]:.0%}")
-            + f"<br>{_signed(grid.iloc[i, j], '{:+.2f}')}"
+            + f"<br>{_signed(grid.iloc[i, j], '{:+.2f}')}"  # pyright: ignore[reportArgumentType]  (pandas: any scalar)
             for j in range(grid.shape[1])
         ]
         for i in range(grid.shape[0])
@@ -297,7 +297,7 @@ def dynamics_figure(table: pd.DataFrame, *, title: str = "Learning dynamics") ->
             row=2,
             col=1,
         )
-    fig.add_hline(y=0, line={"color": "#999", "width": 1}, row=2, col=1)
+    fig.add_hline(y=0, line={"color": "#999", "width": 1}, row=2, col=1)  # pyright: ignore[reportArgumentType]  (plotly: row/col ints)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="symbolic − positional", range=[-1.05, 1.05], row=2, col=1)
     fig.update_xaxes(title_text="training step (checkpoint)", row=2, col=1)

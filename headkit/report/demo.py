@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from headkit.checks import check_int, check_length, check_positive_float
 from headkit.errors import HeadkitError
@@ -99,6 +99,7 @@ class DemoOptions:
         if (self.lengths is None) == (self.added is None):
             raise HeadkitError("give lengths or added, not both")
         option, values = ("--lengths", self.lengths) if self.lengths is not None else ("--added", self.added)
+        assert values is not None  # exactly one of lengths, added (checked above)
         for value in values:
             check_int(option, value, low=1 if option == "--lengths" else 0)
         if len(set(values)) != len(values):
@@ -132,7 +133,7 @@ def demo_config(task: str, *, steps_scale: float = 1.0, preset: str = "cpu") -> 
         raise HeadkitError(f"--steps-scale={steps_scale} must be a positive number")
     base = default_config(task, preset=preset)
 
-    def scale(value: int) -> int:
+    def scale(value: float) -> int:
         return max(1, round(value * steps_scale))
 
     steps = scale(base.steps)
@@ -166,6 +167,7 @@ def check_options(out: str | os.PathLike, options: DemoOptions) -> Path:
     within the model's context and allowed by its task's parameters (no prompt is built)."""
     out = check_output_path(out, directory=True)  # writable, not inside a run's own files or a checkpoint
     option, values = ("--lengths", options.lengths) if options.lengths is not None else ("--added", options.added)
+    assert values is not None  # exactly one of lengths, added (DemoOptions checks it)
     for task, cfg in demo_configs(options).items():
         trained = trained_length(cfg)
         totals = values if options.lengths is not None else tuple(trained + a for a in values)
@@ -247,7 +249,8 @@ def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     )
     if longest > hf.config.n_positions:
         return model
-    return HFLogits(hf.to(model.cfg.device).eval())
+    # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
+    return HFLogits(hf.to(model.cfg.device).eval())  # pyright: ignore[reportArgumentType]
 
 
 def _table(frame: pd.DataFrame, number: str = "{:.3f}") -> str:
@@ -261,7 +264,7 @@ def step_evaluate(options: DemoOptions, result: DemoResult, say: Say) -> None:
     frames = []
     for task, cfg in result.configs.items():
         model = result.models[task]
-        top = max(options.lengths) if options.lengths else trained_length(cfg) + max(options.added)
+        top = max(options.lengths) if options.lengths else trained_length(cfg) + max(cast("tuple[int, ...]", options.added))
         if top > model.cfg.n_ctx:  # a model trained before n_ctx became 2,048: rotary tables only
             extend_context(model, top)
         scorer = _fast_scorer(result.out / task, model, top)
@@ -353,6 +356,7 @@ def step_report(options: DemoOptions, result: DemoResult, say: Say) -> None:
     models = {task: model_description(model) for task, model in result.models.items()}
     about = "; ".join(f"{task}: {models[task]}" for task in result.configs)
     shortest = min(trained_length(cfg) for cfg in result.configs.values())
+    assert result.accuracy is not None, "step_evaluate runs before step_report"
     sections = [build.accuracy_section(result.accuracy, about=about, trained_length=shortest)]
     bar = tqdm(total=2 * len(result.configs), desc="report", unit="part", disable=not options.progress)
     for task, cfg in result.configs.items():

@@ -127,7 +127,7 @@ def roles_table(
     import pandas as pd
 
     detectors = census[["layer", "head", *DETECTOR_ROLES]].set_index(["layer", "head"])
-    best = detectors.fillna(-1.0).idxmax(axis=1)
+    best: pd.Series = detectors.fillna(-1.0).idxmax(axis=1)  # role names (pandas-stubs types the labels int)
     score = detectors.max(axis=1)
     table = census[["layer", "head", "label", "purity"]].copy()
     key = list(zip(table["layer"], table["head"]))
@@ -157,6 +157,7 @@ def _baselines(model: Model, batch: TaskBatch, metric) -> tuple[float, float]:
     import torch
 
     device = model.cfg.device
+    assert batch.corrupted is not None  # model_report refuses a suite without corrupted twins
     with torch.no_grad():
         clean = run_value(metric, model(batch.tokens.to(device)), run="the clean run").item()
         corrupted = run_value(metric, model(batch.corrupted.tokens.to(device)), run="the corrupted run").item()
@@ -168,6 +169,7 @@ def _effects(model: Model, batch: TaskBatch, options: ModelReportOptions, bar) -
     name, metric = _metric(batch)
     clean, corrupted = _baselines(model, batch, metric)
     device = model.cfg.device
+    assert batch.corrupted is not None  # model_report refuses a suite without corrupted twins
     tokens, twin = batch.tokens.to(device), batch.corrupted.tokens.to(device)
     bar.set_postfix_str("ablation")
     ablation = ablation_sweep(model, batch, method=options.method, metric=metric, seed=options.seed)
@@ -195,9 +197,11 @@ def _query_paths(model: Model, batch: TaskBatch, roles: pd.DataFrame, options: M
     movers = movers.reindex(movers["path_to_logits"].abs().sort_values(ascending=False).index).head(options.top_heads)
     if movers.empty:
         return None
-    receivers = [(int(r.layer), int(r.head), "q") for r in movers.itertuples()]
+    # pandas-stubs types itertuples' fields as any scalar (NA, Period, ...)
+    receivers = [(int(r.layer), int(r.head), "q") for r in movers.itertuples()]  # pyright: ignore[reportArgumentType]
     _, metric = _metric(batch)
     device = model.cfg.device
+    assert batch.corrupted is not None  # model_report refuses a suite without corrupted twins
     table = path_patching_sweep(model, batch.tokens.to(device), batch.corrupted.tokens.to(device), receivers, metric)
     table["receivers"] = ", ".join(f"L{layer}H{head}.q" for layer, head, _ in receivers)
     return pd.DataFrame(table)
@@ -244,8 +248,9 @@ def _views(model: Model, batch: TaskBatch, roles: pd.DataFrame, options: ModelRe
     if top.empty:
         top = roles.sort_values("role_score", ascending=False).head(options.top_heads)
     layers = sorted({int(layer) for layer in top["layer"]})
-    labels = {(int(r.layer), int(r.head)): str(r.role) for r in roles.itertuples()}
-    named = ", ".join(f"L{int(r.layer)}H{int(r.head)} ({r.role})" for r in top.itertuples())
+    # pandas-stubs types itertuples' fields as any scalar (NA, Period, ...)
+    labels = {(int(r.layer), int(r.head)): str(r.role) for r in roles.itertuples()}  # pyright: ignore[reportArgumentType]
+    named = ", ".join(f"L{int(r.layer)}H{int(r.head)} ({r.role})" for r in top.itertuples())  # pyright: ignore[reportArgumentType]
     views = []
     for i in range(min(options.view_prompts, batch.n)):
         strings = list(batch.decode(i))

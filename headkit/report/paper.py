@@ -146,7 +146,7 @@ def r2_verdict(table: pd.DataFrame, heads: Mapping[str, pd.DataFrame] | None = N
             kinds = " and ".join(k for k in ("positional", "symbolic") if paper[k] > 0)
             out[task] = f"reproduced in kind ({kinds}); counts compared by layout, not number"
             if heads is not None and count["positional"] and count["symbolic"]:
-                pure = heads[task].set_index("layer")[table.attrs["column"]]
+                pure = heads[task].set_index("layer")[table.attrs["column"]]  # pyright: ignore[reportArgumentType]  (groupby key)
                 if max(pure[pure == "positional"].index) > min(pure[pure == "symbolic"].index):
                     out[task] = f"kinds reproduced ({kinds}), order not: a positional head sits above a symbolic one"
     return out

@@ -139,7 +139,8 @@ def attention_section(
     model: Model, batch: TaskBatch, *, about: str, heads: pd.DataFrame | None = None
 ) -> Section:
     """`task_attention_view` of the first ``VIEWS_PER_HOP`` prompts of every hop count."""
-    labels = {} if heads is None else {(int(r.layer), int(r.head)): str(r.label) for r in heads.itertuples()}
+    # pandas-stubs types itertuples' fields as any scalar (NA, Period, ...)
+    labels = {} if heads is None else {(int(r.layer), int(r.head)): str(r.label) for r in heads.itertuples()}  # pyright: ignore[reportArgumentType]
     if batch.hops is None:
         chosen = list(range(min(VIEWS_PER_HOP, batch.n)))
     else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -54,9 +54,13 @@ HookList = list[tuple[str, Callable[..., None]]]
 # (layer, query_pos or None for every query, store) -> temporary hooks that put the
 # layer's values [batch, unit_of_layer, ...] into store[layer]
 LayerHooks = Callable[[int, int | None, dict[int, Tensor]], HookList]
-# reduce(values, tokens=chunk): a layer's values [batch, unit_of_layer, ...] and the
-# chunk's tokens [batch, pos] -> smaller values [batch, unit_of_layer, ...]
-Reduce = Callable[[Tensor, Tensor], Tensor]
+
+
+class Reduce(Protocol):
+    """reduce(values, tokens=chunk): a layer's values [batch, unit_of_layer, ...] and the
+    chunk's tokens [batch, pos] -> smaller values [batch, unit_of_layer, ...]"""
+
+    def __call__(self, values: Tensor, /, *, tokens: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,8 @@ def block_rows(
         raise _BlockDone
 
     hooks = reader.hooks(layer, query_pos, store) + [(hook_name("pattern", layer), done)]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    # TransformerLens 3.x types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
         try:
             run_blocks(model, resid, layer, layer + 1, inputs=inputs)
         except _BlockDone:

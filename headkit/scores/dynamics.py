@@ -68,9 +68,9 @@ def select_checkpoints(run_dir: str | Path, steps: Sequence[int] | None) -> list
 def accuracy_columns(evaluation: pd.DataFrame) -> dict[str, float]:
     """``{"accuracy": ..., "accuracy_hop1": ..., ...}`` from an `evaluate` table of one length."""
     out = {}
-    for row in evaluation.itertuples():
-        name = "accuracy" if row.hop == ALL_HOPS else f"accuracy_hop{int(row.hop)}"
-        out[name] = float(row.accuracy)
+    for row in evaluation.itertuples():  # pandas-stubs types its fields as any scalar (NA, Period, ...)
+        name = "accuracy" if row.hop == ALL_HOPS else f"accuracy_hop{int(row.hop)}"  # pyright: ignore[reportArgumentType]
+        out[name] = float(row.accuracy)  # pyright: ignore[reportArgumentType]
     return out
 
 

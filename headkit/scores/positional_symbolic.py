@@ -210,8 +210,8 @@ def classify_scores(
         label, purity = _dominant(group["label"])
         out.append(
             {
-                "layer": int(layer),
-                "head": int(head),
+                "layer": int(layer),  # pyright: ignore[reportArgumentType]  (groupby keys)
+                "head": int(head),  # pyright: ignore[reportArgumentType]
                 "positional_score": group["positional_score"].mean(),
                 "symbolic_score": group["symbolic_score"].mean(),
                 "signal": group["signal"].mean(),

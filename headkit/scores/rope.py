@@ -67,7 +67,7 @@ def rotary_components(model: Model) -> tuple[list[str], Tensor, list[float]]:
             f"rotary frequencies need a rotary model; this one has positional embedding "
             f"type {cfg.positional_embedding_type!r}"
         )
-    rotary_dim, d_head = int(cfg.rotary_dim), cfg.d_head
+    rotary_dim, d_head = int(cfg.rotary_dim), cfg.d_head  # pyright: ignore[reportArgumentType]  (set: rotary)
     half = rotary_dim // 2
     names, rows, thetas = [], [], []
     for f in range(half):
@@ -126,7 +126,8 @@ def logit_reader(model: Model, heads: Sequence[Head], membership: Tensor) -> Row
             (hook_name("rot_k", layer), logits),
         ]
 
-    return RowReader(layers=tuple(by_layer), hooks=hooks)
+    # one query per prompt: this reader is never given query_pos=None (every query)
+    return RowReader(layers=tuple(by_layer), hooks=hooks)  # pyright: ignore[reportArgumentType]
 
 
 def component_reader(model: Model, heads: Sequence[Head], membership: Tensor) -> RowReader:
@@ -150,7 +151,7 @@ def component_reader(model: Model, heads: Sequence[Head], membership: Tensor) ->
 
         return [(q_name, keep_q), (k_name, pattern)]
 
-    return RowReader(layers=logit.layers, hooks=hooks)
+    return RowReader(layers=logit.layers, hooks=hooks)  # pyright: ignore[reportArgumentType]  (query_pos: as above)
 
 
 def component_rows(model: Model, heads: Sequence[Head], query_pos: int, membership: Tensor):

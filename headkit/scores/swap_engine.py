@@ -308,7 +308,8 @@ def grouped_swap_metric(
             out[key][idx] = value
     bad = ~out["finite"]
     if bad.any():
-        units = [unit_names[u] for u in bad.any(0).nonzero().squeeze(1).tolist()]
+        bad_units: list[int] = bad.any(0).nonzero().squeeze(1).tolist()
+        units = [unit_names[u] for u in bad_units]
         warnings.warn(
             f"non-finite attention (NaN/inf scores or weights) in {int(bad.sum())} of {bad.numel()} "
             f"(prompt, unit) scores, units {', '.join(units[:10])}{' ...' if len(units) > 10 else ''}: "

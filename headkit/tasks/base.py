@@ -153,8 +153,8 @@ class TaskBatch:
             corrupted=None if self.corrupted is None else self.corrupted._map(fn),
         )
 
-    def to(self, device: str | torch.device) -> "TaskBatch":
-        """The same batch with every tensor on ``device``."""
+    def to(self, device: str | torch.device | None) -> "TaskBatch":
+        """The same batch with every tensor on ``device`` (None: where they are, as ``Tensor.to``)."""
         return self._map(lambda x: x.to(device))
 
     def select(self, index: Tensor | Sequence[int]) -> "TaskBatch":

@@ -117,7 +117,9 @@ def sample_chains(
     max_hops = int(hops.max()) if n else 0
     query = target_window + pointer_window
     to_target, to_pointer = _moves(target_window, pointer_window, max_jump)
-    layout = dict(target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops)
+    layout: dict[str, Any] = dict(
+        target_window=target_window, pointer_window=pointer_window, max_jump=max_jump, max_hops=max_hops
+    )
     counts = chain_counts(**layout) if ends is None else chain_counts_to(**layout)
     chain = torch.full((n, max_hops + 1), -1, dtype=torch.long)
     chain[:, 0] = query

@@ -89,7 +89,8 @@ class TokenizerVocab:
 
     def decode(self, ids: Iterable[int] | Tensor) -> list[str]:
         """Token ids -> their text, one string per id (e.g. `` Mary``)."""
-        return decode_ids(ids, size=len(self.tokenizer), string_of=lambda i: self.tokenizer.decode([i]))
+        # transformers 5 types decode's result str | list[str]; one id list gives a str
+        return decode_ids(ids, size=len(self.tokenizer), string_of=lambda i: self.tokenizer.decode([i]))  # pyright: ignore[reportArgumentType]
 
 
 def _fill(template: str, io: str, s1: str, s2: str) -> str:
@@ -203,7 +204,8 @@ def _check_inputs(
             f"templates tokenise to different lengths ({groups}): all prompts of a batch must have "
             f"the same length, so pass templates of one length group"
         )
-    return names, templates, name_ids, [tokenizer.bos_token_id] if prepend_bos else []
+    # transformers 5 types special-token ids loosely (int | list | str | None)
+    return names, templates, name_ids, [tokenizer.bos_token_id] if prepend_bos else []  # pyright: ignore[reportReturnType]
 
 
 def _name_slots(

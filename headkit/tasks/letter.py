@@ -101,7 +101,7 @@ def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     vocab = letter_vocab(s, d)
     n_target_ids = s * d
     rows = torch.arange(n)
-    layout = dict(target_window=t, pointer_window=p, max_jump=None)
+    layout: dict[str, Any] = dict(target_window=t, pointer_window=p, max_jump=None)
     if balance == "joint":
         counts = chain_counts_to(**layout, max_hops=max_hops)
         feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
@@ -116,7 +116,8 @@ def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     # every other first symbol is drawn from perm[:, h:]
     perm = torch.rand(n, s, generator=gen).argsort(dim=1)  # [batch, n_symbols]
     if balance == "joint":  # the answer's symbol is the last one looked up, y_h
-        at = (perm == (values // d)[:, None]).int().argmax(1)
+        # values is bound (set above under the same condition), which the type checker cannot follow
+        at = (perm == (values // d)[:, None]).int().argmax(1)  # pyright: ignore[reportIndexIssue]
         last = hops - 1
         perm[rows, at], perm[rows, last] = perm[rows, last], perm[rows, at]
     length_ = t + p + 1
@@ -149,7 +150,7 @@ def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     twin_tokens[rows, source] = first[rows, source] * d + new_digit
     twin_answers = twin_tokens[rows, source]
 
-    shared = dict(chain=chain, hops=hops, vocab=vocab, params=record)
+    shared: dict[str, Any] = dict(chain=chain, hops=hops, vocab=vocab, params=record)
     twin = chain_batch(
         "letter", twin_tokens, answers=twin_answers, wrong_answers=answers.clone(), corrupted=None, **shared
     )

@@ -91,7 +91,8 @@ def _bos(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> list[int]:
     check_bool("prepend_bos", prepend_bos)
     if prepend_bos and tokenizer.bos_token_id is None:
         raise HeadkitError("prepend_bos=True but the tokenizer has no BOS token: pass prepend_bos=False")
-    return [tokenizer.bos_token_id] if prepend_bos else []
+    # checked above; transformers 5 types special-token ids loosely (int | list | str | None)
+    return [tokenizer.bos_token_id] if prepend_bos else []  # pyright: ignore[reportReturnType]
 
 
 def _encode_lists(
@@ -217,7 +218,7 @@ def letter_natural_task(
     twin_dig = dig.clone()
     twin_dig[rows, which] = (dig[rows, which] + shift) % len(digits)
 
-    def encode(d: Tensor) -> Tensor:
+    def encode(d: Tensor) -> tuple[Tensor, int]:
         words = [
             [x for s, t in zip(srow, drow) for x in (symbols[s], digits[t])] + [symbols[srow[q]]]
             for srow, drow, q in zip(sym.tolist(), d.tolist(), which.tolist())

@@ -117,7 +117,7 @@ def number_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     min_hops, max_hops, n_letters, max_pointer = config.min_hops, config.max_hops, config.n_letters, config.max_pointer
     p = config.pointer_window
     vocab = number_vocab(n_letters, max_pointer)
-    layout = dict(target_window=t, pointer_window=p, max_jump=max_pointer)
+    layout: dict[str, Any] = dict(target_window=t, pointer_window=p, max_jump=max_pointer)
     if balance == "joint":
         counts = chain_counts_to(**layout, max_hops=max_hops)
         feasible = counts[min_hops:, t + p] > 0  # [hop, answer position]
@@ -154,7 +154,7 @@ def number_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     twin_tokens[rows[same], twin_source[same]] = (answers[same] + shift[same]) % n_letters
     twin_answers = _answers(twin_tokens, twin_chain, hops)
 
-    shared = dict(hops=hops, vocab=vocab, params=record)
+    shared: dict[str, Any] = dict(hops=hops, vocab=vocab, params=record)
     twin = chain_batch(
         "number", twin_tokens, chain=twin_chain, answers=twin_answers, wrong_answers=answers.clone(),
         corrupted=None, **shared,

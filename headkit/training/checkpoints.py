@@ -136,7 +136,8 @@ def _check_model_matches(model: Model, config: ModelConfig) -> str:
     from transformer_lens import HookedTransformer  # only reached with a HookedTransformer (TransformerLens 3.x)
 
     with torch.device("meta"):
-        expected = HookedTransformer(gptj_config(config, seed=None), move_to_device=False).state_dict()
+        # TransformerLens 3.x only: on 4.x the type checker resolves this removed name to TransformerBridge
+        expected = HookedTransformer(gptj_config(config, seed=None), move_to_device=False).state_dict()  # pyright: ignore[reportCallIssue]
     actual = model.state_dict()
     if expected.keys() != actual.keys():
         extra = sorted(set(actual) - set(expected))[:3]
@@ -236,8 +237,8 @@ def save_checkpoint(
     _check_types(model_config=(model_config, ModelConfig, False), task=(task, TaskSpec, True),
                  train_config=(train_config, TrainConfig, True))  # fmt: skip
 
-    if is_bridge(model) and isinstance(getattr(model, "original_model", None), GPTJForCausalLM):
-        model = model.original_model  # the bridge runs this module in place: its weights are the model's
+    if is_bridge(model) and isinstance(original := getattr(model, "original_model", None), GPTJForCausalLM):
+        model = original  # the bridge runs this module in place: its weights are the model's
     if isinstance(model, GPTJForCausalLM):
         dtype = _check_hf_matches(model, model_config)
         state, dropout = hf_state(model), float(model.config.resid_pdrop)
@@ -377,7 +378,8 @@ def _legacy_model(folder: Path, model_path: Path, config: ModelConfig, dtype: to
         return _legacy_as_gptj(model_path, state, config, dtype, device)
     from transformer_lens import HookedTransformer
 
-    model = HookedTransformer(gptj_config(config, seed=None, dtype=dtype, device=device))
+    # TransformerLens 3.x only: on 4.x the type checker resolves this removed name to TransformerBridge
+    model = HookedTransformer(gptj_config(config, seed=None, dtype=dtype, device=device))  # pyright: ignore[reportCallIssue]
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
@@ -410,7 +412,8 @@ def _legacy_as_gptj(model_path: Path, state: dict[str, torch.Tensor], config: Mo
         hf_model.load_state_dict(hf_state, strict=True)
     except RuntimeError as error:
         raise HeadkitError(f"{model_path} (format 1) does not fit its model_config: {error}") from None
-    return synthetic(wrap(hf_model.to(dtype=dtype, device=device or "cpu")), attn_only=config.attn_only)
+    # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
+    return synthetic(wrap(hf_model.to(dtype=dtype, device=device or "cpu")), attn_only=config.attn_only)  # pyright: ignore[reportCallIssue]
 
 
 def _check_place(folder: Path, step: int, task: TaskSpec | None) -> None:
@@ -555,4 +558,5 @@ def load_hf_model(
     model = build_hf_model(checked.config, seed=0, dropout=dropout, device="cpu")
     model.load_state_dict(load_file(str(checked.model_path)), strict=True)
     check_finite(model, what=f"checkpoint {checked.folder}")
-    return model.to(device)
+    # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
+    return model.to(device)  # pyright: ignore[reportArgumentType]

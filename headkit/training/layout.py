@@ -264,6 +264,8 @@ def last_metrics_row(run_dir: str | os.PathLike) -> dict[str, str] | None:
             rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
     except (UnicodeDecodeError, csv.Error) as exc:
         raise HeadkitError(f"{path} is corrupted: {exc}") from None
+    if header is None:  # an empty file (no rows either)
+        return None
     for line, row in rows:
         if len(row) != len(header):
             raise HeadkitError(

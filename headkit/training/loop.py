@@ -61,7 +61,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,9 @@ def curriculum_overrides(cfg: TrainConfig, step: int) -> dict[str, int]:
     """Builder overrides for update ``step``: ``{"max_hops": h}`` under a curriculum."""
     if cfg.curriculum_every is None:
         return {}
-    low, high = cfg.task.hop_range  # a task with hops: TrainConfig refuses a curriculum otherwise
+    hop_range = cfg.task.hop_range
+    assert hop_range is not None  # a task with hops: TrainConfig refuses a curriculum otherwise
+    low, high = hop_range
     return {"max_hops": min(high, low + (step - 1) // cfg.curriculum_every)}
 
 
@@ -339,7 +341,7 @@ def wrapped_copy(model: GPTJForCausalLM, cfg: ModelConfig) -> Model:
 def train(
     cfg: TrainConfig,
     *,
-    out_dir: str | Path | None = None,
+    out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
@@ -382,7 +384,8 @@ def train(
             clean_temporaries(run_dir)
         stack.enter_context(torch.random.fork_rng(devices=devices))
         # 2. the model and optimizer: fresh, or from the newest valid checkpoint
-        state = _resumed_state(cfg, run_dir, device) if resume else _fresh_state(cfg, device)
+        # resume: run_dir is given (checked above)
+        state = _resumed_state(cfg, cast(Path, run_dir), device) if resume else _fresh_state(cfg, device)
         return _loop(cfg, state, run_dir, device, progress=progress)
 
 
@@ -408,7 +411,7 @@ def _loop(  # long: the closures share the run's state (config written yet, prog
             wrote_config = True
 
     if state.step > 0:  # resumed: run.json records the new steps at once (a reused run is left untouched)
-        if read_run_config(run_dir) == cfg:
+        if read_run_config(cast(Path, run_dir)) == cfg:  # a resumed run has its directory
             wrote_config = True
         else:
             write_config()
