@@ -22,15 +22,28 @@
 from __future__ import annotations
 
 import os
-from typing import Hashable, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Protocol, TypeVar
 
 import torch
 
 from headkit.checks import check_int
 from headkit.errors import HeadkitError
 
-K = TypeVar("K", bound=Hashable)
-S = TypeVar("S", bound=Sequence)
+
+class _Sliceable(Protocol):
+    """What `batches` cuts: a list, a range, a tuple or a tensor (its first axis)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any, /) -> Any: ...
+
+
+class _Ordered(Protocol):
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+K = TypeVar("K", bound=_Ordered)
+S = TypeVar("S", bound=_Sliceable)
 
 UNKNOWN = 2**62  # bytes reported when the host's memory cannot be read: nothing is refused
 
@@ -80,7 +93,7 @@ def batches(items: S, size: int) -> list[S]:
     The one batcher: each run is a slice of ``items`` (a view of a tensor, no copy).
     """
     check_int("batch size", size)
-    return [items[start : start + size] for start in range(0, len(items), size)]  # type: ignore[misc]
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def grouped_batches(groups: Mapping[K, S], size: int) -> list[tuple[K, S]]:

@@ -161,7 +161,7 @@ def write_report(report: Report, out: str | Path, *, png: bool = False, say: Say
         if report.config is not None:
             written.append(write_text(folder / "config.json", json.dumps(report.config, indent=2) + "\n"))
         if png:
-            plots = [f for s in report.sections for f in s.figures if hasattr(f, "write_image")]
+            plots: list[Any] = [f for s in report.sections for f in s.figures if hasattr(f, "write_image")]  # plotly
             for i, figure in enumerate(plots):
                 written += write_figure(figure, folder / "figures" / f"figure_{i + 1}", png=True, plotlyjs="directory")
             if not any(p.suffix == ".png" for p in written):
