@@ -111,7 +111,7 @@ def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
     ckpt = load_checkpoint(latest_checkpoint(run), device="cpu")
     task = ckpt.task
     extend_context(ckpt.model, task.length + max(cfg.added))
-    r1 = evaluate(ckpt.model, task, added=cfg.added, extend="prefix", n=cfg.n, seed=cfg.seed)
+    r1 = evaluate(ckpt.model, task, added=cfg.added, extend="prefix", n_prompts=cfg.n, seed=cfg.seed)
     heads = classify_heads(ckpt.model, task.build(cfg.n_prompts, seed=cfg.seed + 1).tokens)
     r2 = pd.concat([paper.r2_comparison({task.name: heads}, gamma=g).assign(gamma=g) for g in (0.1, 0.05)])
     r2["verdict_kind"] = r2["task"].map(paper.r2_verdict(paper.r2_comparison({task.name: heads}), {task.name: heads}))

@@ -54,7 +54,7 @@ def test_added_with_both_protocols_writes_length_added_and_extend(number_run, tm
     assert frame["length"].tolist() == [17] * 5 + [63] * 5 and frame["added"].tolist() == [0] * 5 + [46] * 5
     assert set(frame["extend"]) == {"prefix"}
     ckpt = load_checkpoint(list_checkpoints(number_run)[-1][1])
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[17, 63], n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[17, 63], n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
     window = tmp_path / "window.csv"
@@ -62,7 +62,7 @@ def test_added_with_both_protocols_writes_length_added_and_extend(number_run, tm
     assert main([*argv, "--no-progress"]) == 0
     frame = pd.read_csv(window)
     assert set(frame["extend"]) == {"window"} and set(frame["added"]) == {46}
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[63], extend="window", n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[63], extend="window", n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
 
@@ -90,7 +90,7 @@ def test_n_ctx_lets_a_short_context_run_reach_the_papers_lengths(short_run, tmp_
     argv = ["eval", str(number_run), "--added", "296", "--n-ctx", "1024", "--n", "4", "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     ckpt = load_checkpoint(list_checkpoints(number_run)[-1][1])
-    reference = evaluate(extend_context(ckpt.model, 1024), ckpt.task, added=[296], n=4)
+    reference = evaluate(extend_context(ckpt.model, 1024), ckpt.task, added=[296], n_prompts=4)
     assert pd.read_csv(out)["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
 

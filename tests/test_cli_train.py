@@ -65,7 +65,7 @@ def test_eval_writes_the_tidy_csv_and_prints_the_table(copy_run, tmp_path, capsy
     assert list(frame.columns) == list(COLUMNS)
     assert frame["length"].tolist() == [8, 16] and frame["n"].tolist() == [16, 16]
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
     # a checkpoint directory works as well as a run directory
     assert main(["eval", str(list_checkpoints(copy_run)[0][1]), "--n", "8", "--no-progress"]) == 0
@@ -301,8 +301,8 @@ def test_demo_scores_accuracy_on_the_runs_hf_model_exactly_as_transformerlens(co
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
     scorer = _fast_scorer(copy_run, ckpt.model, 16)
     assert isinstance(scorer, HFLogits)
-    fast = evaluate(scorer, ckpt.task, lengths=[8, 16], n=32)
-    slow = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=32)
+    fast = evaluate(scorer, ckpt.task, lengths=[8, 16], n_prompts=32)
+    slow = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n_prompts=32)
     assert fast.equals(slow)
     # a length the HF model's rotary table cannot take falls back to the HookedTransformer
     assert _fast_scorer(copy_run, ckpt.model, scorer.cfg.n_ctx + 1) is ckpt.model

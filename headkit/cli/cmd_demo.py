@@ -21,7 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
     added = None if lengths is not None else tuple(parse_int_list(args.added, name="--added", low=0))
     check_output_path(args.out, directory=True)  # writable, not inside a run's own files or a checkpoint
     options = DemoOptions(
-        steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, n=args.eval_n,
+        steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, eval_n=args.eval_n,
         progress=not args.no_progress, preset=args.preset, parallel=not args.serial, device=args.device,
     )  # fmt: skip
     use_threads(args.threads)

@@ -159,7 +159,7 @@ def _analyses(args: argparse.Namespace, ckpt: Any, *, dynamics: bool) -> tuple[d
     print(f"report of {about} ({ckpt.path})")
     print("accuracy by length ...")
     lengths = default_lengths(trained, model.cfg.n_ctx)
-    tables["accuracy"] = evaluate(model, task, lengths=lengths, n=args.eval_n, seed=args.seed, progress=progress)
+    tables["accuracy"] = evaluate(model, task, lengths=lengths, n_prompts=args.eval_n, seed=args.seed, progress=progress)
     sections = [build.accuracy_section(tables["accuracy"], about=about, trained_length=trained)]
     print("head census ...")
     tables["heads"] = classify_heads(model, task.build(args.n_prompts, seed=args.seed).tokens)

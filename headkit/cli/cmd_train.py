@@ -103,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.n_ctx is not None:
         extend_context(ckpt.model, args.n_ctx)
     frame = evaluate(
-        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n=args.eval_n, seed=args.seed,
+        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n_prompts=args.eval_n, seed=args.seed,
         progress=not args.no_progress,
     )
     if out is not None:

@@ -32,7 +32,7 @@ def test_track_heads_rows_and_values(run_dir, tiny_number_run):
         for name in ("positional_score", "symbolic_score", "signal", "purity"):
             np.testing.assert_allclose(rows[name], classes[name], equal_nan=True)
         assert rows.label.tolist() == classes.label.tolist()
-        acc = evaluate(ckpt.model, task, n=16, seed=9).set_index("hop").accuracy
+        acc = evaluate(ckpt.model, task, n_prompts=16, seed=9).set_index("hop").accuracy
         assert (rows.accuracy == acc["all"]).all()
         assert (rows.accuracy_hop1 == acc[1]).all() and (rows.accuracy_hop2 == acc[2]).all()
 
