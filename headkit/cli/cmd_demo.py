@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lengths", default=None, help="total evaluation lengths instead of --added, e.g. 17,33,65")
     types.add_extend(p)
-    types.add_eval_prompts(p, default=512, help="evaluation prompts per length", aliases=("--n",))
+    types.add_eval_prompts(p, default=512, help="evaluation prompts per length", replaces_n=True)
     p.add_argument(
         "--preset", choices=types.preset_names(), default="cpu", help="training preset (default cpu; paper: PosSym-2026's models, ~25 min per task on one CPU core)"
     )

@@ -180,7 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, "--n-ctx",
         help="let the model take prompts up to this length (rotary tables only; for runs trained with a short n_ctx)",
     )  # fmt: skip
-    types.add_eval_prompts(p, default=512, help="prompts per length", aliases=("--n",))
+    types.add_eval_prompts(p, default=512, help="prompts per length", replaces_n=True)
     p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
     types.add_csv_out(p, columns="task,extend,length,added,hop,n,accuracy")
     types.add_compute(p, device_help="torch device, e.g. cpu or cuda (default: the checkpoint's)")
