@@ -119,7 +119,7 @@ def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
     ckpt = load_checkpoint(latest_checkpoint(run), device="cpu")
     task = ckpt.task
     extend_context(ckpt.model, task.length + max(cfg.added))
-    r1 = evaluate(ckpt.model, task, added=cfg.added, extend="prefix", n=cfg.n, seed=cfg.seed)
+    r1 = evaluate(ckpt.model, task, added=cfg.added, extend="prefix", n_prompts=cfg.n, seed=cfg.seed)
     heads = classify_heads(ckpt.model, task.build(cfg.n_prompts, seed=cfg.seed + 1).tokens)
     r2 = pd.concat([paper.r2_comparison({task.name: heads}, gamma=g).assign(gamma=g) for g in (0.1, 0.05)])
     r2["verdict_kind"] = r2["task"].map(paper.r2_verdict(paper.r2_comparison({task.name: heads}), {task.name: heads}))
@@ -127,7 +127,7 @@ def measure(run: Path, cfg: PaperPresetConfig) -> dict[str, pd.DataFrame]:
     hops = sorted(int(c.removeprefix("accuracy_hop")) for c in metrics.columns if c.startswith("accuracy_hop"))
     r3 = pd.DataFrame({"task": task.name, "hop": hops, "step": [step_at(metrics, h) for h in hops]})
     lengths = [task.length + a for a in cfg.added]
-    delta = discrepancy(ckpt.model, task, lengths=lengths, n=cfg.n_r4, seed=cfg.seed + 2)
+    delta = discrepancy(ckpt.model, task, lengths=lengths, n_prompts=cfg.n_r4, seed=cfg.seed + 2)
     delta = delta.merge(heads[["layer", "head", "label", "purity"]], on=["layer", "head"]).assign(task=task.name)
     r4 = paper_comparison(trends(delta))
     return {"r1": r1[r1["hop"].astype(str) == "all"], "r2": r2, "r3": r3, "r4": r4}

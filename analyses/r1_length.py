@@ -251,7 +251,7 @@ def main(cfg: LengthConfig, *, out: str | Path | None = None, png: bool = True) 
         extend_context(model, longest)  # rotary tables only: the weights are the trained ones
         for extend in cfg.extends:
             frames.append(
-                evaluate(model, spec, added=list(cfg.added), extend=extend, n=cfg.n, seed=cfg.seed, progress=True)
+                evaluate(model, spec, added=list(cfg.added), extend=extend, n_prompts=cfg.n, seed=cfg.seed, progress=True)
             )
     table = pd.concat(frames, ignore_index=True)
     comparison = r1_comparison(table)

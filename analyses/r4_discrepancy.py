@@ -225,7 +225,7 @@ def main(cfg: DiscrepancyConfig, *, out: str | Path | None = None, png: bool = T
         model, spec = final_model(run_dir)
         models[task] = f"{model_description(model)}, trained at length {spec.build(1, seed=0).length}"
         roles = classify(model, spec, n_prompts=cfg.n_classify, seed=cfg.classify_seed)
-        delta = discrepancy(model, spec, lengths=list(cfg.lengths), n=cfg.n, seed=cfg.seed)
+        delta = discrepancy(model, spec, lengths=list(cfg.lengths), n_prompts=cfg.n, seed=cfg.seed)
         frames.append(delta.merge(roles[["layer", "head", "label", "purity"]], on=["layer", "head"]).assign(task=task))
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
     about = "; ".join(f"{task}: {desc}" for task, desc in models.items())

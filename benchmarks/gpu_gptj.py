@@ -53,6 +53,7 @@ from headkit.interventions.activation_patching import activation_patching
 from headkit.io import write_json
 from headkit.loading.gptj import expected_hf_shapes, load_gptj, read_gptj_config
 from headkit.scores.census import head_census
+from headkit.scores.positional_symbolic import ClassifyOptions
 
 
 @dataclass(frozen=True)
@@ -303,8 +304,8 @@ def main() -> None:
 
     def census() -> Any:
         return head_census(
-            model, prompts, n_random=args.census_prompts, composition_kinds=(),
-            classify_options=dict(max_pairs=args.max_pairs),
+            model, prompts, n_prompts=args.census_prompts, composition_kinds=(),
+            classify_options=ClassifyOptions(max_pairs=args.max_pairs),
         )  # fmt: skip
 
     census_t, table = timed(census, device)

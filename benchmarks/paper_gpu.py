@@ -61,7 +61,7 @@ def r1_table(runs: dict[str, Path], *, n: int, device: str) -> pd.DataFrame:
     for task, run in runs.items():
         ckpt = open_checkpoint(run, device=device)
         for extend in ("prefix", "window"):  # the paper's protocol; headkit's harder one beside it
-            frames.append(evaluate(ckpt.model, ckpt.task, added=list(ADDED), extend=extend, n=n, seed=12345))
+            frames.append(evaluate(ckpt.model, ckpt.task, added=list(ADDED), extend=extend, n_prompts=n, seed=12345))
     return r1_comparison(pd.concat(frames, ignore_index=True))
 
 

@@ -1,7 +1,11 @@
 """headkit: mechanistic interpretability of attention heads, on TransformerLens.
 
 The public API is re-exported here lazily (a name's module is imported on first
-use), so ``import headkit`` and the command line start fast.
+use), so ``import headkit`` and the command line start fast. Functions with many
+options take them as one checked dataclass, also exported here (`LoadOptions`,
+`SwapOptions`, `ClassifyOptions`, `DetectorOptions`, `DemoOptions`,
+`ModelReportOptions`; `Processing` is `LoadOptions.processing`'s type), or as
+that dataclass's fields given as keywords, never both.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "model_from_config": "headkit.models",
     "load_gptj": "headkit.loading.gptj",
     "load_pretrained": "headkit.loading.pretrained",
+    "LoadOptions": "headkit.loading.options",
+    "Processing": "headkit.bridge.build",
     "save_checkpoint": "headkit.training.checkpoints",
     "load_checkpoint": "headkit.training.checkpoints",
     "Checkpoint": "headkit.training.checkpoints",
@@ -36,6 +42,9 @@ _EXPORTS: dict[str, str] = {
     "default_config": "headkit.training.config",
     "evaluate": "headkit.evaluation",
     # head scores (issue 3)
+    "SwapOptions": "headkit.scores.swap_plan",
+    "ClassifyOptions": "headkit.scores.positional_symbolic",
+    "DetectorOptions": "headkit.scores.detectors",
     "positional_symbolic_scores": "headkit.scores.positional_symbolic",
     "classify_heads": "headkit.scores.positional_symbolic",
     "classify_scores": "headkit.scores.positional_symbolic",
@@ -63,6 +72,11 @@ _EXPORTS: dict[str, str] = {
     "path_patching_sweep": "headkit.interventions.path_patching",
     "attribution_patching": "headkit.interventions.attribution",
     "metrics": "headkit.interventions.metrics",
+    # reports and the demo
+    "DemoOptions": "headkit.report.demo",
+    "run_demo": "headkit.report.demo",
+    "ModelReportOptions": "headkit.report.model",
+    "model_report": "headkit.report.model",
     # figures
     "attention_patterns": "headkit.plots",
     "head_scores_figure": "headkit.plots",

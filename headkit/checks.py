@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypeVar, Union
 
 if TYPE_CHECKING:  # torch and TransformerLens are slow to import; only the types are needed here
     from torch import Tensor
@@ -360,6 +360,30 @@ def check_device(device: str) -> str:
     return str(parsed)
 
 
+O = TypeVar("O")
+
+
+def options_of(
+    kind: type[O], options: O | None, fields: Mapping[str, Any], *, what: str, name: str = "options"
+) -> O:
+    """The options of function ``what``: the dataclass ``options``, or its fields given as keywords.
+
+    The one checked path of every function that takes an options dataclass (`SwapOptions`,
+    `LoadOptions`, ...): keywords are built into ``kind`` by ``kind.of(fields, what=what)``
+    (an unknown name refused, listing the known ones; every value checked on creation).
+    ``options`` (the parameter ``name``) must be a ``kind``; giving it and keywords too is
+    refused, naming both.
+    """
+    if options is None:
+        return kind.of(fields, what=what)  # type: ignore[attr-defined]
+    if not isinstance(options, kind):
+        raise HeadkitError(f"{what}: {name} must be a {kind.__name__}, got {type(options).__name__} {options!r}")
+    if fields:
+        raise HeadkitError(
+            f"{what}: got {name}={kind.__name__}(...) and keyword option(s) {', '.join(fields)}: give one or the "
+            f"other (dataclasses.replace({name}, {next(iter(fields))}=...) changes a field)"
+        )
+    return options
 
 
 def some_names(names: Sequence[str], *, shown: int = 3) -> str:

@@ -3,7 +3,7 @@
 PosSym-2026 (SPEC 2.3) scores a model by exact match: the argmax of the logits at
 the answer (query) position must be the answer token. `score_batch` does that for
 one batch and also returns the cross-entropy loss on the batch's scored targets
-(training uses it on its held-out batch). `evaluate` builds ``n`` fresh prompts per
+(training uses it on its held-out batch). `evaluate` builds ``n_prompts`` fresh prompts per
 length with the task's own builder, refuses any length beyond the model's context
 before a single forward pass (TransformerLens's rotary tables stop at ``n_ctx`` and
 would otherwise fail with an unclear shape error), and returns a tidy DataFrame:
@@ -153,16 +153,16 @@ def _rows(task: str, score: BatchScore, *, extend: str, length: int, added: int)
     return rows
 
 
-def estimate_bytes(model: Model, *, n: int, length: int, batch_size: int) -> int:
-    """Rough peak memory of evaluating ``n`` prompts of ``length`` tokens in chunks of ``batch_size``.
+def estimate_bytes(model: Model, *, n_prompts: int, length: int, batch_size: int) -> int:
+    """Rough peak memory of evaluating ``n_prompts`` prompts of ``length`` tokens in chunks of ``batch_size``.
 
     The prompts (all built at once, with their twins) plus one chunk's forward pass:
     the residual-stream activations and the attention scores and pattern.
     """
     cfg = model.cfg
-    chunk = min(n, batch_size)
+    chunk = min(n_prompts, batch_size)
     element = torch.finfo(cfg.dtype).bits // 8
-    prompts = n * length * 8 * TENSORS_PER_POSITION
+    prompts = n_prompts * length * 8 * TENSORS_PER_POSITION
     activations = chunk * length * (8 * cfg.d_model + 2 * (cfg.d_mlp or 0) + 4 * cfg.d_vocab) * element
     attention = 3 * chunk * cfg.n_heads * length * length * element
     return prompts + activations + attention
@@ -215,12 +215,12 @@ def evaluate(
     lengths: Sequence[int] | None = None,
     added: Sequence[int] | None = None,
     extend: str = "prefix",
-    n: int = 512,
+    n_prompts: int = 512,
     seed: int = 12345,
     batch_size: int = 256,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Exact-match accuracy of ``model`` on ``n`` fresh prompts per length, by hop.
+    """Exact-match accuracy of ``model`` on ``n_prompts`` fresh prompts per length, by hop.
 
     ``lengths`` (total prompt lengths) or ``added`` (tokens added to the trained
     length, PosSym-2026's x-axis: 0, 46, 96, 296, 996, 4996), not both; neither
@@ -233,7 +233,7 @@ def evaluate(
     ``task, extend, length, added, hop, n, accuracy`` (module docstring).
     """
     check_model(model)
-    check_int("n", n)  # prompts per length
+    check_int("n_prompts", n_prompts)  # prompts per length
     check_int("batch_size", batch_size)
     require_choice("extend", extend, EXTENDS)
     if lengths is not None and added is not None:
@@ -243,13 +243,13 @@ def evaluate(
     for length in lengths:
         check_length(length, model.cfg.n_ctx, name="evaluation length")
         check_memory(
-            estimate_bytes(model, n=n, length=length, batch_size=batch_size),
-            what=f"evaluating {n} prompts of length {length}",
+            estimate_bytes(model, n_prompts=n_prompts, length=length, batch_size=batch_size),
+            what=f"evaluating {n_prompts} prompts of length {length}",
             advice="ask for fewer or shorter prompts",
         )
     rows: list[dict] = []
     for override in tqdm(overrides, desc=f"evaluate {task.name}", disable=not progress):
-        batch = task.build(n, seed=seed, **override)
+        batch = task.build(n_prompts, seed=seed, **override)
         check_batch_fits(model, batch)
         score = score_batch(model, batch, batch_size=batch_size)
         logger.info("%s length %d (%s): accuracy %.4f", task.name, batch.length, extend, score.accuracy)

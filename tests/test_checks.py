@@ -399,3 +399,37 @@ def test_hf_model_and_meta_model_are_refused_by_name(analysis):
     for kind, model in _not_analysable().items():
         with pytest.raises(HeadkitError, match=MODEL_PROBLEMS[kind]):
             calls[analysis](model)
+
+
+def test_options_of_is_one_path_for_a_dataclass_or_its_fields():
+    import dataclasses
+
+    from headkit.checks import check_int, options_of
+
+    @dataclasses.dataclass(frozen=True)
+    class Opts:
+        size: int = 2
+        name: str = "a"
+
+        def __post_init__(self):
+            check_int("size", self.size)
+
+        @classmethod
+        def of(cls, fields, *, what):
+            unknown = sorted(set(fields) - {"size", "name"})
+            if unknown:
+                raise HeadkitError(f"{what}: unknown {unknown}")
+            return cls(**fields)
+
+    assert options_of(Opts, None, {}, what="f") == Opts()
+    assert options_of(Opts, None, {"size": 5}, what="f") == Opts(size=5)  # keywords built into the dataclass
+    given = Opts(name="b")
+    assert options_of(Opts, given, {}, what="f") is given
+    with pytest.raises(HeadkitError, match=r"^f: unknown \['sizes'\]$"):
+        options_of(Opts, None, {"sizes": 5}, what="f")
+    with pytest.raises(HeadkitError, match="size=0 is out of range"):  # the dataclass's own check
+        options_of(Opts, None, {"size": 0}, what="f")
+    with pytest.raises(HeadkitError, match=r"^f: got options=Opts\(\.\.\.\) and keyword option\(s\) size, name: give one"):
+        options_of(Opts, given, {"size": 5, "name": "c"}, what="f")
+    with pytest.raises(HeadkitError, match=r"^f: settings must be a Opts, got dict \{'size': 5\}$"):
+        options_of(Opts, {"size": 5}, {}, what="f", name="settings")

@@ -2,7 +2,7 @@
 
 - every command taking a RUN_DIR refuses a missing one before torch is imported;
 - the name lists offered as ``choices=`` equal the library's registries;
-- the prompt counts have one canonical flag each, old spellings accepted but hidden;
+- the prompt counts have one flag each; the old ``--n`` (one or the other by command) is refused, naming the flag;
 - integers and positive numbers go through `headkit.checks` (one message format);
 - every command that runs a model takes ``--device``, ``--no-progress``, ``--threads``.
 """
@@ -99,30 +99,65 @@ def test_choices_are_the_library_registries():
     assert method.default == types.default_ablation_method() == "zero"
 
 
-def test_prompt_counts_have_one_canonical_flag_and_hidden_old_spellings():
+def test_prompt_counts_have_one_flag_each():
     commands = _subcommands()
     for name, sub in commands.items():
         shown = sub.format_help()
-        assert "--n " not in shown and "--n," not in shown, name  # old spelling hidden
+        assert "--n " not in shown and "--n," not in shown, name  # the removed flag is not offered
         flags = {o for a in sub._actions for o in a.option_strings}
         if {"--n-prompts", "--eval-n"} & flags:
             assert not {"--eval_n", "--n_prompts"} & flags
+        if "--eval-n" in flags:  # its help tells it from --n-prompts
+            assert "a different count from --n-prompts" in " ".join(shown.split()), name
     parse = {name: sub.parse_args for name, sub in commands.items()}
-    assert parse["ablate"](["r", "--n", "7"]).n_prompts == 7  # old spelling, same place
     assert parse["ablate"](["r", "--n-prompts", "7"]).n_prompts == 7
     assert parse["ablate"](["r"]).n_prompts == 256
-    assert parse["eval"](["r", "--n", "9"]).eval_n == 9 and parse["eval"](["r"]).eval_n == 512
-    assert parse["demo"](["--n", "9"]).eval_n == 9
-    report = parse["report"](["r", "--n", "9", "--n-prompts", "3"])
+    assert parse["eval"](["r", "--eval-n", "9"]).eval_n == 9 and parse["eval"](["r"]).eval_n == 512
+    assert parse["demo"](["--eval-n", "9"]).eval_n == 9
+    report = parse["report"](["r", "--eval-n", "9", "--n-prompts", "3"])
     assert (report.eval_n, report.n_prompts) == (9, 3)
+    assert "n" not in vars(report)  # the refusal stores nothing
     dynamics = parse["dynamics"](["r", "--eval-n", "9"])
     assert (dynamics.eval_n, dynamics.n_prompts) == (9, 64)
+
+
+# the commands that took --n, and what it meant there
+REMOVED_N = {
+    "demo": "--eval-n (evaluation prompts per length)",
+    "eval": "--eval-n (prompts per length)",
+    "report": "--eval-n (prompts per length, and of the ablation and patching)",
+    "ablate": "--n-prompts (number of prompts)",
+    "patch": "--n-prompts (number of prompts)",
+    "path-patch": "--n-prompts (number of prompts)",
+}
+
+
+@pytest.mark.parametrize("command", sorted(REMOVED_N))
+@pytest.mark.parametrize("spelling", [["--n", "8"], ["--n=8"], ["--n"]], ids=["value", "equals", "bare"])
+def test_the_removed_n_is_refused_naming_the_flag_of_that_command(command, spelling, tmp_path, capsys):
+    # given a missing RUN_DIR (and, for the demo, an --out to write): --n is refused at parse time, before
+    # the run directory is looked at (the first check of every command) or anything is written
+    missing = tmp_path / "missing"
+    argv = [command, *(["--out", str(missing)] if command == "demo" else [str(missing)])]
+    assert main([*argv, *RUN_COMMANDS.get(command, []), *spelling]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"headkit: error: {command}: --n was removed: use {REMOVED_N[command]}\n"
+    assert captured.out == "" and not missing.exists()
+
+
+def test_the_removed_n_is_refused_exactly_where_it_existed():
+    """Every command whose old --n meant a prompt count refuses it (none forgotten)."""
+    refusing = {
+        name for name, sub in _subcommands().items()
+        if any(type(a).__name__ == "_Removed" and "--n" in a.option_strings for a in sub._actions)
+    }  # fmt: skip
+    assert refusing == set(REMOVED_N)
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["ablate", "r", "--n", "0"], "headkit: error: ablate: --n=0 is out of range: allowed 1 or more"),
+        (["ablate", "r", "--n-prompts", "0"], "headkit: error: ablate: --n-prompts=0 is out of range: allowed 1 or more"),
         (["ablate", "r", "--n-prompts", "x"], "headkit: error: ablate: --n-prompts must be an integer, got 'x'"),
         (["ablate", "r", "--batch-size", "\u00b2"], "--batch-size must be an integer, got '\u00b2'"),
         (["eval", "r", "--threads", "-1"], "headkit: error: eval: --threads=-1 is out of range: allowed 1 or more"),

@@ -45,7 +45,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, words: str) -> None
 
 def test_added_with_both_protocols_writes_length_added_and_extend(number_run, tmp_path, capsys):
     out = tmp_path / "acc.csv"
-    assert main(["eval", str(number_run), "--added", "0,46", "--n", "16", "--out", str(out), "--no-progress"]) == 0
+    assert main(["eval", str(number_run), "--added", "0,46", "--eval-n", "16", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "extend=prefix" in printed and "added" in printed
     frame = pd.read_csv(out)
@@ -53,15 +53,15 @@ def test_added_with_both_protocols_writes_length_added_and_extend(number_run, tm
     assert frame["length"].tolist() == [17] * 5 + [63] * 5 and frame["added"].tolist() == [0] * 5 + [46] * 5
     assert set(frame["extend"]) == {"prefix"}
     ckpt = load_checkpoint(list_checkpoints(number_run)[-1][1])
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[17, 63], n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[17, 63], n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
     window = tmp_path / "window.csv"
-    argv = ["eval", str(number_run), "--lengths", "63", "--extend", "window", "--n", "16", "--out", str(window)]
+    argv = ["eval", str(number_run), "--lengths", "63", "--extend", "window", "--eval-n", "16", "--out", str(window)]
     assert main([*argv, "--no-progress"]) == 0
     frame = pd.read_csv(window)
     assert set(frame["extend"]) == {"window"} and set(frame["added"]) == {46}
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[63], extend="window", n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[63], extend="window", n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
 
@@ -82,14 +82,14 @@ def test_default_run_reaches_the_papers_lengths(number_run):
 def test_n_ctx_lets_a_short_context_run_reach_the_papers_lengths(short_run, tmp_path, capsys):
     number_run = short_run
     assert load_checkpoint(list_checkpoints(number_run)[-1][1]).model.cfg.n_ctx == 257
-    assert main(["eval", str(number_run), "--added", "296", "--n", "4", "--no-progress"]) == 2
+    assert main(["eval", str(number_run), "--added", "296", "--eval-n", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "evaluation length 313 exceeds the model's context n_ctx=257" in err
     out = tmp_path / "long.csv"
-    argv = ["eval", str(number_run), "--added", "296", "--n-ctx", "1024", "--n", "4", "--out", str(out)]
+    argv = ["eval", str(number_run), "--added", "296", "--n-ctx", "1024", "--eval-n", "4", "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     ckpt = load_checkpoint(list_checkpoints(number_run)[-1][1])
-    reference = evaluate(extend_context(ckpt.model, 1024), ckpt.task, added=[296], n=4)
+    reference = evaluate(extend_context(ckpt.model, 1024), ckpt.task, added=[296], n_prompts=4)
     assert pd.read_csv(out)["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
 
 

@@ -64,7 +64,7 @@ def _assert_frames_equal(got: pd.DataFrame, expected: pd.DataFrame):
 def test_ablate_writes_the_sweep(run_dir, loaded, tmp_path, capsys):
     model, batch = loaded
     out = tmp_path / "ablation.csv"
-    code, stdout, _ = _run(capsys, "ablate", str(run_dir), "--method", "mean", "--n", str(N), "--out", str(out))
+    code, stdout, _ = _run(capsys, "ablate", str(run_dir), "--method", "mean", "--n-prompts", str(N), "--out", str(out))
     assert code == 0
     expected = ablation_sweep(model, batch, method="mean", metric=logit_diff(batch))
     _assert_frames_equal(_read(out), expected)
@@ -76,14 +76,14 @@ def test_ablate_heads_together_and_by_hop(run_dir, loaded, tmp_path, capsys):
     out = tmp_path / "together.csv"
     code, _, _ = _run(
         capsys, "ablate", str(run_dir), "--method", "mean", "--heads", "0.0,2.1", "--together",
-        "--metric", "accuracy", "--n", str(N), "--out", str(out),
+        "--metric", "accuracy", "--n-prompts", str(N), "--out", str(out),
     )  # fmt: skip
     assert code == 0
     expected = ablation_sweep(model, batch, method="mean", metric=accuracy(batch), heads=[(0, 0), (2, 1)], together=True)
     _assert_frames_equal(_read(out), expected)
 
     out = tmp_path / "hop.csv"
-    code, _, _ = _run(capsys, "ablate", str(run_dir), "--method", "zero", "--by-hop", "--n", str(N), "--out", str(out))
+    code, _, _ = _run(capsys, "ablate", str(run_dir), "--method", "zero", "--by-hop", "--n-prompts", str(N), "--out", str(out))
     assert code == 0
     expected = ablation_sweep_by_hop(model, batch, method="zero", metric=logit_diff(batch, per_example=True))
     _assert_frames_equal(_read(out), expected)
@@ -95,7 +95,7 @@ def test_patch_writes_activation_patching(run_dir, loaded, tmp_path, capsys, dir
     out = tmp_path / "patch.csv"
     code, stdout, _ = _run(
         capsys, "patch", str(run_dir), "--site", "z", "--by-position", "--direction", direction,
-        "--n", str(N), "--out", str(out),
+        "--n-prompts", str(N), "--out", str(out),
     )  # fmt: skip
     assert code == 0
     expected = activation_patching(
@@ -109,7 +109,7 @@ def test_path_patch_runs_head_receivers_and_final_separately(run_dir, loaded, tm
     model, batch = loaded
     out = tmp_path / "path.csv"
     code, stdout, _ = _run(
-        capsys, "path-patch", str(run_dir), "--receivers", "2.0.q,final,2.1.k", "--n", str(N), "--out", str(out)
+        capsys, "path-patch", str(run_dir), "--receivers", "2.0.q,final,2.1.k", "--n-prompts", str(N), "--out", str(out)
     )
     assert code == 0
     got = _read(out)
@@ -128,7 +128,7 @@ def test_path_patch_given_senders(run_dir, loaded, tmp_path, capsys):
     out = tmp_path / "path.csv"
     code, _, _ = _run(
         capsys, "path-patch", str(run_dir), "--receivers", "2.0.v", "--senders", "1.1,0.0",
-        "--metric", "answer_logprob", "--n", str(N), "--out", str(out),
+        "--metric", "answer_logprob", "--n-prompts", str(N), "--out", str(out),
     )  # fmt: skip
     assert code == 0
     got = _read(out)
@@ -155,7 +155,7 @@ def no_forward(monkeypatch):
         (["ablate", "{run}", "--heads", "0.2"], "head 0.2: head 2 is out of range: this model has heads 0..1"),
         (["ablate", "{run}", "--heads", "0-1"], "head spec '0-1' must look like LAYER.HEAD"),
         (["ablate", "{run}", "--metric", "f1"], "argument --metric: invalid choice: 'f1' (choose from 'logit_diff', 'answer_logprob', 'accuracy', 'loss')"),
-        (["ablate", "{run}", "--n", "0"], "--n=0 is out of range: allowed 1 or more"),
+        (["ablate", "{run}", "--n-prompts", "0"], "--n-prompts=0 is out of range: allowed 1 or more"),
         (["ablate", "{missing}"], "does not exist"),
         (["patch", "{run}", "--site", "resid_mid"], "resid_mid"),
         (["patch", "{run}", "--site", "mlp_in"], "argument --site: invalid choice: 'mlp_in'"),
@@ -170,7 +170,7 @@ def no_forward(monkeypatch):
 def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, no_forward, argv, message):
     out = tmp_path / "result.csv"
     argv = [a.format(run=run_dir, missing=tmp_path / "nope") for a in argv] + ["--out", str(out)]
-    argv += [] if "--n" in argv else ["--n", "4"]
+    argv += [] if "--n-prompts" in argv else ["--n-prompts", "4"]
     code, stdout, err = _run(capsys, *argv)
     assert code == 2
     assert err.startswith("headkit: error: ") and err.count("\n") == 1

@@ -44,7 +44,7 @@ def model_dir(request, tmp_path_factory):
 
 def test_patch_with_model_matches_the_library(model_dir, tmp_path, capsys):
     out = tmp_path / "patch.csv"
-    args = ["patch", "--model", str(model_dir), "--suite", "duplicate", "--n", "4", "--site", "z", "--device", "cpu"]
+    args = ["patch", "--model", str(model_dir), "--suite", "duplicate", "--n-prompts", "4", "--site", "z", "--device", "cpu"]
     assert main([*args, "--out", str(out)]) == 0
     model = load_pretrained(model_dir, device="cpu")
     batch = build_suite("duplicate", 4, seed=0, tokenizer=model.tokenizer)
@@ -57,9 +57,9 @@ def test_patch_with_model_matches_the_library(model_dir, tmp_path, capsys):
 
 def test_ablate_path_patch_classify_discrepancy_with_model(model_dir, tmp_path):
     common = ["--model", str(model_dir), "--device", "cpu"]
-    assert main(["ablate", *common, "--n", "4", "--method", "zero", "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["ablate", *common, "--n-prompts", "4", "--method", "zero", "--out", str(tmp_path / "a.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "a.csv")) == 8
-    assert main(["path-patch", *common, "--n", "4", "--receivers", "final", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["path-patch", *common, "--n-prompts", "4", "--receivers", "final", "--out", str(tmp_path / "p.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "p.csv")["receivers"]) == {"final"}
     assert main(["classify", *common, "--n-prompts", "3", "--out", str(tmp_path / "c.csv")]) == 0
     census = pd.read_csv(tmp_path / "c.csv")

@@ -15,7 +15,7 @@ from headkit.cli import main
 import chromium_cdp as _cdp  # tests/ is on sys.path (tests/conftest.py)
 
 N = 16  # prompts per length / ablation / patching: tiny, the page is what is tested
-REPORT = ["--n", str(N), "--n-prompts", "8", "--no-progress", "--threads", "1"]
+REPORT = ["--eval-n", str(N), "--n-prompts", "8", "--no-progress", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
     (tmp_path / "file").write_text("x")
-    assert main(["report", str(tmp_path), "--n", "0"]) == 2
+    assert main(["report", str(tmp_path), "--eval-n", "0"]) == 2
 
 
 def _files(root) -> dict[str, bytes]:

@@ -161,7 +161,7 @@ def test_train_never_writes_into_a_run_or_a_checkpoint(run):
 def test_a_new_file_inside_a_run_directory_is_allowed(good_run):
     before = snapshot(good_run)
     out = good_run / "ablation.csv"
-    done = headkit("ablate", str(good_run), "--n", "4", "--heads", "0.0", "--out", str(out))
+    done = headkit("ablate", str(good_run), "--n-prompts", "4", "--heads", "0.0", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and snapshot(good_run) == {**before, "ablation.csv": out.read_bytes()}
 
@@ -192,7 +192,7 @@ def test_seeds_torch_cannot_take_are_refused(run, tmp_path, command, seed, words
 @pytest.mark.slow
 def test_largest_seed_is_accepted(good_run):
     # 2**64 - 1 reaches torch.Generator.manual_seed in the prompt builder and works
-    done = headkit("ablate", str(good_run), "--n", "2", "--heads", "0.0", "--seed", str(2**64 - 1))
+    done = headkit("ablate", str(good_run), "--n-prompts", "2", "--heads", "0.0", "--seed", str(2**64 - 1))
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -239,7 +239,7 @@ def test_unavailable_devices_are_refused(run, tmp_path, argv, device):
         (["--lengths", "17,5"], "--lengths 5: the number task cannot build prompts of it: length=5 is out of range"),
         (["--lengths", "17,2049"], "--lengths 2049 exceeds the number model's context n_ctx=2048"),
         (["--steps-scale", "0"], "--steps-scale"),
-        (["--n", "0"], "--n"),
+        (["--eval-n", "0"], "--eval-n"),
     ],
 )
 @pytest.mark.slow

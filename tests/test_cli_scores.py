@@ -73,7 +73,7 @@ def test_discrepancy(run_dir, tmp_path):
     assert main(args) == 0
     table = pd.read_csv(out)
     ckpt = load_checkpoint(latest_checkpoint(run_dir))
-    expected = discrepancy(ckpt.model, TASK, lengths=[9, 17], n=3, seed=0, heads=[(1, 0), (1, 1)])
+    expected = discrepancy(ckpt.model, TASK, lengths=[9, 17], n_prompts=3, seed=0, heads=[(1, 0), (1, 1)])
     assert list(table.columns) == list(expected.columns)
     np.testing.assert_allclose(table.discrepancy, expected.discrepancy, rtol=1e-6)
 
@@ -143,7 +143,7 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
     model = load_gptj(directory, device="cpu")
     prompts = ioi_task(3, seed=0, tokenizer=model.tokenizer).tokens
     assert (prompts[:, 0] == 0).all()  # the tokenizer's BOS first
-    expected = head_census(model, prompts, n_random=3, bos_id=0, composition_kinds=())
+    expected = head_census(model, prompts, n_prompts=3, bos_id=0, composition_kinds=())
     for name in ("previous_token", "duplicate_token", "induction_score", "positional_score", "signal"):
         np.testing.assert_allclose(table[name], expected[name], rtol=1e-6, equal_nan=True)
     assert table.label.notna().all()

@@ -58,17 +58,17 @@ def test_train_resume_extends_the_run(copy_run, tmp_path, capsys):
 
 def test_eval_writes_the_tidy_csv_and_prints_the_table(copy_run, tmp_path, capsys):
     out = tmp_path / "acc.csv"
-    assert main(["eval", str(copy_run), "--lengths", "8,16", "--n", "16", "--out", str(out), "--no-progress"]) == 0
+    assert main(["eval", str(copy_run), "--lengths", "8,16", "--eval-n", "16", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "copy model at step 4" in printed and "all" in printed
     frame = pd.read_csv(out)
     assert list(frame.columns) == list(COLUMNS)
     assert frame["length"].tolist() == [8, 16] and frame["n"].tolist() == [16, 16]
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
-    reference = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=16)
+    reference = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n_prompts=16)
     assert frame["accuracy"].tolist() == pytest.approx(reference["accuracy"].tolist())
     # a checkpoint directory works as well as a run directory
-    assert main(["eval", str(list_checkpoints(copy_run)[0][1]), "--n", "8", "--no-progress"]) == 0
+    assert main(["eval", str(list_checkpoints(copy_run)[0][1]), "--eval-n", "8", "--no-progress"]) == 0
     assert "copy model at step 2" in capsys.readouterr().out
 
 
@@ -139,7 +139,7 @@ def test_a_full_disk_is_one_line_naming_the_file(copy_run, tmp_path, capsys, mon
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
     out = tmp_path / "acc.csv"
-    assert main(["eval", str(copy_run), "--lengths", "8", "--n", "4", "--out", str(out), "--no-progress"]) == 2
+    assert main(["eval", str(copy_run), "--lengths", "8", "--eval-n", "4", "--out", str(out), "--no-progress"]) == 2
     one_line_error(capsys, f"the disk is full: could not write {out} (the file system holding {tmp_path})")
     assert list(tmp_path.iterdir()) == []
     # a full disk met outside headkit's own writes: one line too
@@ -183,7 +183,7 @@ def test_a_run_file_that_is_not_utf8_or_has_a_malformed_row_is_one_line(copy_run
     assert main(["info", str(run)]) == 2
     one_line_error(capsys, words)
     if name == "run.json":  # eval reads run.json (the checkpoint's place in its run), not metrics.csv
-        assert main(["eval", str(run), "--lengths", "8", "--n", "4", "--no-progress"]) == 2
+        assert main(["eval", str(run), "--lengths", "8", "--eval-n", "4", "--no-progress"]) == 2
         one_line_error(capsys, words)
     else:
         from headkit.errors import HeadkitError
@@ -220,7 +220,7 @@ def small_demo(monkeypatch):
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_then_reuses(small_demo, tmp_path, capsys):
-    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--lengths", "17,33", "--n", "8", "--no-progress"]
+    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--lengths", "17,33", "--eval-n", "8", "--no-progress"]
     assert main(demo) == 0
     out = capsys.readouterr().out
     for words in ("== train ==", "== evaluate ==", "number: step 4", "letter: step 4", "accuracy.csv"):
@@ -251,7 +251,7 @@ def test_demo_evaluates_with_the_papers_protocol_and_prints_r1_beside_the_paper(
     from headkit.report.paper import R1_ACCURACY, verdict
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:2])  # train + evaluate only
-    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--added", "0,46", "--n", "8", "--no-progress"]
+    demo = ["demo", "--out", str(tmp_path), "--steps-scale", "0.002", "--added", "0,46", "--eval-n", "8", "--no-progress"]
     assert main(demo) == 0
     out = capsys.readouterr().out
     assert "R1 against PosSym-2026 Fig. 5B" in out
@@ -280,7 +280,7 @@ def test_demo_trains_both_runs_in_parallel_and_they_equal_serial_runs(small_demo
 
     monkeypatch.setattr(cmd_demo, "DEMO_STEPS", cmd_demo.DEMO_STEPS[:1])  # train only
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    base = ["demo", "--steps-scale", "0.002", "--n", "8", "--no-progress"]
+    base = ["demo", "--steps-scale", "0.002", "--eval-n", "8", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "par")]) == 0
     assert "in parallel (2 processes" in capsys.readouterr().out
     assert main([*base, "--out", str(tmp_path / "ser"), "--serial"]) == 0
@@ -301,8 +301,8 @@ def test_demo_scores_accuracy_on_the_runs_hf_model_exactly_as_transformerlens(co
     ckpt = load_checkpoint(list_checkpoints(copy_run)[-1][1])
     scorer = _fast_scorer(copy_run, ckpt.model, 16)
     assert isinstance(scorer, HFLogits)
-    fast = evaluate(scorer, ckpt.task, lengths=[8, 16], n=32)
-    slow = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n=32)
+    fast = evaluate(scorer, ckpt.task, lengths=[8, 16], n_prompts=32)
+    slow = evaluate(ckpt.model, ckpt.task, lengths=[8, 16], n_prompts=32)
     assert fast.equals(slow)
     # a length the HF model's rotary table cannot take falls back to the HookedTransformer
     assert _fast_scorer(copy_run, ckpt.model, scorer.cfg.n_ctx + 1) is ckpt.model

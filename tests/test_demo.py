@@ -24,8 +24,8 @@ from headkit.report import demo
         ({"added": (0, 46, 0)}, "--added 0,46,0 repeats a value"),
         ({"lengths": None, "added": (-1,)}, "--added=-1 is out of range: allowed 0 or more"),
         ({"lengths": (0,), "added": None}, "--lengths=0 is out of range"),
-        ({"n": 0}, "n=0 is out of range: allowed 1 or more"),
-        ({"n": True}, "n must be an integer, got True"),
+        ({"eval_n": 0}, "eval_n=0 is out of range: allowed 1 or more"),
+        ({"eval_n": True}, "eval_n must be an integer, got True"),
         ({"steps_scale": 0.0}, "steps_scale=0.0 must be a positive number"),
         ({"extend": "middle"}, "extend='middle' is unknown: allowed prefix, window"),
     ],
@@ -38,7 +38,7 @@ def test_options_are_checked_on_construction(options, words):
 def test_defaults_are_the_papers_protocol():
     options = demo.DemoOptions()
     assert options.added == demo.DEMO_ADDED == (0, 46, 96, 296, 996)
-    assert (options.lengths, options.extend, options.n) == (None, "prefix", 512)
+    assert (options.lengths, options.extend, options.eval_n) == (None, "prefix", 512)
 
 
 def test_check_options_refuses_lengths_beyond_the_context_before_training(tmp_path):
@@ -63,7 +63,7 @@ def tiny_configs(monkeypatch):
 def test_run_demo_returns_its_tables_and_prints_nothing(tiny_configs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_STEPS", demo.DEMO_STEPS[:2])  # train + evaluate
     said: list[str] = []
-    options = demo.DemoOptions(steps_scale=0.002, lengths=(17, 33), added=None, n=8, progress=False, parallel=False)
+    options = demo.DemoOptions(steps_scale=0.002, lengths=(17, 33), added=None, eval_n=8, progress=False, parallel=False)
     result = demo.run_demo(tmp_path, options, say=said.append)
     assert capsys.readouterr().out == ""  # the library never prints
     assert "== train ==" in said and "== evaluate ==" in said

@@ -309,7 +309,7 @@ def _torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_torchrun_patch_writes_the_one_process_csv_once(run_dir, tmp_path, capsys):
-    args = ["patch", str(run_dir), "--n", str(N), "--batch-size", str(N), "--by-position"]
+    args = ["patch", str(run_dir), "--n-prompts", str(N), "--batch-size", str(N), "--by-position"]
     single = tmp_path / "single.csv"
     assert main([*args, "--out", str(single)]) == 0
     capsys.readouterr()
@@ -351,7 +351,7 @@ def test_torchrun_a_failing_rank_gives_one_error_and_no_file(run_dir, tmp_path):
     script = tmp_path / "launch.py"
     script.write_text(textwrap.dedent(FAILING_LAUNCH))
     out = tmp_path / "out" / "patch.csv"
-    args = ["patch", str(run_dir), "--n", str(N), "--batch-size", str(N), "--out", str(out)]
+    args = ["patch", str(run_dir), "--n-prompts", str(N), "--batch-size", str(N), "--out", str(out)]
     done = _torchrun(str(script), "--", *args, cwd=tmp_path)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("headkit: error:")]

@@ -39,7 +39,7 @@ def slow_accuracy(model, task, length, n, seed):
 
 
 def test_evaluate_equals_a_slow_per_prompt_loop(model):
-    frame = evaluate(model, NUMBER, lengths=[9, 21], n=24, seed=7, batch_size=7)
+    frame = evaluate(model, NUMBER, lengths=[9, 21], n_prompts=24, seed=7, batch_size=7)
     assert list(frame.columns) == list(COLUMNS)
     assert frame["length"].tolist() == [9] * 5 + [21] * 5
     assert frame["hop"].tolist() == [1, 2, 3, 4, "all"] * 2
@@ -60,7 +60,7 @@ def test_a_model_that_always_says_one_token_scores_that_tokens_share(tiny_gptj):
     m = tiny_gptj(d_vocab=10, n_ctx=32)
     with torch.no_grad():
         m.unembed.b_U[0] = 1e4
-    frame = evaluate(m, NUMBER, lengths=[13], n=64, seed=1)
+    frame = evaluate(m, NUMBER, lengths=[13], n_prompts=64, seed=1)
     batch = NUMBER.build(64, seed=1, length=13)
     for hop in (1, 2, 3, 4):
         share = float((batch.answers[batch.hops == hop] == 0).float().mean())
@@ -69,8 +69,8 @@ def test_a_model_that_always_says_one_token_scores_that_tokens_share(tiny_gptj):
 
 
 def test_default_length_is_the_task_length_and_seed_fixes_prompts(model):
-    a = evaluate(model, NUMBER, n=24, seed=3)
-    b = evaluate(model, NUMBER, lengths=[9], n=24, seed=3)
+    a = evaluate(model, NUMBER, n_prompts=24, seed=3)
+    b = evaluate(model, NUMBER, lengths=[9], n_prompts=24, seed=3)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -89,14 +89,14 @@ def test_lengths_beyond_the_context_are_refused_before_any_forward(model, monkey
     calls = []
     monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append(1))
     with pytest.raises(HeadkitError, match="evaluation length 33 exceeds the model's context n_ctx=32"):
-        evaluate(model, NUMBER, lengths=[9, 33], n=8)
+        evaluate(model, NUMBER, lengths=[9, 33], n_prompts=8)
     assert calls == []
 
 
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"n": 0}, "n=0"),
+        ({"n_prompts": 0}, "n_prompts=0"),
         ({"batch_size": 0}, "batch_size=0"),
         ({"lengths": []}, "lengths is empty"),
         ({"lengths": [9, "x"]}, "length must be an integer, got 'x'"),  # issue 11: checks.check_int's message
@@ -110,21 +110,21 @@ def test_bad_arguments_are_named(model, kwargs, words):
 def test_vocabulary_mismatch_and_unknown_task_and_lengthless_task(tiny_gptj):
     m = tiny_gptj(d_vocab=11, n_ctx=64)
     with pytest.raises(HeadkitError, match="vocabulary of 10 tokens but the model's d_vocab is 11"):
-        evaluate(m, NUMBER, n=4)
+        evaluate(m, NUMBER, n_prompts=4)
     with pytest.raises(HeadkitError, match="unknown task 'chess'"):
-        evaluate(m, TaskSpec("chess"), n=4)
+        evaluate(m, TaskSpec("chess"), n_prompts=4)
     with pytest.raises(HeadkitError, match="task 'induction' has no length parameter"):
-        evaluate(m, TaskSpec("induction"), lengths=[20], n=4)
+        evaluate(m, TaskSpec("induction"), lengths=[20], n_prompts=4)
 
 
 def test_tasks_without_hops_get_only_the_pooled_row(tiny_gptj):
     m = tiny_gptj(d_vocab=5, n_ctx=16, n_layers=1, attn_only=True)
-    frame = evaluate(m, TaskSpec("copy", {"vocab_size": 5}), lengths=[6, 10], n=16)
+    frame = evaluate(m, TaskSpec("copy", {"vocab_size": 5}), lengths=[6, 10], n_prompts=16)
     assert frame["hop"].tolist() == ["all", "all"] and frame["n"].tolist() == [16, 16]
 
 
 def test_accuracy_table_is_wide_by_hop(model):
-    frame = evaluate(model, NUMBER, lengths=[9, 13], n=16)
+    frame = evaluate(model, NUMBER, lengths=[9, 13], n_prompts=16)
     wide = accuracy_table(frame)
     assert list(wide.columns) == ["task", "extend", "length", "added", "hop1", "hop2", "hop3", "hop4", "all"]
     assert wide["added"].tolist() == [0, 4] and wide["extend"].tolist() == ["prefix", "prefix"]
@@ -146,7 +146,7 @@ def slow_accuracy_of(model, batch):
 
 @pytest.mark.parametrize("extend", ["prefix", "window"])
 def test_extend_modes_score_the_builders_prompts(model, extend):
-    frame = evaluate(model, NUMBER, lengths=[9, 20], extend=extend, n=20, seed=5, batch_size=6)
+    frame = evaluate(model, NUMBER, lengths=[9, 20], extend=extend, n_prompts=20, seed=5, batch_size=6)
     assert set(frame["extend"]) == {extend} and frame["added"].tolist() == [0] * 5 + [11] * 5
     for length in (9, 20):
         override = {} if length == 9 else {"length": length, "extend": extend}
@@ -156,8 +156,8 @@ def test_extend_modes_score_the_builders_prompts(model, extend):
 
 
 def test_prefix_is_the_default_and_added_equals_lengths(model):
-    by_added = evaluate(model, NUMBER, added=[0, 4, 11], n=12, seed=2)
-    by_length = evaluate(model, NUMBER, lengths=[9, 13, 20], n=12, seed=2)
+    by_added = evaluate(model, NUMBER, added=[0, 4, 11], n_prompts=12, seed=2)
+    by_length = evaluate(model, NUMBER, lengths=[9, 13, 20], n_prompts=12, seed=2)
     pd.testing.assert_frame_equal(by_added, by_length)
     # the prefix protocol's prompts end with a trained-length prompt: tokens differ only in front
     a = NUMBER.build(12, seed=2, length=20)
@@ -179,7 +179,7 @@ def test_prefix_is_the_default_and_added_equals_lengths(model):
 )
 def test_repeats_and_bad_protocol_arguments_are_refused(model, kwargs, words):
     with pytest.raises(HeadkitError, match=words):
-        evaluate(model, NUMBER, n=4, **kwargs)
+        evaluate(model, NUMBER, n_prompts=4, **kwargs)
 
 
 def test_requests_that_cannot_fit_in_memory_are_refused_before_any_work(model, monkeypatch):
@@ -187,7 +187,7 @@ def test_requests_that_cannot_fit_in_memory_are_refused_before_any_work(model, m
     monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append("forward"))
     monkeypatch.setattr(TaskSpec, "build", lambda self, n, **k: calls.append(("build", n)) or NUMBER_BUILD(self, n, **k))
     with pytest.raises(HeadkitError, match="GiB of memory"):
-        evaluate(model, NUMBER, n=10**9)
+        evaluate(model, NUMBER, n_prompts=10**9)
     assert calls == []  # issue 11: the trained length comes from the task's parameters, no probe is built
 
 
@@ -197,4 +197,4 @@ NUMBER_BUILD = TaskSpec.build
 def test_extend_window_needs_a_task_that_has_it(tiny_gptj):
     m = tiny_gptj(d_vocab=5, n_ctx=16, n_layers=1, attn_only=True)
     with pytest.raises(HeadkitError, match="task 'copy' has no extend parameter"):
-        evaluate(m, TaskSpec("copy", {"vocab_size": 5}), lengths=[6, 10], extend="window", n=4)
+        evaluate(m, TaskSpec("copy", {"vocab_size": 5}), lengths=[6, 10], extend="window", n_prompts=4)

@@ -47,3 +47,14 @@ def test_bad_options_are_refused_naming_them(kwargs, message):
 def test_an_unknown_option_is_a_type_error_listing_the_allowed_ones(tmp_path, loader):
     with pytest.raises(TypeError, match=rf"{loader.__name__}\(\) got an unexpected keyword argument 'fold': allowed dtype"):
         loader(tmp_path, fold=True)  # refused before the (empty) directory is read
+
+
+@pytest.mark.parametrize("loader", [load_gptj, load_pretrained])
+def test_options_are_a_load_options_or_its_fields_never_both(tmp_path, loader):
+    name = loader.__name__
+    with pytest.raises(HeadkitError, match=rf"{name}: got options=LoadOptions\(...\) and keyword option\(s\) fold_ln"):
+        loader(tmp_path, LoadOptions(dtype="bfloat16"), fold_ln=True)  # refused before the (empty) directory is read
+    with pytest.raises(HeadkitError, match=f"{name}: options must be a LoadOptions, got dict"):
+        loader(tmp_path, {"dtype": "bfloat16"})
+    with pytest.raises(HeadkitError, match=f"{tmp_path}"):  # a LoadOptions alone is taken: the directory is read next
+        loader(tmp_path, LoadOptions(dtype="bfloat16"))

@@ -15,6 +15,7 @@ import transformers as T
 
 from headkit.errors import HeadkitError
 from headkit.loading.gptj import load_gptj
+from headkit.loading.options import LoadOptions
 from headkit.loading.pretrained import load_pretrained, supported_architectures
 
 V = 50
@@ -107,7 +108,7 @@ def test_half_precision_makes_no_float32_copies(tmp_path, float32_allocations):
     hf = tiny_hf("llama").to(torch.bfloat16)
     directory = save(hf, tmp_path)
     with float32_allocations(min_numel=32 * 32) as mode:
-        model = load_pretrained(directory, dtype="bfloat16")
+        model = load_pretrained(directory, LoadOptions(dtype="bfloat16"))  # the dataclass (keywords: test_loading.py)
     assert mode.seen == []
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.equal(model.blocks[1].attn.W_Q, hf.model.layers[1].self_attn.q_proj.weight.view(4, 8, 32).transpose(1, 2))

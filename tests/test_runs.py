@@ -327,7 +327,7 @@ def test_a_checkpoint_of_another_task_or_step_in_a_run_is_refused(tmp_path):
     os.rename(checkpoint_dir(tmp_path / "b", 4), foreign)
     with pytest.raises(HeadkitError, match="does not belong to this run"):
         load_checkpoint(foreign)
-    done = headkit("eval", str(tmp_path / "a"), "--lengths", "9", "--n", "4", "--no-progress")
+    done = headkit("eval", str(tmp_path / "a"), "--lengths", "9", "--eval-n", "4", "--no-progress")
     assert_one_line_error(done, "does not belong to this run")
     renamed = checkpoint_dir(tmp_path / "a", 7)
     os.rename(checkpoint_dir(tmp_path / "a", 2), renamed)
@@ -347,7 +347,7 @@ def test_unknown_task_parameter_in_meta_is_one_line(tmp_path):
     (tmp_path / "run.json").unlink()  # a bare checkpoint folder: only meta.json speaks for the task
     folder = checkpoint_dir(tmp_path, 2)
     _edit_meta(folder, lambda m: m["task"]["params"].update(colour="red"))
-    done = headkit("eval", str(folder), "--lengths", "9", "--n", "4", "--no-progress")
+    done = headkit("eval", str(folder), "--lengths", "9", "--eval-n", "4", "--no-progress")
     assert_one_line_error(done, "task 'number' has no parameter colour")
 
 
@@ -356,7 +356,7 @@ def test_config_weights_mismatch_is_one_line(tmp_path):
     train(tiny(steps=2), out_dir=tmp_path, progress=False)
     folder = checkpoint_dir(tmp_path, 2)
     _edit_meta(folder, lambda m: m["model_config"].update(d_model=32))
-    done = headkit("eval", str(folder), "--lengths", "9", "--n", "4", "--no-progress")
+    done = headkit("eval", str(folder), "--lengths", "9", "--eval-n", "4", "--no-progress")
     assert_one_line_error(done, "n_embd=16 but meta.json's model_config implies 32")
     # weights of another shape behind a matching config.json: load_gptj names the tensor
     meta = json.loads((folder / "meta.json").read_text())
@@ -368,7 +368,7 @@ def test_config_weights_mismatch_is_one_line(tmp_path):
 
     meta["sha256"]["model.safetensors"] = _sha256(folder / "model.safetensors")
     (folder / "meta.json").write_text(json.dumps(meta))
-    done = headkit("eval", str(folder), "--lengths", "9", "--n", "4", "--no-progress")
+    done = headkit("eval", str(folder), "--lengths", "9", "--eval-n", "4", "--no-progress")
     assert_one_line_error(done, "tensor lm_head.bias has shape (3,)")
 
 

@@ -4,7 +4,8 @@
   directory; `check_run_dir` refuses a missing one before anything heavy is imported.
 - ``--n-prompts N`` (`add_prompts`): prompts of a score or an intervention;
   ``--eval-n N`` (`add_eval_prompts`): prompts per length of an accuracy
-  evaluation. The old spellings (``--n``) stay accepted, hidden from ``--help``.
+  evaluation, a different count. The old ``--n``, which meant one or the other
+  by command, is refused (`add_removed`) with one line naming the flag to use there.
 - ``--out FILE.csv`` (`add_csv_out`): optional wherever a command writes one table
   (the table is printed either way); `check_csv_out` checks it before any work.
   Commands that write a *folder* (``train``, ``report``, ``demo``) keep their own
@@ -137,28 +138,36 @@ def to_positive_float(name: str, text: str) -> float:
     return check_positive_float(name, value if math.isfinite(value) else text)
 
 
-def _add(parser: argparse.ArgumentParser, flags: tuple[str, ...], aliases: tuple[str, ...], **kwargs: Any) -> None:
-    """``flags`` shown in ``--help``; ``aliases`` accepted, hidden, storing into the same place."""
-    action = parser.add_argument(*flags, **kwargs)
-    for alias in aliases:
-        hidden = {**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
-        hidden.pop("required", None)
-        parser.add_argument(alias, dest=action.dest, **hidden)
-
-
-def add_int(
-    parser: argparse.ArgumentParser, *flags: str, low: int = 1, high: int | None = None,
-    aliases: tuple[str, ...] = (), **kwargs: Any,
-) -> None:  # fmt: skip
+def add_int(parser: argparse.ArgumentParser, *flags: str, low: int = 1, high: int | None = None, **kwargs: Any) -> None:
     """An integer option in ``low..high``, checked by `to_int`."""
     kwargs.setdefault("metavar", "N")
-    _add(parser, flags, aliases, action=_Checked, check=partial(to_int, low=low, high=high), **kwargs)
+    parser.add_argument(*flags, action=_Checked, check=partial(to_int, low=low, high=high), **kwargs)
 
 
 def add_float(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     """A finite positive number option, checked by `to_positive_float`."""
     kwargs.setdefault("metavar", "X")
-    _add(parser, flags, (), action=_Checked, check=to_positive_float, **kwargs)
+    parser.add_argument(*flags, action=_Checked, check=to_positive_float, **kwargs)
+
+
+class _Removed(argparse.Action):
+    """A flag that no longer exists: one usage line naming the flag to use instead, at parse time."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, use: str, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.use = use
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 (argparse's signature)
+        raise argparse.ArgumentError(None, f"{option_string} was removed: use {self.use}")
+
+
+def add_removed(parser: argparse.ArgumentParser, flag: str, *, use: str) -> None:
+    """Refuse ``flag`` (with or without a value), hidden from ``--help``, naming ``use``.
+
+    Registered explicitly so that argparse does not take it as an abbreviation of
+    another flag (``--n`` of ``--n-prompts`` or ``--no-progress``).
+    """
+    parser.add_argument(flag, action=_Removed, use=use, nargs="?", dest=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def seed(text: str) -> int:
@@ -206,16 +215,26 @@ def check_run_or_model(args: argparse.Namespace) -> None:
     check_run_dir(args.run_dir)
 
 
-def add_prompts(parser: argparse.ArgumentParser, *, default: int, help: str, aliases: tuple[str, ...] = ()) -> None:
-    """``--n-prompts N`` (``args.n_prompts``): prompts of a score or an intervention."""
-    add_int(parser, "--n-prompts", default=default, aliases=aliases, help=f"{help} (default {default})")
+def add_prompts(parser: argparse.ArgumentParser, *, default: int, help: str, replaces_n: bool = False) -> None:
+    """``--n-prompts N`` (``args.n_prompts``): prompts of a score or an intervention.
+
+    ``replaces_n``: this command's old ``--n`` meant this count; it is refused, naming ``--n-prompts``.
+    """
+    add_int(parser, "--n-prompts", default=default, help=f"{help} (default {default})")
+    if replaces_n:
+        add_removed(parser, "--n", use=f"--n-prompts ({help})")
 
 
-def add_eval_prompts(
-    parser: argparse.ArgumentParser, *, default: int, help: str, aliases: tuple[str, ...] = ()
-) -> None:
-    """``--eval-n N`` (``args.eval_n``): prompts per length of an accuracy evaluation."""
-    add_int(parser, "--eval-n", default=default, aliases=aliases, help=f"{help} (default {default})")
+def add_eval_prompts(parser: argparse.ArgumentParser, *, default: int, help: str, replaces_n: bool = False) -> None:
+    """``--eval-n N`` (``args.eval_n``): prompts per length of an accuracy evaluation.
+
+    Not ``--n-prompts``, the prompts of a score or an intervention, which a command may
+    take too (its help says so). ``replaces_n``: this command's old ``--n`` meant this
+    count; it is refused, naming ``--eval-n``.
+    """
+    add_int(parser, "--eval-n", default=default, help=f"{help} (default {default}; a different count from --n-prompts)")
+    if replaces_n:
+        add_removed(parser, "--n", use=f"--eval-n ({help})")
 
 
 def add_csv_out(parser: argparse.ArgumentParser, *, columns: str = "") -> None:
@@ -241,8 +260,8 @@ def add_compute(parser: argparse.ArgumentParser, *, device_help: str = "torch de
 
     parser.add_argument("--device", type=device, default=None, help=device_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add(
-        parser, ("--threads",), (), action=_Checked, check=lambda flag, text: check_threads(to_int(flag, text)),
+    parser.add_argument(
+        "--threads", action=_Checked, check=lambda flag, text: check_threads(to_int(flag, text)),
         metavar="N", default=None, help=THREADS_HELP,
     )  # fmt: skip
 

@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     from headkit.report.demo import DemoOptions, run_demo
 
     options = DemoOptions(
-        steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, n=args.eval_n,
+        steps_scale=args.steps_scale, lengths=lengths, added=added, extend=args.extend, eval_n=args.eval_n,
         progress=not args.no_progress, preset=args.preset, parallel=not args.serial, device=args.device,
     )  # fmt: skip
     from tqdm.auto import tqdm
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lengths", default=None, help="total evaluation lengths instead of --added, e.g. 17,33,65")
     types.add_extend(p)
-    types.add_eval_prompts(p, default=512, help="evaluation prompts per length", aliases=("--n",))
+    types.add_eval_prompts(p, default=512, help="evaluation prompts per length", replaces_n=True)
     p.add_argument(
         "--preset", choices=types.preset_names(), default="cpu", help="training preset (default cpu; paper: PosSym-2026's models, ~25 min per task on one CPU core)"
     )

@@ -215,7 +215,7 @@ def _common(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace]
         "--metric", choices=types.metric_names(), default=None,
         help="metric of the clean answers (default logit_diff where the task has wrong answers, else answer_logprob)",
     )  # fmt: skip
-    types.add_prompts(parser, default=256, help="number of prompts", aliases=("--n",))
+    types.add_prompts(parser, default=256, help="number of prompts", replaces_n=True)
     parser.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
     types.add_int(parser, "--batch-size", default=None, help="most rows per forward pass (default: automatic)")
     types.add_csv_out(parser)

@@ -160,7 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of report.html and its tables (default RUN_DIR/report; for a checkpoint directory ./report_NAME)",
     )  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write every plotly figure as PNG (needs kaleido >= 1)")
-    types.add_eval_prompts(p, default=256, help="prompts per length, and of the ablation and patching", aliases=("--n",))
+    types.add_eval_prompts(p, default=256, help="prompts per length, and of the ablation and patching", replaces_n=True)
     types.add_prompts(p, default=64, help="prompts of the head census")
     p.add_argument("--seed", type=types.seed, default=0, help="seed of the prompts, 0..2**64-1 (default 0)")
     types.add_compute(p, device_help="torch device, e.g. cpu or cuda (default: as saved)")

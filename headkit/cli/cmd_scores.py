@@ -103,19 +103,19 @@ def _check_task_name(name: str | None) -> None:
 
 def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.scores.census import head_census
-    from headkit.scores.positional_symbolic import classify_heads_by_hop
+    from headkit.scores.positional_symbolic import ClassifyOptions, classify_heads_by_hop
 
     ckpt = _latest(args)
     task = _task_of(ckpt, args.task)
     batch = task.build(args.n_prompts, seed=args.seed).to(ckpt.model.cfg.device)
     if args.per_hop is not None and "chain" not in batch.positions:
         raise HeadkitError(f"--per-hop needs a pointer-chain task (number, letter); {task.name} has no hops")
-    options = {"swap": _swap_mode(ckpt.model, args.swap)}
+    options = ClassifyOptions(swap=_swap_mode(ckpt.model, args.swap))
     census = head_census(ckpt.model, batch.tokens, seed=args.seed, composition_kinds=kinds, classify_options=options)
     if args.per_hop is not None:
-        hops = classify_heads_by_hop(ckpt.model, batch, **options)
+        hops = classify_heads_by_hop(ckpt.model, batch, options)
         write_csv(args.per_hop, hops)  # checked with --out before any work
-        print(f"heads at each hop's pointer ({options['swap']} swaps):")
+        print(f"heads at each hop's pointer ({options.swap} swaps):")
         _print_table(hops, PER_HOP_SHOWN)
         print(f"wrote {len(hops)} rows to {args.per_hop}")
     return f"{task.name} model at step {ckpt.step} ({ckpt.path}), {args.n_prompts} prompts", census
@@ -124,6 +124,7 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
 def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.scores.census import head_census
+    from headkit.scores.positional_symbolic import ClassifyOptions
     from headkit.tasks.ioi import ioi_task
 
     require_tokenizer(args.model)  # IOI prompts need it: refused before the weights load
@@ -135,12 +136,12 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
     census = head_census(
         model,
         batch.tokens.to(model.cfg.device),
-        n_random=args.n_prompts,
+        n_prompts=args.n_prompts,
         seed=args.seed,
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
         bos_id=tokenizer.bos_token_id,  # pyright: ignore[reportArgumentType]  (transformers 5 types special-token ids loosely)
         composition_kinds=kinds,
-        classify_options={"swap": _swap_mode(model, args.swap)},
+        classify_options=ClassifyOptions(swap=_swap_mode(model, args.swap)),
     )
     return f"{args.model}: {args.n_prompts} IOI prompts", census
 
@@ -169,6 +170,7 @@ def _dynamics(args: argparse.Namespace) -> int:
     steps = None if args.steps is None else parse_int_list(args.steps, name="--steps", low=0)
     use_threads(args.threads)
     from headkit.scores.dynamics import track_heads
+    from headkit.scores.positional_symbolic import ClassifyOptions
     from headkit.tasks import TaskSpec
 
     task = None if args.task is None else TaskSpec(args.task)
@@ -179,7 +181,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         steps=steps,
         task=task,
         eval_n=args.eval_n,
-        classify_options={"swap": "residual" if args.swap == "auto" else args.swap},  # trained runs: rotary
+        classify_options=ClassifyOptions(swap="residual" if args.swap == "auto" else args.swap),  # trained runs: rotary
         device=args.device,
         progress=not args.no_progress,
     )
@@ -219,7 +221,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
         model, task = ckpt.model, _task_of(ckpt, args.task)
         what = f"the {task.name} model at step {ckpt.step}"
     heads = None if parsed is None else check_heads(model, parsed)
-    table = discrepancy(model, task, lengths=lengths, n=args.n_prompts, seed=args.seed, heads=heads)
+    table = discrepancy(model, task, lengths=lengths, n_prompts=args.n_prompts, seed=args.seed, heads=heads)
     print(f"discrepancy of {what} (largest minus second-largest logit):")
     wide = table.pivot(index=["layer", "head"], columns="length", values="discrepancy").reset_index()
     wide.columns = [str(c) if not isinstance(c, str) else c for c in wide.columns]

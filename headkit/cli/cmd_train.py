@@ -103,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.n_ctx is not None:
         extend_context(ckpt.model, args.n_ctx)
     frame = evaluate(
-        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n=args.eval_n, seed=args.seed,
+        ckpt.model, ckpt.task, lengths=lengths, added=added, extend=args.extend, n_prompts=args.eval_n, seed=args.seed,
         progress=not args.no_progress,
     )
     if out is not None:
@@ -180,7 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, "--n-ctx",
         help="let the model take prompts up to this length (rotary tables only; for runs trained with a short n_ctx)",
     )  # fmt: skip
-    types.add_eval_prompts(p, default=512, help="prompts per length", aliases=("--n",))
+    types.add_eval_prompts(p, default=512, help="prompts per length", replaces_n=True)
     p.add_argument("--seed", type=types.seed, default=12345, help="prompt seed, 0..2**64-1 (default 12345)")
     types.add_csv_out(p, columns="task,extend,length,added,hop,n,accuracy")
     types.add_compute(p, device_help="torch device, e.g. cpu or cuda (default: the checkpoint's)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headkit.checks import check_int
+from headkit.checks import check_int, options_of
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
     WeightFiles,
@@ -159,12 +159,13 @@ def check_weights(weights: WeightFiles, shapes: GPTJShapes, directory: Path) -> 
 # --- the loader ------------------------------------------------------------------------
 
 
-def load_gptj(name_or_dir: str | Path, **options: Any) -> Model:
+def load_gptj(name_or_dir: str | Path, options: LoadOptions | None = None, **fields: Any) -> Model:
     """A pretrained GPT-J as a `TransformerBridge` with headkit's GPT-J attention (module doc).
 
     ``name_or_dir``: a Hugging Face directory (config.json + safetensors or
     pytorch_model.bin, sharded or not), or a hub id such as ``EleutherAI/gpt-j-6B``
-    found in the local HF cache. ``options`` are `LoadOptions`'s fields:
+    found in the local HF cache. ``options``: a `LoadOptions`, or its fields as
+    keywords (``fields``; not both):
     ``dtype`` float32, float16 or bfloat16 (the weights are read straight into it);
     ``device`` (None: CUDA if available, else the CPU); ``n_devices`` (1 only);
     ``fold_ln``, ``center_writing_weights``, ``center_unembed``,
@@ -173,7 +174,7 @@ def load_gptj(name_or_dir: str | Path, **options: Any) -> Model:
     but default to off (raw weights); all of them leave log-probabilities
     unchanged. A tokenizer is attached when the directory holds one.
     """
-    checked = LoadOptions.of("load_gptj", options)  # every argument and file is checked before any tensor is read
+    checked = options_of(LoadOptions, options, fields, what="load_gptj")  # all checked before any tensor is read
     return gptj_from_directory(resolve_checkpoint_dir(name_or_dir), checked)
 
 

@@ -1,4 +1,4 @@
-"""The checked keyword options of `load_gptj` and `load_pretrained` (torch only)."""
+"""The checked options of `load_gptj` and `load_pretrained` (torch only): `LoadOptions`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from headkit.model_config import resolve_dtype
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """The keyword options of `load_gptj` and `load_pretrained`, checked (in this order) when built."""
+    """The options of `load_gptj` and `load_pretrained`, checked (in this order) when built.
+
+    Pass one to a loader (``load_pretrained(path, LoadOptions(dtype="bfloat16"))``) or
+    give its fields as keywords (``load_pretrained(path, dtype="bfloat16")``), not both.
+    """
 
     dtype: str | torch.dtype = "float32"  # float32, float16 or bfloat16; held as a torch.dtype once checked
     device: str | torch.device | None = None  # None: CUDA if available, else the CPU
@@ -33,7 +37,7 @@ class LoadOptions:
             object.__setattr__(self, flag, bool(getattr(self, flag)))
 
     @classmethod
-    def of(cls, what: str, options: Mapping[str, Any]) -> LoadOptions:
+    def of(cls, options: Mapping[str, Any], *, what: str) -> LoadOptions:
         """``cls(**options)``; an unknown option is a TypeError naming ``what`` and the allowed ones."""
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = [name for name in options if name not in allowed]
@@ -44,7 +48,6 @@ class LoadOptions:
     @property
     def processing(self) -> Processing:
         return Processing(**{flag: getattr(self, flag) for flag in PROCESSING_FLAGS})
-
 
 
 def target_device(device: str | torch.device | None, n_devices: int) -> str:

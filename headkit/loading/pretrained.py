@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from headkit.checks import options_of
 from headkit.errors import HeadkitError
 from headkit.loading.files import (
     TOKENIZER_FILES,
@@ -67,13 +68,14 @@ def architecture_of(raw: dict[str, Any], path: Path) -> str:
     return architecture
 
 
-def load_pretrained(name_or_dir: str | Path, **options: Any) -> Model:
+def load_pretrained(name_or_dir: str | Path, options: LoadOptions | None = None, **fields: Any) -> Model:
     """A pretrained causal LM as a `TransformerBridge`, wrapped in place (see module doc).
 
     ``name_or_dir``: a Hugging Face directory (config.json + safetensors or
     pytorch_model.bin, sharded or not) or a hub id found in the local HF cache;
-    its architecture must be one `supported_architectures` lists. ``options`` are
-    `headkit.loading.LoadOptions`'s fields, as for `headkit.loading.load_gptj`:
+    its architecture must be one `supported_architectures` lists. ``options``: a
+    `headkit.loading.options.LoadOptions`, or its fields as keywords (``fields``; not
+    both), as for `headkit.loading.gptj.load_gptj`:
     ``dtype`` float32, float16 or bfloat16 (the weights are read straight into it);
     ``device`` (None: CUDA if available, else the CPU); ``n_devices`` (1 only);
     and the processing flags (``fold_ln``, ``center_writing_weights``,
@@ -82,7 +84,7 @@ def load_pretrained(name_or_dir: str | Path, **options: Any) -> Model:
     TransformerLens skips what does not apply. A tokenizer is attached when the
     directory holds one.
     """
-    checked = LoadOptions.of("load_pretrained", options)
+    checked = options_of(LoadOptions, options, fields, what="load_pretrained")
     directory = resolve_checkpoint_dir(name_or_dir)
     raw = read_hf_config(directory)
     architecture = architecture_of(raw, directory / "config.json")

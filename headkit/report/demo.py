@@ -78,13 +78,17 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What the demo does; checked on construction (the task-dependent checks: `check_options`)."""
+    """What the demo does; checked on construction (the task-dependent checks: `check_options`).
+
+    ``run_demo(out, DemoOptions(steps_scale=0.1))``; the command line's flags are its fields
+    (``--eval-n`` is ``eval_n``).
+    """
 
     steps_scale: float = 1.0  # multiplier of every schedule length
     lengths: tuple[int, ...] | None = None  # total evaluation lengths, or None: use ``added``
     added: tuple[int, ...] | None = DEMO_ADDED  # tokens added to the trained length (the paper's x-axis)
     extend: str = "prefix"  # "prefix" (the paper's protocol) or "window" (headkit's variant)
-    n: int = 512  # evaluation prompts per length
+    eval_n: int = 512  # evaluation prompts per length (`evaluate`'s n_prompts)
     progress: bool = True  # show progress bars
     preset: str = "cpu"  # training preset (headkit.training.PRESETS)
     parallel: bool = True  # train both runs at once (one process each) when two cores are idle
@@ -92,7 +96,7 @@ class DemoOptions:
 
     def __post_init__(self) -> None:
         check_positive_float("steps_scale", self.steps_scale)
-        check_int("n", self.n)
+        check_int("eval_n", self.eval_n)
 
         if self.extend not in EXTENDS:
             raise HeadkitError(f"extend={self.extend!r} is unknown: allowed {', '.join(EXTENDS)}")
@@ -271,13 +275,13 @@ def step_evaluate(options: DemoOptions, result: DemoResult, say: Say) -> None:
         frames.append(
             evaluate(
                 scorer, cfg.task, lengths=options.lengths, added=options.added, extend=options.extend,
-                n=options.n, progress=options.progress,
+                n_prompts=options.eval_n, progress=options.progress,
             )  # fmt: skip
         )
     result.accuracy = pd.concat(frames, ignore_index=True)
     result.files.append(write_csv(result.out / ACCURACY_FILE, result.accuracy))
     say(
-        f"\naccuracy by task, length and hop ({options.n} prompts per length, {options.extend} protocol; "
+        f"\naccuracy by task, length and hop ({options.eval_n} prompts per length, {options.extend} protocol; "
         "trained at length 17):"
     )
     say(_table(accuracy_table(result.accuracy)))

@@ -44,6 +44,7 @@ from headkit.interventions.path_patching import path_patching_sweep
 from headkit.plots import attention_patterns, head_scores_figure, patching_figure
 from headkit.report.page import Section
 from headkit.scores.census import head_census
+from headkit.scores.positional_symbolic import ClassifyOptions
 from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
 from headkit.tasks.natural import SUITES, build_suite
 
@@ -274,9 +275,9 @@ def suite_report(
         raise HeadkitError(f"prompt suite {suite!r} has no corrupted twins: nothing to patch")
     bar.set_postfix_str(f"{suite}: census")
     census = head_census(
-        model, batch.tokens.to(model.cfg.device), n_random=options.n_prompts, seed=options.seed,
+        model, batch.tokens.to(model.cfg.device), n_prompts=options.n_prompts, seed=options.seed,
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)), bos_id=tokenizer.bos_token_id, composition_kinds=(),
-        classify_options={"swap": swap_mode(model, options.swap)},
+        classify_options=ClassifyOptions(swap=swap_mode(model, options.swap)),
     )  # fmt: skip
     bar.update(1)
     tables, baselines = _effects(model, batch, options, bar)

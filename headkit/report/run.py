@@ -129,7 +129,7 @@ def build_report(path: str | Path, options: ReportOptions | None = None, *, say:
     say("accuracy by length ...")
     lengths = default_lengths(trained, model.cfg.n_ctx)
     tables["accuracy"] = evaluate(
-        model, task, lengths=lengths, n=options.eval_n, seed=options.seed, progress=options.progress
+        model, task, lengths=lengths, n_prompts=options.eval_n, seed=options.seed, progress=options.progress
     )
     accuracy = build.accuracy_section(tables["accuracy"], about=about, trained_length=trained)
     say("head census ...")

@@ -18,7 +18,7 @@ on ``(layer, head)``:
   kind is not in ``composition_kinds``;
 - when ``tokens`` are given, the positional/symbolic classification of
   `headkit.scores.positional_symbolic.classify_heads` on them (the paper's layer-local
-  residual swap unless ``classify_options`` says ``swap="tokens"``): ``positional_score,
+  residual swap unless ``classify_options`` is ``ClassifyOptions(swap="tokens")``): ``positional_score,
   symbolic_score, signal``, headkit's ``label, purity, pure``, PosSym-2026's pure
   heads ``pure_paper_0.1, pure_paper_0.05`` (positional / symbolic / neither), then
   ``n_prompts, finite, swap`` (NaN / None without tokens, since the swap metric needs
@@ -30,14 +30,14 @@ The columns are always ``CENSUS_COLUMNS``, in that order, whatever is computed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Int
 from torch import Tensor
 
-from headkit.checks import check_tokens
+from headkit.checks import check_tokens, options_of
 from headkit.errors import HeadkitError
 from headkit.model_types import Model
 from headkit.scores.circuits import TARGET_CIRCUITS, composition_scores, copying_scores
@@ -48,7 +48,7 @@ from headkit.scores.detectors import (
     induction_scores_from_tokens,
 )
 from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS as HEAD_CLASSIFY_COLUMNS
-from headkit.scores.positional_symbolic import classify_heads
+from headkit.scores.positional_symbolic import ClassifyOptions, classify_heads
 
 # the per-head columns of the positional/symbolic classification
 CLASSIFY_COLUMNS = [c for c in HEAD_CLASSIFY_COLUMNS if c not in ("layer", "head")]
@@ -85,7 +85,7 @@ def head_census(
     tokens: Int[Tensor, "batch pos"] | None = None,
     *,
     half_length: int | None = None,
-    n_random: int = 64,
+    n_prompts: int = 64,
     seed: int = 0,
     vocab_range: tuple[int, int] | None = None,
     bos_id: int | None = None,
@@ -93,7 +93,7 @@ def head_census(
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
     composition_kinds: Sequence[str] = ("q", "k", "v"),
-    classify_options: Mapping[str, Any] | None = None,
+    classify_options: ClassifyOptions | None = None,
     batch_size: int = 64,
 ) -> pd.DataFrame:  # long for its 13 documented options; the body is ~30 lines
     """One row per (layer, head) with every score as a column (``CENSUS_COLUMNS``).
@@ -102,16 +102,18 @@ def head_census(
         tokens: task prompts [batch, pos] for the detectors and the
             positional/symbolic classification; None = detectors on the random
             repeated-token prompts and no classification.
-        half_length, n_random, seed, vocab_range, bos_id, induction_threshold:
-            the repeated random-token prompts of `induction_scores`
-            (``half_length=None``: 20, shortened to fit the vocabulary/context).
+        half_length, n_prompts, seed, vocab_range, bos_id, induction_threshold:
+            the repeated random-token prompts of `induction_scores` (``n_prompts``
+            of them; ``half_length=None``: 20, shortened to fit the vocabulary/context).
         exclude_bos, exclude_current_token: detector options (TransformerLens's).
         composition_kinds: subset of ``("q", "k", "v")``; the others stay NaN
             (composition is the costly part on a large model).
-        classify_options: keyword arguments of ``classify_heads`` (margin,
-            min_signal, purity_threshold, tau, max_pairs, ...).
+        classify_options: the options of ``classify_heads``, a `ClassifyOptions`
+            (margin, min_signal, purity_threshold, swap, tau, max_pairs, ...);
+            None = its defaults.
         batch_size: prompts per forward pass of the detectors.
     """
+    classify = options_of(ClassifyOptions, classify_options, {}, what="head_census", name="classify_options")
     kinds = list(dict.fromkeys(composition_kinds))
     bad = [k for k in kinds if k not in TARGET_CIRCUITS]
     if bad:
@@ -121,7 +123,7 @@ def head_census(
     if tokens is not None:
         check_tokens(model, tokens)
     random_tokens, half_length = induction_prompts(
-        model, n=n_random, seed=seed, half_length=half_length, vocab_range=vocab_range, bos_id=bos_id
+        model, n_prompts=n_prompts, seed=seed, half_length=half_length, vocab_range=vocab_range, bos_id=bos_id
     )
     induction = induction_scores_from_tokens(
         model, random_tokens, half_length=half_length, threshold=induction_threshold, batch_size=batch_size
@@ -142,7 +144,7 @@ def head_census(
         table = table.merge(_max_composition(model, kind), on=["layer", "head"], how="left")
 
     if tokens is not None:
-        classes = classify_heads(model, tokens, **dict(classify_options or {}))
+        classes = classify_heads(model, tokens, classify)
         table = table.merge(classes, on=["layer", "head"], how="left")
     for column in CENSUS_COLUMNS:
         if column not in table:

@@ -34,15 +34,17 @@ occurrence of its token (query offset ``L + j`` → key offset ``j + 1``); heads
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headkit.checks import check_int, check_model, check_tokens
+from headkit.checks import check_bool, check_int, check_model, check_tokens, options_of
 from headkit.errors import HeadkitError
 from headkit.model_types import Model
 from headkit.scores.capture import capture, resolve_heads
@@ -105,38 +107,66 @@ def detector_fractions(
     return torch.stack(hits, -1)
 
 
+@dataclass(frozen=True)
+class DetectorOptions:
+    """Options of the attention detectors (module docstring), checked on creation.
+
+    Pass one to `detector_scores` or a one-detector function
+    (``previous_token_scores(model, tokens, DetectorOptions(exclude_bos=True))``) or give
+    its fields as keywords (``previous_token_scores(model, tokens, exclude_bos=True)``), not both.
+    """
+
+    exclude_bos: bool = False  # zero the attention to key 0 before both sums
+    exclude_current_token: bool = False  # zero the attention to the query's own position before both sums
+    batch_size: int = 64  # prompts per forward pass
+
+    def __post_init__(self) -> None:
+        check_bool("exclude_bos", self.exclude_bos)
+        check_bool("exclude_current_token", self.exclude_current_token)
+        check_int("batch_size", self.batch_size)
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any], *, what: str) -> DetectorOptions:
+        """``cls(**options)``; an unknown name is a HeadkitError naming ``what`` and listing the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise HeadkitError(f"{what}: unknown detector option(s) {', '.join(unknown)}: allowed {', '.join(known)}")
+        return cls(**options)
+
+
 def detector_scores(
     model: Model,
     tokens: Int[Tensor, "batch pos"],
+    options: DetectorOptions | None = None,
     *,
     detectors: Sequence[str] = tuple(DETECTION_PATTERNS),
-    exclude_bos: bool = False,
-    exclude_current_token: bool = False,
-    batch_size: int = 64,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Scores of several detectors from one forward pass per batch of prompts.
 
-    Returns a tidy DataFrame with columns ``layer, head, detector, score``
-    (``detector`` one of ``previous_token``, ``duplicate_token``,
-    ``induction_pattern``), one row per (detector, layer, head), the score averaged
-    over the prompts of ``tokens``.
+    ``options``: a `DetectorOptions` (``exclude_bos``, ``exclude_current_token``,
+    ``batch_size``), or its fields as keywords (``fields``; not both). Returns a tidy
+    DataFrame with columns ``layer, head, detector, score`` (``detector`` one of
+    ``previous_token``, ``duplicate_token``, ``induction_pattern``), one row per
+    (detector, layer, head), the score averaged over the prompts of ``tokens``.
     """
     unknown = [d for d in detectors if d not in DETECTION_PATTERNS]
     if unknown or not detectors:
         raise HeadkitError(
             f"unknown detector(s) {unknown or list(detectors)}: allowed {', '.join(DETECTION_PATTERNS)}"
         )
+    opts = options_of(DetectorOptions, options, fields, what="detector_scores")
     check_tokens(model, tokens)
-    check_int("batch_size", batch_size)
     if tokens.shape[1] < 2:
         raise HeadkitError(
             f"tokens have length {tokens.shape[1]}: detectors need prompts of 2..{model.cfg.n_ctx} tokens"
         )
     heads = resolve_heads(model, None)
     fractions = capture(
-        model, tokens, heads, query_pos=None, batch_size=batch_size, desc="detectors",
-        reduce=partial(detector_fractions, detectors=list(detectors), exclude_bos=exclude_bos,
-                       exclude_current_token=exclude_current_token),
+        model, tokens, heads, query_pos=None, batch_size=opts.batch_size, desc="detectors",
+        reduce=partial(detector_fractions, detectors=list(detectors), exclude_bos=opts.exclude_bos,
+                       exclude_current_token=opts.exclude_current_token),
     )  # fmt: skip  [batch, unit, detector]
     rows = []
     for k, name in enumerate(detectors):
@@ -156,25 +186,33 @@ def mean_over_prompts(values: Float[Tensor, "batch unit"], *, n_heads: int) -> l
     return [score for block in blocks for score in block.contiguous().mean(0).tolist()]
 
 
-def previous_token_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def previous_token_scores(
+    model: Model, tokens: Int[Tensor, "batch pos"], options: DetectorOptions | None = None, **fields: Any
+) -> pd.DataFrame:
     """Fraction of each head's attention on the previous token (``layer, head, detector, score``).
 
-    ``options``: `detector_scores`' ``exclude_bos``, ``exclude_current_token``, ``batch_size``.
+    ``options``: a `DetectorOptions` (``exclude_bos``, ``exclude_current_token``,
+    ``batch_size``), or its fields as keywords (not both).
     """
-    return detector_scores(model, tokens, detectors=("previous_token",), **options)
+    opts = options_of(DetectorOptions, options, fields, what="previous_token_scores")
+    return detector_scores(model, tokens, opts, detectors=("previous_token",))
 
 
-def duplicate_token_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def duplicate_token_scores(
+    model: Model, tokens: Int[Tensor, "batch pos"], options: DetectorOptions | None = None, **fields: Any
+) -> pd.DataFrame:
     """Fraction of each head's attention on earlier copies of the current token (options as `previous_token_scores`)."""
-    return detector_scores(model, tokens, detectors=("duplicate_token",), **options)
+    opts = options_of(DetectorOptions, options, fields, what="duplicate_token_scores")
+    return detector_scores(model, tokens, opts, detectors=("duplicate_token",))
 
 
 def induction_pattern_scores(
-    model: Model, tokens: Int[Tensor, "batch pos"], **options: Any
+    model: Model, tokens: Int[Tensor, "batch pos"], options: DetectorOptions | None = None, **fields: Any
 ) -> pd.DataFrame:
     """Fraction of each head's attention on tokens right after earlier copies of the current one
     (options as `previous_token_scores`)."""
-    return detector_scores(model, tokens, detectors=("induction_pattern",), **options)
+    opts = options_of(DetectorOptions, options, fields, what="induction_pattern_scores")
+    return detector_scores(model, tokens, opts, detectors=("induction_pattern",))
 
 
 DEFAULT_HALF_LENGTH = 20  # Olsson et al.-style repeated sequences; shortened when they do not fit
@@ -205,7 +243,7 @@ def default_half_length(model: Model, *, vocab_range: tuple[int, int], bos: bool
 
 
 def repeated_random_tokens(
-    n: int,
+    n_prompts: int,
     *,
     half_length: int,
     vocab_range: tuple[int, int],
@@ -221,7 +259,7 @@ def repeated_random_tokens(
     that task (``vocab_range=(1, V + 1)``, ``bos_id=0``) the ids are unchanged.
     """
     low, high = vocab_range
-    check_int("n", n)
+    check_int("n_prompts", n_prompts)
     check_int("half_length", half_length, low=2)
     if high - low <= half_length:
         raise HeadkitError(
@@ -229,7 +267,7 @@ def repeated_random_tokens(
             f"half_length={half_length} (distinct tokens per half, plus one)"
         )
     batch = repeated_tokens_task(
-        n, seed=seed, half_length=half_length, vocab_size=high - low, bos=bos_id is not None
+        n_prompts, seed=seed, half_length=half_length, vocab_size=high - low, bos=bos_id is not None
     )
     tokens = batch.tokens + (low - 1)  # symbol ids 1..V -> low..high-1
     if bos_id is not None:
@@ -240,7 +278,7 @@ def repeated_random_tokens(
 def induction_prompts(
     model: Model,
     *,
-    n: int = 64,
+    n_prompts: int = 64,
     seed: int = 0,
     half_length: int | None = None,
     vocab_range: tuple[int, int] | None = None,
@@ -263,7 +301,7 @@ def induction_prompts(
             f"half_length={half_length} makes prompts of {offset + 2 * half_length} tokens, beyond "
             f"n_ctx={model.cfg.n_ctx}: allowed half_length 2..{(model.cfg.n_ctx - offset) // 2}"
         )
-    tokens = repeated_random_tokens(n, half_length=half_length, vocab_range=(low, high), seed=seed, bos_id=bos_id)
+    tokens = repeated_random_tokens(n_prompts, half_length=half_length, vocab_range=(low, high), seed=seed, bos_id=bos_id)
     return tokens.to(model.cfg.device), half_length
 
 
@@ -276,7 +314,7 @@ def induction_scores(
 ) -> pd.DataFrame:
     """Induction score of every head on repeated random tokens.
 
-    ``prompts`` are `induction_prompts`' options: ``n=64`` prompts, ``seed=0``,
+    ``prompts`` are `induction_prompts`' options: ``n_prompts=64``, ``seed=0``,
     ids in ``vocab_range`` (``(low, high)``, high exclusive; default the whole model
     vocabulary), an optional leading ``bos_id``, ``half_length=None`` (20, shortened
     to fit a small vocabulary or context: `default_half_length`). Returns ``layer,

@@ -43,7 +43,7 @@ DISCREPANCY_COLUMNS = ["layer", "head", "length", "discrepancy", "discrepancy_st
 class TaskLike(Protocol):
     """What `discrepancy` needs of a task: `headkit.tasks.TaskSpec` has it."""
 
-    def build(self, n: int, *, seed: int, length: int) -> TaskBatch: ...
+    def build(self, n_prompts: int, *, seed: int, length: int) -> TaskBatch: ...
 
 
 def last_row_logits(
@@ -66,7 +66,7 @@ def discrepancy(
     task: TaskLike,
     *,
     lengths: Sequence[int],
-    n: int = 64,
+    n_prompts: int = 64,
     seed: int = 0,
     heads: Sequence[Sequence[int]] | None = None,
     batch_size: int = 256,
@@ -74,10 +74,10 @@ def discrepancy(
     """Δ(n) of each head at each prompt length (PosSym-2026).
 
     Args:
-        task: a `headkit.tasks.TaskSpec` (anything with ``build(n, *, seed, length)``
+        task: a `headkit.tasks.TaskSpec` (anything with ``build(n_prompts, *, seed, length)``
             returning a `TaskBatch`); prompts are built at each length with ``seed``.
         lengths: prompt lengths, each 2..n_ctx (checked before any work).
-        n: prompts per length.
+        n_prompts: prompts per length.
         heads: (layer, head) pairs; None = every head.
         batch_size: prompts per forward pass.
 
@@ -92,7 +92,7 @@ def discrepancy(
     require(model, "discrepancy")  # a bridge must hold pre-softmax scores in hook_attn_scores
     if not callable(getattr(task, "build", None)):
         raise HeadkitError(
-            f"task must be a TaskSpec (with build(n, *, seed, length)), got {type(task).__name__}"
+            f"task must be a TaskSpec (with build(n_prompts, *, seed, length)), got {type(task).__name__}"
         )
     lengths = list(lengths)
     if not lengths:
@@ -101,12 +101,12 @@ def discrepancy(
         if isinstance(length, bool) or not isinstance(length, int) or length < 2:
             raise HeadkitError(f"length {length!r} is not allowed: lengths are integers 2..{model.cfg.n_ctx}")
         check_length(length, model.cfg.n_ctx, name="prompt length")
-    check_int("n", n)
+    check_int("n_prompts", n_prompts)
     batch_size = check_int("batch_size", batch_size)
     head_list = resolve_heads(model, heads)
     rows = []
     for length in lengths:
-        batch = task.build(n, seed=seed, length=length)
+        batch = task.build(n_prompts, seed=seed, length=length)
         tokens = check_tokens(model, batch.tokens, name=f"prompts of length {length}")
         if tokens.shape[1] != length:
             raise HeadkitError(

@@ -21,7 +21,7 @@ Columns (``DYNAMICS_COLUMNS`` then the hop columns): ``step, layer, head,
 positional_score, symbolic_score, signal, label, purity, pure, pure_paper_0.1,
 pure_paper_0.05, n_prompts, finite, swap, accuracy``, then ``accuracy_hop1 ..
 accuracy_hopK`` for tasks with hops. The swap metric is the paper's layer-local
-residual swap unless ``classify_options`` says ``swap="tokens"``. One row
+residual swap unless ``classify_options`` is ``ClassifyOptions(swap="tokens")``. One row
 per (step, layer, head), sorted by step, layer, head.
 """
 
@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from headkit.checks import check_int
+from headkit.checks import check_int, options_of
 from headkit.errors import HeadkitError
 from headkit.evaluation import ALL_HOPS, evaluate
-from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, classify_heads
+from headkit.scores.positional_symbolic import CLASSIFY_COLUMNS, ClassifyOptions, classify_heads
 from headkit.tasks.registry import TaskSpec
 from headkit.training.checkpoints import load_checkpoint
 from headkit.training.layout import list_checkpoints
@@ -83,7 +83,7 @@ def track_heads(
     task: TaskSpec | None = None,
     eval_n: int = 512,
     eval_seed: int = 12345,
-    classify_options: Mapping[str, Any] | None = None,
+    classify_options: ClassifyOptions | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -96,14 +96,15 @@ def track_heads(
         steps: checkpoint steps to use; None = all of them.
         task: the task to build prompts from; None = the one recorded in each checkpoint.
         eval_n, eval_seed: prompts and seed of the accuracy evaluation.
-        classify_options: keyword arguments of ``classify_heads`` (margin, tau, ...).
+        classify_options: the options of ``classify_heads``, a `ClassifyOptions` (margin, swap, tau, ...);
+            None = its defaults.
         device: where to load the models (None = TransformerLens's default).
         progress: show a progress bar over checkpoints.
     """
     check_int("n_prompts", n_prompts)
     check_int("eval_n", eval_n)
     chosen = select_checkpoints(run_dir, steps)
-    options = dict(classify_options or {})
+    options = options_of(ClassifyOptions, classify_options, {}, what="track_heads", name="classify_options")
     frames = []
     for step, path in tqdm(chosen, desc="checkpoints", disable=not progress):
         ckpt = load_checkpoint(path, device=device)
@@ -112,8 +113,8 @@ def track_heads(
             raise HeadkitError(f"checkpoint {path} records no task: pass task= (or --task)")
         prompts = spec.build(n_prompts, seed=seed)
         tokens = prompts.tokens.to(ckpt.model.cfg.device)
-        classes = classify_heads(ckpt.model, tokens, **options)
-        accuracy = accuracy_columns(evaluate(ckpt.model, spec, n=eval_n, seed=eval_seed))
+        classes = classify_heads(ckpt.model, tokens, options)
+        accuracy = accuracy_columns(evaluate(ckpt.model, spec, n_prompts=eval_n, seed=eval_seed))
         log.info("step %d: accuracy %.4f", step, accuracy["accuracy"])
         frames.append(classes.assign(step=step, **accuracy))
     table = pd.concat(frames, ignore_index=True)

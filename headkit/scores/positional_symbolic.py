@@ -45,7 +45,9 @@ rows that are not finite distributions give ``finite = False``, NaN scores and a
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -53,11 +55,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headkit.checks import options_of
 from headkit.errors import HeadkitError
 from headkit.model_types import Model
 from headkit.scores.capture import head_reader
 from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
-from headkit.scores.swap_plan import prepare_swaps
+from headkit.scores.swap_plan import SwapOptions, prepare_swaps
 
 SCORE_COLUMNS = ["prompt", "layer", "head", "query_pos", *METRIC_COLUMNS]
 PAPER_GAMMAS = (0.1, 0.05)  # PosSym-2026 reports pure heads at these gammas
@@ -95,14 +98,15 @@ DEFAULT_PURITY = 0.8
 
 
 def positional_symbolic_scores(
-    model: Model, tokens: Int[Tensor, "batch pos"], **options: Any
+    model: Model, tokens: Int[Tensor, "batch pos"], options: SwapOptions | None = None, **fields: Any
 ) -> pd.DataFrame:
     """Swap-metric scores of each head on each prompt (module docstring).
 
     Args:
         tokens: prompts [batch, pos], all of one length.
-        options: the swap metric's options, `headkit.scores.swap_plan.SwapOptions`
-            (all checked before any forward pass):
+        options: the swap metric's options, a `headkit.scores.swap_plan.SwapOptions`,
+            or its fields as keywords (``fields``; not both), all checked before any
+            forward pass:
 
             - ``swap="residual"`` (the paper's: swap rows of ``blocks.{l}.hook_resid_pre``
               and rerun block ``l``; refused for models with absolute position
@@ -122,7 +126,7 @@ def positional_symbolic_scores(
         layer, head, query_pos, positional_score, symbolic_score, signal, n_pairs,
         n_signal_pairs, finite, swap``.
     """
-    run = prepare_swaps(model, tokens, options)
+    run = prepare_swaps(model, tokens, options_of(SwapOptions, options, fields, what="positional_symbolic_scores"))
     head_list, swap = run.heads, run.options.swap
     scores = run_swaps(model, run, head_reader(head_list), unit_names=[f"{l}.{h}" for l, h in head_list])
     batch, n_units = run.tokens.shape[0], len(head_list)
@@ -243,19 +247,38 @@ def _check_classify_options(*, margin: float, min_signal: float, purity_threshol
         )
 
 
+@dataclass(frozen=True)
+class ClassifyOptions(SwapOptions):
+    """Options of `classify_heads`: the swap metric's (`SwapOptions`, every field) and the labels' thresholds.
+
+    Checked on creation: the thresholds, then the swap metric's options. Pass one to
+    `classify_heads`, `classify_heads_by_hop`, `head_census` (``classify_options``) or
+    `track_heads`, or give its fields to the first two as keywords, not both.
+    """
+
+    KIND: ClassVar[str] = "classification"
+
+    margin: float = DEFAULT_MARGIN  # a prompt's label: |s_pos - s_sym| above this (`prompt_labels`)
+    min_signal: float = DEFAULT_MIN_SIGNAL  # a prompt with less signal is inactive
+    purity_threshold: float = DEFAULT_PURITY  # share of prompts with the dominant label for ``pure``
+
+    def __post_init__(self) -> None:
+        _check_classify_options(margin=self.margin, min_signal=self.min_signal, purity_threshold=self.purity_threshold)
+        super().__post_init__()
+
+
 def classify_heads(
     model: Model,
     tokens: Int[Tensor, "batch pos"],
-    *,
-    margin: float = DEFAULT_MARGIN,
-    min_signal: float = DEFAULT_MIN_SIGNAL,
-    purity_threshold: float = DEFAULT_PURITY,
-    **score_options: Any,
+    options: ClassifyOptions | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Label each head over a prompt set: the paper's pure heads and headkit's labels.
 
-    Scores each prompt with `positional_symbolic_scores` (``score_options`` are
-    passed on: ``swap``, ``tau``, ``query_pos``, ...). Per head: the mean scores and
+    ``options``: a `ClassifyOptions`, or its fields as keywords (``fields``: ``margin``,
+    ``min_signal``, ``purity_threshold``, and the swap metric's ``swap``, ``tau``,
+    ``query_pos``, ...; not both), all checked before any forward pass.
+    Scores each prompt with `positional_symbolic_scores`. Per head: the mean scores and
     signal over prompts (NaN-aware); PosSym-2026's pure-head label at gamma 0.1 and
     0.05 from those means (``pure_paper_0.1``, ``pure_paper_0.05``: positional /
     symbolic / neither); and headkit's own: each prompt labelled with
@@ -267,9 +290,9 @@ def classify_heads(
     Returns:
         One row per (layer, head), columns ``CLASSIFY_COLUMNS``.
     """
-    _check_classify_options(margin=margin, min_signal=min_signal, purity_threshold=purity_threshold)
-    scores = positional_symbolic_scores(model, tokens, **score_options)
-    return classify_scores(scores, margin=margin, min_signal=min_signal, purity_threshold=purity_threshold)
+    opts = options_of(ClassifyOptions, options, fields, what="classify_heads")
+    scores = positional_symbolic_scores(model, tokens, opts)  # a ClassifyOptions is a SwapOptions
+    return classify_scores(scores, margin=opts.margin, min_signal=opts.min_signal, purity_threshold=opts.purity_threshold)
 
 
 def hop_queries(chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"], hop: int) -> Int[Tensor, " batch"]:
@@ -283,18 +306,22 @@ def hop_queries(chain: Int[Tensor, "batch k"], hops: Int[Tensor, " batch"], hop:
     return torch.where(hops >= hop, chain[:, hop - 1], torch.full_like(hops, -1))
 
 
-def classify_heads_by_hop(model: Model, batch: Any, **options: Any) -> pd.DataFrame:
+def classify_heads_by_hop(
+    model: Model, batch: Any, options: ClassifyOptions | None = None, **fields: Any
+) -> pd.DataFrame:
     """`classify_heads` once per hop, with each prompt's query at that hop's pointer.
 
     PosSym-2026 scores the heads at every pointer of the chain (its
     ``compute_metrics_multiple_queries.py``); hop ``k``'s query is the position of the
     pointer read at hop ``k`` (`hop_queries`), over the prompts with at least ``k`` hops.
-    ``batch`` is a pointer-chain `TaskBatch` (``positions["chain"]`` and ``hops``).
+    ``batch`` is a pointer-chain `TaskBatch` (``positions["chain"]`` and ``hops``);
+    ``options`` as in `classify_heads`, except ``query_pos``, which is set per hop.
 
     Returns:
         ``hop`` then ``CLASSIFY_COLUMNS``, one row per (hop, layer, head).
     """
-    if "query_pos" in options:
+    opts = options_of(ClassifyOptions, options, fields, what="classify_heads_by_hop")
+    if "query_pos" in fields or not (isinstance(opts.query_pos, int) and opts.query_pos == -1):
         raise HeadkitError("classify_heads_by_hop sets query_pos itself (each hop's pointer)")
     chain = getattr(batch, "positions", {}).get("chain")
     if chain is None or getattr(batch, "hops", None) is None:
@@ -303,7 +330,8 @@ def classify_heads_by_hop(model: Model, batch: Any, **options: Any) -> pd.DataFr
     for hop in range(1, int(batch.hops.max()) + 1):
         queries = hop_queries(chain.cpu(), batch.hops.cpu(), hop)
         keep = queries >= 0
-        table = classify_heads(model, batch.tokens[keep.to(batch.tokens.device)], query_pos=queries[keep], **options)
+        tokens = batch.tokens[keep.to(batch.tokens.device)]
+        table = classify_heads(model, tokens, dataclasses.replace(opts, query_pos=queries[keep]))
         frames.append(table.assign(hop=hop))
     out = pd.concat(frames, ignore_index=True)
     return out[["hop", *CLASSIFY_COLUMNS]]
@@ -311,6 +339,7 @@ def classify_heads_by_hop(model: Model, batch: Any, **options: Any) -> pd.DataFr
 
 __all__ = [
     "CLASSIFY_COLUMNS",
+    "ClassifyOptions",
     "PAPER_GAMMAS",
     "SCORE_COLUMNS",
     "classify_heads",

@@ -41,13 +41,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headkit.bridge.probe import require
-from headkit.checks import Head, check_int, check_model, check_tokens
+from headkit.checks import Head, check_int, check_model, check_tokens, options_of
 from headkit.errors import HeadkitError
 from headkit.interventions.sites import hook_name
 from headkit.model_types import Model, attn_scale
 from headkit.scores.capture import RowReader, heads_by_layer, model_rows, query_chunks, resolve_heads
 from headkit.scores.swap_engine import METRIC_COLUMNS, run_swaps
-from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, prepare_swaps
+from headkit.scores.swap_plan import DEFAULT_BATCH_SIZE, SwapOptions, prepare_swaps
 
 ROPE_COLUMNS = ["prompt", "layer", "head", "component", "frequency", *METRIC_COLUMNS]
 USE_COLUMNS = ["layer", "head", "component", "theta", "value"]
@@ -164,10 +164,13 @@ def component_rows(model: Model, heads: Sequence[Head], query_pos: int, membersh
     return rows
 
 
-def rope_frequency_scores(model: Model, tokens: Int[Tensor, "batch pos"], **options: Any) -> pd.DataFrame:
+def rope_frequency_scores(
+    model: Model, tokens: Int[Tensor, "batch pos"], options: SwapOptions | None = None, **fields: Any
+) -> pd.DataFrame:
     """Swap-metric scores of each rotary frequency component of each head, per prompt.
 
-    ``options`` as in `positional_symbolic_scores` (`headkit.scores.swap_plan.SwapOptions`).
+    ``options`` as in `positional_symbolic_scores`: a `headkit.scores.swap_plan.SwapOptions`,
+    or its fields as keywords (``fields``; not both).
     Returns one row per (prompt, layer, head, component) with columns
     ``ROPE_COLUMNS``: ``prompt, layer, head, component`` (``f0``.. fastest first,
     then ``nope``), ``frequency`` (θ in radians per position; NaN for ``nope``),
@@ -176,7 +179,7 @@ def rope_frequency_scores(model: Model, tokens: Int[Tensor, "batch pos"], **opti
     """
     check_model(model)
     names, membership, thetas = rotary_components(model)
-    run = prepare_swaps(model, tokens, options)
+    run = prepare_swaps(model, tokens, options_of(SwapOptions, options, fields, what="rope_frequency_scores"))
     head_list, swap = run.heads, run.options.swap
     n_heads, n_comp = len(head_list), len(names)
     scores = run_swaps(

@@ -9,7 +9,7 @@ and `headkit.scores.rope` (one home for their names, defaults and checks);
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from jaxtyping import Int
@@ -48,7 +48,14 @@ def check_swap_mode(swap: Any) -> str:
 
 @dataclass(frozen=True)
 class SwapOptions:
-    """Options of the swap metric, checked on creation (those that need no model or prompts)."""
+    """Options of the swap metric, checked on creation (those that need no model or prompts).
+
+    Pass one to `positional_symbolic_scores` or `rope_frequency_scores`
+    (``positional_symbolic_scores(model, tokens, SwapOptions(tau=0.01))``) or give its
+    fields as keywords (``positional_symbolic_scores(model, tokens, tau=0.01)``), not both.
+    """
+
+    KIND: ClassVar[str] = "swap-metric"  # what an unknown option is called in `of`'s error
 
     swap: str = DEFAULT_SWAP  # "residual" (the paper's: swap rows of hook_resid_pre, rerun block l) or "tokens"
     query_pos: int | Tensor = -1  # the query position scored (default last), or one per prompt [batch]
@@ -70,12 +77,14 @@ class SwapOptions:
         check_seed(self.seed)
 
     @classmethod
-    def of(cls, options: Mapping[str, Any]) -> SwapOptions:
-        """``SwapOptions(**options)``; an unknown name is a HeadkitError listing the known ones."""
+    def of(cls, options: Mapping[str, Any], *, what: str = "") -> SwapOptions:
+        """``cls(**options)``; an unknown name is a HeadkitError (naming function ``what``) listing the known ones."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise HeadkitError(f"unknown swap-metric option(s) {', '.join(unknown)}: allowed {', '.join(known)}")
+            raise HeadkitError(
+                f"{what + ': ' if what else ''}unknown {cls.KIND} option(s) {', '.join(unknown)}: allowed {', '.join(known)}"
+            )
         return cls(**options)
 
 
@@ -235,9 +244,8 @@ def plan_groups(
     return queries, groups
 
 
-def prepare_swaps(model: Model, tokens: Tensor, options: Mapping[str, Any]) -> SwapRun:
-    """Check ``options`` (`SwapOptions`' names), the prompts and heads against ``model``; plan every swap."""
-    opts = SwapOptions.of(options)
+def prepare_swaps(model: Model, tokens: Tensor, opts: SwapOptions) -> SwapRun:
+    """Check the prompts, the heads and the swap mode of ``opts`` against ``model``; plan every swap."""
     tokens = check_tokens(model, tokens)
     heads = resolve_heads(model, opts.heads)
     check_swap(model, opts.swap)

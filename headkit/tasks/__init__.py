@@ -1,6 +1,6 @@
 """Prompt builders for the tasks of SPEC section 2.
 
-Each builder is ``builder(n, *, seed, ...) -> TaskBatch``: a pure function of its
+Each builder is ``builder(n_prompts, *, seed, ...) -> TaskBatch``: a pure function of its
 parameters and seed (its own ``torch.Generator``), checking its parameters before
 doing any work. The trainable tasks are the entries of `headkit.tasks.registry.TASKS`
 (one entry per task: parameters dataclass and builder); ``BUILDERS`` maps their names

@@ -22,7 +22,7 @@ The length protocols (``extend="prefix"``, PosSym-2026's tokens added in front, 
 ``"window"``, ours) and every parameter check live in the parameters both builders
 take (`headkit.tasks.params.ChainParams`: the target window ``T``, the tokens
 ``added``, the resolved ``balance``); here are `prepend` (the prefix, positions
-shifted) and `check_chain_memory` (``n`` and the memory prompts and tables need).
+shifted) and `check_chain_memory` (``n_prompts`` and the memory prompts and tables need).
 
 The parts both builders share live here too: -1 padding of chains to ``max_hops + 1``
 (`pad_chains`), the answer position ``c_h`` (`chain_ends`) and the batch itself,
@@ -276,24 +276,24 @@ def prepend(batch: TaskBatch, prefix: Int[Tensor, "batch added"], *, params: Map
 
 
 def start_chains(
-    params_type: type[C], params: Mapping[str, Any], *, n: int, seed: int, task: str
+    params_type: type[C], params: Mapping[str, Any], *, n_prompts: int, seed: int, task: str
 ) -> tuple[C, dict[str, Any], torch.Generator]:
     """What a chain builder starts with: its checked parameters, the parameters its batch
     records (``balance`` resolved) and its generator, after `check_chain_memory`."""
     config = params_type.of(params, task=task)
-    check_chain_memory(n, config, task=task)
+    check_chain_memory(n_prompts, config, task=task)
     return config, {**config.to_dict(), "balance": config.chain_balance}, make_generator(seed)
 
 
-def check_chain_memory(n: int, p: ChainParams, *, task: str) -> None:
-    """Check ``n`` and refuse, before any work, prompts and chain tables that cannot fit in memory.
+def check_chain_memory(n_prompts: int, p: ChainParams, *, task: str) -> None:
+    """Check ``n_prompts`` and refuse, before any work, prompts and chain tables that cannot fit in memory.
 
     The parameters ``p`` are checked on creation (`headkit.tasks.params.ChainParams`).
     """
-    check_int("n", n, low=1)
+    check_int("n_prompts", n_prompts, low=1)
     core = p.target + p.pointer_window + 1
     extra = chain_table_bytes(core, p.target, p.max_hops, p.chain_balance)
-    check_prompt_memory(n, core + p.added, task=task, extra=extra)
+    check_prompt_memory(n_prompts, core + p.added, task=task, extra=extra)
 
 
 def chain_table_bytes(length: int, target_window: int, max_hops: int, balance: str) -> int:

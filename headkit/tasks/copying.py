@@ -31,11 +31,11 @@ def copy_vocab(vocab_size: int) -> Vocab:
 
 
 @builder_of(CopyParams)
-def copy_task(n: int, *, seed: int, **params: Any) -> TaskBatch:
-    """``n`` i.i.d. sequences of ``length`` tokens with next-token target = previous token (`CopyParams`)."""
+def copy_task(n_prompts: int, *, seed: int, **params: Any) -> TaskBatch:
+    """``n_prompts`` i.i.d. sequences of ``length`` tokens with next-token target = previous token (`CopyParams`)."""
     config = CopyParams.of(params, task="copy")
     length, vocab_size = config.length, config.vocab_size
-    check_int("n", n, low=1)
+    n = check_int("n_prompts", n_prompts, low=1)
     check_prompt_memory(n, length, task="copy")
     gen = make_generator(seed)
     vocab = copy_vocab(vocab_size)

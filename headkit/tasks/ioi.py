@@ -163,14 +163,14 @@ CORRUPTIONS: dict[str, Callable[[int, int, int], tuple[Trio, tuple[int, int]]]] 
 
 
 def _check_inputs(
-    n: int, *, tokenizer: Any, names: Sequence[str] | None, templates: Sequence[str] | None, corruption: str,
+    n_prompts: int, *, tokenizer: Any, names: Sequence[str] | None, templates: Sequence[str] | None, corruption: str,
     prepend_bos: bool,
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[int], list[int]]:
     """Step 1 of `ioi_task`: every input checked before any work.
 
     Returns ``(names, templates, name ids, BOS prefix ids)``.
     """
-    check_int("n", n, low=1)
+    check_int("n_prompts", n_prompts, low=1)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise HeadkitError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     if corruption not in CORRUPTIONS:
@@ -236,7 +236,7 @@ def _name_slots(
 
 
 def ioi_task(  # long: steps 2-4 share the names and templates drawn, in the generator's order
-    n: int,
+    n_prompts: int,
     *,
     seed: int,
     tokenizer: PreTrainedTokenizerBase,
@@ -245,15 +245,16 @@ def ioi_task(  # long: steps 2-4 share the names and templates drawn, in the gen
     corruption: str = "abc",
     prepend_bos: bool = True,
 ) -> TaskBatch:
-    """``n`` IOI prompts tokenised with ``tokenizer``, plus the ``corruption`` twin.
+    """``n_prompts`` IOI prompts tokenised with ``tokenizer``, plus the ``corruption`` twin.
 
     ``names`` defaults to `NAMES` (30 common first names), ``templates`` to
     `TEMPLATES` (4 ABBA + 4 BABA). ``prepend_bos`` puts the tokenizer's BOS token first.
     """
     # 1. check every input before any work
     names, templates, name_ids, prefix = _check_inputs(
-        n, tokenizer=tokenizer, names=names, templates=templates, corruption=corruption, prepend_bos=prepend_bos
+        n_prompts, tokenizer=tokenizer, names=names, templates=templates, corruption=corruption, prepend_bos=prepend_bos
     )
+    n = n_prompts
 
     # 2. sample a template and three distinct names per prompt
     gen = make_generator(seed)

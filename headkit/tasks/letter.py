@@ -79,8 +79,8 @@ def _other_symbols(perm: Tensor, hops: Tensor, shape: tuple[int, int], gen: torc
 
 
 @builder_of(LetterParams)
-def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
-    """``n`` letter-task prompts (SPEC 2.2), with a changed-digit corrupted twin.
+def letter_task(n_prompts: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
+    """``n_prompts`` letter-task prompts (SPEC 2.2), with a changed-digit corrupted twin.
 
     Parameters: `headkit.tasks.params.LetterParams`. Defaults are the paper's:
     symbols a-h, digits 1-8 (128 tokens). ``length`` (optional) is the total prompt length: ``extend="prefix"`` (the paper's protocol)
@@ -94,7 +94,8 @@ def letter_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer token's position).
     """
-    config, record, gen = start_chains(LetterParams, params, n=n, seed=seed, task="letter")
+    config, record, gen = start_chains(LetterParams, params, n_prompts=n_prompts, seed=seed, task="letter")
+    n = n_prompts  # checked by start_chains
     t, added, balance = config.target, config.added, config.chain_balance
     min_hops, max_hops, distractors = config.min_hops, config.max_hops, config.distractors
     p, s, d = config.pointer_window, config.n_symbols, config.n_digits

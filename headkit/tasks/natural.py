@@ -1,6 +1,6 @@
 """Natural-language prompt suites for pretrained models, built with any HF tokenizer.
 
-Every suite is ``suite(n, *, seed, tokenizer, ...) -> TaskBatch`` with a
+Every suite is ``suite(n_prompts, *, seed, tokenizer, ...) -> TaskBatch`` with a
 ``corrupted`` twin of the same shape, seeded with its own generator, and checks
 before any work that every word it uses (with its leading space, e.g. " c") is a
 single token of the tokenizer, naming the offending word otherwise. Each prompt
@@ -112,9 +112,9 @@ def _encode_lists(
     return torch.tensor(rows), start
 
 
-def _start(n: int, tokenizer: object, prepend_bos: bool) -> tuple[PreTrainedTokenizerBase, list[int]]:
-    """The checks every suite starts with (``n``, the tokenizer, BOS); returns (tokenizer, BOS prefix ids)."""
-    check_int("n", n, low=1)
+def _start(n_prompts: int, tokenizer: object, prepend_bos: bool) -> tuple[PreTrainedTokenizerBase, list[int]]:
+    """The checks every suite starts with (``n_prompts``, the tokenizer, BOS); returns (tokenizer, BOS prefix ids)."""
+    check_int("n_prompts", n_prompts, low=1)
     tokenizer = _check_tokenizer(tokenizer)
     return tokenizer, _bos(tokenizer, prepend_bos)
 
@@ -140,11 +140,12 @@ def _params(tokenizer: PreTrainedTokenizerBase, **kwargs) -> dict:
 
 
 def number_natural_task(
-    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, max_pointer: int = 16,
+    n_prompts: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, max_pointer: int = 16,
     letters: Sequence[str] = LETTERS, frame: str = NUMBER_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """One-hop number task in text: ``length - 1`` letters then ``j``; answer the letter ``j`` places back."""
-    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    tokenizer, prefix = _start(n_prompts, tokenizer, prepend_bos)
+    n = n_prompts
     check_int("length", length, low=3)
     check_int("max_pointer", max_pointer, low=2)
     letters = tuple(letters)
@@ -193,11 +194,12 @@ def number_natural_task(
 
 
 def letter_natural_task(
-    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, symbols: Sequence[str] = SYMBOLS,
+    n_prompts: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 32, symbols: Sequence[str] = SYMBOLS,
     digits: Sequence[str] = DIGITS, frame: str = LETTER_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """One-hop letter task in text: ``(length - 1) // 2`` pairs ``symbol digit``, then a symbol; answer its digit."""
-    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    tokenizer, prefix = _start(n_prompts, tokenizer, prepend_bos)
+    n = n_prompts
     check_int("length", length, low=3)
     symbols, digits = tuple(symbols), tuple(digits)
     pairs = (length - 1) // 2
@@ -250,10 +252,11 @@ def _ordinary_ids(tokenizer: PreTrainedTokenizerBase) -> Tensor:
 
 
 def induction_natural_task(
-    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, half_length: int = 20, prepend_bos: bool = True
+    n_prompts: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, half_length: int = 20, prepend_bos: bool = True
 ) -> TaskBatch:
     """``[BOS, r_1..r_L, r_1..r_L]`` with ``r`` distinct ordinary tokens of the tokenizer (SPEC 2.6)."""
-    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    tokenizer, prefix = _start(n_prompts, tokenizer, prepend_bos)
+    n = n_prompts
     check_int("half_length", half_length, low=2)
     pool = _ordinary_ids(tokenizer)
     require(
@@ -280,11 +283,12 @@ def induction_natural_task(
 
 
 def duplicate_natural_task(
-    n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 16, words: Sequence[str] = WORDS,
+    n_prompts: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, length: int = 16, words: Sequence[str] = WORDS,
     frame: str = DUPLICATE_FRAME, prepend_bos: bool = True,
 ) -> TaskBatch:
     """``length`` words whose last repeats an earlier one; answer: what followed that earlier one."""
-    tokenizer, prefix = _start(n, tokenizer, prepend_bos)
+    tokenizer, prefix = _start(n_prompts, tokenizer, prepend_bos)
+    n = n_prompts
     check_int("length", length, low=4)
     words = tuple(words)
     require(len(set(words)) >= length + 1, f"length={length} needs {length + 1} distinct words, got {len(set(words))}")
@@ -320,11 +324,11 @@ SUITES: dict[str, Callable[..., TaskBatch]] = {
 }
 
 
-def build_suite(name: str, n: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, **params) -> TaskBatch:
-    """``n`` prompts of suite ``name`` (a key of `SUITES`)."""
+def build_suite(name: str, n_prompts: int, *, seed: int, tokenizer: PreTrainedTokenizerBase, **params) -> TaskBatch:
+    """``n_prompts`` prompts of suite ``name`` (a key of `SUITES`)."""
     if name not in SUITES:
         raise HeadkitError(f"unknown prompt suite {name!r}: allowed {', '.join(SUITES)}")
-    return SUITES[name](n, seed=seed, tokenizer=tokenizer, **params)
+    return SUITES[name](n_prompts, seed=seed, tokenizer=tokenizer, **params)
 
 
 def suite_words() -> list[str]:
@@ -354,7 +358,7 @@ def word_tokenizer(words: Sequence[str] | None = None, *, bos: str = "<bos>") ->
 
 @dataclasses.dataclass(frozen=True)
 class NaturalSpec:
-    """A suite with its tokenizer, as a `TaskSpec`-like object: ``build(n, *, seed, length=None)``.
+    """A suite with its tokenizer, as a `TaskSpec`-like object: ``build(n_prompts, *, seed, length=None)``.
 
     ``length`` here is the whole prompt (BOS and frame included), as
     `headkit.scores.discrepancy.discrepancy` asks; it is turned into the suite's
@@ -386,7 +390,7 @@ class NaturalSpec:
                 f"symbol-digit pairs and the query, an odd count; nearest lengths {length - 1} and {length + 1}"
             )
 
-    def build(self, n: int, *, seed: int, length: int | None = None, **overrides) -> TaskBatch:
+    def build(self, n_prompts: int, *, seed: int, length: int | None = None, **overrides) -> TaskBatch:
         params = {**self.params, **overrides}
         if length is not None:
             self.check_length(length)
@@ -394,4 +398,4 @@ class NaturalSpec:
                 raise HeadkitError(f"prompt suite {self.name!r} has no length: lengths apply to number, letter, duplicate")
             params["length"] = length - self.overhead()
             require(params["length"] >= 4, f"length {length} leaves no room after the {self.overhead()}-token frame")
-        return build_suite(self.name, n, seed=seed, tokenizer=self.tokenizer, **params)
+        return build_suite(self.name, n_prompts, seed=seed, tokenizer=self.tokenizer, **params)

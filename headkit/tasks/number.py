@@ -97,8 +97,8 @@ def _integers(
 
 
 @builder_of(NumberParams)
-def number_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
-    """``n`` number-task prompts (SPEC 2.1), with a re-routed corrupted twin.
+def number_task(n_prompts: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
+    """``n_prompts`` number-task prompts (SPEC 2.1), with a re-routed corrupted twin.
 
     Parameters (`headkit.tasks.params.NumberParams`, defaults there): ``length``
     (optional) is the total prompt length. ``extend="prefix"`` (the
@@ -112,7 +112,8 @@ def number_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one 
     Positions: ``"query"`` [batch], ``"chain"`` [batch, max_hops+1] (query, then each
     landing, -1 padded), ``"answer_source"`` [batch] (the answer letter's position).
     """
-    config, record, gen = start_chains(NumberParams, params, n=n, seed=seed, task="number")
+    config, record, gen = start_chains(NumberParams, params, n_prompts=n_prompts, seed=seed, task="number")
+    n = n_prompts  # checked by start_chains
     t, added, balance = config.target, config.added, config.chain_balance
     min_hops, max_hops, n_letters, max_pointer = config.min_hops, config.max_hops, config.n_letters, config.max_pointer
     p = config.pointer_window

@@ -94,7 +94,7 @@ class TaskParams:
 
 
 def builder_of(params: type[TaskParams]) -> Callable[[F], F]:
-    """Decorator: give a builder ``fn(n, *, seed, **params)`` the signature that names ``params``'s fields.
+    """Decorator: give a builder ``fn(n_prompts, *, seed, **params)`` the signature that names ``params``'s fields.
 
     The fields (and their defaults) live in the dataclass only; ``help()`` and
     `inspect.signature` show them as the builder's keyword-only parameters.

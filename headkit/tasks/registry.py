@@ -31,7 +31,7 @@ class TaskEntry:
 
     name: str  # the task's name (TaskSpec.name, TaskBatch.task)
     params: type[TaskParams]  # its parameters, with their defaults and checks
-    builder: str  # "module:function" of ``builder(n, *, seed, **params) -> TaskBatch``
+    builder: str  # "module:function" of ``builder(n_prompts, *, seed, **params) -> TaskBatch``
 
     @property
     def builder_name(self) -> str:
@@ -93,9 +93,9 @@ class TaskSpec:
     def builder(self) -> Callable[..., "TaskBatch"]:
         return self.entry.load()
 
-    def build(self, n: int, *, seed: int, **overrides: Any) -> "TaskBatch":
-        """``n`` prompts of this task; ``overrides`` replace stored parameters (e.g. length)."""
-        return self.builder()(n, seed=seed, **{**self.params, **overrides})
+    def build(self, n_prompts: int, *, seed: int, **overrides: Any) -> "TaskBatch":
+        """``n_prompts`` prompts of this task; ``overrides`` replace stored parameters (e.g. length)."""
+        return self.builder()(n_prompts, seed=seed, **{**self.params, **overrides})
 
     def replace(self, **overrides: Any) -> "TaskSpec":
         """This task with some parameters replaced (checked: a bad value is refused by name)."""

@@ -41,11 +41,11 @@ def repeated_vocab(vocab_size: int) -> Vocab:
 
 
 @builder_of(InductionParams)
-def repeated_tokens_task(n: int, *, seed: int, **params: Any) -> TaskBatch:
-    """``n`` prompts ``[BOS, r_1..r_L, r_1..r_L]`` with distinct ``r_i`` and an induction twin (`InductionParams`)."""
+def repeated_tokens_task(n_prompts: int, *, seed: int, **params: Any) -> TaskBatch:
+    """``n_prompts`` prompts ``[BOS, r_1..r_L, r_1..r_L]`` with distinct ``r_i`` and an induction twin (`InductionParams`)."""
     config = InductionParams.of(params, task="induction")
     half_length, vocab_size, bos = config.half_length, config.vocab_size, config.bos
-    check_int("n", n, low=1)
+    n = check_int("n_prompts", n_prompts, low=1)
     # the prompts, plus one random permutation of the vocabulary per prompt
     check_prompt_memory(n, 2 * half_length + 1, task="induction", extra=3 * 8 * n * vocab_size)
     gen = make_generator(seed)

@@ -155,8 +155,8 @@ GENERATORS = TREE_GENERATORS
 
 
 @builder_of(TreeParams)
-def tree_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
-    """``n`` tree path-finding prompts (SPEC 2.4), with a corrupted twin.
+def tree_task(n_prompts: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one run of the generator's draws, in order
+    """``n_prompts`` tree path-finding prompts (SPEC 2.4), with a corrupted twin.
 
     Parameters: `headkit.tasks.params.TreeParams` (``n_nodes``, ``generator``).
 
@@ -167,7 +167,7 @@ def tree_task(n: int, *, seed: int, **params: Any) -> TaskBatch:  # long: one ru
     """
     config = TreeParams.of(params, task="tree")
     n_nodes, generator = config.n_nodes, config.generator
-    check_int("n", n, low=1)
+    n = check_int("n_prompts", n_prompts, low=1)
     # prompts of 4 * n_nodes tokens, plus about ten [batch, node] tables (parents, labels, ...)
     check_prompt_memory(n, 4 * n_nodes, task="tree", extra=10 * 8 * n * n_nodes)
     gen = make_generator(seed)

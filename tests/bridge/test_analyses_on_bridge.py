@@ -34,12 +34,12 @@ ANALYSES = {
     "positional_symbolic_tokens": lambda m: hk.positional_symbolic_scores(m, CLEAN[:3], swap="tokens"),
     "rope_frequency_scores": lambda m: hk.rope_frequency_scores(m, CLEAN[:3]),
     "rope_frequency_use": lambda m: hk.rope_frequency_use(m, CLEAN),
-    "discrepancy": lambda m: hk.discrepancy(m, TASK, lengths=[17, 25], n=8),
+    "discrepancy": lambda m: hk.discrepancy(m, TASK, lengths=[17, 25], n_prompts=8),
     "previous_token_scores": lambda m: hk.previous_token_scores(m, CLEAN),
-    "induction_scores": lambda m: hk.induction_scores(m, n=8, seed=0),
+    "induction_scores": lambda m: hk.induction_scores(m, n_prompts=8, seed=0),
     "copying_scores": lambda m: hk.copying_scores(m),
     "composition_scores": lambda m: hk.composition_scores(m, kind="k"),
-    "head_census": lambda m: hk.head_census(m, CLEAN[:4], n_random=8),
+    "head_census": lambda m: hk.head_census(m, CLEAN[:4], n_prompts=8),
     "ablate_mean": lambda m: hk.ablate(m, CLEAN, [(1, 0)], method="mean"),
     "ablation_sweep": lambda m: hk.ablation_sweep(m, BATCH, metric=METRIC),
     "activation_patching_z": lambda m: hk.activation_patching(m, CLEAN, CORRUPT, METRIC),
@@ -48,7 +48,7 @@ ANALYSES = {
     "path_patching_final": lambda m: hk.path_patching(m, CLEAN, CORRUPT, [(0, 0)], "final", METRIC),
     "path_patching_q": lambda m: hk.path_patching(m, CLEAN, CORRUPT, [(0, 0)], [(1, 1, "q")], METRIC),
     "attribution_patching": lambda m: hk.attribution_patching(m, CLEAN, CORRUPT, METRIC),
-    "evaluate": lambda m: hk.evaluate(m, TASK, n=16, lengths=[17, 25]),
+    "evaluate": lambda m: hk.evaluate(m, TASK, n_prompts=16, lengths=[17, 25]),
 }
 
 

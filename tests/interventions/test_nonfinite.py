@@ -153,7 +153,7 @@ def test_finite_models_are_unaffected(healthy, batch):
 
 def test_evaluate_of_a_nan_model_is_an_error_not_an_accuracy(nan_model):
     with pytest.raises(HeadkitError, match=rf"the model's logits on number prompts of length \d+ {NOT_FINITE}"):
-        evaluate(nan_model, TASK, n=8)
+        evaluate(nan_model, TASK, n_prompts=8)
 
 
 def test_evaluate_of_finite_weights_with_nan_activations_is_an_error(batch):
@@ -162,4 +162,4 @@ def test_evaluate_of_finite_weights_with_nan_activations_is_an_error(batch):
     negative_eps(model)
     assert all(p.isfinite().all() for p in model.parameters())
     with pytest.raises(HeadkitError, match=rf"the model's logits on number prompts of length \d+ {NOT_FINITE}"):
-        evaluate(model, TASK, n=8)
+        evaluate(model, TASK, n_prompts=8)

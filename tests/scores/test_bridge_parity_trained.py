@@ -41,7 +41,7 @@ def test_tables_of_a_trained_run_equal_the_hooked_transformer_of_its_checkpoint(
         "patch": lambda m: activation_patching(m, clean, corrupted, default_metric(batch, per_example=False)),
         "path-patch": lambda m: path_patching_sweep(m, clean, corrupted, "final", default_metric(batch, per_example=False)),
         "ablate": lambda m: ablation_sweep(m, batch),
-        "eval": lambda m: evaluate(m, task, n=16),
+        "eval": lambda m: evaluate(m, task, n_prompts=16),
     }
     for name, table in tables.items():
         got, want = table(bridge), table(hooked)

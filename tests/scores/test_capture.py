@@ -166,12 +166,12 @@ def _analyses():
 
     return {
         "capture": lambda m, t: capture(m, t, [(0, 0)]),
-        "census": lambda m, t: head_census(m, composition_kinds=(), n_random=4),
-        "census with tokens": lambda m, t: head_census(m, t, composition_kinds=(), n_random=4),
+        "census": lambda m, t: head_census(m, composition_kinds=(), n_prompts=4),
+        "census with tokens": lambda m, t: head_census(m, t, composition_kinds=(), n_prompts=4),
         "classify": lambda m, t: classify_heads(m, t),
         "scores, token swaps": lambda m, t: positional_symbolic_scores(m, t, swap="tokens"),
         "detectors": lambda m, t: detector_scores(m, t),
-        "induction": lambda m, t: induction_scores(m, n=4),
+        "induction": lambda m, t: induction_scores(m, n_prompts=4),
         "discrepancy": lambda m, t: last_row_logits(m, t, [(0, 0), (1, 1)], batch_size=2),
         "rope frequency": lambda m, t: rope_frequency_scores(m, t),
         "rope use": lambda m, t: rope_frequency_use(m, t),

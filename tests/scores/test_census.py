@@ -11,9 +11,9 @@ from headkit.errors import HeadkitError
 from headkit.scores.census import CENSUS_COLUMNS, head_census
 from headkit.scores.circuits import composition_scores, copying_scores
 from headkit.scores.detectors import detector_scores, induction_scores, repeated_random_tokens
-from headkit.scores.positional_symbolic import classify_heads
+from headkit.scores.positional_symbolic import ClassifyOptions, classify_heads
 
-RANDOM = dict(half_length=5, n_random=4, seed=1)
+RANDOM = dict(half_length=5, n_prompts=4, seed=1)
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_census_without_tokens(model):
     assert list(census.columns) == CENSUS_COLUMNS
     assert len(census) == 6
     assert census[["layer", "head"]].values.tolist() == [[l, h] for l in range(3) for h in range(2)]
-    ind = induction_scores(model, half_length=5, n=4, seed=1)
+    ind = induction_scores(model, half_length=5, n_prompts=4, seed=1)
     np.testing.assert_allclose(column(census, "induction_score"), column(ind, "induction_score"))
     assert census.is_induction.tolist() == ind.is_induction.tolist()
     # without task prompts, detectors are measured on the same random prompts
@@ -54,7 +54,7 @@ def test_census_without_tokens(model):
 
 def test_census_with_tokens_and_no_composition(model):
     tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(5))
-    census = head_census(model, tokens, composition_kinds=(), classify_options={"tau": 0.1}, **RANDOM)
+    census = head_census(model, tokens, composition_kinds=(), classify_options=ClassifyOptions(tau=0.1), **RANDOM)
     assert list(census.columns) == CENSUS_COLUMNS
     det = detector_scores(model, tokens)
     for name in ("previous_token", "duplicate_token", "induction_pattern"):
@@ -72,6 +72,9 @@ def test_census_bad_input(model):
         head_census(model, composition_kinds=("x",), **RANDOM)
     with pytest.raises(HeadkitError, match="outside the model's vocabulary"):
         head_census(model, torch.tensor([[1, 2, 50]]), **RANDOM)
+    # classify_options is typed: the old mapping of classify_heads's keywords is refused, naming the type
+    with pytest.raises(HeadkitError, match="head_census: classify_options must be a ClassifyOptions, got dict"):
+        head_census(model, torch.tensor([[1, 2, 3]]), classify_options={"tau": 0.1}, **RANDOM)
 
 
 def test_census_flags_heads_with_nan_weights(model):

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from headkit.bridge.build import attach_tokenizer
 from headkit.errors import HeadkitError
 from headkit.scores.detectors import (
+    DetectorOptions,
     detector_scores,
     duplicate_token_scores,
     induction_pattern_scores,
@@ -65,6 +66,7 @@ def test_detectors_equal_detect_head(model_and_prompts, exclude_bos, exclude_cur
         got = torch.full_like(expected, float("nan"))
         got[df.layer.tolist(), df["head"].tolist()] = torch.tensor(df.score.tolist(), dtype=got.dtype)
         assert (got - expected).abs().max() <= 1e-5, detector
+        assert fn(model, tokens, DetectorOptions(batch_size=2, **flags)).equals(df)  # the dataclass: the same path
 
 
 def test_detectors_with_bos_equal_detect_head(model_and_prompts):
@@ -132,7 +134,7 @@ def test_repeated_random_tokens_match_the_induction_task():
 def test_induction_scores_equal_explicit_loop(tiny_gptj, bos_id):
     model = tiny_gptj(n_layers=2, n_heads=2, d_vocab=D_VOCAB, n_ctx=32)
     half = 7
-    df = induction_scores(model, half_length=half, n=6, seed=3, vocab_range=(1, D_VOCAB), bos_id=bos_id, batch_size=4)
+    df = induction_scores(model, half_length=half, n_prompts=6, seed=3, vocab_range=(1, D_VOCAB), bos_id=bos_id, batch_size=4)
     assert list(df.columns) == ["layer", "head", "induction_score", "is_induction"]
     tokens = repeated_random_tokens(6, half_length=half, vocab_range=(1, D_VOCAB), seed=3, bos_id=bos_id)
     _, cache = model.run_with_cache(tokens)
@@ -183,8 +185,8 @@ def test_bad_inputs(tiny_gptj):
         induction_scores(model, half_length=17)
     with pytest.raises(HeadkitError, match="need more than half_length=10"):
         induction_scores(model, half_length=10, vocab_range=(0, 5))
-    with pytest.raises(HeadkitError, match="n=0"):
-        induction_scores(model, n=0, half_length=4)
+    with pytest.raises(HeadkitError, match="n_prompts=0"):
+        induction_scores(model, n_prompts=0, half_length=4)
     with pytest.raises(HeadkitError, match="not two copies"):
         induction_scores_from_tokens(model, torch.tensor([[1, 2, 3, 1, 2, 4]]), half_length=3)
 
@@ -198,7 +200,7 @@ def test_default_half_length_fits_small_vocab_and_context(tiny_gptj):
     assert default_half_length(short, vocab_range=(0, D_VOCAB), bos=True) == 7  # 1 + 2*7 <= 15
     big = tiny_gptj(n_layers=1, d_vocab=D_VOCAB + 40, n_ctx=64)
     assert default_half_length(big, vocab_range=(0, D_VOCAB + 40), bos=False) == 20
-    df = induction_scores(small, n=2)
+    df = induction_scores(small, n_prompts=2)
     assert len(df) == small.cfg.n_heads
     with pytest.raises(HeadkitError, match="half_length >= 2"):
         default_half_length(small, vocab_range=(0, 2), bos=False)
@@ -213,3 +215,18 @@ def test_batch_size_true_is_refused(tiny_gptj):
     tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
     with pytest.raises(HeadkitError, match="batch_size must be an integer, got True"):
         previous_token_scores(model, tokens, batch_size=True)
+
+
+@pytest.mark.parametrize("fn", [previous_token_scores, duplicate_token_scores, induction_pattern_scores, detector_scores])
+def test_detector_options_are_one_checked_dataclass(tiny_gptj, fn):
+    model = tiny_gptj()
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
+    name = fn.__name__
+    with pytest.raises(HeadkitError, match=rf"{name}: got options=DetectorOptions\(...\) and keyword option.s. batch_size"):
+        fn(model, tokens, DetectorOptions(exclude_bos=True), batch_size=2)
+    with pytest.raises(HeadkitError, match=f"{name}: unknown detector option.s. exclude_eos: allowed exclude_bos, "):
+        fn(model, tokens, exclude_eos=True)
+    with pytest.raises(HeadkitError, match=f"{name}: options must be a DetectorOptions, got dict"):
+        fn(model, tokens, {"exclude_bos": True})
+    with pytest.raises(HeadkitError, match="exclude_bos=1 must be True or False"):
+        DetectorOptions(exclude_bos=1)

@@ -52,7 +52,7 @@ def test_matches_explicit_cache_computation(tiny_gptj):
     task = TaskSpec("number", {"n_letters": 20})
     vocab_size = len(task.build(1, seed=0).vocab)
     model = tiny_gptj(n_layers=2, n_heads=2, d_vocab=vocab_size, n_ctx=64)
-    df = discrepancy(model, task, lengths=[17, 25], n=6, seed=4, batch_size=4)
+    df = discrepancy(model, task, lengths=[17, 25], n_prompts=6, seed=4, batch_size=4)
     assert list(df.columns) == DISCREPANCY_COLUMNS
     assert len(df) == 2 * 4
     for length in (17, 25):
@@ -79,7 +79,7 @@ def test_positional_head_shrinks_with_length_content_head_does_not(lookup_model)
         amp=AMP, content=CONTENT,
     )
     lengths = [5, 9, 17, 33, 65, 129]
-    df = discrepancy(model, LookupTask(), lengths=lengths, n=8)
+    df = discrepancy(model, LookupTask(), lengths=lengths, n_prompts=8)
     pos = df[df["head"] == 0].set_index("length")["discrepancy"]
     sym = df[df["head"] == 1].set_index("length")["discrepancy"]
     for n in lengths:
@@ -103,7 +103,7 @@ class ExplodingTask:
         ({"lengths": []}, ["lengths is empty"]),
         ({"lengths": [1]}, ["length 1", "2..64"]),
         ({"lengths": [17], "heads": [(3, 0)]}, ["layer 3", "0..1"]),
-        ({"lengths": [17], "n": 0}, ["n=0"]),
+        ({"lengths": [17], "n_prompts": 0}, ["n_prompts=0"]),
     ],
 )
 def test_bad_input_raises_before_building_prompts(tiny_gptj, kwargs, words):

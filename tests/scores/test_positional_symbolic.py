@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from headkit.errors import HeadkitError
 from headkit.models import gptj_model
 from headkit.scores.positional_symbolic import (
     SCORE_COLUMNS,
+    ClassifyOptions,
     classify_heads,
     classify_scores,
     positional_symbolic_scores,
@@ -230,6 +232,28 @@ def test_bad_classify_options_raise(tiny_gptj, kwargs, words):
         classify_heads(model, tokens, **kwargs)
     for w in words:
         assert w in str(err.value)
+    with pytest.raises(HeadkitError) as err:  # the same check, when the dataclass is made
+        ClassifyOptions(**kwargs)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_classify_options_are_the_swap_options_and_the_thresholds(tiny_gptj):
+    model = tiny_gptj(d_vocab=12)
+    tokens = torch.randint(0, 12, (3, 8), generator=torch.Generator().manual_seed(2))
+    fields = dict(margin=0.05, min_signal=0.0, purity_threshold=0.6, tau=0.05, max_pairs=5, swap="tokens")
+    by_keywords = classify_heads(model, tokens, **fields)
+    pd.testing.assert_frame_equal(classify_heads(model, tokens, ClassifyOptions(**fields)), by_keywords)
+    # the thresholds reach the labels: classify_scores of the same swap scores with the same thresholds
+    scores = positional_symbolic_scores(model, tokens, tau=0.05, max_pairs=5, swap="tokens")
+    expected = classify_scores(scores, margin=0.05, min_signal=0.0, purity_threshold=0.6)
+    pd.testing.assert_frame_equal(by_keywords, expected)
+    defaults = classify_scores(scores)
+    assert not defaults[["label", "pure"]].equals(by_keywords[["label", "pure"]])  # the thresholds changed something
+    with pytest.raises(HeadkitError, match="classify_heads: unknown classification option.s. margins: allowed swap, "):
+        classify_heads(model, tokens, margins=0.1)
+    with pytest.raises(HeadkitError, match=r"classify_heads: got options=ClassifyOptions\(...\) and keyword option.s. tau"):
+        classify_heads(model, tokens, ClassifyOptions(), tau=0.1)
 
 
 def test_hooks_removed_after_an_error_inside_the_forward(no_hooks_left, tiny_gptj, monkeypatch):

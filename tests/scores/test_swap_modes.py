@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from headkit.errors import HeadkitError
 from headkit.model_types import HookedTransformer
 from headkit.models import gptj_model
 from headkit.scores.positional_symbolic import (
+    ClassifyOptions,
     classify_heads,
     classify_heads_by_hop,
     classify_scores,
@@ -247,6 +249,10 @@ def test_classify_by_hop_scores_each_hops_pointer():
         )
     with pytest.raises(HeadkitError, match="query_pos"):
         classify_heads_by_hop(model, batch, query_pos=-1)
+    with pytest.raises(HeadkitError, match="classify_heads_by_hop sets query_pos itself"):
+        classify_heads_by_hop(model, batch, ClassifyOptions(query_pos=3))
+    by_dataclass = classify_heads_by_hop(model, batch, ClassifyOptions(tau=0.01))
+    pd.testing.assert_frame_equal(by_dataclass, table)
 
 
 # ---------------------------------------------------------------------------

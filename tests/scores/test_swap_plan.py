@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_prepare_swaps_checks_and_plans_every_query_group(tiny_gptj):
     model = tiny_gptj(d_vocab=12)
     tokens = torch.randint(0, 12, (4, 8), generator=torch.Generator().manual_seed(1))
     queries = torch.tensor([7, 5, 7, -3])
-    run = prepare_swaps(model, tokens, {"query_pos": queries, "heads": [(1, 0), (0, 1)], "max_pairs": 3, "seed": 2})
+    run = prepare_swaps(model, tokens, SwapOptions(query_pos=queries, heads=[(1, 0), (0, 1)], max_pairs=3, seed=2))
     assert run.heads == [(0, 1), (1, 0)]
     assert run.queries.tolist() == [7, 5, 7, 5]
     expected_queries, expected = plan_groups(tokens, query_pos=queries, max_pairs=3, seed=2)
@@ -60,3 +61,25 @@ def test_prepare_swaps_checks_and_plans_every_query_group(tiny_gptj):
     for (idx, plan), (idx_e, plan_e) in zip(run.groups, expected, strict=True):
         assert torch.equal(idx, idx_e) and plan.query_pos == plan_e.query_pos
         assert torch.equal(plan.blocks, plan_e.blocks) and torch.equal(plan.pairs, plan_e.pairs)
+
+
+@pytest.mark.parametrize("score", [positional_symbolic_scores, rope_frequency_scores])
+def test_the_dataclass_and_its_fields_as_keywords_are_one_path(tiny_gptj, score):
+    model = tiny_gptj(d_vocab=12, rotary_dim=8)
+    tokens = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(4))
+    fields = dict(tau=0.05, max_pairs=4, seed=3, swap="tokens", heads=[(1, 0)])
+    by_keywords = score(model, tokens, **fields)
+    by_dataclass = score(model, tokens, SwapOptions(**fields))
+    assert (by_dataclass["swap"] == "tokens").all() and set(by_dataclass["layer"]) == {1}  # the options took effect
+    pd.testing.assert_frame_equal(by_dataclass, by_keywords)
+    pd.testing.assert_frame_equal(score(model, tokens, options=SwapOptions(**fields)), by_keywords)
+
+
+@pytest.mark.parametrize("score", [positional_symbolic_scores, rope_frequency_scores])
+def test_a_dataclass_and_keywords_together_are_refused_naming_both(tiny_gptj, refused_before_forward, score):
+    model = tiny_gptj(d_vocab=12, rotary_dim=8)
+    tokens = torch.randint(0, 12, (2, 6), generator=torch.Generator().manual_seed(0))
+    message = refused_before_forward(model, score, model, tokens, SwapOptions(tau=0.1), max_pairs=3)
+    assert message.startswith(f"{score.__name__}: got options=SwapOptions(...) and keyword option(s) max_pairs")
+    message = refused_before_forward(model, score, model, tokens, {"tau": 0.1})  # the old mapping
+    assert f"{score.__name__}: options must be a SwapOptions, got dict" in message

@@ -49,9 +49,9 @@ def test_deterministic_by_seed_round_trip_and_spec(check_seeded):
 
 
 @pytest.mark.parametrize(
-    "kwargs, name", [(dict(n=0), "n="), (dict(length=1), "length=1"), (dict(vocab_size=1), "vocab_size=1")]
+    "kwargs, name", [(dict(n_prompts=0), "n_prompts="), (dict(length=1), "length=1"), (dict(vocab_size=1), "vocab_size=1")]
 )
 def test_bad_parameters_name_themselves(kwargs, name):
-    args = dict(n=5, seed=0) | kwargs
+    args = dict(n_prompts=5, seed=0) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        copy_task(args.pop("n"), **args)
+        copy_task(args.pop("n_prompts"), **args)

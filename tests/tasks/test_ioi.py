@@ -130,7 +130,7 @@ def test_tokenizer_without_bos():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(n=0), "n="),
+        (dict(n_prompts=0), "n_prompts="),
         (dict(corruption="zzz"), "corruption='zzz'"),
         (dict(names=["Mary", "John"]), "names has 2"),
         (dict(names="Mary"), "single string"),
@@ -145,9 +145,9 @@ def test_tokenizer_without_bos():
     ],
 )
 def test_bad_parameters_name_themselves(tokenizer, kwargs, name):
-    args = dict(n=5, seed=0, tokenizer=tokenizer) | kwargs
+    args = dict(n_prompts=5, seed=0, tokenizer=tokenizer) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        ioi_task(args.pop("n"), **args)
+        ioi_task(args.pop("n_prompts"), **args)
 
 
 def test_name_the_tokenizer_does_not_know_is_named():

@@ -116,7 +116,7 @@ def test_spec_round_trip_rebuilds_the_batch():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(n=0), "n="),
+        (dict(n_prompts=0), "n_prompts="),
         (dict(max_hops=10), "max_hops=10"),
         (dict(min_hops=0), "min_hops"),
         (dict(min_hops=3, max_hops=2), "max_hops"),
@@ -131,6 +131,6 @@ def test_spec_round_trip_rebuilds_the_batch():
     ],
 )
 def test_impossible_parameters_name_themselves(kwargs, name):
-    args = dict(n=10, seed=0) | kwargs
+    args = dict(n_prompts=10, seed=0) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        letter_task(args.pop("n"), **args)
+        letter_task(args.pop("n_prompts"), **args)

@@ -94,7 +94,7 @@ def test_bad_parameters_are_refused(tok):
         build_suite("letter", 2, seed=0, tokenizer=tok, length=200)
     with pytest.raises(HeadkitError, match="tokenizer must be a Hugging Face tokenizer"):
         build_suite("number", 2, seed=0, tokenizer="gpt2")
-    with pytest.raises(HeadkitError, match="n=0 is out of range"):
+    with pytest.raises(HeadkitError, match="n_prompts=0 is out of range"):
         build_suite("duplicate", 0, seed=0, tokenizer=tok)
 
 

@@ -133,7 +133,7 @@ def test_small_pointer_range_still_valid():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(n=0), "n="),
+        (dict(n_prompts=0), "n_prompts="),
         (dict(max_hops=10), "max_hops=10"),
         (dict(min_hops=0), "min_hops"),
         (dict(min_hops=3, max_hops=2), "max_hops"),
@@ -149,9 +149,9 @@ def test_small_pointer_range_still_valid():
     ],
 )
 def test_impossible_parameters_name_themselves(kwargs, name):
-    args = dict(n=10, seed=0) | kwargs
+    args = dict(n_prompts=10, seed=0) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        number_task(args.pop("n"), **args)
+        number_task(args.pop("n_prompts"), **args)
 
 
 def test_max_hops_message_gives_allowed_range():

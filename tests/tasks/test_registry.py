@@ -113,7 +113,7 @@ def test_builder_signature_is_made_from_the_params_dataclass(name):
     signature = inspect.signature(entry.load()).parameters
     named = {k: p.default for k, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "seed"}
     assert named == {f.name: f.default for f in dataclasses.fields(entry.params)}
-    assert list(signature)[:2] == ["n", "seed"]
+    assert list(signature)[:2] == ["n_prompts", "seed"]
 
 
 def test_number_feasibility_rule_equals_the_chain_count_table():

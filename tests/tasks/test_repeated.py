@@ -75,13 +75,13 @@ def test_deterministic_by_seed_round_trip_and_spec(check_seeded):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(n=0), "n="),
+        (dict(n_prompts=0), "n_prompts="),
         (dict(half_length=1), "half_length=1"),
         (dict(half_length=10, vocab_size=10), "vocab_size=10"),
         (dict(bos="yes"), "bos"),
     ],
 )
 def test_bad_parameters_name_themselves(kwargs, name):
-    args = dict(n=5, seed=0) | kwargs
+    args = dict(n_prompts=5, seed=0) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        repeated_tokens_task(args.pop("n"), **args)
+        repeated_tokens_task(args.pop("n_prompts"), **args)

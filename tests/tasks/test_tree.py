@@ -166,7 +166,7 @@ def test_vocab_round_trip_and_spec():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(n=0), "n="),
+        (dict(n_prompts=0), "n_prompts="),
         (dict(n_nodes=2), "n_nodes=2"),
         (dict(n_nodes=129), "n_nodes=129"),
         (dict(seed=None), "seed"),
@@ -174,6 +174,6 @@ def test_vocab_round_trip_and_spec():
     ],
 )
 def test_bad_parameters_name_themselves(kwargs, name):
-    args = dict(n=5, seed=0) | kwargs
+    args = dict(n_prompts=5, seed=0) | kwargs
     with pytest.raises(HeadkitError, match=name):
-        tree_task(args.pop("n"), **args)
+        tree_task(args.pop("n_prompts"), **args)
