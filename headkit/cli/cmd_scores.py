@@ -38,6 +38,8 @@ from headkit.errors import HeadkitError, is_out_of_memory
 from headkit.io import write_csv
 from headkit.training.layout import check_output_path
 
+TRAINED_POSITIONS = "rotary"  # every run headkit trains is a GPT-J: rotary positions (for --swap auto)
+
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
 
@@ -104,13 +106,14 @@ def _check_task_name(name: str | None) -> None:
 def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.scores.census import head_census
     from headkit.scores.positional_symbolic import ClassifyOptions, classify_heads_by_hop
+    from headkit.scores.swap_plan import resolve_swap
 
     ckpt = _latest(args)
     task = _task_of(ckpt, args.task)
     batch = task.build(args.n_prompts, seed=args.seed).to(ckpt.model.cfg.device)
     if args.per_hop is not None and "chain" not in batch.positions:
         raise HeadkitError(f"--per-hop needs a pointer-chain task (number, letter); {task.name} has no hops")
-    options = ClassifyOptions(swap=_swap_mode(ckpt.model, args.swap))
+    options = ClassifyOptions(swap=resolve_swap(ckpt.model.cfg.positional_embedding_type, args.swap))
     census = head_census(ckpt.model, batch.tokens, seed=args.seed, composition_kinds=kinds, classify_options=options)
     if args.per_hop is not None:
         hops = classify_heads_by_hop(ckpt.model, batch, options)
@@ -125,6 +128,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
     from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.scores.census import head_census
     from headkit.scores.positional_symbolic import ClassifyOptions
+    from headkit.scores.swap_plan import resolve_swap
     from headkit.tasks.ioi import ioi_task
 
     require_tokenizer(args.model)  # IOI prompts need it: refused before the weights load
@@ -141,7 +145,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)),  # ids the tokenizer can produce
         bos_id=tokenizer.bos_token_id,  # pyright: ignore[reportArgumentType]  (transformers 5 types special-token ids loosely)
         composition_kinds=kinds,
-        classify_options=ClassifyOptions(swap=_swap_mode(model, args.swap)),
+        classify_options=ClassifyOptions(swap=resolve_swap(model.cfg.positional_embedding_type, args.swap)),
     )
     return f"{args.model}: {args.n_prompts} IOI prompts", census
 
@@ -171,6 +175,7 @@ def _dynamics(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     from headkit.scores.dynamics import track_heads
     from headkit.scores.positional_symbolic import ClassifyOptions
+    from headkit.scores.swap_plan import resolve_swap
     from headkit.tasks import TaskSpec
 
     task = None if args.task is None else TaskSpec(args.task)
@@ -181,7 +186,7 @@ def _dynamics(args: argparse.Namespace) -> int:
         steps=steps,
         task=task,
         eval_n=args.eval_n,
-        classify_options=ClassifyOptions(swap="residual" if args.swap == "auto" else args.swap),  # trained runs: rotary
+        classify_options=ClassifyOptions(swap=resolve_swap(TRAINED_POSITIONS, args.swap)),
         device=args.device,
         progress=not args.no_progress,
     )
@@ -242,15 +247,6 @@ def _swap_option(parser: argparse.ArgumentParser) -> None:
         help="swap metric: residual (the paper's layer-local swap), tokens (end to end), or auto "
         "(default: residual, except tokens for models with absolute position embeddings, e.g. GPT-2)",
     )  # fmt: skip
-
-
-def _swap_mode(model: Any, choice: str) -> str:
-    """``--swap auto``: the paper's residual swap where the model allows it, else tokens."""
-    if choice != "auto":
-        return choice
-    from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
-
-    return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
 
 
 def _memory_bounded(name: str, command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

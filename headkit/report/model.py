@@ -45,7 +45,7 @@ from headkit.plots import attention_patterns, head_scores_figure, patching_figur
 from headkit.report.page import Section
 from headkit.scores.census import head_census
 from headkit.scores.positional_symbolic import ClassifyOptions
-from headkit.scores.swap_plan import RELATIVE_POSITION_TYPES
+from headkit.scores.swap_plan import resolve_swap
 from headkit.tasks.natural import SUITES, build_suite
 
 if TYPE_CHECKING:
@@ -101,13 +101,6 @@ class ModelReportOptions:
     def as_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "suites": list(self.suites), "role_threshold": ROLE_THRESHOLD,
                 "min_gap": MIN_GAP}  # fmt: skip
-
-
-def swap_mode(model: Model, choice: str) -> str:
-    """``auto``: the paper's residual swap where positions are relative (rotary, ALiBi), else tokens."""
-    if choice != "auto":
-        return choice
-    return "residual" if model.cfg.positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
 
 
 def _normalised(values: pd.Series, *, clean: float, corrupted: float) -> pd.Series:
@@ -277,7 +270,7 @@ def suite_report(
     census = head_census(
         model, batch.tokens.to(model.cfg.device), n_prompts=options.n_prompts, seed=options.seed,
         vocab_range=(0, min(len(tokenizer), model.cfg.d_vocab)), bos_id=tokenizer.bos_token_id, composition_kinds=(),
-        classify_options=ClassifyOptions(swap=swap_mode(model, options.swap)),
+        classify_options=ClassifyOptions(swap=resolve_swap(model.cfg.positional_embedding_type, options.swap)),
     )  # fmt: skip
     bar.update(1)
     tables, baselines = _effects(model, batch, options, bar)
@@ -322,7 +315,7 @@ def suite_report(
                 f"left: each head's role, its strongest detector (previous-token, duplicate-token, induction) when "
                 f"that score reaches {ROLE_THRESHOLD}, else its positional/symbolic label; colour = that detector "
                 "score on a fixed 0–1 scale. Right: symbolic − positional swap score (red symbolic, blue positional, "
-                f"grey inactive), swap '{swap_mode(model, options.swap)}'."
+                f"grey inactive), swap '{resolve_swap(model.cfg.positional_embedding_type, options.swap)}'."
             ),
             figures=(
                 _role_map(census, roles, title=f"Roles by detector{common}</sup>"),

@@ -46,6 +46,19 @@ def check_swap_mode(swap: Any) -> str:
     return swap
 
 
+SWAP_CHOICES = (*SWAP_MODES, "auto")  # what a user may ask for: a mode, or auto
+
+
+def resolve_swap(positional_embedding_type: str, choice: str) -> str:
+    """The one rule for ``swap="auto"`` (the command line's default, the model report's): the paper's
+    residual swap where the model's positions are relative (rotary, ALiBi), else ``tokens``
+    (absolute position embeddings, e.g. GPT-2, move with a swapped residual row). A mode is
+    returned checked."""
+    if choice == "auto":
+        return "residual" if positional_embedding_type in RELATIVE_POSITION_TYPES else "tokens"
+    return check_swap_mode(choice)
+
+
 @dataclass(frozen=True)
 class SwapOptions:
     """Options of the swap metric, checked on creation (those that need no model or prompts).

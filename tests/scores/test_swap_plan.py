@@ -83,3 +83,16 @@ def test_a_dataclass_and_keywords_together_are_refused_naming_both(tiny_gptj, re
     assert message.startswith(f"{score.__name__}: got options=SwapOptions(...) and keyword option(s) max_pairs")
     message = refused_before_forward(model, score, model, tokens, {"tau": 0.1})  # the old mapping
     assert f"{score.__name__}: options must be a SwapOptions, got dict" in message
+
+
+def test_resolve_swap_is_the_one_auto_rule():
+    """``--swap auto`` (classify, dynamics, the model report): residual where positions are relative."""
+    from headkit.errors import HeadkitError
+    from headkit.scores.swap_plan import resolve_swap
+
+    assert [resolve_swap(kind, "auto") for kind in ("rotary", "alibi", "standard", "shortformer")] == [
+        "residual", "residual", "tokens", "tokens"
+    ]
+    assert resolve_swap("standard", "residual") == "residual" and resolve_swap("rotary", "tokens") == "tokens"
+    with pytest.raises(HeadkitError, match="swap='both' is not known"):
+        resolve_swap("rotary", "both")
