@@ -48,7 +48,7 @@ def main() -> None:
             "python -c pass": [sys.executable, "-c", "pass"],
             "headkit --help": [str(SCRIPT), "--help"],
             "headkit ablate --help": [str(SCRIPT), "ablate", "--help"],
-            "argument error": [str(SCRIPT), "classify", "nowhere", "--seed", str(2**70), "--out", "x.csv"],
+            "argument error": [str(SCRIPT), "census", "nowhere", "--seed", str(2**70), "--out", "x.csv"],
             "headkit info RUN": [str(SCRIPT), "info", str(run)],
         }
         seconds = {name: best_of(argv, args.repeat) for name, argv in cases.items()}

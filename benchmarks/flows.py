@@ -1,6 +1,6 @@
 """How many headkit modules a command passes through, and how often a call climbs to a higher layer.
 
-Issue 20 measured the flows of ``headkit train`` and ``headkit classify`` by hand; this
+Issue 20 measured the flows of ``headkit train`` and ``headkit census`` by hand; this
 counts them. It runs one command in this process under ``sys.setprofile`` and reports:
 
 - modules imported: headkit modules in ``sys.modules`` afterwards;
@@ -77,7 +77,7 @@ def main() -> None:
         run = str(Path(tmp) / "run")
         train = ["train", "--task", "number", "--steps", "4", "--eval-every", "2", "--out", run, "--no-progress",
                  "--threads", "1"]  # fmt: skip
-        flows = {"train": train, "classify": ["classify", run, "--n-prompts", "8", "--no-progress", "--threads", "1"]}
+        flows = {"train": train, "census": ["census", run, "--n-prompts", "8", "--no-progress", "--threads", "1"]}
         for name, argv in flows.items():
             before = {m for m in sys.modules if m.startswith("headkit")}
             result = measure(argv)

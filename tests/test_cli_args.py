@@ -29,14 +29,14 @@ RUN_COMMANDS = {
     "eval": [],
     "info": [],
     "report": [],
-    "classify": [],
+    "census": [],
     "dynamics": [],
     "discrepancy": ["--lengths", "17"],
     "ablate": [],
     "patch": [],
     "path-patch": ["--receivers", "final"],
 }
-MODEL_COMMANDS = ("train", "eval", "demo", "report", "classify", "dynamics", "discrepancy", "ablate", "patch", "path-patch")
+MODEL_COMMANDS = ("train", "eval", "demo", "report", "census", "dynamics", "discrepancy", "ablate", "patch", "path-patch")
 
 PROBE = """
 import sys
@@ -192,7 +192,7 @@ def test_every_command_that_runs_a_model_takes_device_progress_and_threads():
 
 def test_csv_out_is_optional_wherever_a_command_writes_one_table():
     commands = _subcommands()
-    for name in ("eval", "classify", "dynamics", "discrepancy", "ablate", "patch", "path-patch"):
+    for name in ("eval", "census", "dynamics", "discrepancy", "ablate", "patch", "path-patch"):
         out = next(a for a in commands[name]._actions if a.dest == "out")
         assert not out.required and out.default is None and out.metavar == "FILE.csv", name
     assert next(a for a in commands["train"]._actions if a.dest == "out").required  # the run to create

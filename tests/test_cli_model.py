@@ -61,7 +61,7 @@ def test_ablate_path_patch_classify_discrepancy_with_model(model_dir, tmp_path):
     assert len(pd.read_csv(tmp_path / "a.csv")) == 8
     assert main(["path-patch", *common, "--n-prompts", "4", "--receivers", "final", "--out", str(tmp_path / "p.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "p.csv")["receivers"]) == {"final"}
-    assert main(["classify", *common, "--n-prompts", "3", "--out", str(tmp_path / "c.csv")]) == 0
+    assert main(["census", *common, "--n-prompts", "3", "--out", str(tmp_path / "c.csv")]) == 0
     census = pd.read_csv(tmp_path / "c.csv")
     assert len(census) == 8 and census["positional_score"].notna().all()  # IOI prompts: scored
     assert main(["discrepancy", *common, "--lengths", "40,60", "--n-prompts", "3", "--out", str(tmp_path / "d.csv")]) == 0
@@ -69,7 +69,7 @@ def test_ablate_path_patch_classify_discrepancy_with_model(model_dir, tmp_path):
 
 
 def test_gptj_flag_is_an_alias_of_model(model_dir, tmp_path):
-    assert main(["classify", "--gptj", str(model_dir), "--device", "cpu", "--n-prompts", "2",
+    assert main(["census", "--gptj", str(model_dir), "--device", "cpu", "--n-prompts", "2",
                  "--out", str(tmp_path / "c.csv")]) == 0  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def test_gptj_flag_is_an_alias_of_model(model_dir, tmp_path):
         (["ablate"], "give exactly one of RUN_DIR"),
         (["patch", "--model", "{dir}", "--suite", "nope"], "argument --suite: invalid choice: 'nope' (choose from 'ioi', 'number'"),
         (["discrepancy", "--model", "{dir}", "--lengths", "30", "--task", "ioi"], "--task 'ioi' with --model"),
-        (["classify", "--model", "{dir}", "--task", "number"], "--task applies to a RUN_DIR, not to --model"),
+        (["census", "--model", "{dir}", "--task", "number"], "--task applies to a RUN_DIR, not to --model"),
     ],
 )
 def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
@@ -91,9 +91,9 @@ def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.csv").exists()
 
 
-@pytest.mark.parametrize("command", ["classify", "patch", "discrepancy"])
+@pytest.mark.parametrize("command", ["census", "patch", "discrepancy"])
 def test_model_without_tokenizer_files_is_refused_naming_them(tmp_path, capsys, command):
-    """classify --model exited 0 with NaN rows on such a directory while the others refused it (issue 19)."""
+    """census --model (then classify) exited 0 with NaN rows on such a directory while the others refused it (issue 19)."""
     T.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "m")
     extra = ["--lengths", "9"] if command == "discrepancy" else []
     assert main([command, "--model", str(tmp_path / "m"), *extra, "--out", str(tmp_path / "x.csv")]) == 2
@@ -146,7 +146,7 @@ def test_model_whose_activations_are_not_finite_is_refused(tmp_path, capsys, key
     tokenizer.save_pretrained(tmp_path / "m")
     capsys.readouterr()  # transformers' progress bar while saving
     common = ["--model", str(tmp_path / "m"), "--device", "cpu", "--n-prompts", "2"]
-    for argv in (["classify", *common], ["discrepancy", *common, "--lengths", "40"]):
+    for argv in (["census", *common], ["discrepancy", *common, "--lengths", "40"]):
         assert main([*argv, "--out", str(tmp_path / "x.csv")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "of layer 0 is not finite" in err, err
@@ -156,7 +156,7 @@ def test_model_whose_activations_are_not_finite_is_refused(tmp_path, capsys, key
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
 def test_remote_code_never_runs_even_when_stdin_says_yes(tmp_path, name):
-    """An auto_map names Python in the model directory; `echo y | headkit classify` once ran it (issue 18)."""
+    """An auto_map names Python in the model directory; `echo y | headkit classify` (now census) once ran it (issue 18)."""
     import json
 
     directory = tmp_path / "m"
@@ -178,7 +178,7 @@ def test_remote_code_never_runs_even_when_stdin_says_yes(tmp_path, name):
     (directory / name).write_text(json.dumps({**config, **unknown, "auto_map": auto_map}))
     script = Path(sys.executable).with_name("headkit")
     done = subprocess.run(
-        [str(script), "classify", "--model", str(directory), "--device", "cpu", "--n-prompts", "2",
+        [str(script), "census", "--model", str(directory), "--device", "cpu", "--n-prompts", "2",
          "--out", str(tmp_path / "c.csv")],
         input="y\n" * 4, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
     )  # fmt: skip

@@ -81,7 +81,7 @@ def good_run(tmp_path_factory):
 RUN_FILES = ["run.json", "metrics.csv", "checkpoints/step_0000010/meta.json", "checkpoints/step_0000010/model.safetensors"]
 COMMANDS = {
     "eval": ["eval", "{run}"],
-    "classify": ["classify", "{run}"],
+    "census": ["census", "{run}"],
     "ablate": ["ablate", "{run}"],
     "patch": ["patch", "{run}"],
     "path-patch": ["path-patch", "{run}", "--receivers", "final"],
@@ -92,7 +92,7 @@ COMMANDS = {
 
 # eval on every run file, every other command on one (classify on run.json: the issue's example)
 CASES = [("eval", target) for target in RUN_FILES] + [
-    ("classify", "run.json"),
+    ("census", "run.json"),
     ("ablate", "metrics.csv"),
     ("patch", "checkpoints/step_0000010/meta.json"),
     ("path-patch", "checkpoints/step_0000010/model.safetensors"),
@@ -111,7 +111,7 @@ def test_out_never_overwrites_a_run_file(run, command, target):
     assert snapshot(run) == before
 
 
-@pytest.mark.parametrize("command", ["eval", "classify", "ablate", "dynamics"])
+@pytest.mark.parametrize("command", ["eval", "census", "ablate", "dynamics"])
 def test_out_under_proc_is_refused_before_any_work(run, command):
     argv = [a.format(run=run) for a in COMMANDS[command]]
     assert_refused(headkit(*argv, "--out", "/proc/headkit.csv"), "--out /proc/headkit.csv: cannot write in /proc")
@@ -122,7 +122,7 @@ def test_out_in_a_file_is_refused(run, tmp_path):
     assert_refused(headkit("ablate", str(run), "--out", str(tmp_path / "file" / "x.csv")), "is a file, not a directory")
 
 
-@pytest.mark.parametrize("command", ["eval", "classify", "report"])
+@pytest.mark.parametrize("command", ["eval", "census", "report"])
 def test_out_that_is_a_fifo_a_loop_or_ends_in_a_slash_is_refused_before_any_work(run, tmp_path, command):
     """Issue 18.1, 18.10, 18.13: a FIFO (as /dev/null would be, as root) was replaced by a regular
     file, ``x.csv/`` wrote ``x.csv``, a symlink loop gave a traceback. (The run's weights are
@@ -144,7 +144,7 @@ def test_out_over_the_commands_input_is_refused(tmp_path):
     model = tmp_path / "gptj"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    done = headkit("classify", "--gptj", str(model), "--out", str(model / "config.json"))
+    done = headkit("census", "--gptj", str(model), "--out", str(model / "config.json"))
     assert_refused(done, "would write over this command's input")
     assert (model / "config.json").read_text() == "{}"
 
@@ -171,7 +171,7 @@ def test_a_new_file_inside_a_run_directory_is_allowed(good_run):
 SEEDED = {
     "train": ["train", "--task", "copy", "--out", "{tmp}/new"],
     "eval": ["eval", "{run}"],
-    "classify": ["classify", "{run}", "--out", "{tmp}/x.csv"],
+    "census": ["census", "{run}", "--out", "{tmp}/x.csv"],
     "ablate": ["ablate", "{run}"],
     "patch": ["patch", "{run}"],
     "path-patch": ["path-patch", "{run}", "--receivers", "final"],
@@ -220,7 +220,7 @@ def test_bad_specs_are_one_line(run, tmp_path, argv, words):
     [
         (["train", "--task", "copy", "--out", "{tmp}/new"], "cuda"),
         (["ablate", "{run}"], "cuda"),
-        (["classify", "--gptj", "{tmp}", "--out", "{tmp}/x.csv"], "cuda"),
+        (["census", "--gptj", "{tmp}", "--out", "{tmp}/x.csv"], "cuda"),
         (["patch", "{run}"], "gpu"),
     ],
 )

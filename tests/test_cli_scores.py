@@ -1,4 +1,4 @@
-"""headkit classify / dynamics / discrepancy on a tiny run written by the test."""
+"""headkit census / dynamics / discrepancy on a tiny run written by the test."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory):
 
 def test_classify_run(run_dir, tmp_path, capsys):
     out = tmp_path / "heads.csv"
-    assert main(["classify", str(run_dir), "--n-prompts", "3", "--seed", "2", "--out", str(out)]) == 0
+    assert main(["census", str(run_dir), "--n-prompts", "3", "--seed", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert list(table.columns) == CENSUS_COLUMNS
     ckpt = load_checkpoint(latest_checkpoint(run_dir))
@@ -81,10 +81,10 @@ def test_discrepancy(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["classify", "RUN", "--n-prompts", "0"], "--n-prompts=0 is out of range: allowed 1 or more"),
-        (["classify", "MISSING"], "run directory MISSING does not exist"),
-        (["classify"], "give exactly one of RUN_DIR"),
-        (["classify", "RUN", "--composition", "x"], "allowed a list of q, k, v"),
+        (["census", "RUN", "--n-prompts", "0"], "--n-prompts=0 is out of range: allowed 1 or more"),
+        (["census", "MISSING"], "run directory MISSING does not exist"),
+        (["census"], "give exactly one of RUN_DIR"),
+        (["census", "RUN", "--composition", "x"], "allowed a list of q, k, v"),
         (["dynamics", "MISSING"], "run directory MISSING does not exist"),
         (["dynamics", "RUN", "--steps", "7"], "step(s) [7] have no checkpoint"),
         (["discrepancy", "RUN", "--lengths", "17,99"], f"length 99 exceeds the model's context n_ctx={N_CTX}"),
@@ -112,7 +112,7 @@ def test_classify_pretrained_gptj_without_tokenizer_is_refused(tmp_path, capsys)
     GPTJForCausalLM(config).save_pretrained(tmp_path / "gptj")
     capsys.readouterr()  # save_pretrained's own progress bar
     out = tmp_path / "heads.csv"
-    assert main(["classify", "--gptj", str(tmp_path / "gptj"), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 2
+    assert main(["census", "--gptj", str(tmp_path / "gptj"), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no tokenizer (none of tokenizer.json, vocab.json, tokenizer_config.json)" in err
     assert not out.exists()
@@ -137,7 +137,7 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
                         n_positions=64, bos_token_id=0, eos_token_id=0)  # fmt: skip
     GPTJForCausalLM(config).save_pretrained(directory)
     out = tmp_path / "heads.csv"
-    assert main(["classify", "--gptj", str(directory), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["census", "--gptj", str(directory), "--n-prompts", "3", "--device", "cpu", "--out", str(out)]) == 0
     assert "3 IOI prompts" in capsys.readouterr().out
     table = pd.read_csv(out)
     model = load_gptj(directory, device="cpu")
@@ -150,7 +150,7 @@ def test_classify_pretrained_gptj_with_tokenizer_uses_ioi_prompts(tmp_path, caps
 
 
 @pytest.mark.parametrize("error", ["OutOfMemoryError", "RuntimeError", "MemoryError"])
-@pytest.mark.parametrize("command", ["classify", "dynamics", "discrepancy"])
+@pytest.mark.parametrize("command", ["census", "dynamics", "discrepancy"])
 def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, command, error):
     """Issue 18: out of memory inside classify was a traceback (training already said it in one line)."""
     import torch
@@ -174,4 +174,12 @@ def test_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch, comma
 def test_other_runtime_errors_keep_their_traceback(run_dir, tmp_path, monkeypatch):
     forbid_forward(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        main(["classify", str(run_dir), "--n-prompts", "3"])
+        main(["census", str(run_dir), "--n-prompts", "3"])
+
+
+def test_the_old_classify_command_names_census(capsys):
+    """Issue 20: the command is `census` (the library's head_census); `classify` is refused with one line."""
+    assert main(["classify", "RUN", "--n-prompts", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`headkit classify` was renamed `headkit census`" in err, err
+    assert main(["-v", "classify"]) == 2 and "renamed `headkit census`" in capsys.readouterr().err

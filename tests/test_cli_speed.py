@@ -17,7 +17,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformer_lens", "pandas", "numpy", "transformers")
-COMMANDS = ("train", "eval", "info", "demo", "ablate", "patch", "path-patch", "classify", "dynamics", "discrepancy")
+COMMANDS = ("train", "eval", "info", "demo", "ablate", "patch", "path-patch", "census", "dynamics", "discrepancy")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -41,7 +41,7 @@ print("HEAVY:" + ",".join(m for m in {heavy!r} if m in sys.modules))
         ["ablate", "run", "--heads", "\u00b2.0"],
         ["path-patch", "run", "--receivers", "1.0.x"],
         ["eval", "run", "--out", "/proc/x.csv"],
-        ["classify", "run", "--n-prompts", "0", "--out", "x.csv"],
+        ["census", "run", "--n-prompts", "0", "--out", "x.csv"],
     ],
 )
 def test_parser_and_argument_errors_import_nothing_heavy(argv, tmp_path):

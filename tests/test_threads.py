@@ -56,7 +56,7 @@ def test_use_threads_sets_torch(monkeypatch):
 def test_every_computing_command_takes_threads(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    computing = {"train", "eval", "demo", "report", "classify", "dynamics", "discrepancy", "ablate", "patch", "path-patch"}
+    computing = {"train", "eval", "demo", "report", "census", "dynamics", "discrepancy", "ablate", "patch", "path-patch"}
     for name in computing:
         options = {o for a in sub.choices[name]._actions for o in a.option_strings}
         assert "--threads" in options, name

@@ -48,8 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands renamed: the old name is refused with one line naming the new one (issue 20)
+RENAMED = {"classify": "census"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (2 for any bad input, argparse's included)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    old = next((a for a in argv if not a.startswith("-")), None)  # the command (after -v, if any)
+    if old in RENAMED:
+        sys.stderr.write(
+            f"headkit: error: `headkit {old}` was renamed `headkit {RENAMED[old]}` (the library's "
+            f"headkit.head_census; classify_heads is the positional/symbolic labelling): run headkit {RENAMED[old]}\n"
+        )
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,10 +1,10 @@
-"""``headkit classify``, ``headkit dynamics``, ``headkit discrepancy``: head scores from the shell.
+"""``headkit census``, ``headkit dynamics``, ``headkit discrepancy``: head scores from the shell.
 
-- ``classify RUN_DIR [--task T] [--n-prompts N] [--seed S] [--out heads.csv]``: the
+- ``census RUN_DIR [--task T] [--n-prompts N] [--seed S] [--out heads.csv]``: the
   head census (`headkit.scores.census.head_census`) of a run's latest checkpoint,
   on ``N`` prompts of the run's own task (``--task`` names another trainable
   task, with its default parameters). All composition kinds by default.
-- ``classify --model DIR [--n-prompts N] [--out heads.csv]`` (``--gptj`` is an
+- ``census --model DIR [--n-prompts N] [--out heads.csv]`` (``--gptj`` is an
   alias): the same for a pretrained model of any architecture
   `headkit.loading.pretrained.load_pretrained` loads, on IOI sentences
   (`headkit.tasks.ioi_task`) built with DIR's own tokenizer; a DIR without
@@ -43,7 +43,7 @@ TRAINED_POSITIONS = "rotary"  # every run headkit trains is a GPT-J: rotary posi
 if TYPE_CHECKING:  # pandas, torch and TransformerLens load when a command runs, not for --help
     import pandas as pd
 
-CLASSIFY_SHOWN = [
+CENSUS_SHOWN = [
     "layer", "head", "label", "purity", "positional_score", "symbolic_score",
     "previous_token", "induction_score", "copying_score",
 ]  # fmt: skip
@@ -103,7 +103,7 @@ def _check_task_name(name: str | None) -> None:
         raise HeadkitError(f"--task {name!r} is unknown: allowed {', '.join(types.task_names())}")
 
 
-def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
+def _census_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.scores.census import head_census
     from headkit.scores.positional_symbolic import ClassifyOptions, classify_heads_by_hop
     from headkit.scores.swap_plan import resolve_swap
@@ -124,7 +124,7 @@ def _classify_run(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str
     return f"{task.name} model at step {ckpt.step} ({ckpt.path}), {args.n_prompts} prompts", census
 
 
-def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
+def _census_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
     from headkit.loading.pretrained import load_pretrained, require_tokenizer
     from headkit.scores.census import head_census
     from headkit.scores.positional_symbolic import ClassifyOptions
@@ -150,7 +150,7 @@ def _classify_model(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[s
     return f"{args.model}: {args.n_prompts} IOI prompts", census
 
 
-def _classify(args: argparse.Namespace) -> int:
+def _census(args: argparse.Namespace) -> int:
     types.check_run_or_model(args)
     out = types.check_csv_out(args)
     if args.model is not None and args.task is not None:
@@ -162,10 +162,10 @@ def _classify(args: argparse.Namespace) -> int:
         args.per_hop = check_output_path(args.per_hop, inputs=inputs, option="--per-hop")
     kinds = _composition_kinds(args.composition, default=("q", "k", "v") if args.run_dir is not None else ())
     use_threads(args.threads)
-    classify = _classify_run if args.run_dir is not None else _classify_model
-    title, census = classify(args, kinds)
+    of = _census_run if args.run_dir is not None else _census_model
+    title, census = of(args, kinds)
     print(f"head census of {title}:")
-    return _finish(census, CLASSIFY_SHOWN, out)
+    return _finish(census, CENSUS_SHOWN, out)
 
 
 def _dynamics(args: argparse.Namespace) -> int:
@@ -272,7 +272,7 @@ def _memory_bounded(name: str, command: Callable[[argparse.Namespace], int]) -> 
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "classify": _memory_bounded("classify", _classify),
+    "census": _memory_bounded("census", _census),
     "dynamics": _memory_bounded("dynamics", _dynamics),
     "discrepancy": _memory_bounded("discrepancy", _discrepancy),
 }
@@ -284,7 +284,9 @@ _MODEL_DEVICE = "torch device, e.g. cpu or cuda (default: as saved; --model: Tra
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("classify", help="census of every head: detectors, circuits, positional/symbolic")
+    p = subparsers.add_parser(
+        "census", help="census of every head: detectors, circuits, positional/symbolic (headkit.head_census)"
+    )
     types.add_run(p, optional=True)
     p.add_argument("--model", "--gptj", dest="model", help="a pretrained model directory or cached hub id "
                    "(any architecture of headkit.loading.pretrained; --gptj is an alias), instead of RUN_DIR")
@@ -294,7 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-hop", help="also write the classification at each hop's pointer to this CSV")
     _swap_option(p)
     _common(p, n_prompts=64, device_help=_MODEL_DEVICE)
-    p.set_defaults(func=COMMANDS["classify"])
+    p.set_defaults(func=COMMANDS["census"])
 
     p = subparsers.add_parser("dynamics", help="positional/symbolic heads and accuracy at every checkpoint")
     types.add_run(p, help="a run directory of `headkit train`")

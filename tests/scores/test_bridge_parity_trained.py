@@ -36,7 +36,7 @@ def test_tables_of_a_trained_run_equal_the_hooked_transformer_of_its_checkpoint(
     assert is_bridge(bridge) and is_hooked(hooked)
     batch = task.build(12, seed=7)
     clean, corrupted = batch.tokens, batch.corrupted.tokens
-    tables = {  # what `classify`, `patch`, `path-patch`, `ablate` and `eval` compute
+    tables = {  # what `census`, `patch`, `path-patch`, `ablate` and `eval` compute
         "classify": lambda m: classify_heads(m, clean),
         "patch": lambda m: activation_patching(m, clean, corrupted, default_metric(batch, per_example=False)),
         "path-patch": lambda m: path_patching_sweep(m, clean, corrupted, "final", default_metric(batch, per_example=False)),

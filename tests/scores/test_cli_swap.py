@@ -1,4 +1,4 @@
-"""headkit classify --swap / --per-hop and dynamics --swap on a tiny run written by the test."""
+"""headkit census --swap / --per-hop and dynamics --swap on a tiny run written by the test."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def task(tiny_number_run):
 
 def test_classify_swap_and_per_hop(run_dir, task, tmp_path, capsys):
     out, hops_out = tmp_path / "heads.csv", tmp_path / "hops.csv"
-    args = ["classify", str(run_dir), "--n-prompts", "6", "--seed", "1", "--composition", "none"]
+    args = ["census", str(run_dir), "--n-prompts", "6", "--seed", "1", "--composition", "none"]
     assert main([*args, "--swap", "tokens", "--per-hop", str(hops_out), "--out", str(out)]) == 0
     model = load_checkpoint(latest_checkpoint(run_dir)).model
     batch = task.build(6, seed=1)
@@ -43,7 +43,7 @@ def test_classify_swap_and_per_hop(run_dir, task, tmp_path, capsys):
 
 
 def test_per_hop_needs_a_chain_task(run_dir, tmp_path, capsys):
-    code = main(["classify", str(run_dir), "--task", "copy", "--per-hop", str(tmp_path / "h.csv"),
+    code = main(["census", str(run_dir), "--task", "copy", "--per-hop", str(tmp_path / "h.csv"),
                  "--out", str(tmp_path / "o.csv")])  # fmt: skip
     assert code == 2
     assert "--per-hop needs a pointer-chain task" in capsys.readouterr().err
