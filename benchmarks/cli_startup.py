@@ -4,7 +4,7 @@ Best of ``--repeat`` runs each, side by side in one run: ``python -c pass``, ``h
 --help``, ``headkit ablate --help``, an argument error and ``headkit info`` of a small
 run directory written here. Prints seconds and the ratio to bare Python; issue 10 asked
 for ``headkit`` within 4x bare Python plus 0.75 s (it took 13-18 s when the parser
-imported torch). ``tests/test_cli_speed.py`` pins the cause: nothing heavy is imported.
+imported torch). ``tests/cli/test_cli_startup.py`` pins the cause: nothing heavy is imported.
 
     python benchmarks/cli_startup.py
 """

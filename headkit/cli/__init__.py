@@ -8,7 +8,7 @@ argparse error (`main` returns the status in both cases, it never raises SystemE
 The shared arguments and their checks are `headkit.cli.args`.
 
 Start-up is kept fast (``headkit --help``, argument errors): building the parser
-imports no torch, TransformerLens or pandas (tests/test_cli_speed.py pins it);
+imports no torch, TransformerLens or pandas (tests/cli/test_cli_startup.py pins it);
 the commands import them after checking their arguments.
 """
 

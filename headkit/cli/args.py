@@ -19,7 +19,7 @@
   ``--direction``, ``--suite``, ``--preset``, ``--extend`` come from the registry lookups below.
 
 Nothing here imports torch at module level (``headkit --help`` answers at once;
-tests/test_cli_speed.py): the device check imports it only when ``--device`` is given.
+tests/cli/test_cli_startup.py): the device check imports it only when ``--device`` is given.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from headkit.training.layout import check_output_path
 # Every name list the command line offers comes from here, read from the library's
 # registries where those import nothing heavy (tasks, interventions.sites). The metrics,
 # suites, presets and extend modes live in modules that import numpy or torch, so they
-# are copied; tests/test_cli_args.py pins each copy to its registry.
+# are copied; tests/cli/test_cli_args.py pins each copy to its registry.
 
 
 def task_names() -> tuple[str, ...]:

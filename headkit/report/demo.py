@@ -243,7 +243,7 @@ def step_train(options: DemoOptions, result: DemoResult, say: Say) -> None:
 
 def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     """What scores accuracy: the run's own Hugging Face model (the same weights as ``model``,
-    its logits equal TransformerLens's to 1e-4, tests/test_training_backend.py), whose
+    its logits equal TransformerLens's to 1e-4, tests/training/test_training_backend.py), whose
     scaled-dot-product attention scores 64 prompts of 1,013 tokens ~2.9x faster than
     TransformerLens on this CPU; ``model`` itself where the HF model cannot take ``longest``."""
     from transformers import GPTJForCausalLM

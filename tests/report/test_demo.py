@@ -1,6 +1,6 @@
 """headkit.report.demo: the demo pipeline as a library function (`run_demo` -> `DemoResult`).
 
-The command ``headkit demo`` is covered end to end by tests/test_cli_train.py; here the
+The command ``headkit demo`` is covered end to end by tests/cli/test_cli_train.py; here the
 module itself: its options are checked on construction, it returns every table it
 writes, and it never prints (what it reports goes to ``say``).
 """
