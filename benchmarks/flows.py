@@ -77,7 +77,10 @@ def main() -> None:
         run = str(Path(tmp) / "run")
         train = ["train", "--task", "number", "--steps", "4", "--eval-every", "2", "--out", run, "--no-progress",
                  "--threads", "1"]  # fmt: skip
-        flows = {"train": train, "census": ["census", run, "--n-prompts", "8", "--no-progress", "--threads", "1"]}
+        import headkit.cli
+
+        census = "census" if hasattr(headkit.cli, "RENAMED") else "classify"  # its name before issue 20
+        flows = {"train": train, census: [census, run, "--n-prompts", "8", "--no-progress", "--threads", "1"]}
         for name, argv in flows.items():
             before = {m for m in sys.modules if m.startswith("headkit")}
             result = measure(argv)

@@ -8,8 +8,9 @@ sizes and shapes checked from the files' headers first). `headkit.loading.gptj`,
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -80,22 +81,30 @@ def _same_ends(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(flat_a[:16], flat_b[:16]) and torch.equal(flat_a[-16:], flat_b[-16:])
 
 
-def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype, weights: Any = None) -> torch.nn.Module:
-    """``cls.from_pretrained(path)`` offline, no remote code, in ``dtype``, without transformers'
-    progress bar (headkit's one-line errors stay one line)."""
+@contextlib.contextmanager
+def no_progress_bar() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off inside (headkit's one-line errors stay one
+    line; the demo's output stays its own), restored after."""
     from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
+        yield
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def from_pretrained(cls: Any, path: Path, *, dtype: torch.dtype, weights: Any = None) -> torch.nn.Module:
+    """``cls.from_pretrained(path)`` offline, no remote code, in ``dtype``, without transformers'
+    progress bar (`no_progress_bar`)."""
+    with no_progress_bar():
         # eager attention: TransformerLens's hooks see the scores and pattern of Hugging Face's
         # eager code (with scaled-dot-product attention some never fire)
         model = cls.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation="eager"
         )
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
     try:
         _own_memory(model, weights if weights is not None else open_weight_files(path))
     except HeadkitError as error:

@@ -40,6 +40,7 @@ from headkit.gptj_hf import HFLogits
 from headkit.interventions import metrics
 from headkit.interventions.ablation import ablation_sweep_by_hop
 from headkit.io import write_csv, write_text
+from headkit.loading.hf import no_progress_bar
 from headkit.models import extend_context
 from headkit.plots import model_description
 from headkit.report import sections as build
@@ -248,9 +249,10 @@ def _fast_scorer(run_dir: Path, model: Model, longest: int) -> Any:
     TransformerLens on this CPU; ``model`` itself where the HF model cannot take ``longest``."""
     from transformers import GPTJForCausalLM
 
-    hf = GPTJForCausalLM.from_pretrained(
-        resolve_checkpoint(run_dir), attn_implementation="sdpa", trust_remote_code=False
-    )
+    with no_progress_bar():  # its bar would break the demo's own output
+        hf = GPTJForCausalLM.from_pretrained(
+            resolve_checkpoint(run_dir), attn_implementation="sdpa", trust_remote_code=False
+        )
     if longest > hf.config.n_positions:
         return model
     # transformers' @wraps(nn.Module.to) on PreTrainedModel.to hides its signature from the type checker
