@@ -182,6 +182,7 @@ def main(cfg: PaperPresetConfig, *, out: str | Path | None = None, png: bool = T
     check_int("n_prompts", cfg.n_prompts)
     check_int("n_r4", cfg.n_r4)
     timer = Timer()
+    commit = _commit()  # the code that measures, read before it runs (not when the files are written)
     found, missing = finished_runs(cfg)
     if not found:
         raise HeadkitError(f"no finished paper-preset run under {cfg.runs}: missing {', '.join(missing)}")
@@ -196,7 +197,7 @@ def main(cfg: PaperPresetConfig, *, out: str | Path | None = None, png: bool = T
     write_csv(folder / "per_seed.csv", long)
     for name, table in tables.items():
         write_csv(folder / f"{name}.csv", table)
-    write_json(folder / "config.json", {**config_dict(cfg), "commit": _commit()})
+    write_json(folder / "config.json", {**config_dict(cfg), "commit": commit})
     write_json(folder / "summary.json", {
         "runs": {f"{t}_s{s}": str(p) for (t, s), p in sorted(found.items())}, "missing": missing,
         "r3_number_hop_order": tables["r3"].attrs["number_hop_order"], "elapsed_s": timer(),
