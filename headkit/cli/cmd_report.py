@@ -45,7 +45,7 @@ from headkit.checks import some_names
 from headkit.cli import args as types
 from headkit.cli.threads import use_threads
 from headkit.errors import HeadkitError
-from headkit.training.layout import META_FILE, check_output_path, is_run_dir
+from headkit.training.layout import check_output_path, is_one_checkpoint
 
 if TYPE_CHECKING:  # heavy modules load when the command runs, not for `headkit --help`
     from headkit.report.run import Report
@@ -63,7 +63,7 @@ def _report(args: argparse.Namespace) -> int:
         raise HeadkitError("--suite applies to --model DIR (a run's report uses its own task)")
     run = types.check_run_dir(args.run_dir)
     assert run is not None  # check_run_or_model: RUN_DIR is given when --model is not
-    one_checkpoint = (run / META_FILE).is_file() and not is_run_dir(run)
+    one_checkpoint = is_one_checkpoint(run)
     # default: RUN_DIR/report; for a checkpoint directory ./report_<name>, never inside the checkpoint
     out = Path(args.out) if args.out is not None else (Path(f"report_{run.name}") if one_checkpoint else run / "report")
     check_output_path(out if args.out is None else args.out, directory=True, inputs=[run])  # before any work: not "", writable, not a run's files

@@ -40,7 +40,7 @@ from headkit.scores.dynamics import track_heads
 from headkit.scores.positional_symbolic import classify_heads
 from headkit.tasks.base import TaskBatch
 from headkit.training.checkpoints import load_checkpoint
-from headkit.training.layout import META_FILE, is_run_dir, resolve_checkpoint
+from headkit.training.layout import is_one_checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 Say = Callable[[str], Any]
@@ -106,11 +106,6 @@ def run_sections(
     sections.append(build.patching_section(model, batch, about=about))
     sections.append(build.attention_section(model, batch, about=about, heads=heads))
     return sections
-
-
-def is_one_checkpoint(path: str | Path) -> bool:
-    """True for a checkpoint directory given on its own (not a run directory)."""
-    return (Path(path) / META_FILE).is_file() and not is_run_dir(path)
 
 
 def build_report(path: str | Path, options: ReportOptions | None = None, *, say: Say = logger.info) -> Report:

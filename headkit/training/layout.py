@@ -71,6 +71,11 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (path / RUN_FILE).is_file() or (path / CHECKPOINTS_DIR).is_dir()
 
 
+def is_one_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a checkpoint directory given on its own (``meta.json``), not a run directory."""
+    return (Path(path) / META_FILE).is_file() and not is_run_dir(path)
+
+
 def run_of_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The run directory ``RUN`` of ``RUN/checkpoints/step_N`` (None outside a run)."""
     folder = Path(folder)
@@ -425,7 +430,7 @@ def resolve_checkpoint(path: str | os.PathLike, *, step: int | None = None) -> P
     path = Path(path)
     if not path.is_dir():
         raise HeadkitError(f"run directory {path} does not exist (or is not a directory)")
-    if (path / META_FILE).is_file() and not is_run_dir(path):
+    if is_one_checkpoint(path):
         if step is not None:
             raise HeadkitError(f"{path} is one checkpoint: a step can be chosen only in a run directory")
         return path
